@@ -1,0 +1,1 @@
+"""One emulated edge device per process: arrivals, light model, forwarding rule, emulation, client."""

@@ -1,0 +1,3 @@
+from emulated_devices.main import main
+
+main()

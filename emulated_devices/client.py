@@ -1,0 +1,95 @@
+"""WebSocket client of one device: handshake, sending, and a stream of decoded server messages."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+from testbed import protocol as wire
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT_S = 10.0
+
+
+class HandshakeRefused(ConnectionError):
+    """The server answered `hello` with an error (bad token, duplicate id, bad version)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"server refused hello: {reason} (code {code})")
+        self.code = code
+
+
+class ServerConnection:
+    """One WebSocket session with the server. Not reconnecting by itself: the device decides."""
+
+    def __init__(self, base_url: str, hello: wire.Hello) -> None:
+        self._url = f"{base_url.rstrip('/')}/v1/devices/{hello.device_id}"
+        self._hello = hello
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None and not self._ws.closed
+
+    async def open(self) -> wire.Welcome:
+        """Connect and say hello; return the server's welcome."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        ws = await self._session.ws_connect(self._url, max_msg_size=wire.MAX_MESSAGE_BYTES,
+                                            timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
+                                            heartbeat=None, autoping=True)
+        try:
+            await ws.send_bytes(wire.encode(self._hello))
+            msg = await ws.receive(timeout=HANDSHAKE_TIMEOUT_S)
+            if msg.type != aiohttp.WSMsgType.BINARY:
+                raise ConnectionError(f"handshake: unexpected {msg.type.name} frame")
+            reply = wire.decode(msg.data)
+            if isinstance(reply, wire.Error):
+                raise HandshakeRefused(reply.code, reply.reason)
+            if not isinstance(reply, wire.Welcome):
+                raise ConnectionError(f"handshake: expected welcome, got {reply.TYPE}")
+        except BaseException:
+            await ws.close()
+            raise
+        self._ws = ws
+        return reply
+
+    async def send(self, data: bytes) -> None:
+        if self._ws is None or self._ws.closed:
+            raise ConnectionError("not connected")
+        await self._ws.send_bytes(data)
+
+    async def messages(self) -> AsyncIterator[tuple[wire.Message, int]]:
+        """Decoded server messages and their sizes until the connection closes. A malformed
+        frame from the server is logged and skipped rather than ending the session."""
+        ws = self._ws
+        if ws is None:
+            return
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                try:
+                    yield wire.decode(msg.data), len(msg.data)
+                except wire.ProtocolError as exc:
+                    log.warning("bad message from server: %s", exc.reason)
+            elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE):
+                break
+        self._ws = None
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            ws, self._ws = self._ws, None
+            await ws.close()
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    async def drop(self) -> None:
+        """Close the socket but keep the HTTP session for a reconnect."""
+        if self._ws is not None:
+            ws, self._ws = self._ws, None
+            await asyncio.shield(ws.close())

@@ -1,0 +1,387 @@
+"""One emulated device: the only asyncio orchestration of the package.
+
+Pipeline per sample: scheduled arrival (open loop) -> wait for the device to be free -> light
+model, padded to the tier's latency -> forwarding rule -> either the light answer is final, or
+the sample goes over the emulated uplink to the server, and the reply comes back over the
+emulated downlink; without a reply before `reply_timeout_ms` the light answer is final
+(`fallback`). Every generated sample ends in exactly one record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emulated_devices.arrivals import arrival_times
+from emulated_devices.client import HandshakeRefused, ServerConnection
+from emulated_devices.emulation import ComputeProfile, Link, pad
+from emulated_devices.forwarding import get_rule
+from emulated_devices.light_model import LightModel
+from emulated_devices.window import Window
+from testbed import protocol as wire
+from testbed.config import DeviceSpec
+from testbed.modelzoo import open_zoo
+from testbed.records import RecordWriter, SampleRecord, Source
+
+log = logging.getLogger(__name__)
+
+# Independent random streams per device, so changing one knob does not reshuffle the others.
+STREAM_ARRIVALS, STREAM_COMPUTE, STREAM_UPLINK, STREAM_DOWNLINK, STREAM_DATA = range(5)
+RECONNECT_BACKOFF_S = (0.05, 2.0)
+
+
+@dataclass(slots=True)
+class Pending:
+    """A forwarded sample waiting for its reply."""
+
+    rec: SampleRecord
+    t_sched: float
+    timeout: asyncio.TimerHandle | None = None
+    slo_counted: bool = False
+
+
+@dataclass(slots=True)
+class DeviceOutcome:
+    """What the device says about itself at the end (also written as devices/<id>.json)."""
+
+    device_id: str
+    tier: str
+    generated: int
+    recorded: int
+    final_threshold: float
+    late_replies: int
+    overruns: int
+    reconnects: int
+    sources: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+class Device:
+    def __init__(self, spec: DeviceSpec, server_url: str, *, token: str = "",
+                 out_dir: Path | None = None, rule: str = "confidence") -> None:
+        self.spec = spec
+        self._zoo = open_zoo(spec.zoo)
+        self._model = LightModel(self._zoo, spec.spec.model)
+        data = self._zoo.dataset("test")
+        rngs = [np.random.default_rng([spec.seed, spec.index, s]) for s in range(5)]
+        self._order = rngs[STREAM_DATA].permutation(len(data.y))
+        self._x, self._y = data.x, data.y
+        self._arrivals = arrival_times(spec.arrival, spec.rate_hz, spec.duration_s,
+                                       rngs[STREAM_ARRIVALS])
+        self._compute = ComputeProfile(spec.spec.compute_ms, spec.spec.compute_jitter)
+        self._compute_rng = rngs[STREAM_COMPUTE]
+        self._uplink = Link(spec.spec.uplink, rngs[STREAM_UPLINK])
+        self._downlink = Link(spec.spec.downlink, rngs[STREAM_DOWNLINK])
+        self._rule = get_rule(rule)
+        self._conn = ServerConnection(server_url, wire.Hello(
+            device_id=spec.device_id, tier=spec.tier, model=spec.spec.model, token=token))
+        self._writer = (RecordWriter(out_dir / "samples" / f"{spec.device_id}.csv")
+                        if out_dir else None)
+        self._out_dir = out_dir
+        self.threshold = spec.spec.threshold if spec.spec.threshold is not None else 1.0
+        self.epoch = -1
+        self._pending: dict[int, Pending] = {}
+        self._uplink_queue: deque[tuple[float, int, bytes]] = deque()
+        self._uplink_wake = asyncio.Event()
+        self._window = Window()
+        self._connected = asyncio.Event()
+        self._welcomed = asyncio.Event()
+        self._stop_rel: float = spec.duration_s
+        self._sleep_future: asyncio.Future[None] | None = None
+        self._closing = False
+        self._t0 = 0.0
+        self._wall0 = 0.0
+        self.generated = 0
+        self.late_replies = 0
+        self.overruns = 0
+        self.reconnects = -1
+        self._sources = {"light": 0, "heavy": 0, "fallback": 0, "rejected": 0}
+        self._loop = asyncio.get_running_loop()
+        self._infer_overhead = len(wire.encode(wire.Infer(0, "uint8", (64,), b"", 0.0))) + 8
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def wait_registered(self, timeout_s: float) -> None:
+        """Start connecting and return once the server has welcomed this device."""
+        self._connection_task = asyncio.create_task(self._connection_loop())
+        await asyncio.wait_for(self._welcomed.wait(), timeout_s)
+
+    async def run(self, start_wall: float | None = None) -> DeviceOutcome:
+        """Generate and answer samples for the scenario's duration, then drain and flush.
+
+        `start_wall` aligns many devices on one wall-clock start; latencies use only this
+        device's monotonic clock.
+        """
+        now_wall = time.time()
+        start_wall = start_wall if start_wall is not None else now_wall
+        self._t0 = self._loop.time() + max(0.0, start_wall - now_wall)
+        self._wall0 = start_wall
+        reporter = asyncio.create_task(self._report_loop())
+        sender = asyncio.create_task(self._uplink_loop())
+        try:
+            await self._generate()
+            while self._pending:
+                await self._sleep_until(self._loop.time() + 0.01, interruptible=False)
+        finally:
+            reporter.cancel()
+            sender.cancel()
+            await asyncio.gather(reporter, sender, return_exceptions=True)
+            await self._send_report()
+            await self._close()
+        return self.outcome()
+
+    def stop(self) -> None:
+        """Stop generating now; samples already scheduled are still answered."""
+        if self._t0:
+            self._stop_rel = min(self._stop_rel, self._loop.time() - self._t0)
+        else:
+            self._stop_rel = 0.0
+        if self._sleep_future is not None and not self._sleep_future.done():
+            self._sleep_future.set_result(None)
+
+    def outcome(self) -> DeviceOutcome:
+        return DeviceOutcome(
+            device_id=self.spec.device_id, tier=self.spec.tier, generated=self.generated,
+            recorded=self._writer.count if self._writer else sum(self._sources.values()),
+            final_threshold=self.threshold, late_replies=self.late_replies,
+            overruns=self.overruns, reconnects=max(self.reconnects, 0), sources=self._sources)
+
+    async def _close(self) -> None:
+        self._closing = True
+        task = getattr(self, "_connection_task", None)
+        await self._conn.close()
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self._writer is not None:
+            self._writer.close()
+        if self._out_dir is not None:
+            path = self._out_dir / "devices" / f"{self.spec.device_id}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(self.outcome().to_dict()))
+
+    async def _sleep_until(self, deadline: float, interruptible: bool = True) -> None:
+        if deadline <= self._loop.time():
+            return
+        fut: asyncio.Future[None] = self._loop.create_future()
+        handle = self._loop.call_at(deadline, _resolve, fut)
+        if interruptible:
+            self._sleep_future = fut
+        try:
+            await fut
+        finally:
+            handle.cancel()
+            self._sleep_future = None
+
+    # --- the sample pipeline ----------------------------------------------------------------
+
+    async def _generate(self) -> None:
+        free_at = self._t0
+        for i, t_rel in enumerate(self._arrivals):
+            t_sched = self._t0 + float(t_rel)
+            if t_sched > self._loop.time():
+                await self._sleep_until(t_sched)
+            if t_rel >= self._stop_rel:
+                break
+            self.generated += 1
+            ready = max(t_sched, free_at)
+            await self._sleep_until(ready, interruptible=False)
+            free_at, rec, pixels = self._process(i, t_sched, ready)
+            await self._sleep_until(free_at, interruptible=False)
+            self._decide(rec, t_sched, pixels)
+
+    def _process(self, i: int, t_sched: float, ready: float
+                 ) -> tuple[float, SampleRecord, np.ndarray]:
+        """Run the light model; return when the emulated computation ends and its record."""
+        idx = int(self._order[i % len(self._order)])
+        pixels = self._x[idx]
+        start = self._loop.time()
+        t = time.perf_counter()
+        probs = self._model.predict(pixels)
+        real = time.perf_counter() - t
+        padding = pad(start, real, self._compute.sample_s(self._compute_rng))
+        self.overruns += padding.overrun
+        pred = int(probs.argmax())
+        rec = SampleRecord(
+            device_id=self.spec.device_id, tier=self.spec.tier, sample_id=i,
+            label=int(self._y[idx]), t_sched_s=t_sched - self._t0,
+            start_lag_ms=(start - ready) * 1e3, light_ms=(padding.end - start) * 1e3,
+            light_real_ms=real * 1e3, overrun=padding.overrun, light_pred=pred,
+            light_conf=float(probs.max()), threshold=self.threshold,
+            forwarded=self._rule(probs, self.threshold), queue_ms=math.nan,
+            compute_ms=math.nan, batch_size=0, final_pred=pred, source="light",
+            correct=False, latency_ms=math.nan, slo_met=False,
+            wall_epoch_s=self._wall0 + (t_sched - self._t0))
+        return padding.end, rec, pixels
+
+    def _decide(self, rec: SampleRecord, t_sched: float, pixels: np.ndarray) -> None:
+        self._window.on_generated(rec.light_conf, rec.light_ms)
+        pending = Pending(rec, t_sched)
+        if not rec.forwarded:
+            self._finish(pending, "light", rec.light_pred)
+            return
+        self._window.on_forwarded()
+        sid = rec.sample_id
+        now = self._loop.time()
+        timeout_at = now + self.spec.reply_timeout_ms / 1e3
+        pending.timeout = self._loop.call_at(timeout_at, self._on_timeout, sid)
+        self._pending[sid] = pending
+        if not self._connected.is_set():
+            self._fail(sid)
+            return
+        # The message's size does not depend on the deadline's value (a float64 is always 9
+        # bytes in msgpack), so the delivery time can be known before the budget is set.
+        payload = pixels.tobytes()
+        deliver_at = self._uplink.transmit(now, len(payload) + self._infer_overhead)
+        msg = wire.Infer(sample_id=sid, dtype="uint8", shape=tuple(pixels.shape), data=payload,
+                         deadline_ms=max((timeout_at - deliver_at) * 1e3, 0.0))
+        self._uplink_queue.append((deliver_at, sid, wire.encode(msg)))
+        self._uplink_wake.set()
+
+    async def _uplink_loop(self) -> None:
+        """Hand messages to the socket at their emulated delivery times, in order."""
+        while True:
+            if not self._uplink_queue:
+                self._uplink_wake.clear()
+                await self._uplink_wake.wait()
+                continue
+            deliver_at, sid, data = self._uplink_queue[0]
+            await self._sleep_until(deliver_at, interruptible=False)
+            self._uplink_queue.popleft()
+            if sid not in self._pending:
+                continue  # timed out while on the link
+            try:
+                await self._conn.send(data)
+            except (ConnectionError, RuntimeError, OSError):
+                self._fail(sid)
+
+    def _on_result(self, res: wire.Result, nbytes: int) -> None:
+        if res.sample_id not in self._pending:
+            self.late_replies += 1
+            return
+        deliver_at = self._downlink.transmit(self._loop.time(), nbytes)
+        self._loop.call_at(deliver_at, self._deliver, res)
+
+    def _deliver(self, res: wire.Result) -> None:
+        pending = self._pending.pop(res.sample_id, None)
+        if pending is None:
+            self.late_replies += 1
+            return
+        if pending.timeout is not None:
+            pending.timeout.cancel()
+        rec = pending.rec
+        rec.queue_ms = res.queue_us / 1e3
+        rec.compute_ms = res.compute_us / 1e3
+        rec.batch_size = res.batch_size
+        if res.status == wire.ResultStatus.OK:
+            self._finish(pending, "heavy", res.prediction)
+        elif res.status == wire.ResultStatus.REJECTED:
+            self._finish(pending, "rejected", rec.light_pred)
+        else:
+            self._finish(pending, "fallback", rec.light_pred)
+
+    def _on_timeout(self, sid: int) -> None:
+        pending = self._pending.pop(sid, None)
+        if pending is not None:
+            self._finish(pending, "fallback", pending.rec.light_pred)
+
+    def _fail(self, sid: int) -> None:
+        """The server cannot answer (no connection): the light answer is final now."""
+        pending = self._pending.pop(sid, None)
+        if pending is not None:
+            if pending.timeout is not None:
+                pending.timeout.cancel()
+            self._finish(pending, "fallback", pending.rec.light_pred)
+
+    def _finish(self, pending: Pending, source: Source, prediction: int) -> None:
+        rec = pending.rec
+        rec.source = source
+        rec.final_pred = prediction
+        rec.correct = prediction == rec.label
+        rec.latency_ms = (self._loop.time() - pending.t_sched) * 1e3
+        rec.slo_met = rec.latency_ms <= self.spec.slo_ms
+        self._sources[source] += 1
+        self._window.on_answered(source, rec.slo_met, already_missed=pending.slo_counted)
+        if self._writer is not None:
+            self._writer.write(rec)
+
+    # --- connection, control messages and reports -----------------------------------------
+
+    async def _connection_loop(self) -> None:
+        backoff = RECONNECT_BACKOFF_S[0]
+        while not self._closing:
+            try:
+                welcome = await self._conn.open()
+                self.reconnects += 1
+                backoff = RECONNECT_BACKOFF_S[0]
+                self._apply_threshold(welcome.threshold, welcome.epoch, force=True)
+                self._uplink.reset()
+                self._connected.set()
+                self._welcomed.set()
+                async for msg, nbytes in self._conn.messages():
+                    self._on_message(msg, nbytes)
+            except HandshakeRefused as exc:
+                log.error("%s: %s", self.spec.device_id, exc)
+            except (OSError, ConnectionError, asyncio.TimeoutError, wire.ProtocolError,
+                    RuntimeError) as exc:
+                log.debug("%s: connection failed: %r", self.spec.device_id, exc)
+            self._connected.clear()
+            for sid in list(self._pending):
+                self._fail(sid)
+            if self._closing:
+                break
+            await asyncio.sleep(backoff * (1 + 0.5 * float(self._compute_rng.random())))
+            backoff = min(backoff * 2, RECONNECT_BACKOFF_S[1])
+
+    def _on_message(self, msg: wire.Message, nbytes: int) -> None:
+        if isinstance(msg, wire.Result):
+            self._on_result(msg, nbytes)
+        elif isinstance(msg, wire.Threshold):
+            self._apply_threshold(msg.value, msg.epoch)
+        elif isinstance(msg, wire.Error):
+            log.warning("%s: server error %s: %s", self.spec.device_id, msg.code, msg.reason)
+            if msg.sample_id is not None:
+                self._fail(msg.sample_id)
+
+    def _apply_threshold(self, value: float, epoch: int, force: bool = False) -> None:
+        if force or epoch > self.epoch:
+            self.threshold = min(max(float(value), 0.0), 1.0)
+            self.epoch = epoch
+
+    async def _report_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.spec.report_interval_s)
+            await self._send_report()
+
+    async def _send_report(self) -> None:
+        now = self._loop.time()
+        slo_s = self.spec.slo_ms / 1e3
+        for pending in self._pending.values():
+            if not pending.slo_counted and now - pending.t_sched > slo_s:
+                pending.slo_counted = True
+                self._window.on_overdue()
+        report = self._window.take(self.spec.report_interval_s, self.threshold, self.epoch)
+        if self._writer is not None:
+            self._writer.flush()
+        if self._connected.is_set():
+            try:
+                await self._conn.send(wire.encode(report))
+            except (ConnectionError, RuntimeError, OSError):
+                pass
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+

@@ -1,0 +1,65 @@
+"""Compute and link emulation as pure arithmetic over times passed in.
+
+The real model always runs; `ComputeProfile` says how long the emulated device should take, and
+the device pads up to that (counting an overrun when the host was slower than the target).
+`Link` turns a message's send time and size into its delivery time on a FIFO link with
+propagation delay, jitter and a serialisation rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from testbed.config import LinkSpec
+
+
+@dataclass(frozen=True, slots=True)
+class ComputeProfile:
+    median_ms: float
+    jitter: float
+
+    def sample_s(self, rng: np.random.Generator) -> float:
+        """One target latency in seconds: log-normal around the median."""
+        factor = float(np.exp(rng.normal(0.0, self.jitter))) if self.jitter > 0 else 1.0
+        return self.median_ms * factor / 1e3
+
+
+@dataclass(frozen=True, slots=True)
+class Padding:
+    """When the padded computation ends, and whether the real one overran its target."""
+
+    end: float
+    overrun: bool
+
+
+def pad(start: float, real_s: float, target_s: float) -> Padding:
+    return Padding(end=start + max(real_s, target_s), overrun=real_s > target_s)
+
+
+class Link:
+    """One direction of a link. Messages leave in order: a message cannot start serialising
+    before the previous one has, and cannot be delivered before it (TCP is FIFO)."""
+
+    __slots__ = ("_spec", "_rng", "_free_at", "_last_delivery")
+
+    def __init__(self, spec: LinkSpec, rng: np.random.Generator) -> None:
+        self._spec = spec
+        self._rng = rng
+        self._free_at = 0.0
+        self._last_delivery = 0.0
+
+    def transmit(self, now: float, nbytes: int) -> float:
+        """Delivery time of `nbytes` handed to the link at `now`."""
+        start = max(now, self._free_at)
+        self._free_at = start + nbytes * 8 / (self._spec.bandwidth_mbps * 1e6)
+        jitter = self._rng.normal(0.0, self._spec.jitter_ms) if self._spec.jitter_ms else 0.0
+        delay = max(0.0, self._spec.delay_ms + jitter) / 1e3
+        self._last_delivery = max(self._free_at + delay, self._last_delivery)
+        return self._last_delivery
+
+    def reset(self) -> None:
+        """A new connection starts with an empty link."""
+        self._free_at = 0.0
+        self._last_delivery = 0.0

@@ -1,0 +1,122 @@
+"""Run one device: as a harness child (`device_process`) or by hand (`python -m emulated_devices`
+/ `testbed device --server URL`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import signal
+import sys
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from emulated_devices.device import Device
+from testbed.childproc import die_with_parent, leave_interrupts_to_parent
+from testbed.config import ScenarioConfig, device_specs, load_scenario
+from testbed.logsetup import configure_logging
+
+log = logging.getLogger(__name__)
+
+REGISTER_TIMEOUT_S = 30.0
+
+
+def device_process(spec: Any, server_url: str, token: str, run_dir: str,
+                   control: Connection) -> None:
+    """Entry of a device process the harness starts (forkserver child).
+
+    Talks to the harness over `control`: sends `ready` once welcomed, waits for `start` (a
+    wall-clock time shared by all devices), stops early on `stop`, and ends with `done`.
+    """
+    die_with_parent()
+    leave_interrupts_to_parent()
+    out = Path(run_dir)
+    configure_logging("INFO", f"device {spec.device_id}", out / "logs" / "devices.log")
+    try:
+        asyncio.run(_controlled(spec, server_url, token, out, control))
+    except Exception as exc:
+        log.exception("device failed")
+        _send(control, {"event": "error", "device_id": spec.device_id, "reason": repr(exc)})
+        raise SystemExit(1) from exc
+
+
+async def _controlled(spec: Any, server_url: str, token: str, out: Path,
+                      control: Connection) -> None:
+    loop = asyncio.get_running_loop()
+    commands: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    def on_control() -> None:
+        try:
+            commands.put_nowait(control.recv())
+        except (EOFError, OSError):
+            loop.remove_reader(control.fileno())
+            commands.put_nowait({"cmd": "stop", "reason": "harness gone"})
+
+    loop.add_reader(control.fileno(), on_control)
+    device = Device(spec, server_url, token=token, out_dir=out)
+    loop.add_signal_handler(signal.SIGTERM, lambda: commands.put_nowait({"cmd": "stop"}))
+    await device.wait_registered(REGISTER_TIMEOUT_S)
+    _send(control, {"event": "ready", "device_id": spec.device_id})
+    cmd = await commands.get()
+    if cmd.get("cmd") == "stop":
+        device.stop()
+    run = asyncio.create_task(device.run(start_wall=cmd.get("at")))
+
+    async def watch() -> None:
+        while True:
+            if (await commands.get()).get("cmd") == "stop":
+                device.stop()
+
+    watcher = asyncio.create_task(watch())
+    outcome = await run
+    watcher.cancel()
+    _send(control, {"event": "done", "device_id": spec.device_id, "outcome": outcome.to_dict()})
+
+
+def _send(control: Connection, msg: dict[str, Any]) -> None:
+    try:
+        control.send(msg)
+    except (OSError, ValueError):
+        pass  # the harness is gone; records on disk are what counts
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m emulated_devices", description=__doc__)
+    parser.add_argument("--server", required=True, help="server URL, e.g. http://127.0.0.1:8470")
+    parser.add_argument("--scenario", type=Path, help="take tiers and rates from a file")
+    parser.add_argument("--tier", default="mid")
+    parser.add_argument("--device-id", default=None)
+    parser.add_argument("--index", type=int, default=0, help="seeds this device's streams")
+    parser.add_argument("--duration", type=float, default=None)
+    parser.add_argument("--rate-hz", type=float, default=None)
+    parser.add_argument("--token", default="")
+    parser.add_argument("--out", type=Path, default=None, help="write records here")
+    args = parser.parse_args(argv)
+    cfg = load_scenario(args.scenario) if args.scenario else ScenarioConfig()
+    if args.tier not in cfg.tiers:
+        parser.error(f"unknown tier {args.tier!r}; known: {sorted(cfg.tiers)}")
+    devices = dataclasses.replace(cfg.devices, count=1, mix=":".join(
+        "1" if t == args.tier else "0" for t in cfg.tiers),
+        rate_hz=args.rate_hz or cfg.devices.rate_hz)
+    cfg = dataclasses.replace(cfg, devices=devices, duration_s=args.duration or cfg.duration_s)
+    spec = dataclasses.replace(device_specs(cfg)[0], index=args.index,
+                               device_id=args.device_id or f"{args.tier}-manual-{args.index}")
+    configure_logging("INFO", f"device {spec.device_id}")
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        device = Device(spec, args.server, token=args.token, out_dir=args.out)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, device.stop)
+        await device.wait_registered(REGISTER_TIMEOUT_S)
+        print(f"{spec.device_id}: registered with {args.server}, running "
+              f"{cfg.duration_s:.0f} s at {spec.rate_hz} Hz", flush=True)
+        outcome = await device.run()
+        print(outcome.to_dict(), flush=True)
+
+    try:
+        asyncio.run(run())
+    except TimeoutError:
+        sys.exit(f"could not register with {args.server} within {REGISTER_TIMEOUT_S:.0f} s")

@@ -1,0 +1,53 @@
+"""Windowed device statistics for `report` messages: plain counters, reset on each report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from testbed import protocol as wire
+
+
+@dataclass(slots=True)
+class Window:
+    generated: int = 0
+    forwarded: int = 0
+    answered: int = 0
+    slo_met: int = 0
+    slo_missed: int = 0
+    fallback: int = 0
+    conf_sum: float = 0.0
+    light_ms_sum: float = 0.0
+
+    def on_generated(self, confidence: float, light_ms: float) -> None:
+        self.generated += 1
+        self.conf_sum += confidence
+        self.light_ms_sum += light_ms
+
+    def on_forwarded(self) -> None:
+        self.forwarded += 1
+
+    def on_overdue(self) -> None:
+        """A forwarded sample has passed its SLO unanswered: count the miss now, not when the
+        timeout fires, so the scheduler hears about overload one timeout earlier."""
+        self.slo_missed += 1
+
+    def on_answered(self, source: str, slo_met: bool, already_missed: bool) -> None:
+        self.answered += 1
+        self.fallback += source in ("fallback", "rejected")
+        if slo_met:
+            self.slo_met += 1
+        elif not already_missed:
+            self.slo_missed += 1
+
+    def take(self, window_s: float, threshold: float, epoch: int) -> wire.Report:
+        """The report of this window; the counters start again from zero."""
+        n = self.generated
+        report = wire.Report(
+            window_s=window_s, generated=n, forwarded=self.forwarded, answered=self.answered,
+            slo_met=self.slo_met, slo_missed=self.slo_missed, fallback=self.fallback,
+            threshold=threshold, mean_light_confidence=self.conf_sum / n if n else 0.0,
+            light_ms_mean=self.light_ms_sum / n if n else 0.0, epoch=epoch)
+        self.generated = self.forwarded = self.answered = 0
+        self.slo_met = self.slo_missed = self.fallback = 0
+        self.conf_sum = self.light_ms_sum = 0.0
+        return report

@@ -1,0 +1,1 @@
+"""The shared batching inference server: ingress, admission, batcher, heavy model, scheduler."""

@@ -1,0 +1,85 @@
+"""The aiohttp application factory: routes, and start-up/clean-up of the server's parts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from server import ingress
+from server.batch_policy import BatchPolicy
+from server.batcher import Batcher
+from server.control import Controller
+from server.heavy_model import BatchProfile, HeavyModel
+from server.request_queue import RequestQueue
+from server.runtime import RUNTIME, SETTINGS, Runtime, ServerSettings
+from server.scheduling import make_policy
+from server.stats import ServerStats
+from testbed import protocol as wire
+from testbed.events import EventLog
+from testbed.modelzoo import open_zoo
+
+log = logging.getLogger(__name__)
+
+
+def make_app(settings: ServerSettings) -> web.Application:
+    # Validate the policy before anything starts, so a bad scenario fails fast and clearly.
+    make_policy(settings.policy.name, settings.policy.params)
+    app = web.Application(client_max_size=wire.MAX_MESSAGE_BYTES)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_runtime)
+    app.on_shutdown.append(ingress.close_sockets)
+    app.router.add_get("/v1/devices/{device_id}", ingress.device_socket)
+    app.router.add_post("/v1/infer", ingress.http_infer)
+    app.router.add_get("/healthz", ingress.healthz)
+    app.router.add_get("/v1/status", ingress.status)
+    app.router.add_get("/metrics", ingress.metrics)
+    return app
+
+
+async def _runtime(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    cfg = settings.server
+    loop = asyncio.get_running_loop()
+    zoo = open_zoo(settings.zoo)
+    model = HeavyModel(zoo, cfg.heavy_model or zoo.heavy, cfg.intra_op_threads)
+    await loop.run_in_executor(None, _warm_up, model)
+    stats = ServerStats()
+    queue = RequestQueue(cfg.max_queue_size)
+    batcher = Batcher(model, queue, BatchPolicy(cfg.max_batch_size, cfg.max_queue_delay_us / 1e6),
+                      BatchProfile(cfg.batch_base_ms, cfg.batch_per_sample_ms)
+                      if cfg.pad_compute else None, stats)
+    events = EventLog(settings.events_path, "server")
+    controller = Controller(
+        make_policy(settings.policy.name, settings.policy.params), stats, events,
+        slo_ms=settings.slo_ms, interval_s=cfg.control_interval_s,
+        server_window=lambda now: stats.take_window(now, len(queue), queue.max_size,
+                                                    batcher.policy.max_batch_size))
+    rt = Runtime(settings, zoo, model, stats, batcher, controller, events, loop.time())
+    app[RUNTIME] = rt
+    events.emit("server_start", policy=settings.policy.name, heavy_model=model.name,
+                max_batch_size=cfg.max_batch_size, slo_ms=settings.slo_ms)
+    tasks = [asyncio.create_task(batcher.run(), name="batcher"),
+             asyncio.create_task(controller.run(loop.time), name="controller")]
+    yield
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await batcher.close()
+    events.emit("server_stop", totals=rt.status()["totals"])
+    events.close()
+
+
+def _warm_up(model: HeavyModel) -> None:
+    """Run each power-of-two batch size once so the first real batches are not slow."""
+    import numpy as np
+
+    size = 1
+    while size <= 64:
+        model.infer(np.zeros((size, *model.sample_shape), dtype=np.float32))
+        size *= 2

@@ -1,0 +1,149 @@
+"""The asyncio shell around `RequestQueue` and `BatchPolicy`: admits requests, cuts batches,
+runs the heavy model in a worker thread, pads to the profile, answers every request once.
+
+Deadlines are enforced by one timer armed at the earliest queued deadline, so an expired
+request is answered when its deadline passes, not when a batch slot frees (Triton issue #7512).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from server.batch_policy import BatchPolicy, Cut, Idle, WaitUntil
+from server.heavy_model import BatchProfile, HeavyModel
+from server.request_queue import Request, RequestQueue
+from server.stats import ServerStats
+from testbed import protocol as wire
+
+log = logging.getLogger(__name__)
+
+
+class Batcher:
+    def __init__(self, model: HeavyModel, queue: RequestQueue, policy: BatchPolicy,
+                 profile: BatchProfile | None, stats: ServerStats) -> None:
+        self.model = model
+        self.queue = queue
+        self.policy = policy
+        self.profile = profile
+        self.stats = stats
+        self._loop = asyncio.get_running_loop()
+        self._waiter: asyncio.Future[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry_at = float("inf")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="heavy-model")
+        self._closed = False
+
+    def submit(self, req: Request) -> None:
+        """Queue a request (raises `QueueFull`); its `respond` will be called exactly once."""
+        if self._closed:
+            raise RuntimeError("server is shutting down")
+        self.queue.push(req)
+        self.stats.on_admitted()
+        if req.deadline < self._expiry_at:
+            self._arm_expiry(req.deadline)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def set_max_batch_size(self, n: int) -> None:
+        """Takes effect at the next batch."""
+        self.policy.max_batch_size = max(1, n)
+
+    async def run(self) -> None:
+        while True:
+            now = self._loop.time()
+            decision = self.policy.decide(len(self.queue), self.queue.oldest_arrival(), now)
+            if isinstance(decision, Idle):
+                await self._wait(None)
+            elif isinstance(decision, WaitUntil):
+                await self._wait(decision.time)
+            elif isinstance(decision, Cut):
+                batch = self.queue.pop(decision.size)
+                self.stats.pending.dec(len(batch))
+                await self._run_batch(batch)
+
+    async def _wait(self, until: float | None) -> None:
+        """Sleep until `until` or the next submitted request, whichever comes first."""
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._waiter = fut
+        timer = self._loop.call_at(until, _resolve, fut) if until is not None else None
+        try:
+            await fut
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._waiter = None
+
+    async def _run_batch(self, batch: list[Request]) -> None:
+        start = self._loop.time()
+        x = np.stack([r.x for r in batch])
+        t = time.perf_counter()
+        try:
+            probs = await self._loop.run_in_executor(self._pool, self.model.infer, x)
+        except Exception as exc:  # a broken model must not take the server down
+            log.exception("heavy model failed on a batch of %d", len(batch))
+            self.stats.on_failed(len(batch))
+            for r in batch:
+                r.respond(wire.Result(sample_id=r.sample_id, status=wire.ResultStatus.FAILED,
+                                      batch_size=len(batch), reason=f"model error: {exc}"))
+            return
+        real = time.perf_counter() - t
+        target = self.profile.target_s(len(batch)) if self.profile else 0.0
+        if target > real:
+            await asyncio.sleep(target - real)
+        end = self._loop.time()
+        compute_us = int((end - start) * 1e6)
+        preds = probs.argmax(axis=1)
+        confs = probs.max(axis=1)
+        queue_s = [start - r.arrival for r in batch]
+        self.stats.on_batch(queue_s, end - start, overrun=self.profile is not None
+                            and real > target)
+        for r, p, c, q in zip(batch, preds.tolist(), confs.tolist(), queue_s, strict=True):
+            r.respond(wire.Result(sample_id=r.sample_id, prediction=p, confidence=c,
+                                  queue_us=int(q * 1e6), compute_us=compute_us,
+                                  batch_size=len(batch)))
+
+    # --- deadlines ------------------------------------------------------------------------
+
+    def _arm_expiry(self, when: float) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry_at = when
+        self._expiry = self._loop.call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        self._expiry_at = float("inf")
+        now = self._loop.time()
+        expired = self.queue.expire(now)
+        if expired:
+            self.stats.on_expired(len(expired))
+            self.stats.pending.dec(len(expired))
+            for r in expired:
+                r.respond(wire.Result(sample_id=r.sample_id, status=wire.ResultStatus.EXPIRED,
+                                      queue_us=int((now - r.arrival) * 1e6),
+                                      reason="deadline passed in queue"))
+        nxt = self.queue.next_deadline()
+        if nxt is not None:
+            self._arm_expiry(nxt)
+
+    async def close(self) -> None:
+        """Refuse new work and answer everything still queued."""
+        self._closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+        for r in self.queue.drain():
+            self.stats.on_rejected("shutdown")
+            r.respond(wire.Result(sample_id=r.sample_id, status=wire.ResultStatus.REJECTED,
+                                  reason="server shutting down"))
+        self.stats.pending.set(0)
+        self._pool.shutdown(wait=True)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

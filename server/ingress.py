@@ -1,0 +1,297 @@
+"""WebSocket and HTTP handlers: decode, validate, admit, reply. The one place that maps
+errors to wire `Error` messages and HTTP statuses; a bad message never ends the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import math
+from collections import deque
+import aiohttp
+import numpy as np
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from server.control import DuplicateDevice
+from server.heavy_model import HeavyModel
+from server.request_queue import QueueFull, Request
+from server.runtime import RUNTIME, Runtime
+from testbed import protocol as wire
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT_S = 10.0
+DEFAULT_DEADLINE_MS = 10_000.0
+"""Budget of a request that names none, so nothing waits in the queue forever."""
+MSGPACK = "application/msgpack"
+
+
+def tensor_from_infer(msg: wire.Infer, model: HeavyModel) -> np.ndarray:
+    """The sample as the model's float32 input, or `ProtocolError(BAD_TENSOR)` with a reason.
+
+    uint8 pixels are scaled by 1/255 as the zoo's models expect; float32 is taken as is.
+    """
+    if msg.dtype not in wire.ALLOWED_DTYPES:
+        raise wire.ProtocolError(wire.ErrorCode.BAD_TENSOR,
+                                 f"dtype {msg.dtype!r} not in {sorted(wire.ALLOWED_DTYPES)}")
+    count = math.prod(msg.shape)
+    if count != model.sample_size:
+        raise wire.ProtocolError(wire.ErrorCode.BAD_TENSOR,
+                                 f"shape {list(msg.shape)} has {count} values; model "
+                                 f"{model.name} takes {model.sample_size} "
+                                 f"{list(model.sample_shape)}")
+    itemsize = np.dtype(msg.dtype).itemsize
+    if len(msg.data) != count * itemsize:
+        raise wire.ProtocolError(wire.ErrorCode.BAD_TENSOR,
+                                 f"data has {len(msg.data)} bytes, shape and dtype need "
+                                 f"{count * itemsize}")
+    arr = np.frombuffer(msg.data, dtype=msg.dtype).reshape(model.sample_shape)
+    if msg.dtype == "uint8":
+        return arr.astype(np.float32) * np.float32(1 / 255)
+    if not np.isfinite(arr).all():
+        raise wire.ProtocolError(wire.ErrorCode.BAD_TENSOR, "tensor has NaN or inf values")
+    return arr.copy()
+
+
+class Outbox:
+    """Messages to one WebSocket, written by one task so replies never block the batcher.
+
+    Bounded: a client that stops reading is disconnected rather than buffered without end.
+    """
+
+    def __init__(self, ws: web.WebSocketResponse, limit: int) -> None:
+        self._ws = ws
+        self._limit = limit
+        self._items: deque[bytes] = deque()
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._drain())
+        self.overflowed = False
+
+    def send(self, data: bytes) -> None:
+        if self._ws.closed or self.overflowed:
+            return
+        if len(self._items) >= self._limit:
+            self.overflowed = True
+            self._task.cancel()
+            asyncio.ensure_future(self._ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION,
+                                                 message=b"client too slow"))
+            return
+        self._items.append(data)
+        self._wake.set()
+
+    async def _drain(self) -> None:
+        while True:
+            while self._items:
+                data = self._items.popleft()
+                try:
+                    await self._ws.send_bytes(data)
+                except (ConnectionError, RuntimeError):
+                    self._items.clear()
+                    return
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def close(self) -> None:
+        # Let queued replies go out before the socket closes.
+        for _ in range(100):
+            if not self._items or self._ws.closed or self._task.done():
+                break
+            await asyncio.sleep(0.01)
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+async def device_socket(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RUNTIME]
+    path_id = request.match_info["device_id"]
+    ws = web.WebSocketResponse(max_msg_size=wire.MAX_MESSAGE_BYTES, autoping=True)
+    await ws.prepare(request)
+    rt.sockets.add(ws)
+    outbox = Outbox(ws, limit=2 * rt.settings.server.max_queue_size + 64)
+    loop = asyncio.get_running_loop()
+    device_id: str | None = None
+    try:
+        hello = await _handshake(rt, ws, path_id)
+        if hello is None:
+            return ws
+        info = rt.device_info(hello)
+        try:
+            welcome = rt.controller.join(info, outbox.send, loop.time())
+        except DuplicateDevice:
+            await _refuse(rt, ws, wire.ErrorCode.DUPLICATE_DEVICE,
+                          f"device {hello.device_id!r} is already connected")
+            return ws
+        device_id = hello.device_id
+        outbox.send(wire.encode(welcome))
+        async for frame in ws:
+            if frame.type == aiohttp.WSMsgType.BINARY:
+                _on_frame(rt, device_id, frame.data, outbox, loop)
+            elif frame.type == aiohttp.WSMsgType.TEXT:
+                _error(rt, outbox, wire.ErrorCode.MALFORMED, "binary msgpack frames only")
+            elif frame.type == aiohttp.WSMsgType.ERROR:
+                log.info("device %s: socket error %s", device_id, ws.exception())
+    finally:
+        if device_id is not None:
+            rt.controller.leave(device_id, loop.time())
+        await outbox.close()
+        if not ws.closed:
+            await ws.close()
+        rt.sockets.discard(ws)
+    return ws
+
+
+async def close_sockets(app: web.Application) -> None:
+    """On shutdown, close device sockets so their handlers finish and devices reconnect."""
+    rt = app[RUNTIME]
+    await asyncio.gather(*(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"shutdown")
+                           for ws in list(rt.sockets)), return_exceptions=True)
+
+
+async def _handshake(rt: Runtime, ws: web.WebSocketResponse, path_id: str) -> wire.Hello | None:
+    try:
+        frame = await ws.receive(timeout=HELLO_TIMEOUT_S)
+    except TimeoutError:
+        await _refuse(rt, ws, wire.ErrorCode.MALFORMED, "no hello within "
+                      f"{HELLO_TIMEOUT_S:.0f} s")
+        return None
+    if frame.type != aiohttp.WSMsgType.BINARY:
+        if frame.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                          aiohttp.WSMsgType.CLOSING):
+            return None
+        await _refuse(rt, ws, wire.ErrorCode.MALFORMED, "first frame must be a binary hello")
+        return None
+    try:
+        msg = wire.decode(frame.data)
+    except wire.ProtocolError as exc:
+        await _refuse(rt, ws, exc.code, exc.reason)
+        return None
+    if not isinstance(msg, wire.Hello):
+        await _refuse(rt, ws, wire.ErrorCode.NOT_REGISTERED,
+                      f"expected hello, got {msg.TYPE}")
+        return None
+    if msg.version != wire.PROTOCOL_VERSION:
+        await _refuse(rt, ws, wire.ErrorCode.BAD_VERSION,
+                      f"protocol version {msg.version} unsupported (server speaks "
+                      f"{wire.PROTOCOL_VERSION})")
+        return None
+    if msg.device_id != path_id:
+        await _refuse(rt, ws, wire.ErrorCode.MALFORMED,
+                      f"hello.device_id {msg.device_id!r} does not match the URL {path_id!r}")
+        return None
+    expected = rt.settings.token
+    if expected and not hmac.compare_digest(msg.token.encode(), expected.encode()):
+        await _refuse(rt, ws, wire.ErrorCode.UNAUTHORIZED, "bad or missing token")
+        return None
+    return msg
+
+
+def _on_frame(rt: Runtime, device_id: str, data: bytes, outbox: Outbox,
+              loop: asyncio.AbstractEventLoop) -> None:
+    try:
+        msg = wire.decode(data)
+    except wire.ProtocolError as exc:
+        _error(rt, outbox, exc.code, exc.reason)
+        return
+    if isinstance(msg, wire.Infer):
+        try:
+            x = tensor_from_infer(msg, rt.model)
+        except wire.ProtocolError as exc:
+            _error(rt, outbox, exc.code, exc.reason, msg.sample_id)
+            return
+        now = loop.time()
+        budget_ms = msg.deadline_ms if msg.deadline_ms > 0 else DEFAULT_DEADLINE_MS
+        req = Request(device_id, msg.sample_id, x, now, now + budget_ms / 1e3,
+                      lambda res: outbox.send(wire.encode(res)))
+        _admit(rt, req)
+    elif isinstance(msg, wire.Report):
+        rt.controller.on_report(device_id, msg, loop.time())
+    else:
+        _error(rt, outbox, wire.ErrorCode.UNKNOWN_TYPE,
+               f"{msg.TYPE} is not a device message after hello")
+
+
+def _admit(rt: Runtime, req: Request) -> None:
+    try:
+        rt.batcher.submit(req)
+    except QueueFull as exc:
+        rt.stats.on_rejected("queue_full")
+        req.respond(wire.Result(sample_id=req.sample_id, status=wire.ResultStatus.REJECTED,
+                                reason=str(exc)))
+    except RuntimeError as exc:
+        rt.stats.on_rejected("shutdown")
+        req.respond(wire.Result(sample_id=req.sample_id, status=wire.ResultStatus.REJECTED,
+                                reason=str(exc)))
+
+
+def _error(rt: Runtime, outbox: Outbox, code: wire.ErrorCode, reason: str,
+           sample_id: int | None = None) -> None:
+    rt.stats.on_protocol_error(code.name.lower())
+    outbox.send(wire.encode(wire.Error(code=int(code), reason=reason, sample_id=sample_id)))
+
+
+async def _refuse(rt: Runtime, ws: web.WebSocketResponse, code: wire.ErrorCode,
+                  reason: str) -> None:
+    rt.stats.on_protocol_error(code.name.lower())
+    await ws.send_bytes(wire.encode(wire.Error(code=int(code), reason=reason)))
+    await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=reason[:120].encode())
+
+
+# --- HTTP -----------------------------------------------------------------------------------
+
+
+def _http_error(code: wire.ErrorCode, reason: str) -> web.Response:
+    return web.Response(status=wire.HTTP_STATUS[code], content_type=MSGPACK,
+                        body=wire.encode(wire.Error(code=int(code), reason=reason)),
+                        headers={"X-Error-Reason": reason[:200].encode("ascii", "replace")
+                                 .decode()})
+
+
+async def http_infer(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    if request.content_length is not None and request.content_length > wire.MAX_MESSAGE_BYTES:
+        rt.stats.on_protocol_error("too_large")
+        return _http_error(wire.ErrorCode.TOO_LARGE, "request body too large")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        rt.stats.on_protocol_error("too_large")
+        return _http_error(wire.ErrorCode.TOO_LARGE, "request body too large")
+    try:
+        msg = wire.decode(body)
+        if not isinstance(msg, wire.Infer):
+            raise wire.ProtocolError(wire.ErrorCode.UNKNOWN_TYPE,
+                                     f"POST /v1/infer takes an infer message, not {msg.TYPE}")
+        x = tensor_from_infer(msg, rt.model)
+    except wire.ProtocolError as exc:
+        rt.stats.on_protocol_error(exc.code.name.lower())
+        return _http_error(exc.code, exc.reason)
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[wire.Result] = loop.create_future()
+    now = loop.time()
+    budget_ms = msg.deadline_ms if msg.deadline_ms > 0 else DEFAULT_DEADLINE_MS
+    req = Request("http", msg.sample_id, x, now, now + budget_ms / 1e3,
+                  lambda res: fut.done() or fut.set_result(res))
+    _admit(rt, req)
+    result = await fut
+    if result.status == wire.ResultStatus.REJECTED:
+        return web.Response(status=503, content_type=MSGPACK, body=wire.encode(result),
+                            headers={"Retry-After": "1"})
+    return web.Response(content_type=MSGPACK, body=wire.encode(result))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def status(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    return web.Response(text=json.dumps(rt.status(), indent=2), content_type="application/json")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    return web.Response(body=generate_latest(rt.stats.registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,117 @@
+"""Run the server: in-process (`serve`), as a harness child (`server_process`), or by hand
+(`python -m server` / `testbed server`), which prints the URL it listens on."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from server.app import make_app
+from server.runtime import RUNTIME, ServerSettings
+from testbed.childproc import die_with_parent, leave_interrupts_to_parent
+from testbed.config import ScenarioConfig, load_scenario
+from testbed.logsetup import configure_logging
+
+log = logging.getLogger(__name__)
+
+
+async def serve(settings: ServerSettings, on_listening: Callable[[str], None],
+                stop: asyncio.Event, on_stopping: Callable[[dict[str, Any]], None] | None = None
+                ) -> None:
+    """Listen until `stop` is set, then shut down gracefully (sockets closed, queue answered)."""
+    app = make_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.server.host, settings.server.port)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        on_listening(f"http://{host}:{port}")
+        await stop.wait()
+        if on_stopping is not None:
+            on_stopping(app[RUNTIME].status())
+    finally:
+        await runner.cleanup()
+
+
+def server_process(scenario: ScenarioConfig, token: str, run_dir: str,
+                   control: Connection) -> None:
+    """Entry of the server process the harness starts (forkserver child)."""
+    die_with_parent()
+    leave_interrupts_to_parent()
+    out = Path(run_dir)
+    configure_logging("INFO", "server", out / "logs" / "server.log")
+    settings = ServerSettings.from_scenario(scenario, token, out / "events.server.jsonl")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+
+        def on_control() -> None:
+            try:
+                msg = control.recv()
+            except (EOFError, OSError):
+                loop.remove_reader(control.fileno())
+                stop.set()  # the harness is gone
+                return
+            if msg.get("cmd") == "stop":
+                stop.set()
+
+        loop.add_reader(control.fileno(), on_control)
+        await serve(settings, lambda url: control.send({"event": "listening", "url": url}),
+                    stop, lambda status: control.send({"event": "status", "status": status}))
+
+    try:
+        asyncio.run(main())
+    except Exception as exc:
+        log.exception("server failed")
+        try:
+            control.send({"event": "error", "reason": repr(exc)})
+        except OSError:
+            pass
+        raise SystemExit(1) from exc
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m server", description=__doc__)
+    parser.add_argument("--scenario", type=Path, help="take server, policy and SLO from a file")
+    parser.add_argument("--host", default=None)
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--policy", default=None)
+    parser.add_argument("--slo-ms", type=float, default=None)
+    parser.add_argument("--token", default="")
+    parser.add_argument("--events", type=Path, default=None, help="write events (JSON lines)")
+    args = parser.parse_args(argv)
+    settings = settings_from_args(args)
+    configure_logging("INFO", "server")
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(settings, lambda url: print(f"listening on {url}", flush=True), stop)
+
+    asyncio.run(run())
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    import dataclasses
+
+    cfg = load_scenario(args.scenario) if args.scenario else ScenarioConfig()
+    server = dataclasses.replace(
+        cfg.server, **{k: v for k, v in (("host", args.host), ("port", args.port))
+                       if v is not None})
+    policy = dataclasses.replace(cfg.policy, name=args.policy) if args.policy else cfg.policy
+    cfg = dataclasses.replace(cfg, server=server, policy=policy,
+                              slo_ms=args.slo_ms if args.slo_ms else cfg.slo_ms)
+    return ServerSettings.from_scenario(cfg, args.token, args.events)

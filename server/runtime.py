@@ -1,0 +1,87 @@
+"""Everything one running server holds, built at startup and shared by the handlers."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from server.batcher import Batcher
+from server.control import Controller
+from server.heavy_model import HeavyModel
+from server.scheduling.base import DeviceInfo, accuracy_optimal_threshold, curve_from_card
+from server.stats import ServerStats
+from testbed import protocol as wire
+from testbed.config import PolicyConfig, ScenarioConfig, ServerConfig
+from testbed.events import EventLog
+from testbed.modelzoo import Zoo, ZooError
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    slo_ms: float = 150.0
+    zoo: str | None = None
+    token: str = ""
+    """Devices must present it in `hello`; empty accepts any (for hand-run servers)."""
+    tier_thresholds: dict[str, float] = field(default_factory=dict)
+    """Initial thresholds the scenario sets per tier; other tiers take their card's default."""
+    events_path: Path | None = None
+
+    @classmethod
+    def from_scenario(cls, cfg: ScenarioConfig, token: str = "",
+                      events_path: Path | None = None) -> ServerSettings:
+        return cls(server=cfg.server, policy=cfg.policy, slo_ms=cfg.slo_ms, zoo=cfg.zoo,
+                   token=token, events_path=events_path,
+                   tier_thresholds={t: s.threshold for t, s in cfg.tiers.items()
+                                    if s.threshold is not None})
+
+
+@dataclass
+class Runtime:
+    settings: ServerSettings
+    zoo: Zoo
+    model: HeavyModel
+    stats: ServerStats
+    batcher: Batcher
+    controller: Controller
+    events: EventLog
+    started_at: float
+    sockets: set[web.WebSocketResponse] = field(default_factory=set)
+
+    def device_info(self, hello: wire.Hello) -> DeviceInfo:
+        try:
+            card = self.zoo.card(hello.model)
+        except ZooError:
+            card = {}  # a device with its own model: no curve, the policy works without one
+        curve = curve_from_card(card)
+        initial = self.settings.tier_thresholds.get(hello.tier)
+        return DeviceInfo(
+            device_id=hello.device_id, tier=hello.tier, model=hello.model,
+            light_accuracy=card.get("accuracy", {}).get("val"), curve=curve,
+            initial_threshold=initial if initial is not None
+            else accuracy_optimal_threshold(curve))
+
+    def status(self) -> dict[str, Any]:
+        window = self.controller.last_server_window
+        totals = self.stats.totals
+        return {
+            **self.controller.status(),
+            "heavy_model": self.model.name,
+            "queue": {"length": len(self.batcher.queue),
+                      "max_size": self.batcher.queue.max_size,
+                      "max_batch_size": self.batcher.policy.max_batch_size},
+            "throughput_sps": round(window.throughput, 2),
+            "arrival_rate_sps": round(window.arrival_rate, 2),
+            "busy_fraction": round(window.busy_fraction, 3),
+            "totals": dataclasses.asdict(totals),
+            "slo_ms": self.settings.slo_ms,
+        }
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+SETTINGS = web.AppKey("settings", ServerSettings)

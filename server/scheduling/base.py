@@ -1,0 +1,165 @@
+"""The scheduler interface and the plain data it sees. No sockets, clocks or asyncio here.
+
+`server.control` calls `join`/`leave` as devices come and go and `step` every control interval
+with a `SystemView` built from the devices' latest reports and the server's window statistics;
+`step` returns the thresholds each device should use from now on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class CurvePoint:
+    """On the validation split: forwarding below `threshold` sends `forward_rate` of the samples
+    and gives the cascade (light + heavy) `accuracy`."""
+
+    threshold: float
+    forward_rate: float
+    accuracy: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    device_id: str
+    tier: str
+    model: str
+    light_accuracy: float | None = None
+    curve: tuple[CurvePoint, ...] = ()
+    initial_threshold: float = 1.0
+    """What the device starts with: the scenario's tier threshold or the card's default."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceWindow:
+    """A device's last report: counts over `window_s` seconds ending `age_s` ago."""
+
+    window_s: float
+    generated: int
+    forwarded: int
+    answered: int
+    slo_met: int
+    slo_missed: int
+    fallback: int
+    threshold: float
+    mean_light_confidence: float
+    light_ms_mean: float
+    age_s: float = 0.0
+
+    @property
+    def slo_satisfaction(self) -> float | None:
+        decided = self.slo_met + self.slo_missed
+        return self.slo_met / decided if decided else None
+
+    @property
+    def forward_rate(self) -> float | None:
+        return self.forwarded / self.generated if self.generated else None
+
+    @property
+    def rate_hz(self) -> float:
+        return self.generated / self.window_s if self.window_s > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerWindow:
+    """The server over the last control interval."""
+
+    window_s: float = 0.0
+    arrivals: int = 0
+    completed: int = 0
+    rejected: int = 0
+    expired: int = 0
+    queue_len: int = 0
+    max_queue_size: int = 1
+    mean_queue_ms: float = 0.0
+    mean_batch_size: float = 0.0
+    busy_fraction: float = 0.0
+    """Share of the window the heavy model was running (padded), a load signal in [0, 1]."""
+    max_batch_size: int = 1
+
+    @property
+    def arrival_rate(self) -> float:
+        return self.arrivals / self.window_s if self.window_s > 0 else 0.0
+
+    @property
+    def throughput(self) -> float:
+        return self.completed / self.window_s if self.window_s > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceState:
+    info: DeviceInfo
+    threshold: float
+    window: DeviceWindow | None
+    """The device's latest report, if it has sent one."""
+    fresh: bool = False
+    """The report arrived since the previous step (policies that react per report use it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SystemView:
+    now: float
+    slo_ms: float
+    devices: Mapping[str, DeviceState]
+    server: ServerWindow
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyDecision:
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+    """New thresholds by device id; devices not named keep theirs."""
+    note: str = ""
+    """A short reason, written to the run's events when the decision changes something."""
+
+
+class Policy(Protocol):
+    """A scheduler. Implementations are plain objects; the registry builds them by name."""
+
+    name: ClassVar[str]
+
+    def join(self, device: DeviceInfo, now: float) -> float:
+        """A device connected; return the threshold it starts with."""
+
+    def leave(self, device_id: str, now: float) -> None:
+        """A device disconnected."""
+
+    def step(self, view: SystemView) -> PolicyDecision:
+        """Decide thresholds from the latest view (called every control interval)."""
+
+
+class PolicyError(ValueError):
+    """A policy name or parameter the scenario gives is not valid."""
+
+
+def check_params(policy: str, params: Mapping[str, Any], known: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge scenario params over defaults, refusing unknown names and wrong kinds."""
+    unknown = set(params) - set(known)
+    if unknown:
+        raise PolicyError(f"policy {policy!r}: unknown params {sorted(unknown)}; "
+                          f"known: {sorted(known)}")
+    out = dict(known)
+    for key, value in params.items():
+        default = known[key]
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise PolicyError(f"policy {policy!r}: {key} must be a number (got {value!r})")
+            value = type(default)(value) if isinstance(default, float) else value
+        out[key] = value
+    return out
+
+
+def curve_from_card(card: Mapping[str, Any]) -> tuple[CurvePoint, ...]:
+    return tuple(CurvePoint(float(p["threshold"]), float(p["forward_rate"]),
+                            float(p["accuracy"])) for p in card.get("threshold_curve_val", ()))
+
+
+def accuracy_optimal_threshold(curve: tuple[CurvePoint, ...], tolerance: float = 0.01) -> float:
+    """The lowest threshold whose cascade accuracy is within `tolerance` of the best one:
+    what a designer tuning one device's cascade alone, with a server to itself, would choose."""
+    if not curve:
+        return 1.0
+    best = max(p.accuracy for p in curve)
+    return min(p.threshold for p in curve if p.accuracy >= best - tolerance)

@@ -1,0 +1,128 @@
+"""The server's counters: Prometheus metrics for /metrics and window totals for the scheduler.
+
+One sink object that ingress and batcher call, built per app (no global registry), so several
+servers can live in one test process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
+                               disable_created_metrics)
+
+from server.scheduling.base import ServerWindow
+
+_SECONDS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+_BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@dataclass(slots=True)
+class _Window:
+    arrivals: int = 0
+    completed: int = 0
+    rejected: int = 0
+    expired: int = 0
+    queue_s_sum: float = 0.0
+    batches: int = 0
+    batch_sum: int = 0
+    busy_s: float = 0.0
+
+
+class ServerStats:
+    def __init__(self) -> None:
+        disable_created_metrics()  # `_created` series only clutter a per-run server's output
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("testbed_server_requests", "Requests by outcome.",
+                                ["outcome"], registry=r)
+        self.rejected = Counter("testbed_server_rejected", "Requests shed, by reason.",
+                                ["reason"], registry=r)
+        self.protocol_errors = Counter("testbed_server_protocol_errors",
+                                       "Messages refused, by error code.", ["code"], registry=r)
+        self.inferences = Counter("testbed_server_inferences", "Samples run by the heavy model.",
+                                  registry=r)
+        self.batches = Counter("testbed_server_batch_executions", "Heavy-model batches.",
+                               registry=r)
+        self.overruns = Counter("testbed_server_compute_overruns",
+                                "Batches whose real compute exceeded the emulated profile.",
+                                registry=r)
+        self.batch_size = Histogram("testbed_server_batch_size", "Samples per batch.",
+                                    buckets=_BATCH, registry=r)
+        self.queue_seconds = Histogram("testbed_server_queue_seconds",
+                                       "Time from receipt to batch start.", buckets=_SECONDS,
+                                       registry=r)
+        self.compute_seconds = Histogram("testbed_server_compute_seconds",
+                                         "Batch compute time, padded.", buckets=_SECONDS,
+                                         registry=r)
+        self.pending = Gauge("testbed_server_pending_requests", "Requests queued now.",
+                             registry=r)
+        self.devices = Gauge("testbed_server_devices_connected", "Connected devices.",
+                             registry=r)
+        self.threshold = Gauge("testbed_scheduler_threshold", "Threshold sent to each device.",
+                               ["device"], registry=r)
+        self.threshold_updates = Counter("testbed_scheduler_threshold_updates",
+                                         "Threshold messages sent.", registry=r)
+        self.totals = _Window()
+        self._window = _Window()
+        self._window_start: float | None = None
+
+    # --- events ---------------------------------------------------------------------------
+
+    def on_admitted(self) -> None:
+        self._window.arrivals += 1
+        self.totals.arrivals += 1
+        self.pending.inc()
+
+    def on_rejected(self, reason: str) -> None:
+        self.requests.labels("rejected").inc()
+        self.rejected.labels(reason).inc()
+        for w in (self._window, self.totals):
+            w.arrivals += 1
+            w.rejected += 1
+
+    def on_expired(self, n: int) -> None:
+        self.requests.labels("expired").inc(n)
+        self.rejected.labels("deadline").inc(n)
+        self._window.expired += n
+        self.totals.expired += n
+
+    def on_failed(self, n: int) -> None:
+        self.requests.labels("failed").inc(n)
+
+    def on_protocol_error(self, code: str) -> None:
+        self.protocol_errors.labels(code).inc()
+
+    def on_batch(self, queue_s: list[float], padded_s: float, overrun: bool) -> None:
+        n = len(queue_s)
+        self.requests.labels("ok").inc(n)
+        self.inferences.inc(n)
+        self.batches.inc()
+        self.overruns.inc(overrun)
+        self.batch_size.observe(n)
+        self.compute_seconds.observe(padded_s)
+        for q in queue_s:
+            self.queue_seconds.observe(q)
+        for w in (self._window, self.totals):
+            w.completed += n
+            w.batches += 1
+            w.batch_sum += n
+            w.queue_s_sum += sum(queue_s)
+            w.busy_s += padded_s
+
+    # --- windows --------------------------------------------------------------------------
+
+    def take_window(self, now: float, queue_len: int, max_queue_size: int,
+                    max_batch_size: int) -> ServerWindow:
+        """The window since the previous call; counters start again from zero."""
+        start = self._window_start if self._window_start is not None else now
+        self._window_start = now
+        w, self._window = self._window, _Window()
+        span = max(now - start, 1e-9)
+        return ServerWindow(
+            window_s=now - start, arrivals=w.arrivals, completed=w.completed,
+            rejected=w.rejected, expired=w.expired, queue_len=queue_len,
+            max_queue_size=max_queue_size,
+            mean_queue_ms=1e3 * w.queue_s_sum / w.completed if w.completed else 0.0,
+            mean_batch_size=w.batch_sum / w.batches if w.batches else 0.0,
+            busy_fraction=min(w.busy_s / span, 1.0), max_batch_size=max_batch_size)

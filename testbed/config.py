@@ -1,0 +1,326 @@
+"""Scenario configuration: frozen dataclasses, their defaults, and the one TOML reader.
+
+A leaf module (stdlib only). `load_scenario` is the only place that parses scenario files; it
+rejects unknown keys and bad values with `ScenarioError` naming the file and the field. Units
+are in the field names (`_ms`, `_s`, `_hz`, `_mbps`, `_us`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+ArrivalKind = Literal["constant", "poisson"]
+TIER_ORDER = ("low", "mid", "high")
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot be run; the message names the file and the field."""
+
+
+def _check(cond: bool, what: str) -> None:
+    if not cond:
+        raise ScenarioError(what)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSpec:
+    """One direction of a device's emulated network link."""
+
+    delay_ms: float = 5.0
+    """One-way propagation delay."""
+    jitter_ms: float = 1.0
+    """Standard deviation of a normal jitter added to the delay (clipped at zero)."""
+    bandwidth_mbps: float = 50.0
+    """Serialisation rate; messages on one link queue behind each other (FIFO, like TCP)."""
+
+    def __post_init__(self) -> None:
+        _check(self.delay_ms >= 0 and self.jitter_ms >= 0, "link delays must be >= 0")
+        _check(self.bandwidth_mbps > 0, f"bandwidth_mbps must be > 0 (got {self.bandwidth_mbps})")
+
+
+@dataclass(frozen=True, slots=True)
+class TierSpec:
+    """A device class: which light model it runs, how fast, and over which link."""
+
+    model: str
+    """Light model name in the zoo."""
+    compute_ms: float
+    """Median light-model latency the device emulates (the real run is padded up to it)."""
+    compute_jitter: float = 0.1
+    """Sigma of the log-normal spread around `compute_ms`."""
+    threshold: float | None = None
+    """Initial (and, under `static`, fixed) threshold; None takes the model card's
+    accuracy-optimal value, the one a single-device cascade designer would pick."""
+    uplink: LinkSpec = field(default_factory=LinkSpec)
+    downlink: LinkSpec = field(default_factory=LinkSpec)
+
+    def __post_init__(self) -> None:
+        _check(self.compute_ms > 0, f"compute_ms must be > 0 (got {self.compute_ms})")
+        _check(self.compute_jitter >= 0, "compute_jitter must be >= 0")
+        _check(self.threshold is None or 0 <= self.threshold <= 1,
+               f"threshold must be in [0, 1] (got {self.threshold})")
+
+
+def default_tiers() -> dict[str, TierSpec]:
+    """Smart-home board, camera, phone: slower devices have weaker models and slower links."""
+    return {
+        "low": TierSpec("light-low", compute_ms=40.0,
+                        uplink=LinkSpec(8.0, 2.0, 10.0), downlink=LinkSpec(8.0, 2.0, 20.0)),
+        "mid": TierSpec("light-mid", compute_ms=20.0,
+                        uplink=LinkSpec(5.0, 1.5, 20.0), downlink=LinkSpec(5.0, 1.5, 40.0)),
+        "high": TierSpec("light-high", compute_ms=8.0,
+                         uplink=LinkSpec(3.0, 1.0, 50.0), downlink=LinkSpec(3.0, 1.0, 100.0)),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class DevicesConfig:
+    count: int = 40
+    mix: str = "1:1:1"
+    """Ratio of low:mid:high devices (or of the tiers in the order they are declared)."""
+    rate_hz: float = 10.0
+    """Samples per second per device (open loop)."""
+    arrival: ArrivalKind = "poisson"
+    reply_timeout_ms: float = 1000.0
+    """How long a device waits for the server before its light answer becomes final."""
+    report_interval_s: float = 0.5
+    """Window of the `report` messages that feed the scheduler."""
+
+    def __post_init__(self) -> None:
+        _check(self.count >= 0, f"devices.count must be >= 0 (got {self.count})")
+        _check(self.rate_hz > 0, f"devices.rate_hz must be > 0 (got {self.rate_hz})")
+        _check(self.arrival in typing.get_args(ArrivalKind),
+               f"devices.arrival must be one of {typing.get_args(ArrivalKind)}")
+        _check(self.reply_timeout_ms > 0, "devices.reply_timeout_ms must be > 0")
+        _check(self.report_interval_s > 0, "devices.report_interval_s must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 0
+    """0 picks a free port; the server reports the URL it listens on."""
+    heavy_model: str | None = None
+    """Heavy model name in the zoo; None takes the zoo's default."""
+    max_batch_size: int = 32
+    max_queue_delay_us: int = 2000
+    """How long the first request of a batch may wait for more (Triton semantics)."""
+    max_queue_size: int = 512
+    """Admission bound; a full queue rejects at once (counted by reason)."""
+    batch_base_ms: float = 10.0
+    batch_per_sample_ms: float = 4.0
+    """Emulated batch latency L(b) = base + per_sample * b of the server's accelerator; the
+    real model always runs and the batch is padded up to L(b)."""
+    pad_compute: bool = True
+    intra_op_threads: int = 1
+    control_interval_s: float = 0.5
+    """How often the scheduler policy runs."""
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.port < 65536, f"server.port out of range (got {self.port})")
+        _check(self.max_batch_size >= 1, "server.max_batch_size must be >= 1")
+        _check(self.max_queue_delay_us >= 0, "server.max_queue_delay_us must be >= 0")
+        _check(self.max_queue_size >= self.max_batch_size,
+               f"server.max_queue_size ({self.max_queue_size}) must be >= max_batch_size "
+               f"({self.max_batch_size})")
+        _check(self.batch_base_ms >= 0 and self.batch_per_sample_ms >= 0,
+               "server batch profile must be >= 0")
+        _check(self.intra_op_threads >= 1, "server.intra_op_threads must be >= 1")
+        _check(self.control_interval_s > 0, "server.control_interval_s must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    name: str = "multitasc"
+    params: dict[str, Any] = field(default_factory=dict)
+    """Policy-specific knobs, checked by the policy's own config class."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioConfig:
+    name: str = "default"
+    duration_s: float = 30.0
+    slo_ms: float = 150.0
+    seed: int = 0
+    zoo: str | None = None
+    """Path of a model zoo; None is the embedded one."""
+    devices: DevicesConfig = field(default_factory=DevicesConfig)
+    tiers: dict[str, TierSpec] = field(default_factory=default_tiers)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.duration_s > 0, f"duration_s must be > 0 (got {self.duration_s})")
+        _check(self.slo_ms > 0, f"slo_ms must be > 0 (got {self.slo_ms})")
+        _check(bool(self.tiers), "at least one tier is needed")
+        parse_mix(self.devices.mix, tuple(self.tiers))
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSpec:
+    """One device of a run, resolved from the scenario (what a device process is given)."""
+
+    device_id: str
+    index: int
+    tier: str
+    spec: TierSpec
+    rate_hz: float
+    arrival: ArrivalKind
+    seed: int
+    slo_ms: float
+    duration_s: float
+    reply_timeout_ms: float
+    report_interval_s: float
+    zoo: str | None
+
+
+def parse_mix(mix: str, tiers: tuple[str, ...]) -> dict[str, float]:
+    """'1:1:1' -> {tier: weight}; the n-th number belongs to the n-th tier."""
+    try:
+        weights = [float(x) for x in mix.split(":")]
+    except ValueError:
+        raise ScenarioError(f"mix {mix!r} must be numbers separated by ':'") from None
+    _check(len(weights) == len(tiers),
+           f"mix {mix!r} has {len(weights)} parts but there are {len(tiers)} tiers {tiers}")
+    _check(all(w >= 0 for w in weights) and sum(weights) > 0,
+           f"mix {mix!r} needs non-negative weights with a positive sum")
+    return dict(zip(tiers, weights, strict=True))
+
+
+def assign_tiers(count: int, weights: dict[str, float]) -> list[str]:
+    """Split `count` devices by weight (largest remainder), interleaved so that any prefix of
+    the devices is as mixed as possible."""
+    total = sum(weights.values())
+    exact = {t: count * w / total for t, w in weights.items()}
+    counts = {t: int(v) for t, v in exact.items()}
+    for t in sorted(exact, key=lambda t: exact[t] - counts[t], reverse=True)[
+            : count - sum(counts.values())]:
+        counts[t] += 1
+    order: list[str] = []
+    left = dict(counts)
+    while len(order) < count:
+        for t in weights:
+            if left[t] > 0:
+                order.append(t)
+                left[t] -= 1
+    return order
+
+
+def device_specs(cfg: ScenarioConfig) -> list[DeviceSpec]:
+    tiers = assign_tiers(cfg.devices.count, parse_mix(cfg.devices.mix, tuple(cfg.tiers)))
+    return [
+        DeviceSpec(device_id=f"{tier}-{i:03d}", index=i, tier=tier, spec=cfg.tiers[tier],
+                   rate_hz=cfg.devices.rate_hz, arrival=cfg.devices.arrival, seed=cfg.seed,
+                   slo_ms=cfg.slo_ms, duration_s=cfg.duration_s,
+                   reply_timeout_ms=cfg.devices.reply_timeout_ms,
+                   report_interval_s=cfg.devices.report_interval_s, zoo=cfg.zoo)
+        for i, tier in enumerate(tiers)
+    ]
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def load_scenario(path: str | Path) -> ScenarioConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
+    try:
+        return scenario_from_dict(data)
+    except ScenarioError as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
+
+
+def scenario_from_dict(data: dict[str, Any]) -> ScenarioConfig:
+    data = dict(data)
+    tiers_in = data.pop("tiers", None)
+    defaults = default_tiers()
+    tiers = dict(defaults)
+    if tiers_in is not None:
+        _check(isinstance(tiers_in, dict), "tiers must be a table")
+        if any(name not in defaults for name in tiers_in):
+            tiers = {}  # a custom tier set replaces the defaults instead of extending them
+        for name, spec in tiers_in.items():
+            base = dataclasses.asdict(defaults[name]) if name in defaults else {}
+            tiers[name] = _build(TierSpec, _merge(base, spec, f"tiers.{name}"), f"tiers.{name}")
+    cfg: ScenarioConfig = _build(ScenarioConfig, {**data, "tiers": tiers}, "")
+    return cfg
+
+
+def scenario_to_dict(cfg: ScenarioConfig) -> dict[str, Any]:
+    """The scenario as run, TOML-ready (None values are dropped: TOML has no null)."""
+
+    def strip(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {k: strip(v) for k, v in obj.items() if v is not None}
+        return obj
+
+    return strip(dataclasses.asdict(cfg))  # type: ignore[no-any-return]
+
+
+def _merge(base: dict[str, Any], over: Any, where: str) -> dict[str, Any]:
+    _check(isinstance(over, dict), f"{where} must be a table")
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v, f"{where}.{k}") if isinstance(base.get(k), dict) else v
+    return out
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Turn a TOML table into dataclass `cls`, rejecting unknown keys and wrong types."""
+    if dataclasses.is_dataclass(data):
+        return data
+    _check(isinstance(data, dict), f"{where or 'scenario'} must be a table")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    _check(not unknown, f"{where or 'scenario'}: unknown keys {sorted(unknown)}")
+    kwargs = {}
+    for key, value in data.items():
+        here = f"{where}.{key}" if where else key
+        kwargs[key] = _convert(hints[key], value, here)
+    try:
+        return cls(**kwargs)
+    except ScenarioError as exc:
+        raise ScenarioError(f"{where + ': ' if where else ''}{exc}") from None
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(options[0], value, where)
+    if origin is Literal:
+        _check(value in typing.get_args(hint),
+               f"{where} must be one of {typing.get_args(hint)} (got {value!r})")
+        return value
+    if origin is dict:
+        _check(isinstance(value, dict), f"{where} must be a table")
+        return dict(value)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)  # type: ignore[arg-type]
+    if hint is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool),
+               f"{where} must be a number (got {value!r})")
+        return float(value)
+    if hint is int:
+        _check(isinstance(value, int) and not isinstance(value, bool),
+               f"{where} must be an integer (got {value!r})")
+        return value
+    if hint is bool:
+        _check(isinstance(value, bool), f"{where} must be true or false (got {value!r})")
+        return value
+    if hint is str:
+        _check(isinstance(value, str), f"{where} must be a string (got {value!r})")
+        return value
+    return value

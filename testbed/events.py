@@ -1,0 +1,44 @@
+"""Run events (threshold changes, device joins, faults) as JSON lines, flushed as written."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import IO, Any
+
+
+class EventLog:
+    """Appends `{"t": epoch_s, "source": ..., "kind": ..., ...}` lines; a None path discards."""
+
+    def __init__(self, path: Path | None, source: str) -> None:
+        self.source = source
+        self._file: IO[str] | None = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = path.open("a")
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        if self._file is None:
+            return
+        line = {"t": round(time.time(), 6), "source": self.source, "kind": kind, **fields}
+        self._file.write(json.dumps(line, separators=(",", ":")) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """Every complete line of an events file (a torn last line after a crash is skipped)."""
+    out = []
+    if not path.is_file():
+        return out
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out

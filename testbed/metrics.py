@@ -1,0 +1,122 @@
+"""Pure metric math over sample records: SLO satisfaction, accuracy, forward rate, percentiles.
+
+Definitions are DESIGN.md's and the same everywhere: SLO satisfaction and forward rate are over
+*generated* samples (a lost sample counts as a miss), accuracy over final answers, throughput is
+final answers per second of the run. Percentiles are exact (nearest rank over every latency),
+not bucketed, so they can be merged simply by concatenating records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from testbed.records import SOURCES, SampleRecord
+
+PERCENTILES = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0, "p99.9": 99.9}
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceTally:
+    """What a device says about itself at the end, beside its records."""
+
+    device_id: str
+    tier: str
+    generated: int
+    final_threshold: float
+    late_replies: int = 0
+
+
+def latency_summary(latencies_ms: Sequence[float] | np.ndarray) -> dict[str, float | None]:
+    """Exact nearest-rank percentiles (HdrHistogram's definition), mean and max."""
+    arr = np.asarray(latencies_ms, dtype=np.float64)
+    arr = arr[~np.isnan(arr)]
+    if arr.size == 0:
+        return {k: None for k in (*PERCENTILES, "mean", "max")}
+    out: dict[str, float | None] = {
+        k: round(float(np.percentile(arr, p, method="inverted_cdf")), 3)
+        for k, p in PERCENTILES.items()
+    }
+    out["mean"] = round(float(arr.mean()), 3)
+    out["max"] = round(float(arr.max()), 3)
+    return out
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return round(num / den, 5) if den else None
+
+
+def group_stats(records: Sequence[SampleRecord], generated: int, slo_ms: float) -> dict[str, Any]:
+    """Counts, rates and latency of one group (a device, a tier, or the whole run)."""
+    counts = {s: 0 for s in SOURCES}
+    correct = forwarded = met = 0
+    for r in records:
+        counts[r.source] += 1
+        correct += r.correct
+        forwarded += r.forwarded
+        met += r.latency_ms <= slo_ms
+    completed = len(records)
+    return {
+        "samples": {"generated": generated, "completed": completed,
+                    "lost": max(generated - completed, 0), **counts},
+        "slo_satisfaction": _ratio(met, generated),
+        "accuracy": _ratio(correct, completed),
+        "forward_rate": _ratio(forwarded, generated),
+        "latency_ms": latency_summary([r.latency_ms for r in records]),
+    }
+
+
+def summarize(records: Iterable[SampleRecord], devices: Sequence[DeviceTally], *,
+              slo_ms: float, duration_s: float) -> dict[str, Any]:
+    """The numbers of summary.json (everything but run metadata, which the harness adds)."""
+    by_device: dict[str, list[SampleRecord]] = {d.device_id: [] for d in devices}
+    all_records: list[SampleRecord] = []
+    for r in records:
+        by_device.setdefault(r.device_id, []).append(r)
+        all_records.append(r)
+    tallies = {d.device_id: d for d in devices}
+    # A device that died before reporting still generated at least what it recorded.
+    generated = {dev: max(tallies[dev].generated if dev in tallies else 0, len(recs))
+                 for dev, recs in by_device.items()}
+    overall = group_stats(all_records, sum(generated.values()), slo_ms)
+    per_device = []
+    tiers: dict[str, list[str]] = {}
+    for dev, recs in sorted(by_device.items()):
+        tally = tallies.get(dev)
+        tier = tally.tier if tally else (recs[0].tier if recs else "?")
+        tiers.setdefault(tier, []).append(dev)
+        stats = group_stats(recs, generated[dev], slo_ms)
+        per_device.append({
+            "device_id": dev, "tier": tier,
+            "samples": stats["samples"]["completed"], "generated": generated[dev],
+            "lost": stats["samples"]["lost"],
+            "slo_satisfaction": stats["slo_satisfaction"], "accuracy": stats["accuracy"],
+            "forward_rate": stats["forward_rate"],
+            "final_threshold": tally.final_threshold if tally else None,
+            "late_replies": tally.late_replies if tally else 0,
+            "latency_ms": {k: stats["latency_ms"][k] for k in ("p50", "p95", "p99")},
+        })
+    per_tier = {
+        tier: {"devices": len(devs), **group_stats(
+            [r for d in devs for r in by_device[d]], sum(generated[d] for d in devs), slo_ms)}
+        for tier, devs in tiers.items()
+    }
+    n = len(all_records)
+    return {
+        "samples": overall["samples"],
+        "slo_satisfaction": overall["slo_satisfaction"],
+        "accuracy": overall["accuracy"],
+        "throughput_sps": round(n / duration_s, 3) if duration_s > 0 else None,
+        "forward_rate": overall["forward_rate"],
+        "latency_ms": overall["latency_ms"],
+        "per_tier": per_tier,
+        "per_device": per_device,
+        "emulation": {
+            "compute_overrun_fraction": _ratio(sum(r.overrun for r in all_records), n) or 0.0,
+            "start_lag_ms": latency_summary([r.start_lag_ms for r in all_records]),
+            "late_replies": sum(d.late_replies for d in devices),
+        },
+    }

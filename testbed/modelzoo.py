@@ -1,0 +1,96 @@
+"""Find models, cards and the dataset of a model zoo (the embedded one by default).
+
+A leaf module (stdlib and numpy): devices load their light model and samples through it, the
+server its heavy model, the harness the cards. Sessions are built here so every process gets
+the same onnxruntime threading settings.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EMBEDDED_ZOO = Path(__file__).resolve().parent / "zoo"
+
+
+class ZooError(LookupError):
+    """A model or dataset the scenario names is not in the zoo."""
+
+
+@dataclass(frozen=True, slots=True)
+class Dataset:
+    """Samples as uint8 pixels [N, 64] and their labels; models take pixels / 255 as float32."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+
+@dataclass(frozen=True)
+class Zoo:
+    root: Path
+    index: dict[str, Any]
+
+    @property
+    def tiers(self) -> dict[str, str]:
+        """Default light model per device tier."""
+        return dict(self.index["tiers"])
+
+    @property
+    def heavy(self) -> str:
+        return str(self.index["heavy"])
+
+    def card(self, model: str) -> dict[str, Any]:
+        path = self.root / f"{model}.json"
+        if not path.is_file():
+            raise ZooError(f"model {model!r} has no card in {self.root}")
+        card: dict[str, Any] = json.loads(path.read_text())
+        return card
+
+    def model_path(self, model: str) -> Path:
+        path = self.root / self.card(model)["file"]
+        if not path.is_file():
+            raise ZooError(f"model file {path} is missing")
+        return path
+
+    def dataset(self, split: str = "test") -> Dataset:
+        data = np.load(self.root / self.index["dataset"]["file"])
+        if f"x_{split}" not in data:
+            raise ZooError(f"dataset has no split {split!r}")
+        return Dataset(x=data[f"x_{split}"], y=data[f"y_{split}"])
+
+
+@cache
+def open_zoo(root: str | Path | None = None) -> Zoo:
+    base = Path(root) if root else EMBEDDED_ZOO
+    index_path = base / "zoo.json"
+    if not index_path.is_file():
+        raise ZooError(f"{base} is not a model zoo (no zoo.json)")
+    return Zoo(root=base, index=json.loads(index_path.read_text()))
+
+
+def open_session(path: Path, intra_op_threads: int = 1, inter_op_threads: int = 1) -> Any:
+    """An onnxruntime CPU session with explicit threads and no spinning.
+
+    Spinning threads in 40 device processes would oversubscribe two cores, so devices always
+    use 1/1; the server may ask for more.
+    """
+    import onnxruntime as ort  # deferred: the harness reads cards without loading the runtime
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra_op_threads
+    opts.inter_op_num_threads = inter_op_threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def to_model_input(pixels: np.ndarray) -> np.ndarray:
+    """uint8 pixels -> the float32 input every zoo model takes."""
+    out: np.ndarray = pixels.astype(np.float32) * np.float32(1.0 / 255.0)
+    return out

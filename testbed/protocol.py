@@ -1,0 +1,249 @@
+"""The wire format shared by devices, server and plain HTTP clients (msgpack maps, versioned).
+
+A leaf module: it imports only the standard library and msgpack, so devices and server can both
+depend on it without depending on each other. `decode` is a pure bytes -> message function that
+either returns a valid message or raises `ProtocolError`; it never raises anything else.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from enum import IntEnum
+from typing import Any, Final
+
+import msgpack
+
+PROTOCOL_VERSION: Final = 1
+MAX_MESSAGE_BYTES: Final = 1 << 20
+"""Largest frame a peer may send; the server refuses bigger ones before decoding."""
+
+ALLOWED_DTYPES: Final = frozenset({"float32", "uint8"})
+
+
+class ErrorCode(IntEnum):
+    """Refusals that cross the wire; HTTP maps them to statuses in `HTTP_STATUS`."""
+
+    MALFORMED = 1
+    UNKNOWN_TYPE = 2
+    BAD_VERSION = 3
+    BAD_TENSOR = 4
+    TOO_LARGE = 5
+    NOT_REGISTERED = 6
+    UNAUTHORIZED = 7
+    DUPLICATE_DEVICE = 8
+    OVERLOADED = 9
+    INTERNAL = 10
+
+
+HTTP_STATUS: Final = {
+    ErrorCode.MALFORMED: 400,
+    ErrorCode.UNKNOWN_TYPE: 400,
+    ErrorCode.BAD_VERSION: 400,
+    ErrorCode.BAD_TENSOR: 422,
+    ErrorCode.TOO_LARGE: 413,
+    ErrorCode.NOT_REGISTERED: 409,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.DUPLICATE_DEVICE: 409,
+    ErrorCode.OVERLOADED: 503,
+    ErrorCode.INTERNAL: 500,
+}
+
+
+class ProtocolError(ValueError):
+    """A message that cannot be decoded or is not valid; `code` says which refusal to send."""
+
+    def __init__(self, code: ErrorCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+# --- device -> server -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    device_id: str
+    tier: str
+    model: str
+    token: str = ""
+    version: int = PROTOCOL_VERSION
+    TYPE = "hello"
+
+
+@dataclass(frozen=True, slots=True)
+class Infer:
+    """One forwarded sample. `deadline_ms` is a budget relative to receipt, not a timestamp,
+    because device and server clocks are never compared."""
+
+    sample_id: int
+    dtype: str
+    shape: tuple[int, ...]
+    data: bytes
+    deadline_ms: float = 0.0
+    TYPE = "infer"
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A device's statistics over its last window, the input of the server's scheduler."""
+
+    window_s: float
+    generated: int
+    forwarded: int
+    answered: int
+    slo_met: int
+    slo_missed: int
+    fallback: int
+    threshold: float
+    mean_light_confidence: float
+    light_ms_mean: float
+    epoch: int = 0
+    TYPE = "report"
+
+
+# --- server -> device -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    threshold: float
+    epoch: int
+    config: dict[str, Any] = field(default_factory=dict)
+    TYPE = "welcome"
+
+
+class ResultStatus(IntEnum):
+    OK = 0
+    REJECTED = 1
+    """Refused at admission (queue full): the device keeps its light answer."""
+    EXPIRED = 2
+    """The deadline passed while queued: answered at once from a timer, not when a slot freed."""
+    FAILED = 3
+    """The heavy model raised; the device keeps its light answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    sample_id: int
+    status: int = ResultStatus.OK
+    prediction: int = -1
+    confidence: float = 0.0
+    queue_us: int = 0
+    compute_us: int = 0
+    batch_size: int = 0
+    reason: str = ""
+    TYPE = "result"
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    value: float
+    epoch: int
+    TYPE = "threshold"
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    code: int
+    reason: str
+    sample_id: int | None = None
+    TYPE = "error"
+
+
+Message = Hello | Infer | Report | Welcome | Result | Threshold | Error
+_TYPES: Final[dict[str, type]] = {
+    cls.TYPE: cls for cls in (Hello, Infer, Report, Welcome, Result, Threshold, Error)
+}
+
+# Field -> accepted Python types after msgpack decoding; checked in `decode`.
+_NUM = (int, float)
+_SCHEMA: Final[dict[type, dict[str, tuple[type, ...]]]] = {
+    Hello: {"device_id": (str,), "tier": (str,), "model": (str,), "token": (str,),
+            "version": (int,)},
+    Infer: {"sample_id": (int,), "dtype": (str,), "shape": (list, tuple), "data": (bytes,),
+            "deadline_ms": _NUM},
+    Report: {"window_s": _NUM, "generated": (int,), "forwarded": (int,), "answered": (int,),
+             "slo_met": (int,), "slo_missed": (int,), "fallback": (int,), "threshold": _NUM,
+             "mean_light_confidence": _NUM, "light_ms_mean": _NUM, "epoch": (int,)},
+    Welcome: {"threshold": _NUM, "epoch": (int,), "config": (dict,)},
+    Result: {"sample_id": (int,), "status": (int,), "prediction": (int,), "confidence": _NUM,
+             "queue_us": (int,), "compute_us": (int,), "batch_size": (int,), "reason": (str,)},
+    Threshold: {"value": _NUM, "epoch": (int,)},
+    Error: {"code": (int,), "reason": (str,), "sample_id": (int, type(None))},
+}
+_REQUIRED: Final[dict[type, frozenset[str]]] = {
+    Hello: frozenset({"device_id", "tier", "model"}),
+    Infer: frozenset({"sample_id", "dtype", "shape", "data"}),
+    Report: frozenset(_SCHEMA[Report]) - {"epoch"},
+    Welcome: frozenset({"threshold", "epoch"}),
+    Result: frozenset({"sample_id"}),
+    Threshold: frozenset({"value", "epoch"}),
+    Error: frozenset({"code", "reason"}),
+}
+MAX_ID_LEN: Final = 128
+MAX_DIMS: Final = 8
+
+
+def encode(msg: Message) -> bytes:
+    """Pack a message as a msgpack map with its `type` key."""
+    body = asdict(msg)
+    body["type"] = msg.TYPE
+    if isinstance(msg, Infer):
+        body["shape"] = list(msg.shape)
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return packed
+
+
+def decode(data: bytes | bytearray | memoryview) -> Message:
+    """Unpack and validate one message; raise `ProtocolError` with a reason on anything else."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(ErrorCode.TOO_LARGE,
+                            f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=MAX_MESSAGE_BYTES)
+    except Exception as exc:  # msgpack raises many unrelated types on garbage
+        raise ProtocolError(ErrorCode.MALFORMED, f"not valid msgpack: {exc}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError(ErrorCode.MALFORMED, "message must be a msgpack map")
+    kind = body.pop("type", None)
+    cls = _TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r}")
+    schema = _SCHEMA[cls]
+    unknown = body.keys() - schema.keys()
+    if unknown:
+        raise ProtocolError(ErrorCode.MALFORMED, f"{kind}: unknown fields {sorted(unknown)}")
+    missing = _REQUIRED[cls] - body.keys()
+    if missing:
+        raise ProtocolError(ErrorCode.MALFORMED, f"{kind}: missing fields {sorted(missing)}")
+    for name, value in body.items():
+        accepted = schema[name]
+        if isinstance(value, bool) or not isinstance(value, accepted):
+            raise ProtocolError(ErrorCode.MALFORMED,
+                                f"{kind}.{name} has type {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ProtocolError(ErrorCode.MALFORMED, f"{kind}.{name} is not finite")
+    if cls is Infer:
+        body["shape"] = _check_shape(body["shape"])
+    elif cls is Hello:
+        _check_hello(body)
+    return cls(**body)  # type: ignore[no-any-return]
+
+
+def _check_shape(shape: list[Any]) -> tuple[int, ...]:
+    if len(shape) > MAX_DIMS or not all(
+        isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_MESSAGE_BYTES
+        for d in shape
+    ):
+        raise ProtocolError(ErrorCode.BAD_TENSOR, f"invalid shape {shape!r}")
+    return tuple(shape)
+
+
+def _check_hello(body: dict[str, Any]) -> None:
+    for name in ("device_id", "tier", "model"):
+        value = body[name]
+        if not value or len(value) > MAX_ID_LEN or not value.isprintable():
+            raise ProtocolError(ErrorCode.MALFORMED, f"hello.{name} must be 1-{MAX_ID_LEN} "
+                                "printable characters")

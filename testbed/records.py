@@ -1,0 +1,145 @@
+"""Per-sample records: the schema, an incremental CSV writer and a reader that tolerates a crash.
+
+A leaf module. Devices write one CSV per device as samples finish and flush it periodically, so
+a killed run leaves a readable prefix; the harness reads them all back for the summary.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Final, Literal
+
+Source = Literal["light", "heavy", "fallback", "rejected"]
+SOURCES: Final = ("light", "heavy", "fallback", "rejected")
+
+
+@dataclass(slots=True)
+class SampleRecord:
+    """One generated sample and its one final answer. Times are on the device's own clock."""
+
+    device_id: str
+    tier: str
+    sample_id: int
+    label: int
+    t_sched_s: float
+    """Scheduled arrival, seconds since the device's run start (open loop)."""
+    start_lag_ms: float
+    """How late the light model started after the device was free to run it: emulator lag."""
+    light_ms: float
+    """Light-model latency as emulated (real run padded to the tier's profile)."""
+    light_real_ms: float
+    overrun: bool
+    """The real run took longer than the emulated target: fidelity was lost for this sample."""
+    light_pred: int
+    light_conf: float
+    threshold: float
+    forwarded: bool
+    queue_ms: float
+    compute_ms: float
+    batch_size: int
+    final_pred: int
+    source: Source
+    correct: bool
+    latency_ms: float
+    """Scheduled time -> final answer on the device."""
+    slo_met: bool
+    wall_epoch_s: float
+    """Wall-clock time of the scheduled arrival, only for joining records across processes."""
+
+
+FIELDS: Final = tuple(f.name for f in dataclasses.fields(SampleRecord))
+_TYPES: Final = {f.name: f.type for f in dataclasses.fields(SampleRecord)}
+
+
+def _format(name: str, value: object) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        # Epoch timestamps need microseconds; everything else 6 significant digits.
+        return f"{value:.6f}" if name.endswith("epoch_s") else f"{value:.6g}"
+    return str(value)
+
+
+def _parse(name: str, text: str) -> object:
+    kind = _TYPES[name]
+    if kind == "bool":
+        if text not in ("0", "1"):
+            raise ValueError(f"{name}={text!r}")
+        return text == "1"
+    if kind == "int":
+        return int(text)
+    if kind == "float":
+        return float(text) if text else math.nan
+    if kind == "Source" and text not in SOURCES:
+        raise ValueError(f"{name}={text!r}")
+    return text
+
+
+class RecordWriter:
+    """Appends records to a CSV file; `flush` makes everything written so far durable."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file: IO[str] = path.open("w", newline="", buffering=1 << 16)
+        self._csv = csv.writer(self._file)
+        self._csv.writerow(FIELDS)
+        self.count = 0
+
+    def write(self, rec: SampleRecord) -> None:
+        self._csv.writerow([_format(name, getattr(rec, name)) for name in FIELDS])
+        self.count += 1
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+def read_records(path: Path) -> tuple[list[SampleRecord], int]:
+    """All complete rows of one CSV and the number of rows that could not be read (a torn
+    last line after a crash)."""
+    records: list[SampleRecord] = []
+    bad = 0
+    with path.open(newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            return [], 0
+        if tuple(header) != FIELDS:
+            raise ValueError(f"{path}: unexpected header {header[:3]}...")
+        for row in reader:
+            if len(row) != len(FIELDS):
+                bad += 1
+                continue
+            try:
+                values = {name: _parse(name, text) for name, text in zip(FIELDS, row, strict=True)}
+            except ValueError:
+                bad += 1
+                continue
+            records.append(SampleRecord(**values))  # type: ignore[arg-type]
+    return records, bad
+
+
+def iter_record_files(run_dir: Path) -> Iterator[Path]:
+    yield from sorted((run_dir / "samples").glob("*.csv"))
+
+
+def records_to_csv(records: list[SampleRecord]) -> str:
+    """Render records as CSV text (tests and small exports)."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(FIELDS)
+    for rec in records:
+        w.writerow([_format(name, getattr(rec, name)) for name in FIELDS])
+    return buf.getvalue()
