@@ -107,6 +107,8 @@ class Controller:
             self.events.emit("thresholds", values=changed, note=decision.note,
                              server={"arrival_rate": round(server.arrival_rate, 2),
                                      "queue_len": server.queue_len,
+                                     "queue_ms": round(server.mean_queue_ms, 2),
+                                     "batch": round(server.mean_batch_size, 2),
                                      "busy": round(server.busy_fraction, 3)})
         return decision
 

@@ -70,11 +70,11 @@ class TierSpec:
 def default_tiers() -> dict[str, TierSpec]:
     """Smart-home board, camera, phone: slower devices have weaker models and slower links."""
     return {
-        "low": TierSpec("light-low", compute_ms=40.0,
+        "low": TierSpec("light-low", compute_ms=30.0,
                         uplink=LinkSpec(8.0, 2.0, 10.0), downlink=LinkSpec(8.0, 2.0, 20.0)),
-        "mid": TierSpec("light-mid", compute_ms=20.0,
+        "mid": TierSpec("light-mid", compute_ms=15.0,
                         uplink=LinkSpec(5.0, 1.5, 20.0), downlink=LinkSpec(5.0, 1.5, 40.0)),
-        "high": TierSpec("light-high", compute_ms=8.0,
+        "high": TierSpec("light-high", compute_ms=6.0,
                          uplink=LinkSpec(3.0, 1.0, 50.0), downlink=LinkSpec(3.0, 1.0, 100.0)),
     }
 
@@ -113,8 +113,8 @@ class ServerConfig:
     """How long the first request of a batch may wait for more (Triton semantics)."""
     max_queue_size: int = 512
     """Admission bound; a full queue rejects at once (counted by reason)."""
-    batch_base_ms: float = 10.0
-    batch_per_sample_ms: float = 4.0
+    batch_base_ms: float = 6.0
+    batch_per_sample_ms: float = 4.2
     """Emulated batch latency L(b) = base + per_sample * b of the server's accelerator; the
     real model always runs and the batch is padded up to L(b)."""
     pad_compute: bool = True

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from server.scheduling.base import Policy, PolicyError
+from server.scheduling.multitasc import MultiTASCPolicy
 from server.scheduling.static import StaticPolicy
 
 POLICIES: dict[str, Any] = {
     StaticPolicy.name: StaticPolicy,
+    MultiTASCPolicy.name: MultiTASCPolicy,
 }
 
 

@@ -1,0 +1,108 @@
+"""Everything the harness shows a person: the live progress view and the summary tables.
+
+The only module that prints or draws; metrics are computed elsewhere (`testbed.metrics`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x: float | None, fmt: str = ".1f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def summary_tables(summary: dict[str, Any]) -> Group:
+    s = summary["samples"]
+    lat = summary["latency_ms"]
+    head = Table(title=f"{summary.get('scenario', 'run')}: policy={summary['policy']} "
+                 f"devices={summary['devices']} mix={summary.get('mix')} "
+                 f"duration={summary['duration_s']:.0f}s slo={summary['slo_ms']:.0f}ms",
+                 show_header=True, header_style="bold")
+    for col in ("SLO sat.", "accuracy", "throughput", "fwd rate", "p50 ms", "p95 ms",
+                "p99 ms", "generated", "lost", "light", "heavy", "fallback", "rejected"):
+        head.add_column(col, justify="right")
+    head.add_row(_pct(summary["slo_satisfaction"]), _pct(summary["accuracy"]),
+                 f"{_num(summary['throughput_sps'])}/s", _pct(summary["forward_rate"]),
+                 _num(lat["p50"]), _num(lat["p95"]), _num(lat["p99"]), str(s["generated"]),
+                 str(s["lost"]), str(s["light"]), str(s["heavy"]), str(s["fallback"]),
+                 str(s["rejected"]))
+    tiers = Table(title="per tier", header_style="bold")
+    for col in ("tier", "devices", "SLO sat.", "accuracy", "fwd rate", "p95 ms", "mean thr."):
+        tiers.add_column(col, justify="right")
+    by_tier: dict[str, list[float]] = {}
+    for d in summary["per_device"]:
+        if d["final_threshold"] is not None:
+            by_tier.setdefault(d["tier"], []).append(d["final_threshold"])
+    for tier, t in summary["per_tier"].items():
+        thr = by_tier.get(tier)
+        tiers.add_row(tier, str(t["devices"]), _pct(t["slo_satisfaction"]), _pct(t["accuracy"]),
+                      _pct(t["forward_rate"]), _num(t["latency_ms"]["p95"]),
+                      _num(sum(thr) / len(thr), ".3f") if thr else "-")
+    emu = summary["emulation"]
+    res = summary.get("resources") or {}
+    uss = (res.get("device_uss_mb") or {})
+    run = summary.get("run") or {}
+    notes = Table.grid(padding=(0, 2))
+    notes.add_row("compute overrun", _pct(emu["compute_overrun_fraction"]),
+                  "start lag p99", f"{_num(emu['start_lag_ms']['p99'], '.2f')} ms",
+                  "late replies", str(emu["late_replies"]))
+    notes.add_row("device USS", f"{_num(uss.get('mean'))} MB mean / {_num(uss.get('max'))} max",
+                  "start-up", f"{_num(run.get('startup_s'), '.2f')} s",
+                  "partial", str(run.get("partial")))
+    return Group(head, tiers, notes)
+
+
+def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:
+    (console or Console()).print(summary_tables(summary))
+
+
+class LiveProgress:
+    """The `Progress` of `testbed.orchestrator`, drawn with rich."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console()
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                             TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+                             TimeElapsedColumn(), TextColumn("{task.fields[live]}"),
+                             console=self.console, transient=False)
+        self._live = Live(Group(self._bar), console=self.console, refresh_per_second=4)
+        self._register_task: Any = None
+        self._run_task: Any = None
+
+    def __enter__(self) -> LiveProgress:
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._live.__exit__(None, None, None)
+
+    def phase(self, text: str) -> None:
+        self.console.log(text)
+
+    def registered(self, done: int, total: int) -> None:
+        if self._register_task is None:
+            self._register_task = self._bar.add_task("registering devices", total=total,
+                                                     live="")
+        self._bar.update(self._register_task, completed=done)
+
+    def running(self, elapsed_s: float, duration_s: float, live: dict[str, Any]) -> None:
+        if self._run_task is None:
+            self._run_task = self._bar.add_task("running (s)", total=duration_s, live="")
+        text = ""
+        if live:
+            thr = live.get("mean_threshold")
+            text = (f"devices {live.get('connected', '?')}  queue {live.get('queue', '?')}  "
+                    f"server {live.get('throughput_sps', 0):.0f}/s of "
+                    f"{live.get('arrival_sps', 0):.0f}/s offered  "
+                    f"mean threshold {'-' if thr is None else f'{thr:.3f}'}")
+        self._bar.update(self._run_task, completed=elapsed_s, live=text)
