@@ -59,22 +59,30 @@ def tensor_from_infer(msg: wire.Infer, model: HeavyModel) -> np.ndarray:
 class Outbox:
     """Messages to one WebSocket, written by one task so replies never block the batcher.
 
-    Bounded: a client that stops reading is disconnected rather than buffered without end.
+    A burst of replies is fine; a client that stops reading is not: once the writer has been
+    stuck on a full socket for `STALL_S` with more than `limit` replies waiting, the client is
+    disconnected rather than buffered without end.
     """
+
+    STALL_S = 5.0
 
     def __init__(self, ws: web.WebSocketResponse, limit: int) -> None:
         self._ws = ws
         self._limit = limit
         self._items: deque[bytes] = deque()
         self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._blocked_since: float | None = None
         self._task = asyncio.create_task(self._drain())
         self.overflowed = False
 
     def send(self, data: bytes) -> None:
         if self._ws.closed or self.overflowed:
             return
-        if len(self._items) >= self._limit:
+        if len(self._items) >= self._limit and self._blocked_since is not None and \
+                self._loop.time() - self._blocked_since > self.STALL_S:
             self.overflowed = True
+            self._items.clear()
             self._task.cancel()
             asyncio.ensure_future(self._ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION,
                                                  message=b"client too slow"))
@@ -86,11 +94,14 @@ class Outbox:
         while True:
             while self._items:
                 data = self._items.popleft()
+                self._blocked_since = self._loop.time()
                 try:
                     await self._ws.send_bytes(data)
                 except (ConnectionError, RuntimeError):
                     self._items.clear()
                     return
+                finally:
+                    self._blocked_since = None
             self._wake.clear()
             await self._wake.wait()
 

@@ -1,0 +1,190 @@
+"""The real server refuses bad input with a reason and keeps serving everyone else."""
+
+from __future__ import annotations
+
+import io
+
+import aiohttp
+import msgpack
+import numpy as np
+import pytest
+
+from testbed import protocol as wire
+from tests.integration.conftest import TOKEN
+
+PIXELS = np.arange(64, dtype=np.uint8).tobytes()
+
+
+def hello(device_id: str = "mid-t1", token: str = TOKEN, **kw: object) -> bytes:
+    return wire.encode(wire.Hello(device_id=device_id, tier="mid", model="light-mid",
+                                  token=token, **kw))  # type: ignore[arg-type]
+
+
+def infer(sample_id: int = 1, **kw: object) -> bytes:
+    fields = {"dtype": "uint8", "shape": (64,), "data": PIXELS, "deadline_ms": 2000.0, **kw}
+    return wire.encode(wire.Infer(sample_id=sample_id, **fields))  # type: ignore[arg-type]
+
+
+async def receive(ws: aiohttp.ClientWebSocketResponse) -> wire.Message:
+    msg = await ws.receive(timeout=10)
+    assert msg.type == aiohttp.WSMsgType.BINARY, msg
+    return wire.decode(msg.data)
+
+
+async def connect(session: aiohttp.ClientSession, url: str, device_id: str = "mid-t1",
+                  token: str = TOKEN) -> tuple[aiohttp.ClientWebSocketResponse, wire.Message]:
+    ws = await session.ws_connect(f"{url}/v1/devices/{device_id}")
+    await ws.send_bytes(hello(device_id, token))
+    return ws, await receive(ws)
+
+
+class TestWebSocket:
+    async def test_hello_infer_result(self, server_url: str) -> None:
+        async with aiohttp.ClientSession() as s:
+            ws, welcome = await connect(s, server_url)
+            assert isinstance(welcome, wire.Welcome) and 0 <= welcome.threshold <= 1
+            await ws.send_bytes(infer(5))
+            res = await receive(ws)
+            assert isinstance(res, wire.Result) and res.sample_id == 5
+            assert res.status == wire.ResultStatus.OK and 0 <= res.prediction < 10
+            assert res.batch_size >= 1 and res.compute_us > 0
+            await ws.close()
+
+    @pytest.mark.parametrize("first,code", [
+        (b"\x00garbage", wire.ErrorCode.MALFORMED),
+        (infer(1), wire.ErrorCode.NOT_REGISTERED),
+        (hello(token="wrong"), wire.ErrorCode.UNAUTHORIZED),
+        (hello(device_id="other-id"), wire.ErrorCode.MALFORMED),
+        (hello(version=99), wire.ErrorCode.BAD_VERSION),
+    ])
+    async def test_bad_handshakes_are_refused(self, server_url: str, first: bytes,
+                                              code: wire.ErrorCode) -> None:
+        async with aiohttp.ClientSession() as s:
+            ws = await s.ws_connect(f"{server_url}/v1/devices/mid-t1")
+            await ws.send_bytes(first)
+            err = await receive(ws)
+            assert isinstance(err, wire.Error) and err.code == code and err.reason
+            closing = await ws.receive(timeout=5)
+            assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+            # The server still serves a well-behaved device afterwards.
+            ws2, welcome = await connect(s, server_url, "mid-t2")
+            assert isinstance(welcome, wire.Welcome)
+            await ws2.close()
+
+    async def test_duplicate_device_id(self, server_url: str) -> None:
+        async with aiohttp.ClientSession() as s:
+            ws1, _ = await connect(s, server_url, "dup")
+            ws2, err = await connect(s, server_url, "dup")
+            assert isinstance(err, wire.Error) and err.code == wire.ErrorCode.DUPLICATE_DEVICE
+            await ws1.send_bytes(infer(1))
+            assert isinstance(await receive(ws1), wire.Result)  # the first one is unaffected
+            await ws1.close()
+            await ws2.close()
+
+    @pytest.mark.parametrize("frame,code", [
+        (b"\xc1", wire.ErrorCode.MALFORMED),
+        (msgpack.packb({"type": "launch"}), wire.ErrorCode.UNKNOWN_TYPE),
+        (infer(9, dtype="float64"), wire.ErrorCode.BAD_TENSOR),
+        (infer(9, shape=(1, 2, 3)), wire.ErrorCode.BAD_TENSOR),
+        (infer(9, data=b"\x00" * 3), wire.ErrorCode.BAD_TENSOR),
+        (wire.encode(wire.Threshold(0.5, 1)), wire.ErrorCode.UNKNOWN_TYPE),
+    ])
+    async def test_bad_messages_get_errors_and_the_session_survives(
+            self, server_url: str, frame: bytes, code: wire.ErrorCode) -> None:
+        async with aiohttp.ClientSession() as s:
+            ws, _ = await connect(s, server_url)
+            await ws.send_bytes(frame)
+            err = await receive(ws)
+            assert isinstance(err, wire.Error) and err.code == code and err.reason
+            await ws.send_bytes(infer(2))
+            res = await receive(ws)
+            assert isinstance(res, wire.Result) and res.status == wire.ResultStatus.OK
+            await ws.close()
+
+    async def test_text_frame_is_refused(self, server_url: str) -> None:
+        async with aiohttp.ClientSession() as s:
+            ws, _ = await connect(s, server_url)
+            await ws.send_str("hello?")
+            err = await receive(ws)
+            assert isinstance(err, wire.Error) and "binary" in err.reason
+            await ws.close()
+
+    async def test_report_updates_status(self, server_url: str) -> None:
+        async with aiohttp.ClientSession() as s:
+            ws, _ = await connect(s, server_url)
+            await ws.send_bytes(wire.encode(wire.Report(
+                window_s=0.5, generated=5, forwarded=2, answered=5, slo_met=5, slo_missed=0,
+                fallback=0, threshold=0.8, mean_light_confidence=0.8, light_ms_mean=15.0)))
+            await ws.send_bytes(infer(3))  # ordered after the report on the same socket
+            await receive(ws)
+            async with s.get(f"{server_url}/v1/status") as r:
+                status = await r.json()
+            assert status["devices"]["mid-t1"]["reports"] == 1
+            await ws.close()
+
+
+class TestHttp:
+    async def test_infer_round_trip(self, server_url: str) -> None:
+        async with aiohttp.ClientSession() as s, \
+                s.post(f"{server_url}/v1/infer", data=infer(11)) as r:
+            assert r.status == 200 and r.content_type == "application/msgpack"
+            res = wire.decode(await r.read())
+            assert isinstance(res, wire.Result) and res.sample_id == 11
+
+    @pytest.mark.parametrize("body,status", [
+        (b"not msgpack at all \xc1", 400),
+        (msgpack.packb({"type": "infer"}), 400),
+        (wire.encode(wire.Threshold(0.1, 1)), 400),
+        (infer(1, dtype="int64"), 422),
+        (infer(1, shape=(63,), data=bytes(63)), 422),
+        (b"\x00" * (wire.MAX_MESSAGE_BYTES + 10), 413),
+    ])
+    async def test_bad_requests(self, server_url: str, body: bytes, status: int) -> None:
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"{server_url}/v1/infer", data=io.BytesIO(body)) as r:
+                assert r.status == status
+                assert r.headers.get("X-Error-Reason")
+            async with s.get(f"{server_url}/healthz") as r:
+                assert r.status == 200  # still alive
+
+    async def test_metrics_and_status(self, server_url: str) -> None:
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"{server_url}/v1/infer", data=infer(1)) as r:
+                assert r.status == 200
+            async with s.post(f"{server_url}/v1/infer", data=b"\xc1") as r:
+                assert r.status == 400
+            async with s.get(f"{server_url}/metrics") as r:
+                text = await r.text()
+            async with s.get(f"{server_url}/v1/status") as r:
+                status = await r.json()
+        assert 'testbed_server_requests_total{outcome="ok"} 1.0' in text
+        assert 'testbed_server_protocol_errors_total{code="malformed"} 1.0' in text
+        assert "testbed_server_batch_size_bucket" in text
+        assert status["policy"] == "multitasc" and status["totals"]["completed"] == 1
+
+    async def test_read_only_endpoints(self, server_url: str) -> None:
+        async with aiohttp.ClientSession() as s:
+            for path in ("/metrics", "/v1/status", "/healthz"):
+                async with s.post(f"{server_url}{path}", data=b"x") as r:
+                    assert r.status == 405
+
+
+class TestOverload:
+    async def test_full_queue_rejects_and_deadlines_expire(self, server_url: str) -> None:
+        """A burst beyond the queue bound is shed at once with `rejected`; requests whose
+        budget is shorter than the wait expire from the timer; every request gets one answer."""
+        async with aiohttp.ClientSession() as s:
+            ws, _ = await connect(s, server_url)
+            n = 400
+            for i in range(n):
+                await ws.send_bytes(infer(i, deadline_ms=5.0 if i % 2 else 5000.0))
+            seen: dict[int, int] = {}
+            while len(seen) < n:
+                res = await receive(ws)
+                assert isinstance(res, wire.Result) and res.sample_id not in seen
+                seen[res.sample_id] = res.status
+            statuses = set(seen.values())
+            assert wire.ResultStatus.REJECTED in statuses
+            assert wire.ResultStatus.OK in statuses
+            assert wire.ResultStatus.EXPIRED in statuses
+            await ws.close()

@@ -1,0 +1,169 @@
+"""Scheduler policies as plain objects: explicit views in, thresholds out."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.scheduling import POLICIES, make_policy
+from server.scheduling.base import (CurvePoint, PolicyError, accuracy_optimal_threshold,
+                                    check_params)
+from server.scheduling.multitasc import MultiTASCPolicy, marginal_gain
+from server.scheduling.static import StaticPolicy
+from tests.helpers import device, linear_curve, server, view, window
+
+WEAK = device("low-000", "low", gain=0.4, initial=0.8)
+STRONG = device("high-001", "high", gain=0.05, initial=0.8)
+
+
+def run_steps(policy: MultiTASCPolicy, steps: int, sat: dict[str, tuple[int, int]],
+              srv: object, thresholds: dict[str, float] | None = None) -> dict[str, float]:
+    """Drive `steps` control intervals with the same per-device outcomes; return thresholds."""
+    infos = {d.device_id: d for d in (WEAK, STRONG)}
+    thr = thresholds or {dev: policy.join(info, 0.0) for dev, info in infos.items()}
+    for k in range(steps):
+        v = view(0.5 * (k + 1), {dev: (infos[dev], thr[dev], window(*sat[dev], thr[dev]))
+                                 for dev in infos}, srv)  # type: ignore[arg-type]
+        thr.update(policy.step(v).thresholds)
+    return thr
+
+
+class TestStatic:
+    def test_keeps_initial_thresholds(self) -> None:
+        p = StaticPolicy()
+        assert p.join(WEAK, 0.0) == 0.8
+        v = view(1.0, {"low-000": (WEAK, 0.8, window(0, 50))}, server(queue_len=500))
+        assert p.step(v).thresholds == {}
+
+    def test_fixed_threshold_param(self) -> None:
+        assert StaticPolicy({"threshold": 0.3}).join(WEAK, 0.0) == 0.3
+
+
+class TestMultiTASC:
+    def test_shared_overload_lowers_everyone_weak_devices_least(self) -> None:
+        """A building queue means the server is the bottleneck: all shed, and the device whose
+        forwarded samples gain least from the heavy model (strong light model) sheds most."""
+        p = MultiTASCPolicy()
+        thr = run_steps(p, 3, {"low-000": (5, 15), "high-001": (18, 2)},
+                        server(queue_len=40, mean_queue_ms=60))
+        assert p.congested
+        assert thr["low-000"] < 0.8 and thr["high-001"] < 0.8
+        assert 0.8 - thr["high-001"] > 0.8 - thr["low-000"]
+
+    def test_room_raises_everyone_weak_devices_most(self) -> None:
+        p = MultiTASCPolicy()
+        thr = run_steps(p, 3, {"low-000": (20, 0), "high-001": (20, 0)}, server(queue_len=0))
+        assert not p.congested
+        assert thr["low-000"] > 0.8 and thr["high-001"] > 0.8
+        assert thr["low-000"] - 0.8 > thr["high-001"] - 0.8
+
+    def test_group_below_target_without_congestion_sheds_alone(self) -> None:
+        """A tier that misses its SLO while the server is not waiting is limited by its own
+        latency budget: only it forwards less; the others may still grow."""
+        p = MultiTASCPolicy()
+        thr = run_steps(p, 2, {"low-000": (10, 10), "high-001": (20, 0)},
+                        server(queue_len=0, mean_queue_ms=1.0))
+        assert not p.congested
+        assert thr["low-000"] < 0.8 and thr["high-001"] > 0.8
+
+    def test_below_target_never_grows(self) -> None:
+        p = MultiTASCPolicy({"target": 0.9, "margin": 0.0})
+        thr = run_steps(p, 4, {"low-000": (17, 3), "high-001": (20, 0)}, server())
+        assert thr["low-000"] < 0.8
+
+    def test_hold_inside_the_margin(self) -> None:
+        """Between target and target + margin nothing moves (no dithering)."""
+        p = MultiTASCPolicy({"target": 0.9, "margin": 0.08})
+        thr = run_steps(p, 3, {"low-000": (19, 1), "high-001": (19, 1)}, server())
+        assert thr == {"low-000": 0.8, "high-001": 0.8}
+
+    def test_severity_scales_the_step(self) -> None:
+        mild = run_steps(MultiTASCPolicy(), 1, {"low-000": (93, 7), "high-001": (100, 0)},
+                         server())
+        harsh = run_steps(MultiTASCPolicy(), 1, {"low-000": (40, 60), "high-001": (100, 0)},
+                          server())
+        assert 0.8 - harsh["low-000"] > 0.8 - mild["low-000"] > 0
+
+    def test_too_few_samples_are_not_judged(self) -> None:
+        p = MultiTASCPolicy({"min_decided": 50})
+        thr = run_steps(p, 1, {"low-000": (0, 10), "high-001": (0, 10)}, server())
+        assert thr["low-000"] > 0.8  # no verdict on 10 samples; the server has room
+
+    def test_reports_are_not_counted_twice(self) -> None:
+        """A report seen in one step is not added again when no new one arrives."""
+        p = MultiTASCPolicy({"min_decided": 30})
+        p.join(WEAK, 0.0)
+        v = view(0.5, {"low-000": (WEAK, 0.8, window(20, 0))}, server())
+        p.step(v)
+        stale = view(1.0, {"low-000": (WEAK, 0.8, window(20, 0))}, server(), fresh=False)
+        p.step(stale)
+        assert p._group_satisfaction() == {}  # noqa: SLF001 - 20 decided, below min_decided
+
+    def test_horizon_forgets_old_reports(self) -> None:
+        p = MultiTASCPolicy({"horizon_s": 1.0, "min_decided": 1})
+        p.join(WEAK, 0.0)
+        p.step(view(0.5, {"low-000": (WEAK, 0.8, window(0, 20))}, server()))
+        p.step(view(2.0, {"low-000": (WEAK, 0.8, window(20, 0))}, server()))
+        assert p._group_satisfaction() == {"low": 1.0}  # noqa: SLF001
+
+    def test_clamped(self) -> None:
+        p = MultiTASCPolicy({"min_threshold": 0.5, "max_threshold": 0.85, "down_step": 1.0})
+        thr = run_steps(p, 5, {"low-000": (0, 20), "high-001": (0, 20)},
+                        server(queue_len=100, mean_queue_ms=100))
+        assert thr == {"low-000": 0.5, "high-001": 0.5}
+        thr = run_steps(MultiTASCPolicy({"max_threshold": 0.85, "up_step": 1.0}), 3,
+                        {"low-000": (20, 0), "high-001": (20, 0)}, server())
+        assert thr == {"low-000": 0.85, "high-001": 0.85}
+
+    def test_per_device_grouping(self) -> None:
+        a = device("low-a", "low", gain=0.3)
+        b = device("low-b", "low", gain=0.3)
+        p = MultiTASCPolicy({"group_by": "device"})
+        p.join(a, 0.0)
+        p.join(b, 0.0)
+        d = p.step(view(0.5, {"low-a": (a, 0.8, window(5, 15)), "low-b": (b, 0.8, window(20, 0))},
+                        server()))
+        assert d.thresholds["low-a"] < 0.8 < d.thresholds["low-b"]
+
+    def test_leave_forgets_the_device(self) -> None:
+        p = MultiTASCPolicy()
+        p.join(WEAK, 0.0)
+        p.leave("low-000", 1.0)
+        assert p.step(view(1.5, {}, server())).thresholds == {}
+
+    def test_start_at_max(self) -> None:
+        assert MultiTASCPolicy({"start": "max", "max_threshold": 0.9}).join(WEAK, 0.0) == 0.9
+
+    @pytest.mark.parametrize("params", [{"speed": 1}, {"target": "high"}, {"group_by": "x"}])
+    def test_bad_params(self, params: dict[str, object]) -> None:
+        with pytest.raises(PolicyError):
+            MultiTASCPolicy(params)
+
+
+class TestCurves:
+    def test_marginal_gain_follows_the_curve(self) -> None:
+        assert marginal_gain(linear_curve(0.5, 0.4), 0.5, 0.5) == pytest.approx(0.4)
+        assert marginal_gain((), 0.5, 0.7) == pytest.approx(0.3)
+        flat = tuple(CurvePoint(t / 10, 0.0, 0.9) for t in range(11))
+        assert marginal_gain(flat, 0.5, 0.9) == pytest.approx(0.1)  # no usable slope
+
+    def test_accuracy_optimal_threshold(self) -> None:
+        curve = (CurvePoint(0.0, 0.0, 0.80), CurvePoint(0.5, 0.3, 0.93),
+                 CurvePoint(0.8, 0.5, 0.945), CurvePoint(1.0, 1.0, 0.95))
+        assert accuracy_optimal_threshold(curve, 0.01) == 0.8
+        assert accuracy_optimal_threshold(curve, 0.05) == 0.5
+        assert accuracy_optimal_threshold(()) == 1.0
+
+
+class TestRegistry:
+    def test_known(self) -> None:
+        assert {"static", "multitasc"} <= set(POLICIES)
+        assert make_policy("static").name == "static"
+
+    def test_unknown(self) -> None:
+        with pytest.raises(PolicyError, match="unknown policy"):
+            make_policy("oracle")
+
+    def test_check_params_types(self) -> None:
+        assert check_params("p", {"a": 2}, {"a": 1.0}) == {"a": 2.0}
+        with pytest.raises(PolicyError):
+            check_params("p", {"a": True}, {"a": 1.0})

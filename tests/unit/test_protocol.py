@@ -1,0 +1,123 @@
+"""The wire codec: every message round-trips; anything else is a ProtocolError with a reason."""
+
+from __future__ import annotations
+
+import math
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from testbed import protocol as wire
+
+MESSAGES = [
+    wire.Hello(device_id="low-001", tier="low", model="light-low", token="t"),
+    wire.Infer(sample_id=7, dtype="uint8", shape=(64,), data=bytes(64), deadline_ms=250.0),
+    wire.Report(window_s=0.5, generated=5, forwarded=2, answered=4, slo_met=3, slo_missed=1,
+                fallback=0, threshold=0.8, mean_light_confidence=0.7, light_ms_mean=30.0,
+                epoch=2),
+    wire.Welcome(threshold=0.85, epoch=0, config={"slo_ms": 150.0}),
+    wire.Result(sample_id=7, prediction=3, confidence=0.9, queue_us=10, compute_us=20,
+                batch_size=4),
+    wire.Threshold(value=0.5, epoch=3),
+    wire.Error(code=int(wire.ErrorCode.MALFORMED), reason="nope", sample_id=None),
+]
+
+
+class TestRoundTrip:
+    @pytest.mark.parametrize("msg", MESSAGES, ids=lambda m: m.TYPE)
+    def test_every_message_round_trips(self, msg: wire.Message) -> None:
+        """decode(encode(m)) == m for every message type."""
+        assert wire.decode(wire.encode(msg)) == msg
+
+    def test_plain_client_map_is_accepted(self) -> None:
+        """A hand-built msgpack map (what a plain HTTP client sends) decodes to Infer."""
+        raw = msgpack.packb({"type": "infer", "sample_id": 1, "dtype": "float32",
+                             "shape": [1, 64], "data": bytes(256)})
+        msg = wire.decode(raw)
+        assert isinstance(msg, wire.Infer) and msg.shape == (1, 64) and msg.deadline_ms == 0.0
+
+
+def _refused(raw: bytes, code: wire.ErrorCode) -> str:
+    with pytest.raises(wire.ProtocolError) as err:
+        wire.decode(raw)
+    assert err.value.code == code
+    assert err.value.reason
+    return err.value.reason
+
+
+class TestRefusals:
+    def test_garbage_is_malformed(self) -> None:
+        """Bytes that are not msgpack are refused as malformed."""
+        _refused(b"\xc1\xc1\xc1", wire.ErrorCode.MALFORMED)
+
+    def test_non_map_is_malformed(self) -> None:
+        _refused(msgpack.packb([1, 2, 3]), wire.ErrorCode.MALFORMED)
+
+    def test_unknown_type(self) -> None:
+        reason = _refused(msgpack.packb({"type": "teleport"}), wire.ErrorCode.UNKNOWN_TYPE)
+        assert "teleport" in reason
+
+    def test_missing_field_is_named(self) -> None:
+        reason = _refused(msgpack.packb({"type": "infer", "sample_id": 1}),
+                          wire.ErrorCode.MALFORMED)
+        assert "data" in reason and "shape" in reason
+
+    def test_unknown_field_is_named(self) -> None:
+        raw = msgpack.packb({"type": "threshold", "value": 0.5, "epoch": 1, "extra": 1})
+        assert "extra" in _refused(raw, wire.ErrorCode.MALFORMED)
+
+    def test_wrong_field_type(self) -> None:
+        raw = msgpack.packb({"type": "threshold", "value": "high", "epoch": 1})
+        assert "value" in _refused(raw, wire.ErrorCode.MALFORMED)
+
+    def test_bool_is_not_an_int(self) -> None:
+        raw = msgpack.packb({"type": "threshold", "value": 0.5, "epoch": True})
+        _refused(raw, wire.ErrorCode.MALFORMED)
+
+    def test_nan_is_refused(self) -> None:
+        raw = msgpack.packb({"type": "threshold", "value": math.nan, "epoch": 1})
+        assert "finite" in _refused(raw, wire.ErrorCode.MALFORMED)
+
+    @pytest.mark.parametrize("shape", [[0], [-1, 64], [1] * 9, [2.5], [True], ["64"]])
+    def test_bad_shapes(self, shape: list[object]) -> None:
+        raw = msgpack.packb({"type": "infer", "sample_id": 1, "dtype": "uint8",
+                             "shape": shape, "data": b""})
+        _refused(raw, wire.ErrorCode.BAD_TENSOR)
+
+    def test_oversized_message(self) -> None:
+        raw = b"\x00" * (wire.MAX_MESSAGE_BYTES + 1)
+        _refused(raw, wire.ErrorCode.TOO_LARGE)
+
+    @pytest.mark.parametrize("device_id", ["", "x" * 200, "bad\nid"])
+    def test_hello_ids_are_checked(self, device_id: str) -> None:
+        raw = msgpack.packb({"type": "hello", "device_id": device_id, "tier": "low",
+                             "model": "m"})
+        _refused(raw, wire.ErrorCode.MALFORMED)
+
+
+class TestFuzz:
+    @settings(max_examples=400, deadline=None)
+    @given(st.binary(max_size=512))
+    def test_random_bytes_never_raise_anything_else(self, raw: bytes) -> None:
+        """Any byte string decodes to a message or raises ProtocolError, nothing else."""
+        try:
+            wire.decode(raw)
+        except wire.ProtocolError:
+            pass
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.dictionaries(st.sampled_from(["type", "sample_id", "dtype", "shape", "data",
+                                            "deadline_ms", "value", "epoch", "device_id"]),
+                           st.one_of(st.none(), st.booleans(),
+                                     st.integers(-(2**63), 2**64 - 1), st.floats(),
+                                     st.text(max_size=8), st.binary(max_size=8),
+                                     st.lists(st.integers(-(2**63), 2**63 - 1), max_size=4)),
+                           max_size=6))
+    def test_random_maps_never_raise_anything_else(self, body: dict[str, object]) -> None:
+        """Maps with plausible keys and wrong values are refused cleanly."""
+        try:
+            wire.decode(msgpack.packb(body))
+        except wire.ProtocolError:
+            pass

@@ -1,0 +1,105 @@
+"""Records survive a crash; metric definitions are DESIGN.md's."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from emulated_devices.window import Window
+from testbed.metrics import DeviceTally, latency_summary, summarize
+from testbed.records import RecordWriter, SampleRecord, read_records
+
+
+def rec(device: str = "low-000", tier: str = "low", i: int = 0, *, latency: float = 50.0,
+        source: str = "light", correct: bool = True, forwarded: bool = False,
+        overrun: bool = False) -> SampleRecord:
+    return SampleRecord(
+        device_id=device, tier=tier, sample_id=i, label=1, t_sched_s=i * 0.1, start_lag_ms=0.1,
+        light_ms=30.0, light_real_ms=0.05, overrun=overrun, light_pred=1, light_conf=0.9,
+        threshold=0.8, forwarded=forwarded, queue_ms=math.nan, compute_ms=math.nan,
+        batch_size=0, final_pred=1 if correct else 2, source=source,  # type: ignore[arg-type]
+        correct=correct, latency_ms=latency, slo_met=latency <= 150, wall_epoch_s=1.7e9 + i)
+
+
+class TestRecords:
+    def test_round_trip(self, tmp_path: Path) -> None:
+        w = RecordWriter(tmp_path / "d.csv")
+        originals = [rec(i=i, latency=10.0 * i, forwarded=i % 2 == 0) for i in range(20)]
+        for r in originals:
+            w.write(r)
+        w.close()
+        back, bad = read_records(tmp_path / "d.csv")
+        assert bad == 0 and len(back) == 20
+        assert back[3].latency_ms == pytest.approx(30.0) and back[2].forwarded
+        assert math.isnan(back[0].queue_ms)
+        assert back[5].wall_epoch_s == pytest.approx(1.7e9 + 5, abs=1e-5)
+
+    def test_torn_last_row_is_skipped(self, tmp_path: Path) -> None:
+        """A crash mid-write leaves a readable prefix; the torn row is counted, not fatal."""
+        w = RecordWriter(tmp_path / "d.csv")
+        for i in range(5):
+            w.write(rec(i=i))
+        w.close()
+        text = (tmp_path / "d.csv").read_text()
+        (tmp_path / "d.csv").write_text(text[:-25])
+        back, bad = read_records(tmp_path / "d.csv")
+        assert len(back) == 4 and bad == 1
+
+    def test_flush_makes_rows_visible(self, tmp_path: Path) -> None:
+        w = RecordWriter(tmp_path / "d.csv")
+        w.write(rec())
+        w.flush()
+        assert len(read_records(tmp_path / "d.csv")[0]) == 1
+        w.close()
+
+
+class TestMetrics:
+    def test_percentiles_are_nearest_rank(self) -> None:
+        s = latency_summary(list(range(1, 101)))
+        assert s["p50"] == 50 and s["p95"] == 95 and s["p99"] == 99 and s["max"] == 100
+
+    def test_empty(self) -> None:
+        assert latency_summary([])["p50"] is None
+
+    def test_summary_definitions(self) -> None:
+        """SLO satisfaction and forward rate are over generated samples, so a lost sample
+        counts as a miss; accuracy is over final answers; throughput per second of run."""
+        records = [rec(i=0, latency=100), rec(i=1, latency=200, source="heavy", forwarded=True),
+                   rec(i=2, latency=120, correct=False, source="fallback", forwarded=True,
+                       overrun=True),
+                   rec("high-001", "high", 0, latency=10)]
+        tallies = [DeviceTally("low-000", "low", generated=4, final_threshold=0.7),
+                   DeviceTally("high-001", "high", generated=1, final_threshold=0.9)]
+        s = summarize(records, tallies, slo_ms=150.0, duration_s=2.0)
+        assert s["samples"] == {"generated": 5, "completed": 4, "lost": 1, "light": 2,
+                                "heavy": 1, "fallback": 1, "rejected": 0}
+        assert s["slo_satisfaction"] == pytest.approx(3 / 5)
+        assert s["accuracy"] == pytest.approx(3 / 4)
+        assert s["forward_rate"] == pytest.approx(2 / 5)
+        assert s["throughput_sps"] == pytest.approx(2.0)
+        assert s["emulation"]["compute_overrun_fraction"] == pytest.approx(1 / 4)
+        low = next(d for d in s["per_device"] if d["device_id"] == "low-000")
+        assert low["lost"] == 1 and low["final_threshold"] == 0.7
+        assert s["per_tier"]["high"]["slo_satisfaction"] == 1.0
+
+    def test_device_without_tally_counts_its_records(self) -> None:
+        s = summarize([rec(i=i) for i in range(3)], [], slo_ms=150.0, duration_s=1.0)
+        assert s["samples"]["generated"] == 3 and s["samples"]["lost"] == 0
+
+
+class TestWindow:
+    def test_counts_and_reset(self) -> None:
+        w = Window()
+        for conf in (0.5, 0.9):
+            w.on_generated(conf, 30.0)
+        w.on_forwarded()
+        w.on_answered("light", True, already_missed=False)
+        w.on_overdue()
+        w.on_answered("fallback", False, already_missed=True)  # counted once, when overdue
+        r = w.take(0.5, 0.8, 3)
+        assert (r.generated, r.forwarded, r.answered, r.slo_met, r.slo_missed, r.fallback) == \
+            (2, 1, 2, 1, 1, 1)
+        assert r.mean_light_confidence == pytest.approx(0.7) and r.epoch == 3
+        assert w.take(0.5, 0.8, 3).generated == 0

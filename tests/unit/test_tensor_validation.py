@@ -1,0 +1,47 @@
+"""Ingress validation of forwarded tensors against the heavy model's input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from server.ingress import tensor_from_infer
+from testbed import protocol as wire
+
+
+class FakeModel:
+    name = "fake"
+    sample_shape = (64,)
+    sample_size = 64
+
+
+def infer(dtype: str = "uint8", shape: tuple[int, ...] = (64,), data: bytes | None = None
+          ) -> wire.Infer:
+    if data is None:
+        data = bytes(int(np.prod(shape)) * np.dtype(dtype if dtype in ("uint8", "float32")
+                                                     else "uint8").itemsize)
+    return wire.Infer(sample_id=1, dtype=dtype, shape=shape, data=data)
+
+
+def test_uint8_is_scaled() -> None:
+    x = tensor_from_infer(infer(data=bytes([255] * 64)), FakeModel())  # type: ignore[arg-type]
+    assert x.dtype == np.float32 and x.shape == (64,) and np.allclose(x, 1.0)
+
+
+def test_float32_and_equivalent_shapes() -> None:
+    data = np.arange(64, dtype=np.float32).tobytes()
+    for shape in ((64,), (1, 64), (8, 8)):
+        x = tensor_from_infer(infer("float32", shape, data), FakeModel())  # type: ignore[arg-type]
+        assert x[5] == 5.0
+
+
+@pytest.mark.parametrize("msg,needle", [
+    (infer(dtype="float64"), "dtype"),
+    (infer(shape=(65,), data=bytes(65)), "shape"),
+    (infer(data=bytes(10)), "bytes"),
+    (infer("float32", (64,), np.full(64, np.nan, np.float32).tobytes()), "NaN"),
+])
+def test_bad_tensors(msg: wire.Infer, needle: str) -> None:
+    with pytest.raises(wire.ProtocolError) as err:
+        tensor_from_infer(msg, FakeModel())  # type: ignore[arg-type]
+    assert err.value.code == wire.ErrorCode.BAD_TENSOR and needle in err.value.reason
