@@ -70,8 +70,10 @@ def group_stats(records: Sequence[SampleRecord], generated: int, slo_ms: float) 
 
 
 def summarize(records: Iterable[SampleRecord], devices: Sequence[DeviceTally], *,
-              slo_ms: float, duration_s: float) -> dict[str, Any]:
-    """The numbers of summary.json (everything but run metadata, which the harness adds)."""
+              slo_ms: float, duration_s: float, tier_order: Sequence[str] = ()
+              ) -> dict[str, Any]:
+    """The numbers of summary.json (everything but run metadata, which the harness adds).
+    Tiers are listed in `tier_order`, then any others by name."""
     by_device: dict[str, list[SampleRecord]] = {d.device_id: [] for d in devices}
     all_records: list[SampleRecord] = []
     for r in records:
@@ -99,10 +101,12 @@ def summarize(records: Iterable[SampleRecord], devices: Sequence[DeviceTally], *
             "late_replies": tally.late_replies if tally else 0,
             "latency_ms": {k: stats["latency_ms"][k] for k in ("p50", "p95", "p99")},
         })
+    rank = {t: i for i, t in enumerate(tier_order)}
     per_tier = {
         tier: {"devices": len(devs), **group_stats(
             [r for d in devs for r in by_device[d]], sum(generated[d] for d in devs), slo_ms)}
-        for tier, devs in tiers.items()
+        for tier, devs in sorted(tiers.items(), key=lambda kv: (rank.get(kv[0], len(rank)),
+                                                                kv[0]))
     }
     n = len(all_records)
     return {

@@ -377,7 +377,8 @@ def collect(run_dir: Path, run: _Run | None = None) -> dict[str, Any]:
     cfg = run.cfg if run else load_scenario(run_dir / "scenario.toml")
     expected = {s.device_id: s.tier for s in device_specs(cfg)}
     missing_devices = sorted(set(expected) - reported)
-    summary = summarize(records, tallies, slo_ms=cfg.slo_ms, duration_s=cfg.duration_s)
+    summary = summarize(records, tallies, slo_ms=cfg.slo_ms, duration_s=cfg.duration_s,
+                        tier_order=tuple(cfg.tiers))
     _merge_events(run_dir)
     kinds = {e.get("kind") for e in read_events(run_dir / "events.jsonl")}
     interrupted = run.interrupted if run else ("interrupted" in kinds or "run_end" not in kinds)

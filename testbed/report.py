@@ -27,15 +27,19 @@ def summary_tables(summary: dict[str, Any]) -> Group:
     head = Table(title=f"{summary.get('scenario', 'run')}: policy={summary['policy']} "
                  f"devices={summary['devices']} mix={summary.get('mix')} "
                  f"duration={summary['duration_s']:.0f}s slo={summary['slo_ms']:.0f}ms",
-                 show_header=True, header_style="bold")
-    for col in ("SLO sat.", "accuracy", "throughput", "fwd rate", "p50 ms", "p95 ms",
-                "p99 ms", "generated", "lost", "light", "heavy", "fallback", "rejected"):
-        head.add_column(col, justify="right")
-    head.add_row(_pct(summary["slo_satisfaction"]), _pct(summary["accuracy"]),
-                 f"{_num(summary['throughput_sps'])}/s", _pct(summary["forward_rate"]),
-                 _num(lat["p50"]), _num(lat["p95"]), _num(lat["p99"]), str(s["generated"]),
-                 str(s["lost"]), str(s["light"]), str(s["heavy"]), str(s["fallback"]),
-                 str(s["rejected"]))
+                 show_header=False, box=None, padding=(0, 2))
+    for _ in range(4):
+        head.add_column(justify="right")
+    head.add_row("SLO satisfaction", _pct(summary["slo_satisfaction"]),
+                 "accuracy", _pct(summary["accuracy"]))
+    head.add_row("throughput", f"{_num(summary['throughput_sps'])} /s",
+                 "forward rate", _pct(summary["forward_rate"]))
+    head.add_row("p50 / p95", f"{_num(lat['p50'])} / {_num(lat['p95'])} ms",
+                 "p99 / max", f"{_num(lat['p99'])} / {_num(lat['max'])} ms")
+    head.add_row("generated", str(s["generated"]), "completed", str(s["completed"]))
+    head.add_row("lost", str(s["lost"]), "light", str(s["light"]))
+    head.add_row("heavy", str(s["heavy"]), "fallback", str(s["fallback"]))
+    head.add_row("rejected", str(s["rejected"]), "", "")
     tiers = Table(title="per tier", header_style="bold")
     for col in ("tier", "devices", "SLO sat.", "accuracy", "fwd rate", "p95 ms", "mean thr."):
         tiers.add_column(col, justify="right")
