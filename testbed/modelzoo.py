@@ -58,10 +58,19 @@ class Zoo:
         return path
 
     def dataset(self, split: str = "test") -> Dataset:
-        data = np.load(self.root / self.index["dataset"]["file"])
+        return _load_dataset(self.root / self.index["dataset"]["file"], split)
+
+
+@cache
+def _load_dataset(path: Path, split: str) -> Dataset:
+    """Cached: loaded once per process, or once in the forkserver for all devices."""
+    with np.load(path) as data:
         if f"x_{split}" not in data:
             raise ZooError(f"dataset has no split {split!r}")
-        return Dataset(x=data[f"x_{split}"], y=data[f"y_{split}"])
+        x, y = data[f"x_{split}"], data[f"y_{split}"]
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return Dataset(x=x, y=y)
 
 
 @cache
