@@ -1,1 +1,1 @@
-"""One emulated edge device per process: arrivals, light model, forwarding rule, emulation, client."""
+"""One emulated edge device per process: arrivals, light model, forwarding, emulation, client."""

@@ -10,6 +10,7 @@ emulated downlink; without a reply before `reply_timeout_ms` the light answer is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -182,7 +183,8 @@ class Device:
             await fut
         finally:
             handle.cancel()
-            self._sleep_future = None
+            if self._sleep_future is fut:
+                self._sleep_future = None
 
     # --- the sample pipeline ----------------------------------------------------------------
 
@@ -333,7 +335,7 @@ class Device:
                     self._on_message(msg, nbytes)
             except HandshakeRefused as exc:
                 log.error("%s: %s", self.spec.device_id, exc)
-            except (OSError, ConnectionError, asyncio.TimeoutError, wire.ProtocolError,
+            except (TimeoutError, OSError, ConnectionError, wire.ProtocolError,
                     RuntimeError) as exc:
                 log.debug("%s: connection failed: %r", self.spec.device_id, exc)
             self._connected.clear()
@@ -375,10 +377,8 @@ class Device:
         if self._writer is not None:
             self._writer.flush()
         if self._connected.is_set():
-            try:
+            with contextlib.suppress(ConnectionError, RuntimeError, OSError):
                 await self._conn.send(wire.encode(report))
-            except (ConnectionError, RuntimeError, OSError):
-                pass
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

@@ -42,7 +42,7 @@ class Link:
     """One direction of a link. Messages leave in order: a message cannot start serialising
     before the previous one has, and cannot be delivered before it (TCP is FIFO)."""
 
-    __slots__ = ("_spec", "_rng", "_free_at", "_last_delivery")
+    __slots__ = ("_free_at", "_last_delivery", "_rng", "_spec")
 
     def __init__(self, spec: LinkSpec, rng: np.random.Generator) -> None:
         self._spec = spec

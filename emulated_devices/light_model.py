@@ -16,4 +16,5 @@ class LightModel:
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """Class probabilities of one sample (uint8 pixels [64])."""
         probs: np.ndarray = self._session.run(None, {self._input: to_model_input(pixels[None])})[0]
-        return probs[0]
+        first: np.ndarray = probs[0]
+        return first

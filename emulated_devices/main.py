@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -76,10 +77,8 @@ async def _controlled(spec: Any, server_url: str, token: str, out: Path,
 
 
 def _send(control: Connection, msg: dict[str, Any]) -> None:
-    try:
+    with contextlib.suppress(OSError, ValueError):  # harness gone: the records on disk count
         control.send(msg)
-    except (OSError, ValueError):
-        pass  # the harness is gone; records on disk are what counts
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Build the embedded model zoo from scikit-learn's digits: data split, light and heavy models, cards.
+"""Build the embedded model zoo from scikit-learn's digits: data split, models, cards.
 
 Deterministic (seeded data corruption and training). Needs the `zoo` extra (torch, scikit-learn,
 onnx, onnxscript): `pip install -e '.[zoo]'`, then `python scripts/build_zoo.py`. The outputs in
@@ -225,7 +225,7 @@ def main() -> None:
         "dataset": {"file": dataset.name, "name": "digits-noisy", "classes": 10,
                     "source": "sklearn.datasets.load_digits", "seed": SEED,
                     "noise_sigma": NOISE_SIGMA, "occlusion_p": OCCLUSION_P, "copies": COPIES,
-                    "splits": {p: int(len(splits[p][1])) for p in ("val", "test")}},
+                    "splits": {p: len(splits[p][1]) for p in ("val", "test")}},
         "tiers": {s["tier"]: s["name"] for s in SPECS if s["role"] == "light"},
         "heavy": heavy,
         "models": [s["name"] for s in SPECS],

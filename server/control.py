@@ -12,8 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from server.scheduling.base import (DeviceInfo, DeviceState, DeviceWindow, Policy,
-                                    PolicyDecision, ServerWindow, SystemView)
+from server.scheduling.base import (
+    DeviceInfo,
+    DeviceState,
+    DeviceWindow,
+    Policy,
+    PolicyDecision,
+    ServerWindow,
+    SystemView,
+)
 from server.stats import ServerStats
 from testbed import protocol as wire
 from testbed.events import EventLog

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 from collections import deque
+
 import aiohttp
 import numpy as np
 from aiohttp import web
@@ -74,6 +75,7 @@ class Outbox:
         self._loop = asyncio.get_running_loop()
         self._blocked_since: float | None = None
         self._task = asyncio.create_task(self._drain())
+        self._closing: asyncio.Future[bool] | None = None
         self.overflowed = False
 
     def send(self, data: bytes) -> None:
@@ -84,8 +86,8 @@ class Outbox:
             self.overflowed = True
             self._items.clear()
             self._task.cancel()
-            asyncio.ensure_future(self._ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION,
-                                                 message=b"client too slow"))
+            self._closing = asyncio.ensure_future(self._ws.close(
+                code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=b"client too slow"))
             return
         self._items.append(data)
         self._wake.set()
@@ -283,8 +285,12 @@ async def http_infer(request: web.Request) -> web.Response:
     fut: asyncio.Future[wire.Result] = loop.create_future()
     now = loop.time()
     budget_ms = msg.deadline_ms if msg.deadline_ms > 0 else DEFAULT_DEADLINE_MS
-    req = Request("http", msg.sample_id, x, now, now + budget_ms / 1e3,
-                  lambda res: fut.done() or fut.set_result(res))
+
+    def respond(res: wire.Result) -> None:
+        if not fut.done():
+            fut.set_result(res)
+
+    req = Request("http", msg.sample_id, x, now, now + budget_ms / 1e3, respond)
     _admit(rt, req)
     result = await fut
     if result.status == wire.ResultStatus.REJECTED:

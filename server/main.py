@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Callable
@@ -74,10 +75,8 @@ def server_process(scenario: ScenarioConfig, token: str, run_dir: str,
         asyncio.run(main())
     except Exception as exc:
         log.exception("server failed")
-        try:
+        with contextlib.suppress(OSError):
             control.send({"event": "error", "reason": repr(exc)})
-        except OSError:
-            pass
         raise SystemExit(1) from exc
 
 

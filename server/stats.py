@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
-                               disable_created_metrics)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from server.scheduling.base import ServerWindow
 
@@ -31,7 +30,7 @@ class _Window:
 
 class ServerStats:
     def __init__(self) -> None:
-        disable_created_metrics()  # `_created` series only clutter a per-run server's output
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` is clutter here
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("testbed_server_requests", "Requests by outcome.",

@@ -33,7 +33,7 @@ class EventLog:
 
 def read_events(path: Path) -> list[dict[str, Any]]:
     """Every complete line of an events file (a torn last line after a crash is skipped)."""
-    out = []
+    out: list[dict[str, Any]] = []
     if not path.is_file():
         return out
     for line in path.read_text().splitlines():

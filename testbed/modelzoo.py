@@ -52,7 +52,7 @@ class Zoo:
         return card
 
     def model_path(self, model: str) -> Path:
-        path = self.root / self.card(model)["file"]
+        path: Path = self.root / self.card(model)["file"]
         if not path.is_file():
             raise ZooError(f"model file {path} is missing")
         return path

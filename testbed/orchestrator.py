@@ -7,6 +7,7 @@ also lets 40+ device processes share the numpy/onnxruntime/aiohttp pages.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing as mp
@@ -312,10 +313,8 @@ def _recv(child: _Child, timeout: float) -> dict[str, Any] | None:
 
 
 def _send(child: _Child, msg: dict[str, Any]) -> None:
-    try:
+    with contextlib.suppress(OSError, ValueError):
         child.conn.send(msg)
-    except (OSError, ValueError):
-        pass
 
 
 def _log_exits(run: _Run) -> None:
@@ -348,10 +347,8 @@ def _sample_resources(run: _Run) -> dict[str, Any]:
             continue
     server_rss = None
     if run.server is not None:
-        try:
+        with contextlib.suppress(psutil.Error, TypeError):
             server_rss = psutil.Process(run.server.proc.pid).memory_info().rss / 2**20
-        except (psutil.Error, TypeError):
-            pass
     return {
         "device_uss_mb": {"mean": round(sum(uss) / len(uss), 2) if uss else None,
                           "max": round(max(uss), 2) if uss else None, "sampled": len(uss)},

@@ -13,7 +13,7 @@ PACKAGES = ("cascade-testbed", "aiohttp", "onnxruntime", "numpy", "msgpack", "ps
 
 
 def collect_versions() -> dict[str, Any]:
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             versions[name] = importlib.metadata.version(name)

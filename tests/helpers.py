@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from server.scheduling.base import (CurvePoint, DeviceInfo, DeviceState, DeviceWindow,
-                                    ServerWindow, SystemView)
+from server.scheduling.base import (
+    CurvePoint,
+    DeviceInfo,
+    DeviceState,
+    DeviceWindow,
+    ServerWindow,
+    SystemView,
+)
 
 
 def linear_curve(base_acc: float, gain: float) -> tuple[CurvePoint, ...]:

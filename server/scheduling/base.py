@@ -134,7 +134,8 @@ class PolicyError(ValueError):
     """A policy name or parameter the scenario gives is not valid."""
 
 
-def check_params(policy: str, params: Mapping[str, Any], known: Mapping[str, Any]) -> dict[str, Any]:
+def check_params(policy: str, params: Mapping[str, Any],
+                 known: Mapping[str, Any]) -> dict[str, Any]:
     """Merge scenario params over defaults, refusing unknown names and wrong kinds."""
     unknown = set(params) - set(known)
     if unknown:

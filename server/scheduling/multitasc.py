@@ -22,8 +22,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from server.scheduling.base import (CurvePoint, DeviceInfo, DeviceState, PolicyDecision,
-                                    PolicyError, SystemView, check_params)
+from server.scheduling.base import (
+    CurvePoint,
+    DeviceInfo,
+    DeviceState,
+    PolicyDecision,
+    PolicyError,
+    SystemView,
+    check_params,
+)
 
 
 @dataclass(slots=True)
@@ -157,7 +164,8 @@ class MultiTASCPolicy:
             _remember(track, state, view.now, self.p["horizon_s"])
 
     def _clamp(self, value: float) -> float:
-        return min(max(float(value), self.p["min_threshold"]), self.p["max_threshold"])
+        return min(max(float(value), float(self.p["min_threshold"])),
+                   float(self.p["max_threshold"]))
 
 
 def _severity(shortfall: float) -> float:

@@ -7,8 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from testbed.config import (ScenarioConfig, ScenarioError, assign_tiers, device_specs,
-                            load_scenario, parse_mix, scenario_from_dict, scenario_to_dict)
+from testbed.config import (
+    ScenarioConfig,
+    ScenarioError,
+    assign_tiers,
+    device_specs,
+    load_scenario,
+    parse_mix,
+    scenario_from_dict,
+    scenario_to_dict,
+)
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server.scheduling import POLICIES, make_policy
-from server.scheduling.base import (CurvePoint, PolicyError, accuracy_optimal_threshold,
-                                    check_params)
+from server.scheduling.base import CurvePoint, PolicyError, accuracy_optimal_threshold, check_params
 from server.scheduling.multitasc import MultiTASCPolicy, marginal_gain
 from server.scheduling.static import StaticPolicy
 from tests.helpers import device, linear_curve, server, view, window
@@ -96,14 +95,14 @@ class TestMultiTASC:
         p.step(v)
         stale = view(1.0, {"low-000": (WEAK, 0.8, window(20, 0))}, server(), fresh=False)
         p.step(stale)
-        assert p._group_satisfaction() == {}  # noqa: SLF001 - 20 decided, below min_decided
+        assert p._group_satisfaction() == {}
 
     def test_horizon_forgets_old_reports(self) -> None:
         p = MultiTASCPolicy({"horizon_s": 1.0, "min_decided": 1})
         p.join(WEAK, 0.0)
         p.step(view(0.5, {"low-000": (WEAK, 0.8, window(0, 20))}, server()))
         p.step(view(2.0, {"low-000": (WEAK, 0.8, window(20, 0))}, server()))
-        assert p._group_satisfaction() == {"low": 1.0}  # noqa: SLF001
+        assert p._group_satisfaction() == {"low": 1.0}
 
     def test_clamped(self) -> None:
         p = MultiTASCPolicy({"min_threshold": 0.5, "max_threshold": 0.85, "down_step": 1.0})

@@ -56,7 +56,7 @@ class TestRequestQueue:
         for i in range(10_000):
             q.push(req(i, deadline=float(i)))
             q.pop(1)
-        assert len(q._deadlines) < 200  # noqa: SLF001 - the invariant under test
+        assert len(q._deadlines) < 200
 
     def test_drain(self) -> None:
         q = RequestQueue(10)
