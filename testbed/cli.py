@@ -108,7 +108,10 @@ def run(scenario: Annotated[Path, typer.Argument(help="scenario TOML file")],
 
 
 @app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="a run folder")]) -> None:
+def report(run_dir: Annotated[Path, typer.Argument(help="a run folder")],
+           devices: Annotated[bool, typer.Option("--devices",
+                                                 help="also list every device")] = False
+           ) -> None:
     """Print a run's summary; rebuilds it from the records if the run was cut short."""
     summary_path = run_dir / "summary.json"
     if summary_path.is_file():
@@ -118,7 +121,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder")]) -> Non
     else:
         console.print(f"[red]{run_dir} is not a run folder[/red]")
         raise typer.Exit(2)
-    print_summary(summary, console)
+    print_summary(summary, console, per_device=devices)
     if summary.get("run", {}).get("partial"):
         console.print("[yellow]partial run:[/yellow] the records end early "
                       f"({len(summary['run']['devices_without_outcome'])} devices without an "

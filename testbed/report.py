@@ -66,8 +66,24 @@ def summary_tables(summary: dict[str, Any]) -> Group:
     return Group(head, tiers, notes)
 
 
-def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:
-    (console or Console()).print(summary_tables(summary))
+def print_summary(summary: dict[str, Any], console: Console | None = None,
+                  per_device: bool = False) -> None:
+    console = console or Console()
+    console.print(summary_tables(summary))
+    if per_device:
+        console.print(device_table(summary))
+
+
+def device_table(summary: dict[str, Any]) -> Table:
+    table = Table(title="per device", header_style="bold")
+    table.add_column("device", no_wrap=True)
+    for col in ("samples", "lost", "SLO sat.", "accuracy", "fwd rate", "p95 ms", "final thr."):
+        table.add_column(col, justify="right")
+    for d in summary["per_device"]:
+        table.add_row(d["device_id"], str(d["samples"]), str(d["lost"]),
+                      _pct(d["slo_satisfaction"]), _pct(d["accuracy"]), _pct(d["forward_rate"]),
+                      _num(d["latency_ms"]["p95"]), _num(d["final_threshold"], ".3f"))
+    return table
 
 
 class LiveProgress:
@@ -89,6 +105,7 @@ class LiveProgress:
 
     def __exit__(self, *exc: object) -> None:
         self._live.__exit__(None, None, None)
+        self.console.print()
 
     def phase(self, text: str) -> None:
         self.console.log(text)
@@ -105,8 +122,7 @@ class LiveProgress:
         text = ""
         if live:
             thr = live.get("mean_threshold")
-            text = (f"devices {live.get('connected', '?')}  queue {live.get('queue', '?')}  "
-                    f"server {live.get('throughput_sps', 0):.0f}/s of "
-                    f"{live.get('arrival_sps', 0):.0f}/s offered  "
-                    f"mean threshold {'-' if thr is None else f'{thr:.3f}'}")
+            text = (f"{live.get('connected', '?')} dev, queue {live.get('queue', '?')}, "
+                    f"{live.get('throughput_sps', 0):.0f}/{live.get('arrival_sps', 0):.0f} "
+                    f"sps, thr {'-' if thr is None else f'{thr:.2f}'}")
         self._bar.update(self._run_task, completed=elapsed_s, live=text)
