@@ -19,7 +19,11 @@ class HandshakeRefused(ConnectionError):
     """The server answered `hello` with an error (bad token, duplicate id, bad version)."""
 
     def __init__(self, code: int, reason: str) -> None:
-        super().__init__(f"server refused hello: {reason} (code {code})")
+        try:
+            name = wire.ErrorCode(code).name.lower()
+        except ValueError:
+            name = f"code {code}"
+        super().__init__(f"server refused hello: {reason} ({name})")
         self.code = code
 
 

@@ -38,6 +38,13 @@ log = logging.getLogger(__name__)
 # Independent random streams per device, so changing one knob does not reshuffle the others.
 STREAM_ARRIVALS, STREAM_COMPUTE, STREAM_UPLINK, STREAM_DOWNLINK, STREAM_DATA = range(5)
 RECONNECT_BACKOFF_S = (0.05, 2.0)
+FATAL_REFUSALS = frozenset({wire.ErrorCode.UNAUTHORIZED, wire.ErrorCode.BAD_VERSION,
+                            wire.ErrorCode.MALFORMED})
+"""Refusals that retrying cannot fix; a duplicate id may clear once the old session closes."""
+
+
+class RegistrationFailed(ConnectionError):
+    """The server will not accept this device (bad token, version, or hello)."""
 
 
 @dataclass(slots=True)
@@ -114,9 +121,22 @@ class Device:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def wait_registered(self, timeout_s: float) -> None:
-        """Start connecting and return once the server has welcomed this device."""
+        """Start connecting and return once the server has welcomed this device; raise
+        `RegistrationFailed` at once on a refusal that retrying cannot fix, TimeoutError if
+        the server stays unreachable."""
         self._connection_task = asyncio.create_task(self._connection_loop())
-        await asyncio.wait_for(self._welcomed.wait(), timeout_s)
+        welcomed = asyncio.create_task(self._welcomed.wait())
+        done, _ = await asyncio.wait({welcomed, self._connection_task}, timeout=timeout_s,
+                                    return_when=asyncio.FIRST_COMPLETED)
+        if welcomed in done:
+            return
+        welcomed.cancel()
+        if self._connection_task in done:
+            await self._close()
+            self._connection_task.result()  # re-raises RegistrationFailed (or a bug) as it is
+            raise RegistrationFailed("the connection ended before the server welcomed us")
+        await self._close()
+        raise TimeoutError(f"no welcome from the server within {timeout_s:.0f} s")
 
     async def run(self, start_wall: float | None = None) -> DeviceOutcome:
         """Generate and answer samples for the scenario's duration, then drain and flush.
@@ -162,7 +182,7 @@ class Device:
         self._closing = True
         task = getattr(self, "_connection_task", None)
         await self._conn.close()
-        if task is not None:
+        if task is not None and not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         if self._writer is not None:
@@ -335,6 +355,8 @@ class Device:
                     self._on_message(msg, nbytes)
             except HandshakeRefused as exc:
                 log.error("%s: %s", self.spec.device_id, exc)
+                if exc.code in FATAL_REFUSALS:
+                    raise RegistrationFailed(str(exc)) from exc
             except (TimeoutError, OSError, ConnectionError, wire.ProtocolError,
                     RuntimeError) as exc:
                 log.debug("%s: connection failed: %r", self.spec.device_id, exc)

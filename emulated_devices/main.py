@@ -14,7 +14,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from emulated_devices.device import Device
+from emulated_devices.device import Device, RegistrationFailed
 from testbed.childproc import die_with_parent, leave_interrupts_to_parent
 from testbed.config import ScenarioConfig, device_specs, load_scenario
 from testbed.logsetup import configure_logging
@@ -119,3 +119,5 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(run())
     except TimeoutError:
         sys.exit(f"could not register with {args.server} within {REGISTER_TIMEOUT_S:.0f} s")
+    except RegistrationFailed as exc:
+        sys.exit(f"{spec.device_id}: {exc}")

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
+import sys
+import time
+from pathlib import Path
 
 import aiohttp
 import msgpack
@@ -188,3 +193,30 @@ class TestOverload:
             assert wire.ResultStatus.OK in statuses
             assert wire.ResultStatus.EXPIRED in statuses
             await ws.close()
+
+
+class TestDeviceByHand:
+    """`python -m emulated_devices` (what `testbed device` runs) against the real server."""
+
+    async def _run_device(self, url: str, *args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "emulated_devices", "--server", url, *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode()
+
+    async def test_runs_and_accounts_for_its_samples(self, server_url: str,
+                                                     tmp_path: Path) -> None:
+        code, out = await self._run_device(server_url, "--token", TOKEN, "--duration", "2",
+                                           "--out", str(tmp_path))
+        assert code == 0, out
+        outcome = json.loads((tmp_path / "devices" / "mid-manual-0.json").read_text())
+        assert outcome["generated"] > 0 and outcome["recorded"] == outcome["generated"]
+
+    async def test_wrong_token_exits_at_once_with_the_reason(self, server_url: str) -> None:
+        """A refusal that retrying cannot fix ends the device quickly, not at a timeout."""
+        t0 = time.monotonic()
+        code, out = await self._run_device(server_url, "--token", "wrong")
+        assert code != 0 and "unauthorized" in out.lower()
+        assert time.monotonic() - t0 < 20
