@@ -24,14 +24,14 @@ import numpy as np
 
 from emulated_devices.arrivals import arrival_times
 from emulated_devices.client import HandshakeRefused, ServerConnection
-from emulated_devices.emulation import ComputeProfile, Link, pad
+from emulated_devices.emulation import ComputeProfile, Impairment, Link, pad
 from emulated_devices.forwarding import get_rule
 from emulated_devices.light_model import LightModel
 from emulated_devices.window import Window
 from testbed import protocol as wire
 from testbed.config import DeviceSpec
 from testbed.modelzoo import open_zoo
-from testbed.records import RecordWriter, SampleRecord, Source
+from testbed.records import GeneratedJournal, RecordWriter, SampleRecord, Source, file_stem
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class DeviceOutcome:
 
     device_id: str
     tier: str
+    incarnation: int
     generated: int
     recorded: int
     final_threshold: float
@@ -82,7 +83,9 @@ class Device:
         self._zoo = open_zoo(spec.zoo)
         self._model = LightModel(self._zoo, spec.spec.model)
         data = self._zoo.dataset("test")
-        rngs = [np.random.default_rng([spec.seed, spec.index, s]) for s in range(5)]
+        # A restarted device draws new streams; the first process keeps the original ones.
+        key = [spec.seed, spec.index] + ([spec.incarnation] if spec.incarnation else [])
+        rngs = [np.random.default_rng([*key, s]) for s in range(5)]
         self._order = rngs[STREAM_DATA].permutation(len(data.y))
         self._x, self._y = data.x, data.y
         self._arrivals = arrival_times(spec.arrival, spec.rate_hz, spec.duration_s,
@@ -94,13 +97,15 @@ class Device:
         self._rule = get_rule(rule)
         self._conn = ServerConnection(server_url, wire.Hello(
             device_id=spec.device_id, tier=spec.tier, model=spec.spec.model, token=token))
-        self._writer = (RecordWriter(out_dir / "samples" / f"{spec.device_id}.csv")
-                        if out_dir else None)
-        self._out_dir = out_dir
+        stem = file_stem(spec.device_id, spec.incarnation)
+        self._writer = RecordWriter(out_dir / "samples" / f"{stem}.csv") if out_dir else None
+        self._journal = GeneratedJournal(out_dir / "samples" / f"{stem}.gen") if out_dir else None
+        self._outcome_path = out_dir / "devices" / f"{stem}.json" if out_dir else None
         self.threshold = spec.spec.threshold if spec.spec.threshold is not None else 1.0
         self.epoch = -1
         self._pending: dict[int, Pending] = {}
-        self._uplink_queue: deque[tuple[float, int, bytes]] = deque()
+        self._uplink_queue: deque[tuple[float, int | None, bytes]] = deque()
+        """(delivery time, sample id or None for a report, frame) in sending order."""
         self._uplink_wake = asyncio.Event()
         self._window = Window()
         self._connected = asyncio.Event()
@@ -120,11 +125,16 @@ class Device:
 
     # --- lifecycle ------------------------------------------------------------------------
 
+    def connect(self) -> None:
+        """Start connecting (and reconnecting, with backoff) in the background."""
+        if getattr(self, "_connection_task", None) is None:
+            self._connection_task = asyncio.create_task(self._connection_loop())
+
     async def wait_registered(self, timeout_s: float) -> None:
         """Start connecting and return once the server has welcomed this device; raise
         `RegistrationFailed` at once on a refusal that retrying cannot fix, TimeoutError if
         the server stays unreachable."""
-        self._connection_task = asyncio.create_task(self._connection_loop())
+        self.connect()
         welcomed = asyncio.create_task(self._welcomed.wait())
         done, _ = await asyncio.wait({welcomed, self._connection_task}, timeout=timeout_s,
                                     return_when=asyncio.FIRST_COMPLETED)
@@ -138,16 +148,22 @@ class Device:
         await self._close()
         raise TimeoutError(f"no welcome from the server within {timeout_s:.0f} s")
 
-    async def run(self, start_wall: float | None = None) -> DeviceOutcome:
-        """Generate and answer samples for the scenario's duration, then drain and flush.
+    async def run(self, start_wall: float | None = None, run_start_wall: float | None = None,
+                  end_wall: float | None = None) -> DeviceOutcome:
+        """Generate and answer samples until the run ends, then drain and flush.
 
         `start_wall` aligns many devices on one wall-clock start; latencies use only this
-        device's monotonic clock.
+        device's monotonic clock. A device restarted mid-run gets the run's start (its link
+        faults are in run time) and end (it stops with the others).
         """
         now_wall = time.time()
         start_wall = start_wall if start_wall is not None else now_wall
         self._t0 = self._loop.time() + max(0.0, start_wall - now_wall)
         self._wall0 = start_wall
+        if end_wall is not None:
+            self._stop_rel = min(self._stop_rel, end_wall - start_wall)
+        self._impair_links(start_wall - (run_start_wall if run_start_wall is not None
+                                         else start_wall))
         reporter = asyncio.create_task(self._report_loop())
         sender = asyncio.create_task(self._uplink_loop())
         try:
@@ -173,7 +189,8 @@ class Device:
 
     def outcome(self) -> DeviceOutcome:
         return DeviceOutcome(
-            device_id=self.spec.device_id, tier=self.spec.tier, generated=self.generated,
+            device_id=self.spec.device_id, tier=self.spec.tier,
+            incarnation=self.spec.incarnation, generated=self.generated,
             recorded=self._writer.count if self._writer else sum(self._sources.values()),
             final_threshold=self.threshold, late_replies=self.late_replies,
             overruns=self.overruns, reconnects=max(self.reconnects, 0), sources=self._sources)
@@ -187,10 +204,19 @@ class Device:
             await asyncio.gather(task, return_exceptions=True)
         if self._writer is not None:
             self._writer.close()
-        if self._out_dir is not None:
-            path = self._out_dir / "devices" / f"{self.spec.device_id}.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(self.outcome().to_dict()))
+        if self._journal is not None:
+            self._journal.close()
+        if self._outcome_path is not None:
+            self._outcome_path.parent.mkdir(parents=True, exist_ok=True)
+            self._outcome_path.write_text(json.dumps(self.outcome().to_dict()))
+
+    def _impair_links(self, offset_s: float) -> None:
+        """Scenario link faults, given in run time, on this device's clock (this process
+        started `offset_s` into the run)."""
+        base = self._t0 - offset_s
+        for link, direction in ((self._uplink, "up"), (self._downlink, "down")):
+            link.impair([Impairment(base + f.start_s, base + f.end_s, f.loss)
+                         for f in self.spec.link_faults if f.direction in ("both", direction)])
 
     async def _sleep_until(self, deadline: float, interruptible: bool = True) -> None:
         if deadline <= self._loop.time():
@@ -217,6 +243,8 @@ class Device:
             if t_rel >= self._stop_rel:
                 break
             self.generated += 1
+            if self._journal is not None:
+                self._journal.started(i)
             ready = max(t_sched, free_at)
             await self._sleep_until(ready, interruptible=False)
             free_at, rec, pixels = self._process(i, t_sched, ready)
@@ -237,12 +265,13 @@ class Device:
         pred = int(probs.argmax())
         rec = SampleRecord(
             device_id=self.spec.device_id, tier=self.spec.tier, sample_id=i,
-            label=int(self._y[idx]), t_sched_s=t_sched - self._t0,
+            incarnation=self.spec.incarnation, label=int(self._y[idx]),
+            t_sched_s=t_sched - self._t0,
             start_lag_ms=(start - ready) * 1e3, light_ms=(padding.end - start) * 1e3,
             light_real_ms=real * 1e3, overrun=padding.overrun, light_pred=pred,
             light_conf=float(probs.max()), threshold=self.threshold,
             forwarded=self._rule(probs, self.threshold), queue_ms=math.nan,
-            compute_ms=math.nan, batch_size=0, final_pred=pred, source="light",
+            compute_ms=math.nan, batch_size=0, final_pred=pred, source="light", cause="",
             correct=False, latency_ms=math.nan, slo_met=False,
             wall_epoch_s=self._wall0 + (t_sched - self._t0))
         return padding.end, rec, pixels
@@ -260,7 +289,7 @@ class Device:
         pending.timeout = self._loop.call_at(timeout_at, self._on_timeout, sid)
         self._pending[sid] = pending
         if not self._connected.is_set():
-            self._fail(sid)
+            self._fail(sid, "disconnected")
             return
         # The message's size does not depend on the deadline's value (a float64 is always 9
         # bytes in msgpack), so the delivery time can be known before the budget is set.
@@ -281,12 +310,13 @@ class Device:
             deliver_at, sid, data = self._uplink_queue[0]
             await self._sleep_until(deliver_at, interruptible=False)
             self._uplink_queue.popleft()
-            if sid not in self._pending:
+            if sid is not None and sid not in self._pending:
                 continue  # timed out while on the link
             try:
                 await self._conn.send(data)
             except (ConnectionError, RuntimeError, OSError):
-                self._fail(sid)
+                if sid is not None:
+                    self._fail(sid, "disconnected")
 
     def _on_result(self, res: wire.Result, nbytes: int) -> None:
         if res.sample_id not in self._pending:
@@ -309,26 +339,31 @@ class Device:
         if res.status == wire.ResultStatus.OK:
             self._finish(pending, "heavy", res.prediction)
         elif res.status == wire.ResultStatus.REJECTED:
-            self._finish(pending, "rejected", rec.light_pred)
+            self._finish(pending, "rejected", rec.light_pred, res.cause or "queue_full")
+        elif res.status == wire.ResultStatus.EXPIRED:
+            self._finish(pending, "fallback", rec.light_pred, "expired")
         else:
-            self._finish(pending, "fallback", rec.light_pred)
+            self._finish(pending, "fallback", rec.light_pred, "failed")
 
     def _on_timeout(self, sid: int) -> None:
         pending = self._pending.pop(sid, None)
         if pending is not None:
-            self._finish(pending, "fallback", pending.rec.light_pred)
+            self._finish(pending, "fallback", pending.rec.light_pred, "timeout")
 
-    def _fail(self, sid: int) -> None:
-        """The server cannot answer (no connection): the light answer is final now."""
+    def _fail(self, sid: int, cause: str) -> None:
+        """The server cannot answer (no connection, or it refused the sample): the light
+        answer is final now."""
         pending = self._pending.pop(sid, None)
         if pending is not None:
             if pending.timeout is not None:
                 pending.timeout.cancel()
-            self._finish(pending, "fallback", pending.rec.light_pred)
+            self._finish(pending, "fallback", pending.rec.light_pred, cause)
 
-    def _finish(self, pending: Pending, source: Source, prediction: int) -> None:
+    def _finish(self, pending: Pending, source: Source, prediction: int,
+                cause: str = "") -> None:
         rec = pending.rec
         rec.source = source
+        rec.cause = cause
         rec.final_pred = prediction
         rec.correct = prediction == rec.label
         rec.latency_ms = (self._loop.time() - pending.t_sched) * 1e3
@@ -362,7 +397,7 @@ class Device:
                 log.debug("%s: connection failed: %r", self.spec.device_id, exc)
             self._connected.clear()
             for sid in list(self._pending):
-                self._fail(sid)
+                self._fail(sid, "disconnected")
             if self._closing:
                 break
             await asyncio.sleep(backoff * (1 + 0.5 * float(self._compute_rng.random())))
@@ -376,7 +411,7 @@ class Device:
         elif isinstance(msg, wire.Error):
             log.warning("%s: server error %s: %s", self.spec.device_id, msg.code, msg.reason)
             if msg.sample_id is not None:
-                self._fail(msg.sample_id)
+                self._fail(msg.sample_id, "error")
 
     def _apply_threshold(self, value: float, epoch: int, force: bool = False) -> None:
         if force or epoch > self.epoch:
@@ -384,11 +419,22 @@ class Device:
             self.epoch = epoch
 
     async def _report_loop(self) -> None:
+        """Reports travel the emulated uplink like samples: a cut link delays them too."""
         while True:
             await asyncio.sleep(self.spec.report_interval_s)
-            await self._send_report()
+            data = self._take_report()
+            deliver_at = self._uplink.transmit(self._loop.time(), len(data))
+            self._uplink_queue.append((deliver_at, None, data))
+            self._uplink_wake.set()
 
     async def _send_report(self) -> None:
+        """The last report, sent directly as the device stops."""
+        data = self._take_report()
+        if self._connected.is_set():
+            with contextlib.suppress(ConnectionError, RuntimeError, OSError):
+                await self._conn.send(data)
+
+    def _take_report(self) -> bytes:
         now = self._loop.time()
         slo_s = self.spec.slo_ms / 1e3
         for pending in self._pending.values():
@@ -396,11 +442,7 @@ class Device:
                 pending.slo_counted = True
                 self._window.on_overdue()
         report = self._window.take(self.spec.report_interval_s, self.threshold, self.epoch)
-        if self._writer is not None:
-            self._writer.flush()
-        if self._connected.is_set():
-            with contextlib.suppress(ConnectionError, RuntimeError, OSError):
-                await self._conn.send(wire.encode(report))
+        return wire.encode(report)
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

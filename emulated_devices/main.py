@@ -25,10 +25,11 @@ REGISTER_TIMEOUT_S = 30.0
 
 
 def device_process(spec: Any, server_url: str, token: str, run_dir: str,
-                   control: Connection) -> None:
+                   wait_for_server: bool, control: Connection) -> None:
     """Entry of a device process the harness starts (forkserver child).
 
-    Talks to the harness over `control`: sends `ready` once welcomed, waits for `start` (a
+    Talks to the harness over `control`: sends `ready` once welcomed (or at once, for a device
+    restarted mid-run, which must work while the server is away), waits for `start` (a
     wall-clock time shared by all devices), stops early on `stop`, and ends with `done`.
     """
     die_with_parent()
@@ -36,7 +37,7 @@ def device_process(spec: Any, server_url: str, token: str, run_dir: str,
     out = Path(run_dir)
     configure_logging("INFO", f"device {spec.device_id}", out / "logs" / "devices.log")
     try:
-        asyncio.run(_controlled(spec, server_url, token, out, control))
+        asyncio.run(_controlled(spec, server_url, token, out, control, wait_for_server))
     except Exception as exc:
         log.exception("device failed")
         _send(control, {"event": "error", "device_id": spec.device_id, "reason": repr(exc)})
@@ -44,7 +45,7 @@ def device_process(spec: Any, server_url: str, token: str, run_dir: str,
 
 
 async def _controlled(spec: Any, server_url: str, token: str, out: Path,
-                      control: Connection) -> None:
+                      control: Connection, wait_for_server: bool) -> None:
     loop = asyncio.get_running_loop()
     commands: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
@@ -58,12 +59,17 @@ async def _controlled(spec: Any, server_url: str, token: str, out: Path,
     loop.add_reader(control.fileno(), on_control)
     device = Device(spec, server_url, token=token, out_dir=out)
     loop.add_signal_handler(signal.SIGTERM, lambda: commands.put_nowait({"cmd": "stop"}))
-    await device.wait_registered(REGISTER_TIMEOUT_S)
+    if wait_for_server:
+        await device.wait_registered(REGISTER_TIMEOUT_S)
+    else:
+        device.connect()
     _send(control, {"event": "ready", "device_id": spec.device_id})
     cmd = await commands.get()
     if cmd.get("cmd") == "stop":
         device.stop()
-    run = asyncio.create_task(device.run(start_wall=cmd.get("at")))
+    run = asyncio.create_task(device.run(start_wall=cmd.get("at"),
+                                         run_start_wall=cmd.get("run_start"),
+                                         end_wall=cmd.get("end")))
 
     async def watch() -> None:
         while True:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from server import ingress
+from server.admission import Admission
 from server.batch_policy import BatchPolicy
 from server.batcher import Batcher
 from server.control import Controller
@@ -51,7 +52,8 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
     queue = RequestQueue(cfg.max_queue_size)
     batcher = Batcher(model, queue, BatchPolicy(cfg.max_batch_size, cfg.max_queue_delay_us / 1e6),
                       BatchProfile(cfg.batch_base_ms, cfg.batch_per_sample_ms)
-                      if cfg.pad_compute else None, stats)
+                      if cfg.pad_compute else None, stats,
+                      Admission(cfg.admission, cfg.max_queue_size))
     events = EventLog(settings.events_path, "server")
     controller = Controller(
         make_policy(settings.policy.name, settings.policy.params), stats, events,

@@ -14,9 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from server.admission import Admission, AdmissionRefused
 from server.batch_policy import BatchPolicy, Cut, Idle, WaitUntil
 from server.heavy_model import BatchProfile, HeavyModel
-from server.request_queue import Request, RequestQueue
+from server.request_queue import QueueFull, Request, RequestQueue
 from server.stats import ServerStats
 from testbed import protocol as wire
 
@@ -25,12 +26,17 @@ log = logging.getLogger(__name__)
 
 class Batcher:
     def __init__(self, model: HeavyModel, queue: RequestQueue, policy: BatchPolicy,
-                 profile: BatchProfile | None, stats: ServerStats) -> None:
+                 profile: BatchProfile | None, stats: ServerStats,
+                 admission: Admission | None = None) -> None:
         self.model = model
         self.queue = queue
         self.policy = policy
         self.profile = profile
         self.stats = stats
+        self.admission = admission or Admission("bound", queue.max_size)
+        self._busy_until = 0.0
+        self._per_sample_s = 1e-3
+        """Measured cost per sample (smoothed): the batch time estimate without a profile."""
         self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
         self._expiry: asyncio.TimerHandle | None = None
@@ -39,15 +45,26 @@ class Batcher:
         self._closed = False
 
     def submit(self, req: Request) -> None:
-        """Queue a request (raises `QueueFull`); its `respond` will be called exactly once."""
+        """Queue a request or raise `AdmissionRefused`; once queued, its `respond` will be
+        called exactly once."""
         if self._closed:
-            raise RuntimeError("server is shutting down")
-        self.queue.push(req)
+            raise AdmissionRefused("shutdown", "server is shutting down")
+        self.admission.check(queued=len(self.queue), max_batch_size=self.policy.max_batch_size,
+                             busy_until=self._busy_until, now=req.arrival,
+                             deadline=req.deadline, batch_s=self.batch_s)
+        try:
+            self.queue.push(req)
+        except QueueFull as exc:
+            raise AdmissionRefused("queue_full", str(exc)) from None
         self.stats.on_admitted()
         if req.deadline < self._expiry_at:
             self._arm_expiry(req.deadline)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+    def batch_s(self, size: int) -> float:
+        """Expected duration of a batch: the emulated profile, or the measured cost."""
+        return self.profile.target_s(size) if self.profile else self._per_sample_s * size
 
     def set_max_batch_size(self, n: int) -> None:
         """Takes effect at the next batch."""
@@ -80,6 +97,7 @@ class Batcher:
 
     async def _run_batch(self, batch: list[Request]) -> None:
         start = self._loop.time()
+        self._busy_until = start + self.batch_s(len(batch))
         x = np.stack([r.x for r in batch])
         t = time.perf_counter()
         try:
@@ -89,9 +107,11 @@ class Batcher:
             self.stats.on_failed(len(batch))
             for r in batch:
                 r.respond(wire.Result(sample_id=r.sample_id, status=wire.ResultStatus.FAILED,
-                                      batch_size=len(batch), reason=f"model error: {exc}"))
+                                      batch_size=len(batch), reason=f"model error: {exc}",
+                                      cause="model_error"))
             return
         real = time.perf_counter() - t
+        self._per_sample_s += 0.2 * (real / len(batch) - self._per_sample_s)
         target = self.profile.target_s(len(batch)) if self.profile else 0.0
         if target > real:
             await asyncio.sleep(target - real)
@@ -126,7 +146,7 @@ class Batcher:
             for r in expired:
                 r.respond(wire.Result(sample_id=r.sample_id, status=wire.ResultStatus.EXPIRED,
                                       queue_us=int((now - r.arrival) * 1e6),
-                                      reason="deadline passed in queue"))
+                                      reason="deadline passed in queue", cause="deadline"))
         nxt = self.queue.next_deadline()
         if nxt is not None:
             self._arm_expiry(nxt)
@@ -139,7 +159,7 @@ class Batcher:
         for r in self.queue.drain():
             self.stats.on_rejected("shutdown")
             r.respond(wire.Result(sample_id=r.sample_id, status=wire.ResultStatus.REJECTED,
-                                  reason="server shutting down"))
+                                  reason="server shutting down", cause="shutdown"))
         self.stats.pending.set(0)
         self._pool.shutdown(wait=True)
 

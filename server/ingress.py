@@ -16,9 +16,10 @@ import numpy as np
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from server.admission import AdmissionRefused
 from server.control import DuplicateDevice
 from server.heavy_model import HeavyModel
-from server.request_queue import QueueFull, Request
+from server.request_queue import Request
 from server.runtime import RUNTIME, Runtime
 from testbed import protocol as wire
 
@@ -61,15 +62,14 @@ class Outbox:
     """Messages to one WebSocket, written by one task so replies never block the batcher.
 
     A burst of replies is fine; a client that stops reading is not: once the writer has been
-    stuck on a full socket for `STALL_S` with more than `limit` replies waiting, the client is
+    stuck on a full socket for `stall_s` with more than `limit` replies waiting, the client is
     disconnected rather than buffered without end.
     """
 
-    STALL_S = 5.0
-
-    def __init__(self, ws: web.WebSocketResponse, limit: int) -> None:
+    def __init__(self, ws: web.WebSocketResponse, limit: int, stall_s: float) -> None:
         self._ws = ws
         self._limit = limit
+        self._stall_s = stall_s
         self._items: deque[bytes] = deque()
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -82,7 +82,7 @@ class Outbox:
         if self._ws.closed or self.overflowed:
             return
         if len(self._items) >= self._limit and self._blocked_since is not None and \
-                self._loop.time() - self._blocked_since > self.STALL_S:
+                self._loop.time() - self._blocked_since > self._stall_s:
             self.overflowed = True
             self._items.clear()
             self._task.cancel()
@@ -123,7 +123,8 @@ async def device_socket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(max_msg_size=wire.MAX_MESSAGE_BYTES, autoping=True)
     await ws.prepare(request)
     rt.sockets.add(ws)
-    outbox = Outbox(ws, limit=2 * rt.settings.server.max_queue_size + 64)
+    cfg = rt.settings.server
+    outbox = Outbox(ws, limit=cfg.slow_client_backlog, stall_s=cfg.slow_client_stall_s)
     loop = asyncio.get_running_loop()
     device_id: str | None = None
     try:
@@ -229,14 +230,10 @@ def _on_frame(rt: Runtime, device_id: str, data: bytes, outbox: Outbox,
 def _admit(rt: Runtime, req: Request) -> None:
     try:
         rt.batcher.submit(req)
-    except QueueFull as exc:
-        rt.stats.on_rejected("queue_full")
+    except AdmissionRefused as exc:
+        rt.stats.on_rejected(exc.cause)
         req.respond(wire.Result(sample_id=req.sample_id, status=wire.ResultStatus.REJECTED,
-                                reason=str(exc)))
-    except RuntimeError as exc:
-        rt.stats.on_rejected("shutdown")
-        req.respond(wire.Result(sample_id=req.sample_id, status=wire.ResultStatus.REJECTED,
-                                reason=str(exc)))
+                                reason=exc.reason, cause=exc.cause))
 
 
 def _error(rt: Runtime, outbox: Outbox, code: wire.ErrorCode, reason: str,
@@ -262,8 +259,20 @@ def _http_error(code: wire.ErrorCode, reason: str) -> web.Response:
                                  .decode()})
 
 
+def _authorized(request: web.Request, token: str) -> bool:
+    if not token:
+        return True
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token.encode())
+
+
 async def http_infer(request: web.Request) -> web.Response:
+    """One msgpack `infer` in, one `result` out. With a run token, the caller must send
+    `Authorization: Bearer <token>`, as devices present it in `hello`."""
     rt = request.app[RUNTIME]
+    if not _authorized(request, rt.settings.token):
+        rt.stats.on_protocol_error("unauthorized")
+        return _http_error(wire.ErrorCode.UNAUTHORIZED, "bad or missing bearer token")
     if request.content_length is not None and request.content_length > wire.MAX_MESSAGE_BYTES:
         rt.stats.on_protocol_error("too_large")
         return _http_error(wire.ErrorCode.TOO_LARGE, "request body too large")

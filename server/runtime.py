@@ -79,6 +79,7 @@ class Runtime:
             "arrival_rate_sps": round(window.arrival_rate, 2),
             "busy_fraction": round(window.busy_fraction, 3),
             "totals": dataclasses.asdict(totals),
+            "shed": dict(self.stats.shed),
             "slo_ms": self.settings.slo_ms,
         }
 

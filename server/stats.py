@@ -63,6 +63,8 @@ class ServerStats:
         self.threshold_updates = Counter("testbed_scheduler_threshold_updates",
                                          "Threshold messages sent.", registry=r)
         self.totals = _Window()
+        self.shed: dict[str, int] = {}
+        """Requests not run, by cause (queue_full, admission, deadline, shutdown)."""
         self._window = _Window()
         self._window_start: float | None = None
 
@@ -76,6 +78,7 @@ class ServerStats:
     def on_rejected(self, reason: str) -> None:
         self.requests.labels("rejected").inc()
         self.rejected.labels(reason).inc()
+        self.shed[reason] = self.shed.get(reason, 0) + 1
         for w in (self._window, self.totals):
             w.arrivals += 1
             w.rejected += 1
@@ -83,6 +86,7 @@ class ServerStats:
     def on_expired(self, n: int) -> None:
         self.requests.labels("expired").inc(n)
         self.rejected.labels("deadline").inc(n)
+        self.shed["deadline"] = self.shed.get("deadline", 0) + n
         self._window.expired += n
         self.totals.expired += n
 

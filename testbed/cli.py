@@ -11,8 +11,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from testbed.collect import collect
 from testbed.config import ScenarioConfig, ScenarioError, load_scenario
-from testbed.orchestrator import RunError, collect, default_run_dir, run_scenario
+from testbed.orchestrator import RunError, default_run_dir, run_scenario
 from testbed.report import LiveProgress, print_summary
 
 app = typer.Typer(help="Emulated edge devices + one shared batching server + cascade schedulers.",
@@ -122,10 +123,20 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder")],
         console.print(f"[red]{run_dir} is not a run folder[/red]")
         raise typer.Exit(2)
     print_summary(summary, console, per_device=devices)
-    if summary.get("run", {}).get("partial"):
-        console.print("[yellow]partial run:[/yellow] the records end early "
-                      f"({len(summary['run']['devices_without_outcome'])} devices without an "
-                      f"outcome, {summary['run']['torn_rows']} torn rows)")
+    run = summary.get("run", {})
+    if run.get("partial"):
+        why = []
+        if not run.get("harness_ended", True):
+            why.append("the harness did not finish")
+        if run.get("interrupted"):
+            why.append("it was interrupted")
+        if run.get("devices_without_outcome"):
+            why.append(f"{len(run['devices_without_outcome'])} device processes left no "
+                       "outcome")
+        if run.get("torn_rows"):
+            why.append(f"{run['torn_rows']} torn rows")
+        console.print(f"[yellow]partial run:[/yellow] {'; '.join(why)}. The numbers cover "
+                      "the records that were written.")
 
 
 @app.command()

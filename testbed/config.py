@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 ArrivalKind = Literal["constant", "poisson"]
+FaultKind = Literal["kill_device", "kill_server", "cut_link", "packet_loss"]
+AdmissionMode = Literal["bound", "deadline"]
 TIER_ORDER = ("low", "mid", "high")
 
 
@@ -38,10 +40,17 @@ class LinkSpec:
     """Standard deviation of a normal jitter added to the delay (clipped at zero)."""
     bandwidth_mbps: float = 50.0
     """Serialisation rate; messages on one link queue behind each other (FIFO, like TCP)."""
+    loss: float = 0.0
+    """Probability that a message's packet is lost; TCP resends it after `rto_ms` (doubling
+    while it keeps being lost), so loss shows up as delay, as on a real WebSocket."""
+    rto_ms: float = 200.0
+    """Retransmission timeout (Linux's minimum is 200 ms)."""
 
     def __post_init__(self) -> None:
         _check(self.delay_ms >= 0 and self.jitter_ms >= 0, "link delays must be >= 0")
         _check(self.bandwidth_mbps > 0, f"bandwidth_mbps must be > 0 (got {self.bandwidth_mbps})")
+        _check(0 <= self.loss < 1, f"link loss must be in [0, 1) (got {self.loss})")
+        _check(self.rto_ms > 0, f"rto_ms must be > 0 (got {self.rto_ms})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +100,14 @@ class DevicesConfig:
     """How long a device waits for the server before its light answer becomes final."""
     report_interval_s: float = 0.5
     """Window of the `report` messages that feed the scheduler."""
+    restart_dead: bool = False
+    """Restart a device process that dies on its own (a crash, not a planned fault)."""
+    restart_delay_s: float = 1.0
+    """How long a crashed device stays down before the harness restarts it."""
 
     def __post_init__(self) -> None:
         _check(self.count >= 0, f"devices.count must be >= 0 (got {self.count})")
+        _check(self.restart_delay_s >= 0, "devices.restart_delay_s must be >= 0")
         _check(self.rate_hz > 0, f"devices.rate_hz must be > 0 (got {self.rate_hz})")
         _check(self.arrival in typing.get_args(ArrivalKind),
                f"devices.arrival must be one of {typing.get_args(ArrivalKind)}")
@@ -113,6 +127,9 @@ class ServerConfig:
     """How long the first request of a batch may wait for more (Triton semantics)."""
     max_queue_size: int = 512
     """Admission bound; a full queue rejects at once (counted by reason)."""
+    admission: AdmissionMode = "bound"
+    """"bound" admits while the queue has room; "deadline" also refuses a request that the
+    queue ahead of it would make miss its deadline, so its device falls back at once."""
     batch_base_ms: float = 6.0
     batch_per_sample_ms: float = 4.2
     """Emulated batch latency L(b) = base + per_sample * b of the server's accelerator; the
@@ -121,6 +138,12 @@ class ServerConfig:
     intra_op_threads: int = 1
     control_interval_s: float = 0.5
     """How often the scheduler policy runs."""
+    restart_on_exit: bool = False
+    """The harness restarts a server process that dies on its own (same port, same token)."""
+    slow_client_stall_s: float = 5.0
+    """A device socket whose replies have been stuck this long, with more than
+    `slow_client_backlog` waiting, is closed instead of buffered without end."""
+    slow_client_backlog: int = 1024
 
     def __post_init__(self) -> None:
         _check(0 <= self.port < 65536, f"server.port out of range (got {self.port})")
@@ -133,6 +156,55 @@ class ServerConfig:
                "server batch profile must be >= 0")
         _check(self.intra_op_threads >= 1, "server.intra_op_threads must be >= 1")
         _check(self.control_interval_s > 0, "server.control_interval_s must be > 0")
+        _check(self.slow_client_stall_s > 0 and self.slow_client_backlog >= 1,
+               "server slow-client limits must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class FaultSpec:
+    """One fault the harness injects during a run (`[[faults]]` in a scenario).
+
+    Targets: the devices named in `devices`, else `count` devices drawn (seeded) from `tier`
+    or from all. `every_s` repeats the fault until the run ends, drawing targets anew.
+    """
+
+    kind: FaultKind
+    at_s: float
+    """Run time of the (first) injection, seconds after the devices start."""
+    duration_s: float = 0.0
+    """How long a link stays cut or lossy."""
+    restart_after_s: float | None = None
+    """kill_device / kill_server: restart after this long; absent, it stays down."""
+    devices: tuple[str, ...] = ()
+    tier: str | None = None
+    count: int = 1
+    loss: float = 0.0
+    """packet_loss: probability each message is lost (and resent after the link's RTO)."""
+    direction: Literal["both", "up", "down"] = "both"
+    signal: Literal["kill", "term"] = "kill"
+    """kill_*: SIGKILL (a crash: nothing is flushed) or SIGTERM (a clean stop)."""
+    every_s: float | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.at_s >= 0, f"fault at_s must be >= 0 (got {self.at_s})")
+        _check(self.restart_after_s is None or self.restart_after_s >= 0,
+               "fault restart_after_s must be >= 0")
+        _check(self.count >= 1, f"fault count must be >= 1 (got {self.count})")
+        _check(self.every_s is None or self.every_s > 0, "fault every_s must be > 0")
+        if self.kind in ("cut_link", "packet_loss"):
+            _check(self.duration_s > 0, f"{self.kind} needs duration_s > 0")
+        if self.kind == "packet_loss":
+            _check(0 < self.loss < 1, f"packet_loss needs 0 < loss < 1 (got {self.loss})")
+
+
+@dataclass(frozen=True, slots=True)
+class LinkFault:
+    """A device's link is cut (`loss` = 1) or lossy during [start_s, end_s) of run time."""
+
+    start_s: float
+    end_s: float
+    loss: float
+    direction: Literal["both", "up", "down"] = "both"
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,12 +226,16 @@ class ScenarioConfig:
     tiers: dict[str, TierSpec] = field(default_factory=default_tiers)
     server: ServerConfig = field(default_factory=ServerConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    faults: tuple[FaultSpec, ...] = ()
 
     def __post_init__(self) -> None:
         _check(self.duration_s > 0, f"duration_s must be > 0 (got {self.duration_s})")
         _check(self.slo_ms > 0, f"slo_ms must be > 0 (got {self.slo_ms})")
         _check(bool(self.tiers), "at least one tier is needed")
         parse_mix(self.devices.mix, tuple(self.tiers))
+        for i, fault in enumerate(self.faults):
+            _check(fault.tier is None or fault.tier in self.tiers,
+                   f"faults[{i}]: unknown tier {fault.tier!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +254,10 @@ class DeviceSpec:
     reply_timeout_ms: float
     report_interval_s: float
     zoo: str | None
+    incarnation: int = 0
+    """0 for the first process of this device, k for its k-th restart."""
+    link_faults: tuple[LinkFault, ...] = ()
+    """Cuts and loss on its link, in run time."""
 
 
 def parse_mix(mix: str, tiers: tuple[str, ...]) -> dict[str, float]:
@@ -261,6 +341,8 @@ def scenario_to_dict(cfg: ScenarioConfig) -> dict[str, Any]:
     def strip(obj: Any) -> Any:
         if isinstance(obj, dict):
             return {k: strip(v) for k, v in obj.items() if v is not None}
+        if isinstance(obj, (list, tuple)):
+            return [strip(v) for v in obj]
         return obj
 
     return strip(dataclasses.asdict(cfg))  # type: ignore[no-any-return]
@@ -307,6 +389,10 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     if origin is dict:
         _check(isinstance(value, dict), f"{where} must be a table")
         return dict(value)
+    if origin is tuple:
+        _check(isinstance(value, (list, tuple)), f"{where} must be a list")
+        item = typing.get_args(hint)[0]
+        return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, where)  # type: ignore[arg-type]
     if hint is float:

@@ -1,8 +1,10 @@
 """Pure metric math over sample records: SLO satisfaction, accuracy, forward rate, percentiles.
 
 Definitions are DESIGN.md's and the same everywhere: SLO satisfaction and forward rate are over
-*generated* samples (a lost sample counts as a miss), accuracy over final answers, throughput is
-final answers per second of the run. Percentiles are exact (nearest rank over every latency),
+*generated* samples (a sample without an answer counts as a miss), accuracy over final answers,
+throughput is final answers per second of the run. Every generated sample is `completed` (it
+has a record), `aborted` (its device process was killed while working on it) or `lost` (neither:
+a bug, expected to be 0). Percentiles are exact (nearest rank over every latency),
 not bucketed, so they can be merged simply by concatenating records.
 """
 
@@ -14,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from testbed.records import SOURCES, SampleRecord
+from testbed.records import CAUSES, SOURCES, SampleRecord
 
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0, "p99.9": 99.9}
 
@@ -26,8 +28,11 @@ class DeviceTally:
     device_id: str
     tier: str
     generated: int
-    final_threshold: float
+    final_threshold: float | None
     late_replies: int = 0
+    aborted: int = 0
+    """Samples in flight when one of its processes was killed."""
+    incarnations: int = 1
 
 
 def latency_summary(latencies_ms: Sequence[float] | np.ndarray) -> dict[str, float | None]:
@@ -49,19 +54,24 @@ def _ratio(num: float, den: float) -> float | None:
     return round(num / den, 5) if den else None
 
 
-def group_stats(records: Sequence[SampleRecord], generated: int, slo_ms: float) -> dict[str, Any]:
+def group_stats(records: Sequence[SampleRecord], generated: int, slo_ms: float,
+                aborted: int = 0) -> dict[str, Any]:
     """Counts, rates and latency of one group (a device, a tier, or the whole run)."""
     counts = {s: 0 for s in SOURCES}
+    causes = dict.fromkeys(CAUSES, 0)
     correct = forwarded = met = 0
     for r in records:
         counts[r.source] += 1
+        if r.cause:
+            causes[r.cause] = causes.get(r.cause, 0) + 1
         correct += r.correct
         forwarded += r.forwarded
         met += r.latency_ms <= slo_ms
     completed = len(records)
     return {
-        "samples": {"generated": generated, "completed": completed,
-                    "lost": max(generated - completed, 0), **counts},
+        "samples": {"generated": generated, "completed": completed, "aborted": aborted,
+                    "lost": max(generated - completed - aborted, 0), **counts,
+                    "causes": {c: n for c, n in causes.items() if n}},
         "slo_satisfaction": _ratio(met, generated),
         "accuracy": _ratio(correct, completed),
         "forward_rate": _ratio(forwarded, generated),
@@ -83,18 +93,20 @@ def summarize(records: Iterable[SampleRecord], devices: Sequence[DeviceTally], *
     # A device that died before reporting still generated at least what it recorded.
     generated = {dev: max(tallies[dev].generated if dev in tallies else 0, len(recs))
                  for dev, recs in by_device.items()}
-    overall = group_stats(all_records, sum(generated.values()), slo_ms)
+    aborted = {dev: tallies[dev].aborted if dev in tallies else 0 for dev in by_device}
+    overall = group_stats(all_records, sum(generated.values()), slo_ms, sum(aborted.values()))
     per_device = []
     tiers: dict[str, list[str]] = {}
     for dev, recs in sorted(by_device.items()):
         tally = tallies.get(dev)
         tier = tally.tier if tally else (recs[0].tier if recs else "?")
         tiers.setdefault(tier, []).append(dev)
-        stats = group_stats(recs, generated[dev], slo_ms)
+        stats = group_stats(recs, generated[dev], slo_ms, aborted[dev])
         per_device.append({
             "device_id": dev, "tier": tier,
             "samples": stats["samples"]["completed"], "generated": generated[dev],
-            "lost": stats["samples"]["lost"],
+            "aborted": aborted[dev], "lost": stats["samples"]["lost"],
+            "incarnations": tally.incarnations if tally else 1,
             "slo_satisfaction": stats["slo_satisfaction"], "accuracy": stats["accuracy"],
             "forward_rate": stats["forward_rate"],
             "final_threshold": tally.final_threshold if tally else None,
@@ -104,7 +116,8 @@ def summarize(records: Iterable[SampleRecord], devices: Sequence[DeviceTally], *
     rank = {t: i for i, t in enumerate(tier_order)}
     per_tier = {
         tier: {"devices": len(devs), **group_stats(
-            [r for d in devs for r in by_device[d]], sum(generated[d] for d in devs), slo_ms)}
+            [r for d in devs for r in by_device[d]], sum(generated[d] for d in devs), slo_ms,
+            sum(aborted[d] for d in devs))}
         for tier, devs in sorted(tiers.items(), key=lambda kv: (rank.get(kv[0], len(rank)),
                                                                 kv[0]))
     }

@@ -1,4 +1,5 @@
-"""Start a run's server and device processes, run them, stop them cleanly, collect the records.
+"""Start a run's server and device processes, run them, inject the scenario's faults, stop
+everything cleanly, and write the run folder.
 
 The harness talks to each child over a pipe (ready/start/stop/done) and never imports the
 device or server packages: children are forked from a forkserver that has them preloaded, which
@@ -8,6 +9,7 @@ also lets 40+ device processes share the numpy/onnxruntime/aiohttp pages.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import multiprocessing as mp
@@ -15,18 +17,18 @@ import secrets
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import psutil
 import tomli_w
 
-from testbed.config import ScenarioConfig, device_specs, load_scenario, scenario_to_dict
-from testbed.events import EventLog, read_events
-from testbed.metrics import DeviceTally, summarize
-from testbed.records import iter_record_files, read_records
+from testbed.children import Child, poll, reap, recv, send, spawn
+from testbed.collect import RunFacts, collect
+from testbed.config import DeviceSpec, ScenarioConfig, device_specs, scenario_to_dict
+from testbed.events import EventLog
+from testbed.faults import FaultAction, FaultPlan, plan_faults
 from testbed.versions import collect_versions
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,10 @@ REGISTER_TIMEOUT_S = 60.0
 START_LEAD_S = 0.3
 """Devices get the common start time this far ahead, so all of them receive it in time."""
 DRAIN_GRACE_S = 10.0
+SERVER_RESTART_DELAY_S = 1.0
+"""How long a crashed server stays down before the harness restarts it (if asked to)."""
+MIN_RESTART_LEFT_S = 1.0
+"""A device is not restarted with less than this much of the run left."""
 PRELOAD = ["__main__", "emulated_devices.main", "emulated_devices.preload", "server.main"]
 """Imported once by the forkserver. `__main__` is there because multiprocessing otherwise
 re-imports the harness's main module (typer, rich, ...) in every child: ~0.1 s of CPU each."""
@@ -72,31 +78,33 @@ class RunResult:
 
 
 @dataclass
-class _Child:
-    name: str
-    proc: BaseProcess
-    conn: Connection
-    ready: bool = False
-    done: dict[str, Any] | None = None
-    error: str | None = None
-    exit_logged: bool = False
-
-
-@dataclass
 class _Run:
     cfg: ScenarioConfig
     run_dir: Path
     events: EventLog
     progress: Progress
     ctx: Any
+    plan: FaultPlan
+    specs: dict[str, DeviceSpec]
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
-    server: _Child | None = None
+    server: Child | None = None
     server_url: str = ""
-    devices: list[_Child] = field(default_factory=list)
-    final_status: dict[str, Any] | None = None
+    server_statuses: list[dict[str, Any]] = field(default_factory=list)
+    """The last status heard from each server process (one per restart)."""
+    devices: dict[str, Child] = field(default_factory=dict)
+    """The current process of each device."""
+    retired: list[Child] = field(default_factory=list)
+    """Earlier processes of restarted devices, and earlier servers."""
+    start_at: float = 0.0
+    """Wall-clock time of run time 0 (when devices start generating)."""
+    agenda: list[FaultAction] = field(default_factory=list)
     resources: dict[str, Any] = field(default_factory=dict)
     startup_s: float | None = None
     interrupted: bool = False
+
+    def children(self) -> list[Child]:
+        return ([self.server] if self.server else []) + list(self.devices.values()) + \
+            self.retired
 
 
 def default_run_dir(cfg: ScenarioConfig, root: Path = Path("runs")) -> Path:
@@ -110,15 +118,19 @@ def run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None =
     t_begin = time.monotonic()
     if run_dir.exists() and any(run_dir.iterdir()):
         raise RunError(f"{run_dir} exists and is not empty")
+    specs = device_specs(cfg)
+    plan = plan_faults(cfg, [(s.device_id, s.tier) for s in specs])
+    specs = [dataclasses.replace(s, link_faults=plan.links.get(s.device_id, ())) for s in specs]
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "scenario.toml").write_text(tomli_w.dumps(scenario_to_dict(cfg)))
     (run_dir / "versions.json").write_text(json.dumps(collect_versions(), indent=2))
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
     run = _Run(cfg, run_dir, EventLog(run_dir / "events.harness.jsonl", "harness"),
-               progress or _Quiet(), ctx)
+               progress or _Quiet(), ctx, plan, {s.device_id: s for s in specs},
+               agenda=list(plan.actions))
     run.events.emit("run_start", scenario=cfg.name, policy=cfg.policy.name,
-                    devices=cfg.devices.count)
+                    devices=cfg.devices.count, faults_planned=plan.injected)
     try:
         try:
             _start_server(run)
@@ -133,221 +145,299 @@ def run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None =
             _stop_devices(run)
         _stop_server(run)
     finally:
-        _kill_stragglers(run)
+        reap(run.children())
+        _log_exits(run)
         run.events.emit("run_end", interrupted=run.interrupted)
         run.events.close()
-    summary = collect(run_dir, run)
+    facts = RunFacts(interrupted=run.interrupted, startup_s=run.startup_s,
+                     resources=run.resources, server=_server_facts(run))
+    summary = collect(run_dir, facts, cfg)
     return RunResult(run_dir, summary, run.interrupted)
 
 
 # --- phases -----------------------------------------------------------------------------------
 
 
-def _spawn(run: _Run, name: str, module: str, function: str, *args: Any) -> _Child:
-    parent, child = run.ctx.Pipe(duplex=True)
-    proc = run.ctx.Process(target=_launch, args=(module, function, *args, child), name=name,
-                           daemon=False)
-    proc.start()
-    child.close()
-    return _Child(name, proc, parent)
-
-
-def _launch(module: str, function: str, *args: Any) -> None:
-    from testbed.launch import call
-
-    call(module, function, *args)
-
-
-def _start_server(run: _Run) -> None:
-    run.progress.phase("starting server")
-    run.server = _spawn(run, "server", "server.main", "server_process", run.cfg, run.token,
-                        str(run.run_dir))
-    msg = _recv(run.server, SERVER_START_TIMEOUT_S)
+def _start_server(run: _Run, port: int | None = None) -> bool:
+    """Start a server process; the first one picks a free port, restarts reuse it (devices
+    reconnect to the same URL). Return whether it is listening."""
+    cfg = run.cfg
+    if port is not None:
+        cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, port=port))
+    run.progress.phase("starting server" if port is None else "restarting server")
+    incarnation = len(run.server_statuses)
+    run.server = spawn(run.ctx, "server", "server.main", "server_process", cfg, run.token,
+                       str(run.run_dir), incarnation=incarnation)
+    run.server_statuses.append({})
+    msg = recv(run.server, SERVER_START_TIMEOUT_S)
     if msg is None or msg.get("event") != "listening":
-        raise RunError(f"server did not start: {msg or 'no answer'}; see "
-                       f"{run.run_dir / 'logs' / 'server.log'}")
+        if port is None:
+            raise RunError(f"server did not start: {msg or 'no answer'}; see "
+                           f"{run.run_dir / 'logs' / 'server.log'}")
+        run.events.emit("server_restart_failed", reason=str(msg or "no answer"))
+        return False
     run.server_url = msg["url"]
-    run.events.emit("server_listening", url=run.server_url)
+    run.events.emit("server_listening", url=run.server_url, incarnation=incarnation)
+    return True
+
+
+def _spawn_device(run: _Run, spec: DeviceSpec, wait_for_server: bool) -> Child:
+    return spawn(run.ctx, spec.device_id, "emulated_devices.main", "device_process", spec,
+                 run.server_url, run.token, str(run.run_dir), wait_for_server,
+                 incarnation=spec.incarnation)
 
 
 def _start_devices(run: _Run) -> None:
-    specs = device_specs(run.cfg)
+    specs = list(run.specs.values())
     run.progress.phase(f"starting {len(specs)} devices")
     for spec in specs:
-        run.devices.append(_spawn(run, spec.device_id, "emulated_devices.main", "device_process",
-                                  spec, run.server_url, run.token, str(run.run_dir)))
+        run.devices[spec.device_id] = _spawn_device(run, spec, wait_for_server=True)
     run.events.emit("devices_spawned", count=len(specs))
     deadline = time.monotonic() + REGISTER_TIMEOUT_S
     ready = 0
+    children = list(run.devices.values())
     run.progress.registered(0, len(specs))
     while ready < len(specs):
         left = deadline - time.monotonic()
         if left <= 0:
             raise RunError(f"only {ready}/{len(specs)} devices registered within "
                            f"{REGISTER_TIMEOUT_S:.0f} s")
-        for child in _poll(run.devices, min(left, 0.5)):
+        for child in poll(children, min(left, 0.5)):
             if child.error or (child.done is None and not child.proc.is_alive()
                                and not child.ready):
                 raise RunError(f"device {child.name} failed to start: {child.error}; see "
                                f"{run.run_dir / 'logs' / 'devices.log'}")
-        ready = sum(c.ready for c in run.devices)
+        ready = sum(c.ready for c in children)
         run.progress.registered(ready, len(specs))
 
 
+def _start(run: _Run, child: Child, at: float) -> None:
+    send(child, {"cmd": "start", "at": at, "run_start": run.start_at,
+                 "end": run.start_at + run.cfg.duration_s})
+    child.started = True
+
+
 def _run_devices(run: _Run) -> None:
-    start_at = time.time() + START_LEAD_S
-    for child in run.devices:
-        _send(child, {"cmd": "start", "at": start_at})
+    run.start_at = time.time() + START_LEAD_S
+    for child in run.devices.values():
+        _start(run, child, run.start_at)
     duration = run.cfg.duration_s
-    hard_stop = start_at + duration + run.cfg.devices.reply_timeout_ms / 1e3 + DRAIN_GRACE_S
+    hard_stop = run.start_at + duration + run.cfg.devices.reply_timeout_ms / 1e3 + DRAIN_GRACE_S
     sampled = False
     last_status = 0.0
     live: dict[str, Any] = {}
     run.progress.phase("running")
-    while not all(_finished(c) for c in run.devices):
+    while True:
         now = time.time()
-        if now > hard_stop:
-            run.events.emit("drain_timeout", unfinished=[c.name for c in run.devices
-                                                         if not _finished(c)])
+        t = now - run.start_at
+        while run.agenda and run.agenda[0].at_s <= t:
+            _act(run, run.agenda.pop(0), t)
+        if all(c.finished for c in run.devices.values()) and not run.agenda:
             break
-        _poll(run.devices, 0.2)
-        _log_exits(run)
-        elapsed = now - start_at
+        if now > hard_stop:
+            run.events.emit("drain_timeout", unfinished=[
+                c.name for c in run.devices.values() if not c.finished])
+            break
+        children = list(run.devices.values()) + ([run.server] if run.server else [])
+        poll(children, 0.2)
+        for child in run.devices.values():
+            if child.ready and not child.started:
+                _start(run, child, time.time() + START_LEAD_S)
+        _watch_crashes(run, t)
         if now - last_status >= 1.0:
             last_status = now
-            live = _live_status(run.server_url) or live
-            live["done_devices"] = sum(c.done is not None for c in run.devices)
-        if not sampled and elapsed >= 0.6 * duration:
+            live = _live_status(run) or live
+            live["done_devices"] = sum(c.done is not None for c in run.devices.values())
+        if not sampled and t >= 0.6 * duration:
             sampled = True
             run.resources = _sample_resources(run)
-        run.progress.running(min(max(elapsed, 0.0), duration), duration, live)
+        run.progress.running(min(max(t, 0.0), duration), duration, live)
     if not sampled:
         run.resources = _sample_resources(run)
 
 
 def _stop_devices(run: _Run) -> None:
-    for child in run.devices:
-        if not _finished(child):
-            _send(child, {"cmd": "stop"})
+    for child in run.devices.values():
+        if not child.finished:
+            send(child, {"cmd": "stop"})
     deadline = time.time() + run.cfg.devices.reply_timeout_ms / 1e3 + DRAIN_GRACE_S
     try:
-        while not all(_finished(c) for c in run.devices) and time.time() < deadline:
-            _poll(run.devices, 0.2)
+        while not all(c.finished for c in run.devices.values()) and time.time() < deadline:
+            poll(list(run.devices.values()), 0.2)
             _log_exits(run)
     except KeyboardInterrupt:
         run.events.emit("killed")
-        for child in run.devices:
+        for child in run.devices.values():
             child.proc.kill()
 
 
 def _stop_server(run: _Run) -> None:
     server = run.server
-    if server is None:
+    if server is None or not server.proc.is_alive():
         return
     run.progress.phase("stopping server")
-    _send(server, {"cmd": "stop"})
-    msg = _recv(server, 10.0)
+    send(server, {"cmd": "stop"})
+    msg = recv(server, 10.0)
     if msg is not None and msg.get("event") == "status":
-        run.final_status = msg["status"]
+        run.server_statuses[-1] = msg["status"]
     server.proc.join(10.0)
 
 
-def _kill_stragglers(run: _Run) -> None:
-    children = ([run.server] if run.server else []) + run.devices
-    for child in children:
-        if child.proc.is_alive():
-            child.proc.terminate()
-    for child in children:
-        child.proc.join(3.0)
-        if child.proc.is_alive():
-            child.proc.kill()
-            child.proc.join(1.0)
-        child.conn.close()
+# --- faults -----------------------------------------------------------------------------------
+
+
+def _act(run: _Run, action: FaultAction, t: float) -> None:
+    """Carry out one planned fault action at run time `t`."""
+    if action.kind == "kill_device":
+        child = run.devices.get(action.target)
+        if child is None or child.finished:
+            run.events.emit("fault_skipped", fault=action.kind, device=action.target,
+                            reason="device not running")
+            return
+        run.events.emit("fault", fault=action.kind, device=action.target,
+                        signal=action.signal, incarnation=child.incarnation)
+        run.events.emit("device_kill", device=action.target, incarnation=child.incarnation)
+        child.killed = True
+        _signal(child, action.signal)
+    elif action.kind == "restart_device":
+        _restart_device(run, action.target, t)
+    elif action.kind == "kill_server":
+        server = run.server
+        if server is None or not server.proc.is_alive():
+            run.events.emit("fault_skipped", fault=action.kind, reason="server not running")
+            return
+        run.server_statuses[-1] = _fetch_status(run.server_url) or run.server_statuses[-1]
+        run.events.emit("fault", fault=action.kind, signal=action.signal)
+        run.events.emit("server_kill", incarnation=server.incarnation)
+        server.killed = True
+        _signal(server, action.signal)
+        server.proc.join(5.0)
+    elif action.kind == "restart_server":
+        _restart_server(run)
+    elif action.kind == "link_down":
+        run.events.emit("fault", fault="link", device=action.target, detail=action.detail)
+        run.events.emit("link_down", device=action.target, detail=action.detail)
+    elif action.kind == "link_up":
+        run.events.emit("link_up", device=action.target, detail=action.detail)
+
+
+def _signal(child: Child, signal: str) -> None:
+    if signal == "term":
+        child.proc.terminate()
+    else:
+        child.proc.kill()
+
+
+def _restart_device(run: _Run, device_id: str, t: float) -> None:
+    old = run.devices.get(device_id)
+    left = run.cfg.duration_s - t
+    if old is not None and not old.finished:
+        return  # still (or again) running
+    if left < MIN_RESTART_LEFT_S:
+        return
+    incarnation = (old.incarnation + 1) if old is not None else 0
+    spec = dataclasses.replace(run.specs[device_id], incarnation=incarnation, duration_s=left)
+    if old is not None:
+        run.retired.append(old)
+    run.devices[device_id] = _spawn_device(run, spec, wait_for_server=False)
+    run.events.emit("device_restart", device=device_id, incarnation=incarnation)
+
+
+def _restart_server(run: _Run) -> None:
+    old = run.server
+    if old is not None and old.proc.is_alive():
+        return
+    if old is not None:
+        run.retired.append(old)
+    port = urlsplit(run.server_url).port
+    if _start_server(run, port):
+        run.events.emit("server_restart", incarnation=len(run.server_statuses) - 1)
+
+
+def _watch_crashes(run: _Run, t: float) -> None:
+    """Notice processes that died on their own; restart them if the scenario says so."""
     _log_exits(run)
+    for device_id, child in run.devices.items():
+        if child.exit_logged and not child.killed and child.done is None \
+                and run.cfg.devices.restart_dead and not child.restart_planned:
+            child.restart_planned = True
+            _schedule(run, FaultAction(t + run.cfg.devices.restart_delay_s, "restart_device",
+                                       device_id))
+    server = run.server
+    if server is not None and not server.proc.is_alive() and not server.exit_logged:
+        server.exit_logged = True
+        run.events.emit("server_exit", exitcode=server.proc.exitcode, planned=server.killed,
+                        incarnation=server.incarnation)
+        if not server.killed and run.cfg.server.restart_on_exit:
+            _schedule(run, FaultAction(t + SERVER_RESTART_DELAY_S, "restart_server"))
 
 
-# --- child plumbing -----------------------------------------------------------------------
-
-
-def _finished(child: _Child) -> bool:
-    return child.done is not None or not child.proc.is_alive()
-
-
-def _poll(children: list[_Child], timeout: float) -> list[_Child]:
-    """Read every message that is waiting; return the children that said something."""
-    by_conn = {c.conn: c for c in children if not c.conn.closed}
-    heard = []
-    for conn in wait(list(by_conn), timeout=timeout):
-        child = by_conn[conn]  # type: ignore[index]
-        try:
-            while child.conn.poll():
-                _handle(child, child.conn.recv())
-        except (EOFError, OSError):
-            child.conn.close()
-        heard.append(child)
-    return heard
-
-
-def _handle(child: _Child, msg: dict[str, Any]) -> None:
-    event = msg.get("event")
-    if event == "ready":
-        child.ready = True
-    elif event == "done":
-        child.done = msg["outcome"]
-    elif event == "error":
-        child.error = msg.get("reason", "unknown error")
-
-
-def _recv(child: _Child, timeout: float) -> dict[str, Any] | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if child.conn.poll(0.1):
-                msg: dict[str, Any] = child.conn.recv()
-                return msg
-        except (EOFError, OSError):
-            return None
-        if not child.proc.is_alive() and not child.conn.poll():
-            return None
-    return None
-
-
-def _send(child: _Child, msg: dict[str, Any]) -> None:
-    with contextlib.suppress(OSError, ValueError):
-        child.conn.send(msg)
+def _schedule(run: _Run, action: FaultAction) -> None:
+    run.agenda.append(action)
+    run.agenda.sort()
 
 
 def _log_exits(run: _Run) -> None:
-    for child in run.devices:
-        if not child.exit_logged and not child.proc.is_alive() and child.done is None:
+    for child in list(run.devices.values()) + run.retired:
+        if child.name == "server" or child.exit_logged:
+            continue
+        if not child.proc.is_alive() and child.done is None:
             child.exit_logged = True
-            run.events.emit("device_exit", device=child.name, exitcode=child.proc.exitcode,
+            run.events.emit("device_exit", device=child.name, incarnation=child.incarnation,
+                            exitcode=child.proc.exitcode, planned=child.killed,
                             error=child.error)
 
 
-def _live_status(url: str) -> dict[str, Any] | None:
+# --- status and resources -----------------------------------------------------------------
+
+
+def _fetch_status(url: str) -> dict[str, Any] | None:
     try:
         with urllib.request.urlopen(f"{url}/v1/status", timeout=0.5) as resp:
             status: dict[str, Any] = json.load(resp)
     except (OSError, ValueError):
         return None
+    return status
+
+
+def _live_status(run: _Run) -> dict[str, Any] | None:
+    if run.server is None or not run.server.proc.is_alive():
+        return {"connected": 0, "queue": "-", "server_down": True}
+    status = _fetch_status(run.server_url)
+    if status is None:
+        return None
+    run.server_statuses[-1] = status
     thresholds = [d["threshold"] for d in status.get("devices", {}).values()]
     return {"connected": len(thresholds), "queue": status["queue"]["length"],
             "throughput_sps": status["throughput_sps"], "arrival_sps": status["arrival_rate_sps"],
             "mean_threshold": sum(thresholds) / len(thresholds) if thresholds else None}
 
 
+def _server_facts(run: _Run) -> dict[str, Any]:
+    """Server counters summed over its processes (a killed one counts up to its last status)."""
+    totals: dict[str, float] = {}
+    shed: dict[str, float] = {}
+    for status in run.server_statuses:
+        for k, v in (status.get("totals") or {}).items():
+            totals[k] = totals.get(k, 0) + v
+        for k, v in (status.get("shed") or {}).items():
+            shed[k] = shed.get(k, 0) + v
+    last = run.server_statuses[-1] if run.server_statuses else {}
+    return {"heavy_model": last.get("heavy_model"), "processes": len(run.server_statuses),
+            "totals": totals, "shed": shed}
+
+
 def _sample_resources(run: _Run) -> dict[str, Any]:
     """Unique memory (USS) of each device process: what one more device costs."""
     uss = []
-    for child in run.devices:
+    for child in run.devices.values():
         try:
             uss.append(psutil.Process(child.proc.pid).memory_full_info().uss / 2**20)
-        except (psutil.Error, TypeError):
+        except (psutil.Error, TypeError, ValueError):
             continue
     server_rss = None
     if run.server is not None:
-        with contextlib.suppress(psutil.Error, TypeError):
+        with contextlib.suppress(psutil.Error, TypeError, ValueError):
             server_rss = psutil.Process(run.server.proc.pid).memory_info().rss / 2**20
     return {
         "device_uss_mb": {"mean": round(sum(uss) / len(uss), 2) if uss else None,
@@ -356,62 +446,3 @@ def _sample_resources(run: _Run) -> dict[str, Any]:
         "cpu_count": psutil.cpu_count(),
         "load_avg_1m": round(psutil.getloadavg()[0], 2),
     }
-
-
-# --- collecting -------------------------------------------------------------------------
-
-
-def collect(run_dir: Path, run: _Run | None = None) -> dict[str, Any]:
-    """Build summary.json from what is on disk (also for a run that was cut short)."""
-    records, torn = [], 0
-    for path in iter_record_files(run_dir):
-        recs, bad = read_records(path)
-        records.extend(recs)
-        torn += bad
-    tallies = []
-    for path in sorted((run_dir / "devices").glob("*.json")):
-        d = json.loads(path.read_text())
-        tallies.append(DeviceTally(d["device_id"], d["tier"], d["generated"],
-                                   d["final_threshold"], d.get("late_replies", 0)))
-    reported = {t.device_id for t in tallies}
-    cfg = run.cfg if run else load_scenario(run_dir / "scenario.toml")
-    expected = {s.device_id: s.tier for s in device_specs(cfg)}
-    missing_devices = sorted(set(expected) - reported)
-    summary = summarize(records, tallies, slo_ms=cfg.slo_ms, duration_s=cfg.duration_s,
-                        tier_order=tuple(cfg.tiers))
-    _merge_events(run_dir)
-    kinds = {e.get("kind") for e in read_events(run_dir / "events.jsonl")}
-    interrupted = run.interrupted if run else ("interrupted" in kinds or "run_end" not in kinds)
-    meta: dict[str, Any] = {
-        "scenario": cfg.name, "policy": cfg.policy.name, "devices": cfg.devices.count,
-        "mix": cfg.devices.mix, "duration_s": cfg.duration_s, "slo_ms": cfg.slo_ms,
-        "seed": cfg.seed, "rate_hz": cfg.devices.rate_hz, "arrival": cfg.devices.arrival,
-    }
-    status = {
-        "interrupted": interrupted,
-        "partial": bool(missing_devices) or torn > 0 or interrupted,
-        "devices_without_outcome": missing_devices,
-        "torn_rows": torn,
-        "startup_s": round(run.startup_s, 3) if run and run.startup_s is not None else None,
-    }
-    server: dict[str, Any] = {}
-    if run and run.final_status:
-        server = {"heavy_model": run.final_status.get("heavy_model"),
-                  "totals": run.final_status.get("totals")}
-    out = {**meta, **summary, "run": status, "server": server,
-           "resources": run.resources if run else {}}
-    (run_dir / "summary.json").write_text(json.dumps(out, indent=2))
-    return out
-
-
-def _merge_events(run_dir: Path) -> None:
-    """One events.jsonl in time order from the harness's and the server's files."""
-    parts = [run_dir / "events.harness.jsonl", run_dir / "events.server.jsonl"]
-    events = sorted((e for p in parts for e in read_events(p)), key=lambda e: e.get("t", 0))
-    if events:
-        with (run_dir / "events.jsonl").open("w") as f:
-            for e in events:
-                f.write(json.dumps(e, separators=(",", ":")) + "\n")
-    for p in parts:
-        p.unlink(missing_ok=True)
-

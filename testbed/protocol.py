@@ -134,6 +134,9 @@ class Result:
     compute_us: int = 0
     batch_size: int = 0
     reason: str = ""
+    cause: str = ""
+    """Why a sample was not run, as a short code ("queue_full", "admission", "deadline",
+    "shutdown", "model_error"); `reason` says it for people."""
     TYPE = "result"
 
 
@@ -169,7 +172,8 @@ _SCHEMA: Final[dict[type, dict[str, tuple[type, ...]]]] = {
              "mean_light_confidence": _NUM, "light_ms_mean": _NUM, "epoch": (int,)},
     Welcome: {"threshold": _NUM, "epoch": (int,), "config": (dict,)},
     Result: {"sample_id": (int,), "status": (int,), "prediction": (int,), "confidence": _NUM,
-             "queue_us": (int,), "compute_us": (int,), "batch_size": (int,), "reason": (str,)},
+             "queue_us": (int,), "compute_us": (int,), "batch_size": (int,), "reason": (str,),
+             "cause": (str,)},
     Threshold: {"value": _NUM, "epoch": (int,)},
     Error: {"code": (int,), "reason": (str,), "sample_id": (int, type(None))},
 }

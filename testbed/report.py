@@ -39,7 +39,11 @@ def summary_tables(summary: dict[str, Any]) -> Group:
     head.add_row("generated", str(s["generated"]), "completed", str(s["completed"]))
     head.add_row("lost", str(s["lost"]), "light", str(s["light"]))
     head.add_row("heavy", str(s["heavy"]), "fallback", str(s["fallback"]))
-    head.add_row("rejected", str(s["rejected"]), "", "")
+    head.add_row("rejected", str(s["rejected"]), "aborted", str(s.get("aborted", 0)))
+    causes = s.get("causes") or {}
+    if causes:
+        head.add_row("light answers because", ", ".join(f"{c} {n}" for c, n in
+                                                        sorted(causes.items())), "", "")
     tiers = Table(title="per tier", header_style="bold")
     for col in ("tier", "devices", "SLO sat.", "accuracy", "fwd rate", "p95 ms", "mean thr."):
         tiers.add_column(col, justify="right")
@@ -63,6 +67,13 @@ def summary_tables(summary: dict[str, Any]) -> Group:
     notes.add_row("device USS", f"{_num(uss.get('mean'))} MB mean / {_num(uss.get('max'))} max",
                   "start-up", f"{_num(run.get('startup_s'), '.2f')} s",
                   "partial", str(run.get("partial")))
+    faults = summary.get("faults") or {}
+    if faults.get("injected") or faults.get("device_crashes") or faults.get("server_crashes"):
+        notes.add_row("faults injected", str(faults.get("injected", 0)),
+                      "device kills / restarts",
+                      f"{faults.get('device_kill', 0)} / {faults.get('device_restart', 0)}",
+                      "server kills / restarts",
+                      f"{faults.get('server_kill', 0)} / {faults.get('server_restart', 0)}")
     return Group(head, tiers, notes)
 
 

@@ -3,24 +3,36 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from emulated_devices.window import Window
 from testbed.metrics import DeviceTally, latency_summary, summarize
-from testbed.records import RecordWriter, SampleRecord, read_records
+from testbed.records import (
+    GeneratedJournal,
+    RecordWriter,
+    SampleRecord,
+    read_journal,
+    read_records,
+)
 
 
 def rec(device: str = "low-000", tier: str = "low", i: int = 0, *, latency: float = 50.0,
         source: str = "light", correct: bool = True, forwarded: bool = False,
-        overrun: bool = False) -> SampleRecord:
+        overrun: bool = False, cause: str = "", incarnation: int = 0) -> SampleRecord:
     return SampleRecord(
-        device_id=device, tier=tier, sample_id=i, label=1, t_sched_s=i * 0.1, start_lag_ms=0.1,
+        device_id=device, tier=tier, sample_id=i, incarnation=incarnation, label=1,
+        t_sched_s=i * 0.1, start_lag_ms=0.1,
         light_ms=30.0, light_real_ms=0.05, overrun=overrun, light_pred=1, light_conf=0.9,
         threshold=0.8, forwarded=forwarded, queue_ms=math.nan, compute_ms=math.nan,
         batch_size=0, final_pred=1 if correct else 2, source=source,  # type: ignore[arg-type]
-        correct=correct, latency_ms=latency, slo_met=latency <= 150, wall_epoch_s=1.7e9 + i)
+        cause=cause, correct=correct, latency_ms=latency, slo_met=latency <= 150,
+        wall_epoch_s=1.7e9 + i)
 
 
 class TestRecords:
@@ -47,12 +59,40 @@ class TestRecords:
         back, bad = read_records(tmp_path / "d.csv")
         assert len(back) == 4 and bad == 1
 
-    def test_flush_makes_rows_visible(self, tmp_path: Path) -> None:
+    def test_rows_are_visible_as_written(self, tmp_path: Path) -> None:
         w = RecordWriter(tmp_path / "d.csv")
-        w.write(rec())
-        w.flush()
-        assert len(read_records(tmp_path / "d.csv")[0]) == 1
+        w.write(rec(cause="timeout", source="fallback"))
+        back = read_records(tmp_path / "d.csv")[0]
+        assert len(back) == 1 and back[0].cause == "timeout"
         w.close()
+
+    def test_sigkill_loses_no_written_row_or_journal_line(self, tmp_path: Path) -> None:
+        """A process killed without warning leaves every row and journal line it wrote."""
+        code = (
+            "import os, signal, sys\n"
+            "from pathlib import Path\n"
+            "from tests.unit.test_records_metrics import rec\n"
+            "from testbed.records import GeneratedJournal, RecordWriter\n"
+            "out = Path(sys.argv[1])\n"
+            "w, j = RecordWriter(out / 'd.csv'), GeneratedJournal(out / 'd.gen')\n"
+            "for i in range(50):\n"
+            "    j.started(i)\n"
+            "    if i < 47: w.write(rec(i=i))\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+        proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=os.getcwd(),
+                              timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+        assert len(read_records(tmp_path / "d.csv")[0]) == 47
+        assert read_journal(tmp_path / "d.gen") == set(range(50))
+
+    def test_journal_skips_a_torn_line(self, tmp_path: Path) -> None:
+        j = GeneratedJournal(tmp_path / "d.gen")
+        for i in (0, 1, 12):
+            j.started(i)
+        j.close()
+        (tmp_path / "d.gen").write_bytes((tmp_path / "d.gen").read_bytes() + b"1x")
+        assert read_journal(tmp_path / "d.gen") == {0, 1, 12}
+        assert read_journal(tmp_path / "missing.gen") == set()
 
 
 class TestMetrics:
@@ -73,8 +113,9 @@ class TestMetrics:
         tallies = [DeviceTally("low-000", "low", generated=4, final_threshold=0.7),
                    DeviceTally("high-001", "high", generated=1, final_threshold=0.9)]
         s = summarize(records, tallies, slo_ms=150.0, duration_s=2.0)
-        assert s["samples"] == {"generated": 5, "completed": 4, "lost": 1, "light": 2,
-                                "heavy": 1, "fallback": 1, "rejected": 0}
+        assert s["samples"] == {"generated": 5, "completed": 4, "aborted": 0, "lost": 1,
+                                "light": 2, "heavy": 1, "fallback": 1, "rejected": 0,
+                                "causes": {}}
         assert s["slo_satisfaction"] == pytest.approx(3 / 5)
         assert s["accuracy"] == pytest.approx(3 / 4)
         assert s["forward_rate"] == pytest.approx(2 / 5)
@@ -83,6 +124,19 @@ class TestMetrics:
         low = next(d for d in s["per_device"] if d["device_id"] == "low-000")
         assert low["lost"] == 1 and low["final_threshold"] == 0.7
         assert s["per_tier"]["high"]["slo_satisfaction"] == 1.0
+
+    def test_aborted_samples_are_accounted_not_lost(self) -> None:
+        """Samples a killed device was working on are `aborted`: not lost, but SLO misses."""
+        records = [rec(i=i) for i in range(6)] + \
+            [rec(i=6, source="rejected", cause="queue_full", forwarded=True),
+             rec(i=7, source="fallback", cause="timeout", forwarded=True, latency=1000)]
+        tallies = [DeviceTally("low-000", "low", generated=10, final_threshold=0.7,
+                               aborted=2, incarnations=2)]
+        s = summarize(records, tallies, slo_ms=150.0, duration_s=1.0)
+        assert s["samples"]["aborted"] == 2 and s["samples"]["lost"] == 0
+        assert s["samples"]["causes"] == {"queue_full": 1, "timeout": 1}
+        assert s["slo_satisfaction"] == pytest.approx(7 / 10)
+        assert s["per_device"][0]["incarnations"] == 2
 
     def test_device_without_tally_counts_its_records(self) -> None:
         s = summarize([rec(i=i) for i in range(3)], [], slo_ms=150.0, duration_s=1.0)

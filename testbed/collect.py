@@ -1,0 +1,166 @@
+"""Build a run's summary.json from what its processes left on disk.
+
+Works the same for a run that ended cleanly, one hit by faults, and one whose harness was
+killed: records, journals of started samples, device outcomes and events are all written as
+the run goes, so the summary can always be rebuilt (`testbed report`), and says when it is
+partial.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from testbed.config import ScenarioConfig, device_specs, load_scenario
+from testbed.events import read_events
+from testbed.metrics import DeviceTally, summarize
+from testbed.records import SampleRecord, read_journal, read_records
+
+FAULT_EVENTS = ("device_kill", "device_restart", "server_kill", "server_restart", "link_down")
+EVENT_FILES = ("events.harness.jsonl", "events.server.jsonl")
+
+
+@dataclass
+class RunFacts:
+    """What only the live harness knows; absent when a summary is rebuilt from disk."""
+
+    interrupted: bool = False
+    startup_s: float | None = None
+    resources: dict[str, Any] = field(default_factory=dict)
+    server: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Incarnation:
+    device_id: str
+    tier: str
+    incarnation: int
+    records: list[SampleRecord] = field(default_factory=list)
+    started: set[int] = field(default_factory=set)
+    outcome: dict[str, Any] | None = None
+
+
+def collect(run_dir: Path, facts: RunFacts | None = None,
+            cfg: ScenarioConfig | None = None) -> dict[str, Any]:
+    """Write and return summary.json for `run_dir`."""
+    cfg = cfg or load_scenario(run_dir / "scenario.toml")
+    tiers = {s.device_id: s.tier for s in device_specs(cfg)}
+    incs, torn = _read_incarnations(run_dir, tiers)
+    merge_events(run_dir)
+    events = read_events(run_dir / "events.jsonl")
+    kinds = Counter(e.get("kind") for e in events)
+    exited = {(str(e.get("device")), int(e.get("incarnation", 0))) for e in events
+              if e.get("kind") == "device_exit"}
+    tallies, records, unexplained, lost_in_clean = _tally(incs, exited)
+    summary = summarize(records, tallies, slo_ms=cfg.slo_ms, duration_s=cfg.duration_s,
+                        tier_order=tuple(cfg.tiers))
+    facts = facts or RunFacts()
+    interrupted = facts.interrupted or "interrupted" in kinds
+    harness_ended = "run_end" in kinds
+    missing = sorted(set(tiers) - {i.device_id for i in incs.values()})
+    meta: dict[str, Any] = {
+        "scenario": cfg.name, "policy": cfg.policy.name, "devices": cfg.devices.count,
+        "mix": cfg.devices.mix, "duration_s": cfg.duration_s, "slo_ms": cfg.slo_ms,
+        "seed": cfg.seed, "rate_hz": cfg.devices.rate_hz, "arrival": cfg.devices.arrival,
+    }
+    status = {
+        "interrupted": interrupted,
+        "partial": interrupted or not harness_ended or torn > 0 or bool(unexplained)
+        or bool(missing),
+        "harness_ended": harness_ended,
+        "devices_without_outcome": unexplained + missing,
+        "torn_rows": torn,
+        "samples_lost_by_clean_processes": lost_in_clean,
+        "startup_s": round(facts.startup_s, 3) if facts.startup_s is not None else None,
+    }
+    faults = {kind: kinds.get(kind, 0) for kind in FAULT_EVENTS}
+    faults["injected"] = sum(e.get("kind") == "fault" for e in events)
+    faults["device_crashes"] = sum(e.get("kind") == "device_exit" and not e.get("planned")
+                                   for e in events)
+    faults["server_crashes"] = sum(e.get("kind") == "server_exit" and not e.get("planned")
+                                   for e in events)
+    out = {**meta, **summary, "run": status, "faults": faults, "server": facts.server,
+           "resources": facts.resources}
+    (run_dir / "summary.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
+def _read_incarnations(run_dir: Path, tiers: dict[str, str]
+                       ) -> tuple[dict[tuple[str, int], _Incarnation], int]:
+    incs: dict[tuple[str, int], _Incarnation] = {}
+
+    def get(device_id: str, incarnation: int, tier: str) -> _Incarnation:
+        key = (device_id, incarnation)
+        if key not in incs:
+            incs[key] = _Incarnation(device_id, tier, incarnation)
+        return incs[key]
+
+    torn = 0
+    samples = run_dir / "samples"
+    for path in sorted(samples.glob("*.csv")):
+        recs, bad = read_records(path)
+        torn += bad
+        for r in recs:
+            get(r.device_id, r.incarnation, r.tier).records.append(r)
+    for path in sorted((run_dir / "devices").glob("*.json")):
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            torn += 1
+            continue
+        inc = get(d["device_id"], d.get("incarnation", 0), d["tier"])
+        inc.outcome = d
+    for path in sorted(samples.glob("*.gen")):
+        device_id, _, k = path.stem.partition("~")
+        get(device_id, int(k or 0), tiers.get(device_id, "?")).started = read_journal(path)
+    return incs, torn
+
+
+def _tally(incs: dict[tuple[str, int], _Incarnation], exited: set[tuple[str, int]]
+           ) -> tuple[list[DeviceTally], list[SampleRecord], list[str], int]:
+    """Per device, over its incarnations: generated, aborted, final threshold. Samples started
+    by a process that died count as aborted; by one that ended cleanly, as lost."""
+    by_device: dict[str, list[_Incarnation]] = {}
+    for inc in incs.values():
+        by_device.setdefault(inc.device_id, []).append(inc)
+    tallies, records, unexplained = [], [], []
+    lost_in_clean = 0
+    for device_id, group in sorted(by_device.items()):
+        group.sort(key=lambda i: i.incarnation)
+        generated = aborted = late = 0
+        threshold = None
+        for inc in group:
+            done_ids = {r.sample_id for r in inc.records}
+            missing = len(inc.started - done_ids)
+            out = inc.outcome
+            generated += max(out["generated"] if out else 0, len(inc.started | done_ids))
+            if out is None:
+                aborted += missing
+                if (device_id, inc.incarnation) not in exited:
+                    unexplained.append(f"{device_id}#{inc.incarnation}")
+            else:
+                lost_in_clean += missing
+                threshold = out["final_threshold"]
+                late += out.get("late_replies", 0)
+            records.extend(inc.records)
+        tallies.append(DeviceTally(device_id, group[0].tier, generated, threshold, late,
+                                   aborted, len(group)))
+    return tallies, records, unexplained, lost_in_clean
+
+
+def merge_events(run_dir: Path) -> None:
+    """One events.jsonl in time order from the harness's and the server's files."""
+    parts = [run_dir / name for name in EVENT_FILES]
+    if not any(p.is_file() for p in parts):
+        return
+    merged = run_dir / "events.jsonl"
+    events = read_events(merged) + [e for p in parts for e in read_events(p)]
+    events.sort(key=lambda e: e.get("t", 0))
+    with merged.open("w") as f:
+        for e in events:
+            f.write(json.dumps(e, separators=(",", ":")) + "\n")
+    for p in parts:
+        p.unlink(missing_ok=True)
