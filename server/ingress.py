@@ -10,6 +10,7 @@ import json
 import logging
 import math
 from collections import deque
+from collections.abc import Callable
 
 import aiohttp
 import numpy as np
@@ -62,20 +63,22 @@ class Outbox:
     """Messages to one WebSocket, written by one task so replies never block the batcher.
 
     A burst of replies is fine; a client that stops reading is not: once the writer has been
-    stuck on a full socket for `stall_s` with more than `limit` replies waiting, the client is
-    disconnected rather than buffered without end.
+    stuck on a full socket for `stall_s` with more than `limit` replies waiting, the connection
+    is aborted rather than buffered without end. Aborted, not closed: a close frame would
+    wait behind the very bytes the client is not reading.
     """
 
-    def __init__(self, ws: web.WebSocketResponse, limit: int, stall_s: float) -> None:
+    def __init__(self, ws: web.WebSocketResponse, limit: int, stall_s: float,
+                 abort: Callable[[], None]) -> None:
         self._ws = ws
         self._limit = limit
         self._stall_s = stall_s
+        self._abort = abort
         self._items: deque[bytes] = deque()
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._blocked_since: float | None = None
         self._task = asyncio.create_task(self._drain())
-        self._closing: asyncio.Future[bool] | None = None
         self.overflowed = False
 
     def send(self, data: bytes) -> None:
@@ -86,8 +89,7 @@ class Outbox:
             self.overflowed = True
             self._items.clear()
             self._task.cancel()
-            self._closing = asyncio.ensure_future(self._ws.close(
-                code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=b"client too slow"))
+            self._abort()
             return
         self._items.append(data)
         self._wake.set()
@@ -120,11 +122,21 @@ class Outbox:
 async def device_socket(request: web.Request) -> web.StreamResponse:
     rt = request.app[RUNTIME]
     path_id = request.match_info["device_id"]
-    ws = web.WebSocketResponse(max_msg_size=wire.MAX_MESSAGE_BYTES, autoping=True)
+    # Frames up to 4x the limit are read and refused with an `error` (TOO_LARGE) by `decode`;
+    # beyond that aiohttp closes the socket with 1009 (message too big) without buffering it.
+    ws = web.WebSocketResponse(max_msg_size=4 * wire.MAX_MESSAGE_BYTES, autoping=True)
     await ws.prepare(request)
     rt.sockets.add(ws)
     cfg = rt.settings.server
-    outbox = Outbox(ws, limit=cfg.slow_client_backlog, stall_s=cfg.slow_client_stall_s)
+
+    def abort() -> None:
+        rt.stats.on_slow_client()
+        log.warning("device %s: not reading its replies; connection aborted", path_id)
+        if request.transport is not None:
+            request.transport.abort()
+
+    outbox = Outbox(ws, limit=cfg.slow_client_backlog, stall_s=cfg.slow_client_stall_s,
+                    abort=abort)
     loop = asyncio.get_running_loop()
     device_id: str | None = None
     try:
@@ -246,7 +258,13 @@ async def _refuse(rt: Runtime, ws: web.WebSocketResponse, code: wire.ErrorCode,
                   reason: str) -> None:
     rt.stats.on_protocol_error(code.name.lower())
     await ws.send_bytes(wire.encode(wire.Error(code=int(code), reason=reason)))
-    await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=reason[:120].encode())
+    await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=_close_message(reason))
+
+
+def _close_message(reason: str) -> bytes:
+    """A close frame's payload is at most 125 bytes, 2 of them the code: cut the UTF-8
+    reason to 123 bytes without splitting a character."""
+    return reason.encode()[:123].decode(errors="ignore").encode()
 
 
 # --- HTTP -----------------------------------------------------------------------------------

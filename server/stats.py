@@ -60,6 +60,9 @@ class ServerStats:
                              registry=r)
         self.threshold = Gauge("testbed_scheduler_threshold", "Threshold sent to each device.",
                                ["device"], registry=r)
+        self.slow_clients = Counter("testbed_server_slow_client_aborts",
+                                    "Device connections aborted for not reading replies.",
+                                    registry=r)
         self.threshold_updates = Counter("testbed_scheduler_threshold_updates",
                                          "Threshold messages sent.", registry=r)
         self.totals = _Window()
@@ -92,6 +95,9 @@ class ServerStats:
 
     def on_failed(self, n: int) -> None:
         self.requests.labels("failed").inc(n)
+
+    def on_slow_client(self) -> None:
+        self.slow_clients.inc()
 
     def on_protocol_error(self, code: str) -> None:
         self.protocol_errors.labels(code).inc()

@@ -177,7 +177,8 @@ def _start_server(run: _Run, port: int | None = None) -> bool:
         run.events.emit("server_restart_failed", reason=str(msg or "no answer"))
         return False
     run.server_url = msg["url"]
-    run.events.emit("server_listening", url=run.server_url, incarnation=incarnation)
+    run.events.emit("server_listening", url=run.server_url, incarnation=incarnation,
+                    pid=run.server.proc.pid)
     return True
 
 
@@ -192,7 +193,8 @@ def _start_devices(run: _Run) -> None:
     run.progress.phase(f"starting {len(specs)} devices")
     for spec in specs:
         run.devices[spec.device_id] = _spawn_device(run, spec, wait_for_server=True)
-    run.events.emit("devices_spawned", count=len(specs))
+    run.events.emit("devices_spawned", count=len(specs),
+                    pids={d: c.proc.pid for d, c in run.devices.items()})
     deadline = time.monotonic() + REGISTER_TIMEOUT_S
     ready = 0
     children = list(run.devices.values())
@@ -219,6 +221,8 @@ def _start(run: _Run, child: Child, at: float) -> None:
 
 def _run_devices(run: _Run) -> None:
     run.start_at = time.time() + START_LEAD_S
+    run.events.emit("run_clock", start_at=round(run.start_at, 6),
+                    note="run time 0 (devices start generating); fault times count from it")
     for child in run.devices.values():
         _start(run, child, run.start_at)
     duration = run.cfg.duration_s
@@ -340,7 +344,8 @@ def _restart_device(run: _Run, device_id: str, t: float) -> None:
     if old is not None:
         run.retired.append(old)
     run.devices[device_id] = _spawn_device(run, spec, wait_for_server=False)
-    run.events.emit("device_restart", device=device_id, incarnation=incarnation)
+    run.events.emit("device_restart", device=device_id, incarnation=incarnation,
+                    pid=run.devices[device_id].proc.pid)
 
 
 def _restart_server(run: _Run) -> None:

@@ -18,6 +18,7 @@ from testbed import protocol as wire
 from tests.integration.conftest import TOKEN
 
 PIXELS = np.arange(64, dtype=np.uint8).tobytes()
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def hello(device_id: str = "mid-t1", token: str = TOKEN, **kw: object) -> bytes:
@@ -131,7 +132,7 @@ class TestWebSocket:
 class TestHttp:
     async def test_infer_round_trip(self, server_url: str) -> None:
         async with aiohttp.ClientSession() as s, \
-                s.post(f"{server_url}/v1/infer", data=infer(11)) as r:
+                s.post(f"{server_url}/v1/infer", data=infer(11), headers=AUTH) as r:
             assert r.status == 200 and r.content_type == "application/msgpack"
             res = wire.decode(await r.read())
             assert isinstance(res, wire.Result) and res.sample_id == 11
@@ -146,7 +147,8 @@ class TestHttp:
     ])
     async def test_bad_requests(self, server_url: str, body: bytes, status: int) -> None:
         async with aiohttp.ClientSession() as s:
-            async with s.post(f"{server_url}/v1/infer", data=io.BytesIO(body)) as r:
+            async with s.post(f"{server_url}/v1/infer", data=io.BytesIO(body),
+                              headers=AUTH) as r:
                 assert r.status == status
                 assert r.headers.get("X-Error-Reason")
             async with s.get(f"{server_url}/healthz") as r:
@@ -154,9 +156,9 @@ class TestHttp:
 
     async def test_metrics_and_status(self, server_url: str) -> None:
         async with aiohttp.ClientSession() as s:
-            async with s.post(f"{server_url}/v1/infer", data=infer(1)) as r:
+            async with s.post(f"{server_url}/v1/infer", data=infer(1), headers=AUTH) as r:
                 assert r.status == 200
-            async with s.post(f"{server_url}/v1/infer", data=b"\xc1") as r:
+            async with s.post(f"{server_url}/v1/infer", data=b"\xc1", headers=AUTH) as r:
                 assert r.status == 400
             async with s.get(f"{server_url}/metrics") as r:
                 text = await r.text()
@@ -166,6 +168,16 @@ class TestHttp:
         assert 'testbed_server_protocol_errors_total{code="malformed"} 1.0' in text
         assert "testbed_server_batch_size_bucket" in text
         assert status["policy"] == "multitasc" and status["totals"]["completed"] == 1
+
+    @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"},
+                                         {"Authorization": TOKEN}])
+    async def test_infer_needs_the_run_token(self, server_url: str,
+                                             headers: dict[str, str]) -> None:
+        async with aiohttp.ClientSession() as s, \
+                s.post(f"{server_url}/v1/infer", data=infer(1), headers=headers) as r:
+            assert r.status == 401 and "token" in r.headers["X-Error-Reason"]
+            err = wire.decode(await r.read())
+            assert isinstance(err, wire.Error) and err.code == wire.ErrorCode.UNAUTHORIZED
 
     async def test_read_only_endpoints(self, server_url: str) -> None:
         async with aiohttp.ClientSession() as s:

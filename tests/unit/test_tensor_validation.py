@@ -45,3 +45,12 @@ def test_bad_tensors(msg: wire.Infer, needle: str) -> None:
     with pytest.raises(wire.ProtocolError) as err:
         tensor_from_infer(msg, FakeModel())  # type: ignore[arg-type]
     assert err.value.code == wire.ErrorCode.BAD_TENSOR and needle in err.value.reason
+
+
+def test_close_reason_fits_a_close_frame() -> None:
+    """Found by fuzzing: a long non-ASCII reason must not overflow the 125-byte close frame."""
+    from server.ingress import _close_message
+
+    for reason in ("ok", "é" * 200, "x" * 300, "\U0001f600" * 40):
+        msg = _close_message(reason)
+        assert len(msg) <= 123 and reason.startswith(msg.decode())
