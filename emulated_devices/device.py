@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 # Independent random streams per device, so changing one knob does not reshuffle the others.
 STREAM_ARRIVALS, STREAM_COMPUTE, STREAM_UPLINK, STREAM_DOWNLINK, STREAM_DATA = range(5)
 RECONNECT_BACKOFF_S = (0.05, 2.0)
+RESULT_BYTES = 160
+"""About the size of a `result` frame, for the downlink time a reply needs."""
 FATAL_REFUSALS = frozenset({wire.ErrorCode.UNAUTHORIZED, wire.ErrorCode.BAD_VERSION,
                             wire.ErrorCode.MALFORMED})
 """Refusals that retrying cannot fix; a duplicate id may clear once the old session closes."""
@@ -293,10 +295,12 @@ class Device:
             return
         # The message's size does not depend on the deadline's value (a float64 is always 9
         # bytes in msgpack), so the delivery time can be known before the budget is set.
+        # The server must answer early enough for the reply to cross the downlink in time.
         payload = pixels.tobytes()
         deliver_at = self._uplink.transmit(now, len(payload) + self._infer_overhead)
+        reply_by = timeout_at - self._downlink.allowance_s(RESULT_BYTES)
         msg = wire.Infer(sample_id=sid, dtype="uint8", shape=tuple(pixels.shape), data=payload,
-                         deadline_ms=max((timeout_at - deliver_at) * 1e3, 0.0))
+                         deadline_ms=max((reply_by - deliver_at) * 1e3, 0.0))
         self._uplink_queue.append((deliver_at, sid, wire.encode(msg)))
         self._uplink_wake.set()
 

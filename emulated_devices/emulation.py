@@ -87,6 +87,13 @@ class Link:
                                   self._last_delivery)
         return self._last_delivery
 
+    def allowance_s(self, nbytes: int) -> float:
+        """A message of `nbytes` on an idle link arrives within this time unless it is lost:
+        delay, three standard deviations of jitter, serialisation."""
+        spec = self._spec
+        return (spec.delay_ms + 3 * spec.jitter_ms) / 1e3 + nbytes * 8 / (spec.bandwidth_mbps
+                                                                          * 1e6)
+
     def _resend_delay(self, loss: float) -> float:
         """TCP resends a lost segment after the RTO and doubles the RTO each time it is lost
         again (exponential backoff)."""

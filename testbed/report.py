@@ -67,6 +67,10 @@ def summary_tables(summary: dict[str, Any]) -> Group:
     notes.add_row("device USS", f"{_num(uss.get('mean'))} MB mean / {_num(uss.get('max'))} max",
                   "start-up", f"{_num(run.get('startup_s'), '.2f')} s",
                   "partial", str(run.get("partial")))
+    shed = (summary.get("server") or {}).get("shed") or {}
+    if shed:
+        notes.add_row("server shed", ", ".join(f"{c} {n:.0f}" for c, n in sorted(shed.items())),
+                      "", "", "", "")
     faults = summary.get("faults") or {}
     if faults.get("injected") or faults.get("device_crashes") or faults.get("server_crashes"):
         notes.add_row("faults injected", str(faults.get("injected", 0)),
