@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 # Independent random streams per device, so changing one knob does not reshuffle the others.
 STREAM_ARRIVALS, STREAM_COMPUTE, STREAM_UPLINK, STREAM_DOWNLINK, STREAM_DATA = range(5)
 RECONNECT_BACKOFF_S = (0.05, 2.0)
+CONNECT_LEAD_S = 0.2
+"""A device joining mid-run connects this long before its first sample is due."""
 RESULT_BYTES = 160
 """About the size of a `result` frame, for the downlink time a reply needs."""
 FATAL_REFUSALS = frozenset({wire.ErrorCode.UNAUTHORIZED, wire.ErrorCode.BAD_VERSION,
@@ -90,8 +92,8 @@ class Device:
         rngs = [np.random.default_rng([*key, s]) for s in range(5)]
         self._order = rngs[STREAM_DATA].permutation(len(data.y))
         self._x, self._y = data.x, data.y
-        self._arrivals = arrival_times(spec.arrival, spec.rate_hz, spec.duration_s,
-                                       rngs[STREAM_ARRIVALS])
+        self._arrival_rng = rngs[STREAM_ARRIVALS]
+        self._arrivals = np.empty(0)
         self._compute = ComputeProfile(spec.spec.compute_ms, spec.spec.compute_jitter)
         self._compute_rng = rngs[STREAM_COMPUTE]
         self._uplink = Link(spec.spec.uplink, rngs[STREAM_UPLINK])
@@ -164,8 +166,15 @@ class Device:
         self._wall0 = start_wall
         if end_wall is not None:
             self._stop_rel = min(self._stop_rel, end_wall - start_wall)
-        self._impair_links(start_wall - (run_start_wall if run_start_wall is not None
-                                         else start_wall))
+        offset = start_wall - (run_start_wall if run_start_wall is not None else start_wall)
+        spec = self.spec
+        self._arrivals = arrival_times(
+            spec.arrival, spec.rate_hz, min(spec.duration_s, self._stop_rel), self._arrival_rng,
+            offset_s=offset, burst_on_s=spec.burst_on_s, burst_off_s=spec.burst_off_s,
+            trace=spec.trace_points)
+        self._impair_links(offset)
+        # A device that joins mid-run connects only shortly before it is due.
+        self._loop.call_at(max(self._loop.time(), self._t0 - CONNECT_LEAD_S), self.connect)
         reporter = asyncio.create_task(self._report_loop())
         sender = asyncio.create_task(self._uplink_loop())
         try:
@@ -252,6 +261,8 @@ class Device:
             free_at, rec, pixels = self._process(i, t_sched, ready)
             await self._sleep_until(free_at, interruptible=False)
             self._decide(rec, t_sched, pixels)
+        # A device in a silence (bursty or trace arrivals) is still there until its end.
+        await self._sleep_until(self._t0 + self._stop_rel)
 
     def _process(self, i: int, t_sched: float, ready: float
                  ) -> tuple[float, SampleRecord, np.ndarray]:

@@ -61,8 +61,6 @@ async def _controlled(spec: Any, server_url: str, token: str, out: Path,
     loop.add_signal_handler(signal.SIGTERM, lambda: commands.put_nowait({"cmd": "stop"}))
     if wait_for_server:
         await device.wait_registered(REGISTER_TIMEOUT_S)
-    else:
-        device.connect()
     _send(control, {"event": "ready", "device_id": spec.device_id})
     cmd = await commands.get()
     if cmd.get("cmd") == "stop":

@@ -29,6 +29,8 @@ class Child:
     killed: bool = False
     """The harness killed it on purpose (a fault), so its exit is not a crash."""
     restart_planned: bool = False
+    interval: tuple[float, float] = (0.0, float("inf"))
+    """Run times between which this process generates samples."""
 
     @property
     def finished(self) -> bool:

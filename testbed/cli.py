@@ -14,7 +14,7 @@ from rich.console import Console
 from testbed.collect import collect
 from testbed.config import ScenarioConfig, ScenarioError, load_scenario
 from testbed.orchestrator import RunError, default_run_dir, run_scenario
-from testbed.report import LiveProgress, print_summary
+from testbed.report import LiveProgress, SweepProgress, print_summary
 
 app = typer.Typer(help="Emulated edge devices + one shared batching server + cascade schedulers.",
                   no_args_is_help=True, add_completion=False)
@@ -109,18 +109,67 @@ def run(scenario: Annotated[Path, typer.Argument(help="scenario TOML file")],
 
 
 @app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="a run folder")],
+def sweep(scenario: Annotated[Path, typer.Argument(help="scenario TOML file with a [sweep] table")],
+          out: Annotated[Path | None, typer.Option(
+              help="sweep folder (default runs/sweep-<name>); reused to resume")] = None,
+          dry_run: Annotated[bool, typer.Option("--dry-run", help="list the runs only")]
+          = False) -> None:
+    """Run every combination of the scenario's [sweep] axes, one after another. Resumable:
+    run it again with the same --out and finished runs are skipped."""
+    from testbed.sweep import expand, parse_axes, run_sweep
+
+    try:
+        base = load_scenario(scenario)
+        axes = parse_axes(base.sweep)
+        points = expand(base, axes)
+    except ScenarioError as exc:
+        console.print(f"[red]bad sweep:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if not axes:
+        console.print(f"[red]{scenario} has no [sweep] table[/red]")
+        raise typer.Exit(2)
+    for point in points:
+        _check_policy(point.cfg.policy.name)
+    sweep_dir = out or Path("runs") / f"sweep-{base.name}"
+    total_s = sum(p.cfg.duration_s for p in points)
+    console.print(f"{len(points)} runs ({' x '.join(f'{a.name}[{len(a.values)}]' for a in axes)})"
+                  f", {total_s / 60:.1f} min of arrivals -> {sweep_dir}")
+    if dry_run:
+        for point in points:
+            console.print(f"  {point.name}")
+        return
+    with SweepProgress(console) as progress:
+        outcome = run_sweep(points, axes, sweep_dir,
+                            lambda cfg, run_dir: run_scenario(cfg, run_dir).summary,
+                            progress.update)
+    console.print(f"ran {len(outcome.ran)}, skipped {len(outcome.skipped)} already done, "
+                  f"failed {len(outcome.failed)}; index: {sweep_dir / 'index.csv'}")
+    for name, error in outcome.failed.items():
+        console.print(f"[red]{name}:[/red] {error}")
+    console.print(f"figures: testbed report {sweep_dir}")
+    if outcome.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="a run folder or a sweep folder")],
            devices: Annotated[bool, typer.Option("--devices",
-                                                 help="also list every device")] = False
-           ) -> None:
-    """Print a run's summary; rebuilds it from the records if the run was cut short."""
+                                                 help="also list every device")] = False,
+           figures: Annotated[bool, typer.Option(help="write PNG figures and report.md")]
+           = True) -> None:
+    """Print a run's summary and write its figures; for a sweep, write the sweep's figures
+    (SLO satisfaction, accuracy, throughput, forward rate vs devices, latency CDFs,
+    thresholds over time) and a Markdown table. Rebuilds a cut-short run's summary."""
+    if (run_dir / "sweep.json").is_file():
+        _report_sweep(run_dir)
+        return
     summary_path = run_dir / "summary.json"
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
     elif (run_dir / "scenario.toml").is_file():
         summary = collect(run_dir)
     else:
-        console.print(f"[red]{run_dir} is not a run folder[/red]")
+        console.print(f"[red]{run_dir} is not a run folder or a sweep folder[/red]")
         raise typer.Exit(2)
     print_summary(summary, console, per_device=devices)
     run = summary.get("run", {})
@@ -137,6 +186,32 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder")],
             why.append(f"{run['torn_rows']} torn rows")
         console.print(f"[yellow]partial run:[/yellow] {'; '.join(why)}. The numbers cover "
                       "the records that were written.")
+    if figures:
+        from testbed.figures import run_figures
+        from testbed.report_md import run_markdown
+
+        paths = run_figures(run_dir, summary, run_dir / "figures")
+        md = run_markdown(summary, paths, run_dir / "report.md")
+        console.print(f"figures: {run_dir / 'figures'}; table: {md}")
+
+
+def _report_sweep(sweep_dir: Path) -> None:
+    from testbed.figures import sweep_figures
+    from testbed.report_md import sweep_markdown
+    from testbed.sweep import load_index, summaries
+
+    index = load_index(sweep_dir)
+    axes = [a["name"] for a in index["axes"]]
+    points = list(summaries(sweep_dir))
+    pending = sum(r["status"] != "done" for r in index["runs"])
+    if not points:
+        console.print(f"[red]{sweep_dir}: no finished runs yet[/red]")
+        raise typer.Exit(2)
+    paths = sweep_figures(points, axes, sweep_dir / "figures")
+    md = sweep_markdown(f"Sweep {sweep_dir.name}", axes, points, paths,
+                        sweep_dir / "report.md")
+    console.print(f"{len(points)} runs ({pending} not finished); figures: "
+                  f"{sweep_dir / 'figures'}; table: {md}")
 
 
 @app.command()

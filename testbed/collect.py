@@ -18,6 +18,7 @@ from testbed.config import ScenarioConfig, device_specs, load_scenario
 from testbed.events import read_events
 from testbed.metrics import DeviceTally, summarize
 from testbed.records import SampleRecord, read_journal, read_records
+from testbed.timeline import activity
 
 FAULT_EVENTS = ("device_kill", "device_restart", "server_kill", "server_restart", "link_down")
 EVENT_FILES = ("events.harness.jsonl", "events.server.jsonl")
@@ -60,7 +61,8 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
     facts = facts or RunFacts()
     interrupted = facts.interrupted or "interrupted" in kinds
     harness_ended = "run_end" in kinds
-    missing = sorted(set(tiers) - {i.device_id for i in incs.values()})
+    expected = {dev for dev, spans in zip(tiers, activity(cfg), strict=True) if spans}
+    missing = sorted(expected - {i.device_id for i in incs.values()})
     meta: dict[str, Any] = {
         "scenario": cfg.name, "policy": cfg.policy.name, "devices": cfg.devices.count,
         "mix": cfg.devices.mix, "duration_s": cfg.duration_s, "slo_ms": cfg.slo_ms,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-ArrivalKind = Literal["constant", "poisson"]
+ArrivalKind = Literal["constant", "poisson", "onoff", "trace"]
 FaultKind = Literal["kill_device", "kill_server", "cut_link", "packet_loss"]
 AdmissionMode = Literal["bound", "deadline"]
 TIER_ORDER = ("low", "mid", "high")
@@ -89,13 +89,35 @@ def default_tiers() -> dict[str, TierSpec]:
 
 
 @dataclass(frozen=True, slots=True)
+class Phase:
+    """From run time `at_s` on, the first `count` devices are connected (the others are not):
+    devices join and leave as phases change."""
+
+    at_s: float
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class DevicesConfig:
     count: int = 40
+    """Device processes; with `phases`, the most that are ever connected at once."""
     mix: str = "1:1:1"
     """Ratio of low:mid:high devices (or of the tiers in the order they are declared)."""
     rate_hz: float = 10.0
-    """Samples per second per device (open loop)."""
+    """Mean samples per second per device (open loop)."""
     arrival: ArrivalKind = "poisson"
+    """constant | poisson | onoff (Poisson bursts and silences) | trace (a rate over time)."""
+    burst_on_s: float = 1.0
+    """onoff: mean length of a burst (exponential); the burst rate keeps the mean at rate_hz."""
+    burst_off_s: float = 3.0
+    """onoff: mean length of a silence (exponential)."""
+    trace: str | None = None
+    """trace: CSV with columns t_s,rate_hz (per device, piecewise constant from each t_s on),
+    resolved relative to the scenario file."""
+    trace_scale: float = 1.0
+    """trace: multiplies every rate of the trace."""
+    phases: tuple[Phase, ...] = ()
+    """Devices joining and leaving; empty: all `count` devices for the whole run."""
     reply_timeout_ms: float = 1000.0
     """How long a device waits for the server before its light answer becomes final."""
     report_interval_s: float = 0.5
@@ -111,6 +133,16 @@ class DevicesConfig:
         _check(self.rate_hz > 0, f"devices.rate_hz must be > 0 (got {self.rate_hz})")
         _check(self.arrival in typing.get_args(ArrivalKind),
                f"devices.arrival must be one of {typing.get_args(ArrivalKind)}")
+        _check(self.burst_on_s > 0 and self.burst_off_s >= 0,
+               "devices.burst_on_s must be > 0 and burst_off_s >= 0")
+        _check(self.arrival != "trace" or self.trace is not None,
+               "devices.arrival = 'trace' needs devices.trace (a CSV of t_s,rate_hz)")
+        _check(self.trace_scale > 0, "devices.trace_scale must be > 0")
+        times = [p.at_s for p in self.phases]
+        _check(all(t >= 0 for t in times) and times == sorted(set(times)),
+               "devices.phases must have distinct at_s >= 0 in increasing order")
+        _check(all(0 <= p.count <= self.count for p in self.phases),
+               f"devices.phases counts must be in [0, devices.count = {self.count}]")
         _check(self.reply_timeout_ms > 0, "devices.reply_timeout_ms must be > 0")
         _check(self.report_interval_s > 0, "devices.report_interval_s must be > 0")
 
@@ -227,6 +259,8 @@ class ScenarioConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     faults: tuple[FaultSpec, ...] = ()
+    sweep: dict[str, Any] = field(default_factory=dict)
+    """Axes of `testbed sweep` (see testbed.sweep); a single run ignores them."""
 
     def __post_init__(self) -> None:
         _check(self.duration_s > 0, f"duration_s must be > 0 (got {self.duration_s})")
@@ -248,6 +282,10 @@ class DeviceSpec:
     spec: TierSpec
     rate_hz: float
     arrival: ArrivalKind
+    burst_on_s: float
+    burst_off_s: float
+    trace_points: tuple[tuple[float, float], ...]
+    """trace: (run time, rate) points, already scaled."""
     seed: int
     slo_ms: float
     duration_s: float
@@ -292,11 +330,35 @@ def assign_tiers(count: int, weights: dict[str, float]) -> list[str]:
     return order
 
 
+def load_trace(path: str | Path, scale: float = 1.0) -> tuple[tuple[float, float], ...]:
+    """(t_s, rate_hz) points of a trace CSV (header `t_s,rate_hz`), rates scaled."""
+    import csv
+
+    try:
+        with Path(path).open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise ScenarioError(f"trace {path}: {exc}") from None
+    try:
+        points = tuple((float(r["t_s"]), float(r["rate_hz"]) * scale) for r in rows)
+    except (KeyError, TypeError, ValueError):
+        raise ScenarioError(f"trace {path}: needs columns t_s,rate_hz with numbers") from None
+    _check(bool(points), f"trace {path} has no rows")
+    times = [t for t, _ in points]
+    _check(times == sorted(times) and times[0] <= 0 and all(r >= 0 for _, r in points),
+           f"trace {path}: t_s must start at 0 and increase, rates must be >= 0")
+    return points
+
+
 def device_specs(cfg: ScenarioConfig) -> list[DeviceSpec]:
     tiers = assign_tiers(cfg.devices.count, parse_mix(cfg.devices.mix, tuple(cfg.tiers)))
+    dev = cfg.devices
+    trace = load_trace(dev.trace, dev.trace_scale) if dev.arrival == "trace" and dev.trace \
+        else ()
     return [
         DeviceSpec(device_id=f"{tier}-{i:03d}", index=i, tier=tier, spec=cfg.tiers[tier],
-                   rate_hz=cfg.devices.rate_hz, arrival=cfg.devices.arrival, seed=cfg.seed,
+                   rate_hz=dev.rate_hz, arrival=dev.arrival, burst_on_s=dev.burst_on_s,
+                   burst_off_s=dev.burst_off_s, trace_points=trace, seed=cfg.seed,
                    slo_ms=cfg.slo_ms, duration_s=cfg.duration_s,
                    reply_timeout_ms=cfg.devices.reply_timeout_ms,
                    report_interval_s=cfg.devices.report_interval_s, zoo=cfg.zoo)
@@ -308,13 +370,21 @@ def device_specs(cfg: ScenarioConfig) -> list[DeviceSpec]:
 
 
 def load_scenario(path: str | Path) -> ScenarioConfig:
+    """Read and check a scenario file; a trace path in it is taken relative to the file."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ScenarioError(f"{path}: {exc}") from None
+    devices = data.get("devices")
+    if isinstance(devices, dict) and isinstance(devices.get("trace"), str):
+        data["devices"] = {**devices, "trace": str((path.parent / devices["trace"]).resolve())}
     try:
-        return scenario_from_dict(data)
+        cfg = scenario_from_dict(data)
+        if cfg.devices.arrival == "trace":
+            device_specs(dataclasses.replace(cfg, devices=dataclasses.replace(cfg.devices,
+                                                                              count=1)))
+        return cfg
     except ScenarioError as exc:
         raise ScenarioError(f"{path}: {exc}") from None
 

@@ -11,27 +11,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
 from testbed.config import FaultSpec, LinkFault, ScenarioConfig, ScenarioError
-
-ActionKind = Literal["kill_device", "restart_device", "kill_server", "restart_server",
-                     "link_down", "link_up"]
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class FaultAction:
-    at_s: float
-    """Run time at which the harness acts."""
-    kind: ActionKind
-    target: str = ""
-    """A device id; empty for the server."""
-    signal: str = "kill"
-    fault: int = -1
-    """Index of the scenario fault this comes from."""
-    detail: str = ""
+from testbed.timeline import Action as FaultAction
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,8 @@ from testbed.children import Child, poll, reap, recv, send, spawn
 from testbed.collect import RunFacts, collect
 from testbed.config import DeviceSpec, ScenarioConfig, device_specs, scenario_to_dict
 from testbed.events import EventLog
-from testbed.faults import FaultAction, FaultPlan, plan_faults
+from testbed.faults import FaultPlan, plan_faults
+from testbed.timeline import Action, Interval, activity, join_actions
 from testbed.versions import collect_versions
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ SERVER_RESTART_DELAY_S = 1.0
 """How long a crashed server stays down before the harness restarts it (if asked to)."""
 MIN_RESTART_LEFT_S = 1.0
 """A device is not restarted with less than this much of the run left."""
+SPAWN_LEAD_S = 1.5
+"""A device that joins mid-run is started this long before it is due, to be ready in time."""
 PRELOAD = ["__main__", "emulated_devices.main", "emulated_devices.preload", "server.main"]
 """Imported once by the forkserver. `__main__` is there because multiprocessing otherwise
 re-imports the harness's main module (typer, rich, ...) in every child: ~0.1 s of CPU each."""
@@ -86,6 +89,8 @@ class _Run:
     ctx: Any
     plan: FaultPlan
     specs: dict[str, DeviceSpec]
+    spans: dict[str, tuple[Interval, ...]]
+    """When each device is connected (run time); see `testbed.timeline.activity`."""
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     server: Child | None = None
     server_url: str = ""
@@ -97,7 +102,7 @@ class _Run:
     """Earlier processes of restarted devices, and earlier servers."""
     start_at: float = 0.0
     """Wall-clock time of run time 0 (when devices start generating)."""
-    agenda: list[FaultAction] = field(default_factory=list)
+    agenda: list[Action] = field(default_factory=list)
     resources: dict[str, Any] = field(default_factory=dict)
     startup_s: float | None = None
     interrupted: bool = False
@@ -121,14 +126,18 @@ def run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None =
     specs = device_specs(cfg)
     plan = plan_faults(cfg, [(s.device_id, s.tier) for s in specs])
     specs = [dataclasses.replace(s, link_faults=plan.links.get(s.device_id, ())) for s in specs]
+    spans = dict(zip([s.device_id for s in specs], activity(cfg), strict=True))
+    joins = join_actions(list(spans), list(spans.values()))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "scenario.toml").write_text(tomli_w.dumps(scenario_to_dict(cfg)))
     (run_dir / "versions.json").write_text(json.dumps(collect_versions(), indent=2))
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
     run = _Run(cfg, run_dir, EventLog(run_dir / "events.harness.jsonl", "harness"),
-               progress or _Quiet(), ctx, plan, {s.device_id: s for s in specs},
-               agenda=list(plan.actions))
+               progress or _Quiet(), ctx, plan, {s.device_id: s for s in specs if spans[
+                   s.device_id]}, spans,
+               agenda=sorted([*plan.actions, *(dataclasses.replace(
+                   a, at_s=max(0.0, a.at_s - SPAWN_LEAD_S)) for a in joins)]))
     run.events.emit("run_start", scenario=cfg.name, policy=cfg.policy.name,
                     devices=cfg.devices.count, faults_planned=plan.injected)
     try:
@@ -182,17 +191,25 @@ def _start_server(run: _Run, port: int | None = None) -> bool:
     return True
 
 
-def _spawn_device(run: _Run, spec: DeviceSpec, wait_for_server: bool) -> Child:
-    return spawn(run.ctx, spec.device_id, "emulated_devices.main", "device_process", spec,
-                 run.server_url, run.token, str(run.run_dir), wait_for_server,
-                 incarnation=spec.incarnation)
+def _spawn_device(run: _Run, spec: DeviceSpec, interval: Interval,
+                  wait_for_server: bool) -> Child:
+    spec = dataclasses.replace(spec, duration_s=interval[1] - interval[0])
+    child = spawn(run.ctx, spec.device_id, "emulated_devices.main", "device_process", spec,
+                  run.server_url, run.token, str(run.run_dir), wait_for_server,
+                  incarnation=spec.incarnation)
+    child.interval = interval
+    return child
 
 
 def _start_devices(run: _Run) -> None:
+    """Start every device process; those there from the start register before the run
+    begins, those that join later wait to connect until they are due."""
     specs = list(run.specs.values())
     run.progress.phase(f"starting {len(specs)} devices")
     for spec in specs:
-        run.devices[spec.device_id] = _spawn_device(run, spec, wait_for_server=True)
+        first = run.spans[spec.device_id][0]
+        run.devices[spec.device_id] = _spawn_device(run, spec, first,
+                                                    wait_for_server=first[0] == 0)
     run.events.emit("devices_spawned", count=len(specs),
                     pids={d: c.proc.pid for d, c in run.devices.items()})
     deadline = time.monotonic() + REGISTER_TIMEOUT_S
@@ -213,9 +230,13 @@ def _start_devices(run: _Run) -> None:
         run.progress.registered(ready, len(specs))
 
 
-def _start(run: _Run, child: Child, at: float) -> None:
+def _start(run: _Run, child: Child) -> None:
+    """Tell a ready device when to start (its interval's start, or as soon as it can) and
+    when to stop."""
+    begin, end = child.interval
+    at = max(run.start_at + begin, time.time() + START_LEAD_S)
     send(child, {"cmd": "start", "at": at, "run_start": run.start_at,
-                 "end": run.start_at + run.cfg.duration_s})
+                 "end": run.start_at + min(end, run.cfg.duration_s)})
     child.started = True
 
 
@@ -224,7 +245,7 @@ def _run_devices(run: _Run) -> None:
     run.events.emit("run_clock", start_at=round(run.start_at, 6),
                     note="run time 0 (devices start generating); fault times count from it")
     for child in run.devices.values():
-        _start(run, child, run.start_at)
+        _start(run, child)
     duration = run.cfg.duration_s
     hard_stop = run.start_at + duration + run.cfg.devices.reply_timeout_ms / 1e3 + DRAIN_GRACE_S
     sampled = False
@@ -246,7 +267,7 @@ def _run_devices(run: _Run) -> None:
         poll(children, 0.2)
         for child in run.devices.values():
             if child.ready and not child.started:
-                _start(run, child, time.time() + START_LEAD_S)
+                _start(run, child)
         _watch_crashes(run, t)
         if now - last_status >= 1.0:
             last_status = now
@@ -290,7 +311,7 @@ def _stop_server(run: _Run) -> None:
 # --- faults -----------------------------------------------------------------------------------
 
 
-def _act(run: _Run, action: FaultAction, t: float) -> None:
+def _act(run: _Run, action: Action, t: float) -> None:
     """Carry out one planned fault action at run time `t`."""
     if action.kind == "kill_device":
         child = run.devices.get(action.target)
@@ -305,6 +326,11 @@ def _act(run: _Run, action: FaultAction, t: float) -> None:
         _signal(child, action.signal)
     elif action.kind == "restart_device":
         _restart_device(run, action.target, t)
+    elif action.kind == "join_device":
+        assert action.until_s is not None
+        _replace_device(run, action.target, (action.at_s + SPAWN_LEAD_S, action.until_s))
+        run.events.emit("device_join", device=action.target,
+                        at_s=round(action.at_s + SPAWN_LEAD_S, 3), until_s=action.until_s)
     elif action.kind == "kill_server":
         server = run.server
         if server is None or not server.proc.is_alive():
@@ -333,19 +359,28 @@ def _signal(child: Child, signal: str) -> None:
 
 
 def _restart_device(run: _Run, device_id: str, t: float) -> None:
+    """Bring a killed or crashed device back for the rest of its current interval."""
     old = run.devices.get(device_id)
-    left = run.cfg.duration_s - t
-    if old is not None and not old.finished:
+    if old is None or not old.finished:
         return  # still (or again) running
-    if left < MIN_RESTART_LEFT_S:
+    end = min(old.interval[1], run.cfg.duration_s)
+    if end - t < MIN_RESTART_LEFT_S:
         return
-    incarnation = (old.incarnation + 1) if old is not None else 0
-    spec = dataclasses.replace(run.specs[device_id], incarnation=incarnation, duration_s=left)
-    if old is not None:
-        run.retired.append(old)
-    run.devices[device_id] = _spawn_device(run, spec, wait_for_server=False)
-    run.events.emit("device_restart", device=device_id, incarnation=incarnation,
-                    pid=run.devices[device_id].proc.pid)
+    child = _replace_device(run, device_id, (t, end))
+    run.events.emit("device_restart", device=device_id, incarnation=child.incarnation,
+                    pid=child.proc.pid)
+
+
+def _replace_device(run: _Run, device_id: str, interval: Interval) -> Child:
+    """A new process (the next incarnation) for a device, generating during `interval`."""
+    old = run.devices[device_id]
+    if not old.finished:  # a join that overlaps a process still draining: let it finish
+        old.proc.join(5.0)
+    run.retired.append(old)
+    spec = dataclasses.replace(run.specs[device_id], incarnation=old.incarnation + 1)
+    child = _spawn_device(run, spec, interval, wait_for_server=False)
+    run.devices[device_id] = child
+    return child
 
 
 def _restart_server(run: _Run) -> None:
@@ -366,18 +401,18 @@ def _watch_crashes(run: _Run, t: float) -> None:
         if child.exit_logged and not child.killed and child.done is None \
                 and run.cfg.devices.restart_dead and not child.restart_planned:
             child.restart_planned = True
-            _schedule(run, FaultAction(t + run.cfg.devices.restart_delay_s, "restart_device",
-                                       device_id))
+            _schedule(run, Action(t + run.cfg.devices.restart_delay_s, "restart_device",
+                                  device_id))
     server = run.server
     if server is not None and not server.proc.is_alive() and not server.exit_logged:
         server.exit_logged = True
         run.events.emit("server_exit", exitcode=server.proc.exitcode, planned=server.killed,
                         incarnation=server.incarnation)
         if not server.killed and run.cfg.server.restart_on_exit:
-            _schedule(run, FaultAction(t + SERVER_RESTART_DELAY_S, "restart_server"))
+            _schedule(run, Action(t + SERVER_RESTART_DELAY_S, "restart_server"))
 
 
-def _schedule(run: _Run, action: FaultAction) -> None:
+def _schedule(run: _Run, action: Action) -> None:
     run.agenda.append(action)
     run.agenda.sort()
 

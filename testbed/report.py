@@ -12,6 +12,8 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from testbed.sweep import SweepPoint
+
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
@@ -141,3 +143,31 @@ class LiveProgress:
                     f"{live.get('throughput_sps', 0):.0f}/{live.get('arrival_sps', 0):.0f} "
                     f"sps, thr {'-' if thr is None else f'{thr:.2f}'}")
         self._bar.update(self._run_task, completed=elapsed_s, live=text)
+
+
+class SweepProgress:
+    """One bar over a sweep's runs, with the running point and an ETA from the remaining
+    runs' durations plus the measured overhead of the finished ones."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console()
+        self._bar = Progress(TextColumn("sweep"), BarColumn(),
+                             TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+                             TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"),
+                             TextColumn("{task.fields[point]}"), console=self.console)
+        self._task: Any = None
+
+    def __enter__(self) -> SweepProgress:
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.__exit__(None, None, None)
+
+    def update(self, done: int, total: int, point: SweepPoint | None,
+               eta_s: float | None) -> None:
+        if self._task is None:
+            self._task = self._bar.add_task("sweep", total=total, eta="?", point="")
+        eta = "-" if eta_s is None else f"{int(eta_s // 60)}:{int(eta_s % 60):02d}"
+        label = ", ".join(f"{k}={v}" for k, v in point.labels.items()) if point else "done"
+        self._bar.update(self._task, completed=done, eta=eta, point=label)

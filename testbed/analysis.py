@@ -1,0 +1,117 @@
+"""Series and tables for figures, computed from run folders. Pure data: no drawing here
+(`testbed.figures` draws), so every curve can be checked by a test."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from testbed.records import SampleRecord
+
+
+@dataclass
+class Series:
+    label: str
+    x: list[float] = field(default_factory=list)
+    y: list[float] = field(default_factory=list)
+    lo: list[float] = field(default_factory=list)
+    """Spread over repetitions (seeds): min and max of y at each x."""
+    hi: list[float] = field(default_factory=list)
+
+
+def sweep_series(points: Iterable[tuple[dict[str, str], dict[str, Any]]], metric: str,
+                 x_axis: str = "devices", line_axis: str = "policy",
+                 panel_axis: str | None = "mix") -> dict[str, list[Series]]:
+    """For each panel (e.g. each mix), one line per `line_axis` value (e.g. policy) of
+    `metric` (a summary key, or `latency_ms.p95`) against `x_axis`, averaged over the other
+    axes (seeds); lo/hi give their spread."""
+    cells: dict[str, dict[str, dict[float, list[float]]]] = \
+        defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for labels, summary in points:
+        value = _metric(summary, metric)
+        if value is None:
+            continue
+        panel = labels.get(panel_axis, "") if panel_axis else ""
+        line = labels.get(line_axis, str(summary.get(line_axis, "")))
+        x = float(labels[x_axis]) if x_axis in labels else float(summary[x_axis])
+        cells[panel][line][x].append(float(value))
+    out: dict[str, list[Series]] = {}
+    for panel, lines in cells.items():
+        out[panel] = []
+        for line, by_x in lines.items():
+            s = Series(line)
+            for x in sorted(by_x):
+                ys = by_x[x]
+                s.x.append(x)
+                s.y.append(float(np.mean(ys)))
+                s.lo.append(min(ys))
+                s.hi.append(max(ys))
+            out[panel].append(s)
+    return out
+
+
+def _metric(summary: dict[str, Any], metric: str) -> float | None:
+    node: Any = summary
+    for key in metric.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return float(node) if isinstance(node, (int, float)) else None
+
+
+def cdf(values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted values and the fraction of values <= each (an empirical CDF)."""
+    arr = np.sort(np.asarray([v for v in values if v == v], dtype=np.float64))
+    return arr, np.arange(1, arr.size + 1) / max(arr.size, 1)
+
+
+def threshold_series(events: Iterable[dict[str, Any]], run_start: float,
+                     by: str = "tier") -> dict[str, Series]:
+    """Mean threshold of the connected devices of each tier over run time, from the server's
+    `join` / `thresholds` / `leave` events (step changes, so a point per change)."""
+    tier_of: dict[str, str] = {}
+    current: dict[str, float] = {}
+    out: dict[str, Series] = {}
+
+    def sample(t: float) -> None:
+        groups: dict[str, list[float]] = defaultdict(list)
+        for dev, thr in current.items():
+            groups[tier_of[dev] if by == "tier" else dev].append(thr)
+        for group, values in groups.items():
+            s = out.setdefault(group, Series(group))
+            s.x.append(t)
+            s.y.append(float(np.mean(values)))
+
+    for e in sorted(events, key=lambda e: e.get("t", 0.0)):
+        kind, t = e.get("kind"), float(e.get("t", 0.0)) - run_start
+        if kind == "join":
+            tier_of[e["device"]] = e.get("tier", "?")
+            current[e["device"]] = float(e["threshold"])
+        elif kind == "thresholds":
+            current.update({d: float(v) for d, v in e["values"].items() if d in tier_of})
+        elif kind == "leave":
+            current.pop(e["device"], None)
+        else:
+            continue
+        sample(t)
+    return out
+
+
+def per_second(records: Iterable[SampleRecord], run_start: float, duration_s: float,
+               slo_ms: float) -> dict[str, np.ndarray]:
+    """Per second of run time (by scheduled arrival): samples, heavy answers, forwarded,
+    SLO met. `run_start` is the wall-clock time of run time 0 (the `run_clock` event)."""
+    n = max(int(np.ceil(duration_s)), 1)
+    out = {k: np.zeros(n) for k in ("samples", "heavy", "forwarded", "slo_met")}
+    for r in records:
+        k = int(r.wall_epoch_s - run_start)
+        if 0 <= k < n:
+            out["samples"][k] += 1
+            out["heavy"][k] += r.source == "heavy"
+            out["forwarded"][k] += r.forwarded
+            out["slo_met"][k] += r.latency_ms <= slo_ms
+    return out

@@ -1,0 +1,195 @@
+"""PNG figures of a run or a sweep (matplotlib, no display needed). The data come from
+`testbed.analysis`; this module only draws."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on a server; set before pyplot is imported
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from testbed.analysis import Series, cdf, per_second, sweep_series, threshold_series
+from testbed.events import read_events
+from testbed.records import SampleRecord, iter_record_files, read_records
+
+SWEEP_METRICS = {
+    "slo_satisfaction": ("SLO satisfaction", True),
+    "accuracy": ("accuracy", True),
+    "throughput_sps": ("throughput (answers/s)", False),
+    "forward_rate": ("forward rate", True),
+    "latency_ms.p95": ("p95 latency (ms)", False),
+}
+"""metric -> (axis label, is a fraction shown in %)."""
+FIG_DPI = 110
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=FIG_DPI)
+    plt.close(fig)
+    return path
+
+
+def _records(run_dir: Path) -> list[SampleRecord]:
+    return [r for p in iter_record_files(run_dir) for r in read_records(p)[0]]
+
+
+def _run_start(run_dir: Path) -> float | None:
+    for e in read_events(run_dir / "events.jsonl"):
+        if e.get("kind") == "run_clock":
+            return float(e["start_at"])
+    return None
+
+
+def _panels(n: int, width: float = 5.0, height: float = 3.6) -> tuple[Any, list[Any]]:
+    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False, sharey=True)
+    return fig, list(axes[0])
+
+
+def _lines(ax: Any, series: list[Series], percent: bool) -> None:
+    scale = 100.0 if percent else 1.0
+    for s in sorted(series, key=lambda s: s.label):
+        y = np.asarray(s.y) * scale
+        line, = ax.plot(s.x, y, marker="o", label=s.label)
+        if any(lo != hi for lo, hi in zip(s.lo, s.hi, strict=True)):
+            ax.fill_between(s.x, np.asarray(s.lo) * scale, np.asarray(s.hi) * scale,
+                            alpha=0.15, color=line.get_color())
+    ax.grid(alpha=0.3)
+
+
+# --- sweeps -------------------------------------------------------------------------------
+
+
+def sweep_figures(points: list[tuple[dict[str, str], dict[str, Any], Path]], axes: list[str],
+                  out: Path) -> list[Path]:
+    """Metric-vs-x figures (one panel per mix, one line per policy), latency CDFs and
+    thresholds over time of the largest configuration."""
+    x_axis = "devices" if "devices" in axes else next(
+        (a for a in axes if _numeric([p[0][a] for p in points])), None)
+    if x_axis is None:
+        return []
+    line_axis = "policy" if "policy" in axes else next((a for a in axes if a != x_axis), "policy")
+    panel_axis = "mix" if "mix" in axes and line_axis != "mix" else None
+    paths = []
+    pairs = [(labels, summary) for labels, summary, _ in points]
+    for metric, (label, percent) in SWEEP_METRICS.items():
+        by_panel = sweep_series(pairs, metric, x_axis, line_axis, panel_axis)
+        fig, panels = _panels(len(by_panel))
+        for ax, (panel, series) in zip(panels, sorted(by_panel.items()), strict=True):
+            _lines(ax, series, percent)
+            ax.set_title(f"{panel_axis} = {panel}" if panel_axis else label)
+            ax.set_xlabel(x_axis)
+        panels[0].set_ylabel(label + (" (%)" if percent else ""))
+        panels[-1].legend(title=line_axis, fontsize=8)
+        paths.append(_save(fig, out / f"{metric.replace('.', '_')}_vs_{x_axis}.png"))
+    paths += _largest_point_figures(points, x_axis, line_axis, panel_axis, out)
+    return paths
+
+
+def _numeric(values: Iterable[str]) -> bool:
+    try:
+        [float(v) for v in values]
+    except ValueError:
+        return False
+    return True
+
+
+def _largest_point_figures(points: list[tuple[dict[str, str], dict[str, Any], Path]],
+                           x_axis: str, line_axis: str, panel_axis: str | None,
+                           out: Path) -> list[Path]:
+    """For the largest x of each panel, one run per line: latency CDFs and thresholds."""
+    chosen: dict[str, dict[str, Path]] = {}
+    top: dict[str, float] = {}
+    for labels, _, _ in points:
+        panel = labels.get(panel_axis, "") if panel_axis else ""
+        top[panel] = max(top.get(panel, -np.inf), float(labels[x_axis]))
+    for labels, _, run_dir in points:
+        panel = labels.get(panel_axis, "") if panel_axis else ""
+        if float(labels[x_axis]) == top[panel]:
+            chosen.setdefault(panel, {}).setdefault(labels.get(line_axis, "?"), run_dir)
+    paths = []
+    fig, panels = _panels(len(chosen))
+    for ax, (panel, by_line) in zip(panels, sorted(chosen.items()), strict=True):
+        for line, run_dir in sorted(by_line.items()):
+            x, y = cdf([r.latency_ms for r in _records(run_dir)])
+            ax.plot(x, y * 100, label=line)
+        ax.set_xscale("log")
+        ax.set_xlabel("end-to-end latency (ms)")
+        ax.set_title(f"{x_axis} = {top[panel]:g}" + (f", {panel_axis} = {panel}"
+                                                      if panel_axis else ""))
+        ax.grid(alpha=0.3)
+    panels[0].set_ylabel("samples (%)")
+    panels[-1].legend(title=line_axis, fontsize=8)
+    paths.append(_save(fig, out / "latency_cdf.png"))
+    runs = [(panel, line, run_dir) for panel, lines in sorted(chosen.items())
+            for line, run_dir in sorted(lines.items())]
+    fig, cells = _panels(len(runs), width=4.2)
+    for ax, (panel, line, run_dir) in zip(cells, runs, strict=True):
+        _thresholds(ax, run_dir)
+        ax.set_title(f"{line}" + (f" ({panel})" if panel else ""), fontsize=9)
+    cells[0].set_ylabel("mean threshold")
+    paths.append(_save(fig, out / "thresholds_over_time.png"))
+    return paths
+
+
+def _thresholds(ax: Any, run_dir: Path) -> None:
+    start = _run_start(run_dir) or 0.0
+    for tier, s in sorted(threshold_series(read_events(run_dir / "events.jsonl"),
+                                           start).items()):
+        ax.step(s.x, s.y, where="post", label=tier)
+    ax.set_xlabel("run time (s)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(title="tier", fontsize=8)
+
+
+# --- one run ------------------------------------------------------------------------------
+
+
+def run_figures(run_dir: Path, summary: dict[str, Any], out: Path) -> list[Path]:
+    """Thresholds over time per tier, latency CDF per tier, and per-second throughput, forward
+    rate and SLO satisfaction of one run."""
+    records = _records(run_dir)
+    paths = []
+    fig, (ax,) = _panels(1, width=7)
+    _thresholds(ax, run_dir)
+    ax.set_ylabel("mean threshold")
+    ax.set_title(f"{summary.get('policy')}: thresholds per tier")
+    paths.append(_save(fig, out / "thresholds_over_time.png"))
+    fig, (ax,) = _panels(1, width=7)
+    tiers = sorted({r.tier for r in records})
+    for tier in tiers:
+        x, y = cdf([r.latency_ms for r in records if r.tier == tier])
+        ax.plot(x, y * 100, label=tier)
+    ax.axvline(summary["slo_ms"], color="grey", linestyle="--", label="SLO")
+    ax.set_xscale("log")
+    ax.set_xlabel("end-to-end latency (ms)")
+    ax.set_ylabel("samples (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    paths.append(_save(fig, out / "latency_cdf.png"))
+    start = _run_start(run_dir)
+    if start is not None:
+        sec = per_second(records, start, summary["duration_s"], summary["slo_ms"])
+        t = np.arange(len(sec["samples"]))
+        fig, axes = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+        axes[0].plot(t, sec["samples"], label="answers/s")
+        axes[0].plot(t, sec["heavy"], label="heavy answers/s")
+        axes[0].legend(fontsize=8)
+        axes[0].grid(alpha=0.3)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            axes[1].plot(t, 100 * sec["slo_met"] / sec["samples"], label="SLO satisfaction")
+            axes[1].plot(t, 100 * sec["forwarded"] / sec["samples"], label="forward rate")
+        axes[1].set_ylabel("%")
+        axes[1].set_xlabel("run time (s)")
+        axes[1].legend(fontsize=8)
+        axes[1].grid(alpha=0.3)
+        paths.append(_save(fig, out / "over_time.png"))
+    return paths

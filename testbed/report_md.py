@@ -1,0 +1,68 @@
+"""Markdown reports of a run or a sweep: the tables a paper's evaluation section would show,
+with links to the figures drawn beside them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x: float | None, fmt: str = ".1f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def sweep_markdown(title: str, axes: list[str],
+                   points: list[tuple[dict[str, str], dict[str, Any], Path]],
+                   figures: list[Path], out: Path) -> Path:
+    lines = [f"# {title}", "", f"{len(points)} runs; axes: {', '.join(axes)}.", ""]
+    header = [*axes, "SLO sat.", "accuracy", "throughput /s", "fwd rate", "p95 ms",
+              "generated", "lost"]
+    rows = []
+    for labels, s, _ in sorted(points, key=lambda p: [p[0][a] for a in axes]):
+        rows.append([*(labels[a] for a in axes), _pct(s["slo_satisfaction"]),
+                     _pct(s["accuracy"]), _num(s["throughput_sps"]), _pct(s["forward_rate"]),
+                     _num(s["latency_ms"]["p95"]), str(s["samples"]["generated"]),
+                     str(s["samples"]["lost"])])
+    lines += _table(header, rows)
+    lines += ["", "## Figures", ""]
+    lines += [f"![{p.stem}]({p.relative_to(out.parent).as_posix()})" for p in figures]
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def run_markdown(summary: dict[str, Any], figures: list[Path], out: Path) -> Path:
+    s = summary["samples"]
+    lat = summary["latency_ms"]
+    lines = [f"# {summary.get('scenario', 'run')}: {summary['policy']}, "
+             f"{summary['devices']} devices, {summary['duration_s']:.0f} s, "
+             f"SLO {summary['slo_ms']:.0f} ms", ""]
+    lines += _table(["SLO sat.", "accuracy", "throughput /s", "fwd rate", "p50 / p95 / p99 ms",
+                     "generated", "completed", "aborted", "lost"],
+                    [[_pct(summary["slo_satisfaction"]), _pct(summary["accuracy"]),
+                      _num(summary["throughput_sps"]), _pct(summary["forward_rate"]),
+                      f"{_num(lat['p50'])} / {_num(lat['p95'])} / {_num(lat['p99'])}",
+                      str(s["generated"]), str(s["completed"]), str(s.get("aborted", 0)),
+                      str(s["lost"])]])
+    lines += ["", "## Per tier", ""]
+    lines += _table(["tier", "devices", "SLO sat.", "accuracy", "fwd rate", "p95 ms"],
+                    [[tier, str(t["devices"]), _pct(t["slo_satisfaction"]),
+                      _pct(t["accuracy"]), _pct(t["forward_rate"]),
+                      _num(t["latency_ms"]["p95"])]
+                     for tier, t in summary["per_tier"].items()])
+    if s.get("causes"):
+        lines += ["", "Light answers to forwarded samples, by cause: " + ", ".join(
+            f"{c} {n}" for c, n in sorted(s["causes"].items())) + "."]
+    lines += ["", "## Figures", ""]
+    lines += [f"![{p.stem}]({p.relative_to(out.parent).as_posix()})" for p in figures]
+    out.write_text("\n".join(lines) + "\n")
+    return out
