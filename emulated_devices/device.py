@@ -284,7 +284,8 @@ class Device:
             light_real_ms=real * 1e3, overrun=padding.overrun, light_pred=pred,
             light_conf=float(probs.max()), threshold=self.threshold,
             forwarded=self._rule(probs, self.threshold), queue_ms=math.nan,
-            compute_ms=math.nan, batch_size=0, final_pred=pred, source="light", cause="",
+            compute_ms=math.nan, batch_size=0, heavy_model="", final_pred=pred,
+            source="light", cause="",
             correct=False, latency_ms=math.nan, slo_met=False,
             wall_epoch_s=self._wall0 + (t_sched - self._t0))
         return padding.end, rec, pixels
@@ -352,6 +353,7 @@ class Device:
         rec.compute_ms = res.compute_us / 1e3
         rec.batch_size = res.batch_size
         if res.status == wire.ResultStatus.OK:
+            rec.heavy_model = res.model
             self._finish(pending, "heavy", res.prediction)
         elif res.status == wire.ResultStatus.REJECTED:
             self._finish(pending, "rejected", rec.light_pred, res.cause or "queue_full")

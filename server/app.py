@@ -14,7 +14,7 @@ from server.admission import Admission
 from server.batch_policy import BatchPolicy
 from server.batcher import Batcher
 from server.control import Controller
-from server.heavy_model import BatchProfile, HeavyModel
+from server.heavy_model import BatchProfile, HeavyModel, profile_for
 from server.request_queue import RequestQueue
 from server.runtime import RUNTIME, SETTINGS, Runtime, ServerSettings
 from server.scheduling import make_policy
@@ -46,24 +46,36 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
     cfg = settings.server
     loop = asyncio.get_running_loop()
     zoo = open_zoo(settings.zoo)
-    model = HeavyModel(zoo, cfg.heavy_model or zoo.heavy, cfg.intra_op_threads)
-    await loop.run_in_executor(None, _warm_up, model)
+    default = cfg.heavy_model or zoo.heavy
+    names = [default, *(n for n in cfg.heavy_models if n != default)]
+    models = {n: HeavyModel(zoo, n, cfg.intra_op_threads) for n in names}
+    for model in models.values():
+        if model.sample_shape != models[default].sample_shape:
+            raise ValueError(f"heavy model {model.name} takes {model.sample_shape}, "
+                             f"{default} takes {models[default].sample_shape}")
+        await loop.run_in_executor(None, _warm_up, model)
+    base = BatchProfile(cfg.batch_base_ms, cfg.batch_per_sample_ms)
+    profiles: dict[str, BatchProfile | None] = {
+        n: profile_for(zoo, n, default, base, cfg.profiles) if cfg.pad_compute else None
+        for n in names}
     stats = ServerStats()
+    stats.on_model_switch(default)
     queue = RequestQueue(cfg.max_queue_size)
-    batcher = Batcher(model, queue, BatchPolicy(cfg.max_batch_size, cfg.max_queue_delay_us / 1e6),
-                      BatchProfile(cfg.batch_base_ms, cfg.batch_per_sample_ms)
-                      if cfg.pad_compute else None, stats,
-                      Admission(cfg.admission, cfg.max_queue_size))
+    batcher = Batcher(models[default], queue,
+                      BatchPolicy(cfg.max_batch_size, cfg.max_queue_delay_us / 1e6),
+                      profiles[default], stats, Admission(cfg.admission, cfg.max_queue_size))
     events = EventLog(settings.events_path, "server")
     controller = Controller(
         make_policy(settings.policy.name, settings.policy.params), stats, events,
         slo_ms=settings.slo_ms, interval_s=cfg.control_interval_s,
         server_window=lambda now: stats.take_window(now, len(queue), queue.max_size,
                                                     batcher.policy.max_batch_size))
-    rt = Runtime(settings, zoo, model, stats, batcher, controller, events, loop.time())
+    rt = Runtime(settings, zoo, models, profiles, stats, batcher, controller, events,
+                 loop.time())
+    controller.attach_models(lambda: rt.model.name, rt.heavy_options, rt.switch_model)
     app[RUNTIME] = rt
-    events.emit("server_start", policy=settings.policy.name, heavy_model=model.name,
-                max_batch_size=cfg.max_batch_size, slo_ms=settings.slo_ms)
+    events.emit("server_start", policy=settings.policy.name, heavy_model=default,
+                heavy_models=names, max_batch_size=cfg.max_batch_size, slo_ms=settings.slo_ms)
     tasks = [asyncio.create_task(batcher.run(), name="batcher"),
              asyncio.create_task(controller.run(loop.time), name="controller")]
     yield

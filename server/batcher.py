@@ -62,6 +62,11 @@ class Batcher:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    def use(self, model: HeavyModel, profile: BatchProfile | None) -> None:
+        """Run the next batches with another heavy model (the running batch finishes)."""
+        self.model = model
+        self.profile = profile
+
     def batch_s(self, size: int) -> float:
         """Expected duration of a batch: the emulated profile, or the measured cost."""
         return self.profile.target_s(size) if self.profile else self._per_sample_s * size
@@ -100,8 +105,9 @@ class Batcher:
         self._busy_until = start + self.batch_s(len(batch))
         x = np.stack([r.x for r in batch])
         t = time.perf_counter()
+        model, profile = self.model, self.profile  # a switch mid-batch applies to the next
         try:
-            probs = await self._loop.run_in_executor(self._pool, self.model.infer, x)
+            probs = await self._loop.run_in_executor(self._pool, model.infer, x)
         except Exception as exc:  # a broken model must not take the server down
             log.exception("heavy model failed on a batch of %d", len(batch))
             self.stats.on_failed(len(batch))
@@ -112,7 +118,7 @@ class Batcher:
             return
         real = time.perf_counter() - t
         self._per_sample_s += 0.2 * (real / len(batch) - self._per_sample_s)
-        target = self.profile.target_s(len(batch)) if self.profile else 0.0
+        target = profile.target_s(len(batch)) if profile else 0.0
         if target > real:
             await asyncio.sleep(target - real)
         end = self._loop.time()
@@ -120,12 +126,11 @@ class Batcher:
         preds = probs.argmax(axis=1)
         confs = probs.max(axis=1)
         queue_s = [start - r.arrival for r in batch]
-        self.stats.on_batch(queue_s, end - start, overrun=self.profile is not None
-                            and real > target)
+        self.stats.on_batch(queue_s, end - start, overrun=profile is not None and real > target)
         for r, p, c, q in zip(batch, preds.tolist(), confs.tolist(), queue_s, strict=True):
             r.respond(wire.Result(sample_id=r.sample_id, prediction=p, confidence=c,
                                   queue_us=int(q * 1e6), compute_us=compute_us,
-                                  batch_size=len(batch)))
+                                  batch_size=len(batch), model=model.name))
 
     # --- deadlines ------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from server.scheduling.base import (
     DeviceInfo,
     DeviceState,
     DeviceWindow,
+    HeavyOption,
     Policy,
     PolicyDecision,
     ServerWindow,
@@ -59,6 +60,15 @@ class Controller:
         self.sessions: dict[str, DeviceSession] = {}
         self.last_server_window = ServerWindow()
         self.steps = 0
+        self._current_model: Callable[[], str] = lambda: ""
+        self._heavy_options: Callable[[], dict[str, HeavyOption]] = dict
+        self._switch: Callable[[str, str], bool] = lambda name, reason: False
+
+    def attach_models(self, current: Callable[[], str],
+                      options: Callable[[], dict[str, HeavyOption]],
+                      switch: Callable[[str, str], bool]) -> None:
+        """Let policies see the heavy models and switch between them."""
+        self._current_model, self._heavy_options, self._switch = current, options, switch
 
     def join(self, info: DeviceInfo, send: Callable[[bytes], None], now: float) -> wire.Welcome:
         if info.device_id in self.sessions:
@@ -93,11 +103,13 @@ class Controller:
         view = SystemView(now=now, slo_ms=self.slo_ms, server=server, devices={
             dev: DeviceState(s.info, s.threshold, _window(s.report, now - s.report_at), s.fresh)
             for dev, s in self.sessions.items()
-        })
+        }, heavy_model=self._current_model(), heavy_options=self._heavy_options())
         for s in self.sessions.values():
             s.fresh = False
         decision = self.policy.step(view)
         self.steps += 1
+        if decision.heavy_model:
+            self._switch(decision.heavy_model, decision.note)
         changed = {}
         for dev, value in decision.thresholds.items():
             session = self.sessions.get(dev)

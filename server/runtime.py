@@ -11,8 +11,14 @@ from aiohttp import web
 
 from server.batcher import Batcher
 from server.control import Controller
-from server.heavy_model import HeavyModel
-from server.scheduling.base import DeviceInfo, accuracy_optimal_threshold, curve_from_card
+from server.heavy_model import BatchProfile, HeavyModel
+from server.scheduling.base import (
+    DeviceInfo,
+    HeavyOption,
+    accuracy_optimal_threshold,
+    curve_from_card,
+    curves_from_card,
+)
 from server.stats import ServerStats
 from testbed import protocol as wire
 from testbed.config import PolicyConfig, ScenarioConfig, ServerConfig
@@ -45,7 +51,9 @@ class ServerSettings:
 class Runtime:
     settings: ServerSettings
     zoo: Zoo
-    model: HeavyModel
+    models: dict[str, HeavyModel]
+    """Every heavy model loaded; the batcher runs one of them at a time."""
+    profiles: dict[str, BatchProfile | None]
     stats: ServerStats
     batcher: Batcher
     controller: Controller
@@ -53,18 +61,45 @@ class Runtime:
     started_at: float
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
 
+    @property
+    def model(self) -> HeavyModel:
+        return self.batcher.model
+
+    def heavy_options(self) -> dict[str, HeavyOption]:
+        """What a policy may switch to: accuracy and capacity at the largest batch."""
+        size = self.batcher.policy.max_batch_size
+        out = {}
+        for name, model in self.models.items():
+            profile = self.profiles[name]
+            batch_s = profile.target_s(size) if profile else self.batcher.batch_s(size)
+            out[name] = HeavyOption(name, model.card.get("accuracy", {}).get("val"),
+                                    size / batch_s if batch_s > 0 else float("inf"))
+        return out
+
+    def switch_model(self, name: str, reason: str) -> bool:
+        """Run `name` from the next batch on; False if it is not loaded or already running."""
+        if name not in self.models or name == self.model.name:
+            return False
+        old = self.model.name
+        self.batcher.use(self.models[name], self.profiles[name])
+        self.stats.on_model_switch(name)
+        self.events.emit("model_switch", previous=old, model=name, reason=reason)
+        return True
+
     def device_info(self, hello: wire.Hello) -> DeviceInfo:
         try:
             card = self.zoo.card(hello.model)
         except ZooError:
             card = {}  # a device with its own model: no curve, the policy works without one
-        curve = curve_from_card(card)
+        curves = curves_from_card(card)
+        default = next(iter(self.models))
+        curve = curves.get(default) or curve_from_card(card)
         initial = self.settings.tier_thresholds.get(hello.tier)
         return DeviceInfo(
             device_id=hello.device_id, tier=hello.tier, model=hello.model,
             light_accuracy=card.get("accuracy", {}).get("val"), curve=curve,
             initial_threshold=initial if initial is not None
-            else accuracy_optimal_threshold(curve))
+            else accuracy_optimal_threshold(curve), curves=curves)
 
     def status(self) -> dict[str, Any]:
         window = self.controller.last_server_window
@@ -72,6 +107,7 @@ class Runtime:
         return {
             **self.controller.status(),
             "heavy_model": self.model.name,
+            "heavy_models": list(self.models),
             "queue": {"length": len(self.batcher.queue),
                       "max_size": self.batcher.queue.max_size,
                       "max_batch_size": self.batcher.policy.max_batch_size},

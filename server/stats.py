@@ -63,6 +63,8 @@ class ServerStats:
         self.slow_clients = Counter("testbed_server_slow_client_aborts",
                                     "Device connections aborted for not reading replies.",
                                     registry=r)
+        self.heavy_model = Gauge("testbed_server_heavy_model",
+                                 "1 for the heavy model running now.", ["model"], registry=r)
         self.threshold_updates = Counter("testbed_scheduler_threshold_updates",
                                          "Threshold messages sent.", registry=r)
         self.totals = _Window()
@@ -95,6 +97,10 @@ class ServerStats:
 
     def on_failed(self, n: int) -> None:
         self.requests.labels("failed").inc(n)
+
+    def on_model_switch(self, name: str) -> None:
+        self.heavy_model.clear()
+        self.heavy_model.labels(name).set(1)
 
     def on_slow_client(self) -> None:
         self.slow_clients.inc()

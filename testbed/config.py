@@ -154,6 +154,13 @@ class ServerConfig:
     """0 picks a free port; the server reports the URL it listens on."""
     heavy_model: str | None = None
     """Heavy model name in the zoo; None takes the zoo's default."""
+    heavy_models: tuple[str, ...] = ()
+    """Heavy models the server loads and a policy may switch between (e.g. the zoo's
+    `heavy_variants`); empty: only `heavy_model`. It starts with `heavy_model`."""
+    profiles: dict[str, Any] = field(default_factory=dict)
+    """Emulated batch latency per heavy model, `{name = {base_ms = .., per_sample_ms = ..}}`.
+    A model without one is scaled from the default's profile by the ratio of the two models'
+    measured latency at batch 32 (model cards)."""
     max_batch_size: int = 32
     max_queue_delay_us: int = 2000
     """How long the first request of a batch may wait for more (Triton semantics)."""

@@ -137,6 +137,8 @@ class Result:
     cause: str = ""
     """Why a sample was not run, as a short code ("queue_full", "admission", "deadline",
     "shutdown", "model_error"); `reason` says it for people."""
+    model: str = ""
+    """The heavy model that answered (the server may switch between several)."""
     TYPE = "result"
 
 
@@ -173,7 +175,7 @@ _SCHEMA: Final[dict[type, dict[str, tuple[type, ...]]]] = {
     Welcome: {"threshold": _NUM, "epoch": (int,), "config": (dict,)},
     Result: {"sample_id": (int,), "status": (int,), "prediction": (int,), "confidence": _NUM,
              "queue_us": (int,), "compute_us": (int,), "batch_size": (int,), "reason": (str,),
-             "cause": (str,)},
+             "cause": (str,), "model": (str,)},
     Threshold: {"value": _NUM, "epoch": (int,)},
     Error: {"code": (int,), "reason": (str,), "sample_id": (int, type(None))},
 }

@@ -51,6 +51,8 @@ class SampleRecord:
     queue_ms: float
     compute_ms: float
     batch_size: int
+    heavy_model: str
+    """The server's model that answered (empty unless the source is heavy)."""
     final_pred: int
     source: Source
     cause: str

@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from server.scheduling.base import Policy, PolicyError
+from server.scheduling.baselines import DeviceOnlyPolicy, ServerOnlyPolicy, UniformAIMDPolicy
 from server.scheduling.multitasc import MultiTASCPolicy
+from server.scheduling.multitasc_pp import MultiTASCPlusPlusPolicy
 from server.scheduling.static import StaticPolicy
 
 POLICIES: dict[str, Any] = {
-    StaticPolicy.name: StaticPolicy,
-    MultiTASCPolicy.name: MultiTASCPolicy,
+    cls.name: cls for cls in (StaticPolicy, MultiTASCPolicy, MultiTASCPlusPlusPolicy,
+                              ServerOnlyPolicy, DeviceOnlyPolicy, UniformAIMDPolicy)
 }
 
 

@@ -29,8 +29,14 @@ class DeviceInfo:
     model: str
     light_accuracy: float | None = None
     curve: tuple[CurvePoint, ...] = ()
+    """The cascade curve with the server's default heavy model."""
     initial_threshold: float = 1.0
     """What the device starts with: the scenario's tier threshold or the card's default."""
+    curves: Mapping[str, tuple[CurvePoint, ...]] = field(default_factory=dict)
+    """The cascade curve with each heavy model the server can switch to, by name."""
+
+    def curve_for(self, heavy_model: str) -> tuple[CurvePoint, ...]:
+        return self.curves.get(heavy_model, self.curve)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,11 +106,26 @@ class DeviceState:
 
 
 @dataclass(frozen=True, slots=True)
+class HeavyOption:
+    """A heavy model the server holds and can switch to."""
+
+    name: str
+    accuracy: float | None
+    """Its accuracy on the validation split (model card)."""
+    capacity_sps: float
+    """Samples per second it serves at the largest batch (emulated profile or measured)."""
+
+
+@dataclass(frozen=True, slots=True)
 class SystemView:
     now: float
     slo_ms: float
     devices: Mapping[str, DeviceState]
     server: ServerWindow
+    heavy_model: str = ""
+    """The heavy model running now."""
+    heavy_options: Mapping[str, HeavyOption] = field(default_factory=dict)
+    """Every heavy model the server could run, including the current one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +134,8 @@ class PolicyDecision:
     """New thresholds by device id; devices not named keep theirs."""
     note: str = ""
     """A short reason, written to the run's events when the decision changes something."""
+    heavy_model: str | None = None
+    """Switch the server to this heavy model (one of `SystemView.heavy_options`)."""
 
 
 class Policy(Protocol):
@@ -153,8 +176,17 @@ def check_params(policy: str, params: Mapping[str, Any],
 
 
 def curve_from_card(card: Mapping[str, Any]) -> tuple[CurvePoint, ...]:
+    return _curve(card.get("threshold_curve_val", ()))
+
+
+def curves_from_card(card: Mapping[str, Any]) -> dict[str, tuple[CurvePoint, ...]]:
+    """The card's cascade curve for each heavy model it was measured with."""
+    return {name: _curve(rows) for name, rows in card.get("threshold_curves_val", {}).items()}
+
+
+def _curve(rows: Any) -> tuple[CurvePoint, ...]:
     return tuple(CurvePoint(float(p["threshold"]), float(p["forward_rate"]),
-                            float(p["accuracy"])) for p in card.get("threshold_curve_val", ()))
+                            float(p["accuracy"])) for p in rows)
 
 
 def accuracy_optimal_threshold(curve: tuple[CurvePoint, ...], tolerance: float = 0.01) -> float:

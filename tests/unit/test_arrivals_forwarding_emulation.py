@@ -46,6 +46,38 @@ class TestArrivals:
         assert len(arrival_times("poisson", 0.0, 10.0, rng())) == 0
 
 
+class TestBurstyAndTrace:
+    def test_onoff_keeps_the_mean_rate_and_is_bursty(self) -> None:
+        """Mean rate as asked; counts per second vary far more than Poisson's (dispersion
+        index well above 1)."""
+        a = arrival_times("onoff", 10.0, 4000.0, rng(4), burst_on_s=1.0, burst_off_s=3.0)
+        assert abs(len(a) / 4000.0 - 10.0) < 1.0
+        counts = np.bincount(a.astype(int), minlength=4000)
+        assert counts.var() / counts.mean() > 5
+        poisson = np.bincount(arrival_times("poisson", 10.0, 4000.0, rng(4)).astype(int),
+                              minlength=4000)
+        assert poisson.var() / poisson.mean() < 1.3
+
+    def test_onoff_without_silences_is_poisson(self) -> None:
+        a = arrival_times("onoff", 10.0, 100.0, rng(5), burst_off_s=0.0)
+        b = arrival_times("poisson", 10.0, 100.0, rng(5))
+        assert np.array_equal(a, b)
+
+    def test_trace_follows_the_rate_from_the_offset(self) -> None:
+        trace = [(0.0, 5.0), (100.0, 50.0), (200.0, 0.0)]
+        a = arrival_times("trace", 0.0, 300.0, rng(6), trace=trace)
+        assert abs(np.sum(a < 100) / 100 - 5.0) < 1.0
+        assert abs(np.sum((a >= 100) & (a < 200)) / 100 - 50.0) < 3.0
+        assert np.sum(a >= 200) == 0
+        late = arrival_times("trace", 0.0, 100.0, rng(6), trace=trace, offset_s=150.0)
+        assert abs(np.sum(late < 50) / 50 - 50.0) < 4.0 and np.sum(late >= 50) == 0
+        assert np.all(np.diff(a) >= 0)
+
+    def test_trace_needs_points(self) -> None:
+        with pytest.raises(ValueError, match="trace"):
+            arrival_times("trace", 1.0, 10.0, rng())
+
+
 class TestForwarding:
     def test_confidence_rule(self) -> None:
         p = np.array([0.7, 0.2, 0.1])

@@ -30,7 +30,7 @@ def rec(device: str = "low-000", tier: str = "low", i: int = 0, *, latency: floa
         t_sched_s=i * 0.1, start_lag_ms=0.1,
         light_ms=30.0, light_real_ms=0.05, overrun=overrun, light_pred=1, light_conf=0.9,
         threshold=0.8, forwarded=forwarded, queue_ms=math.nan, compute_ms=math.nan,
-        batch_size=0, final_pred=1 if correct else 2, source=source,  # type: ignore[arg-type]
+        batch_size=0, heavy_model="", final_pred=1 if correct else 2, source=source,  # type: ignore[arg-type]
         cause=cause, correct=correct, latency_ms=latency, slo_met=latency <= 150,
         wall_epoch_s=1.7e9 + i)
 
