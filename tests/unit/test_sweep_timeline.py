@@ -126,7 +126,7 @@ class TestTrace:
             load_scenario(tmp_path / "s.toml")
 
     def test_trace_arrival_needs_a_file(self) -> None:
-        with pytest.raises(ScenarioError, match="needs devices.trace"):
+        with pytest.raises(ScenarioError, match=r"needs devices\.trace"):
             cfg(devices={"arrival": "trace"})
 
 
