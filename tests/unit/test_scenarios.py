@@ -8,7 +8,9 @@ import pytest
 
 from server.scheduling import make_policy
 from testbed.config import device_specs, load_scenario
+from testbed.faults import plan_faults
 from testbed.modelzoo import open_zoo
+from testbed.sweep import expand, parse_axes
 
 SCENARIOS = sorted((Path(__file__).resolve().parents[2] / "scenarios").rglob("*.toml"))
 
@@ -20,7 +22,14 @@ def test_scenario_is_valid(path: Path) -> None:
     zoo = open_zoo(cfg.zoo)
     for tier in cfg.tiers.values():
         zoo.card(tier.model)
-    assert len(device_specs(cfg)) == cfg.devices.count
+    for name in (cfg.server.heavy_model, *cfg.server.heavy_models):
+        if name:
+            zoo.card(name)
+    specs = device_specs(cfg)
+    assert len(specs) == cfg.devices.count
+    plan_faults(cfg, [(s.device_id, s.tier) for s in specs])
+    for point in expand(cfg, parse_axes(cfg.sweep)):
+        make_policy(point.cfg.policy.name, point.cfg.policy.params)
 
 
 def test_there_are_scenarios() -> None:
