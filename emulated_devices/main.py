@@ -16,8 +16,9 @@ from typing import Any
 
 from emulated_devices.device import Device, RegistrationFailed
 from testbed.childproc import die_with_parent, leave_interrupts_to_parent
-from testbed.config import ScenarioConfig, device_specs, load_scenario
+from testbed.config import ScenarioConfig, device_specs
 from testbed.logsetup import configure_logging
+from testbed.scenario_file import load_scenario
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,9 @@ from aiohttp import web
 from server.app import make_app
 from server.runtime import RUNTIME, ServerSettings
 from testbed.childproc import die_with_parent, leave_interrupts_to_parent
-from testbed.config import ScenarioConfig, load_scenario
+from testbed.config import ScenarioConfig
 from testbed.logsetup import configure_logging
+from testbed.scenario_file import load_scenario
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,10 @@ import typer
 from rich.console import Console
 
 from testbed.collect import collect
-from testbed.config import ScenarioConfig, ScenarioError, load_scenario
+from testbed.config import ScenarioConfig, ScenarioError
 from testbed.orchestrator import RunError, default_run_dir, run_scenario
 from testbed.report import LiveProgress, SweepProgress, print_summary
+from testbed.scenario_file import load_scenario
 
 app = typer.Typer(help="Emulated edge devices + one shared batching server + cascade schedulers.",
                   no_args_is_help=True, add_completion=False)

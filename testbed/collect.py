@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from testbed.config import ScenarioConfig, device_specs, load_scenario
+from testbed.config import ScenarioConfig, device_specs
 from testbed.events import read_events
 from testbed.metrics import DeviceTally, summarize
 from testbed.records import SampleRecord, read_journal, read_records
+from testbed.scenario_file import load_scenario
 from testbed.timeline import activity
 
 FAULT_EVENTS = ("device_kill", "device_restart", "server_kill", "server_restart", "link_down")

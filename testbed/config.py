@@ -1,18 +1,12 @@
-"""Scenario configuration: frozen dataclasses, their defaults, and the one TOML reader.
-
-A leaf module (stdlib only). `load_scenario` is the only place that parses scenario files; it
-rejects unknown keys and bad values with `ScenarioError` naming the file and the field. Units
-are in the field names (`_ms`, `_s`, `_hz`, `_mbps`, `_us`).
+"""Scenario configuration: frozen dataclasses, their defaults and checks, and the devices a
+scenario resolves to. A leaf module (stdlib only, no I/O); `testbed.scenario_file` reads and
+writes scenario files. Units are in the field names (`_ms`, `_s`, `_hz`, `_mbps`, `_us`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 ArrivalKind = Literal["constant", "poisson", "onoff", "trace"]
@@ -113,7 +107,9 @@ class DevicesConfig:
     """onoff: mean length of a silence (exponential)."""
     trace: str | None = None
     """trace: CSV with columns t_s,rate_hz (per device, piecewise constant from each t_s on),
-    resolved relative to the scenario file."""
+    resolved relative to the scenario file; the loader reads it into `trace_points`."""
+    trace_points: tuple[tuple[float, float], ...] = ()
+    """trace: the (run time, rate) points, read from `trace` or given inline."""
     trace_scale: float = 1.0
     """trace: multiplies every rate of the trace."""
     phases: tuple[Phase, ...] = ()
@@ -135,8 +131,13 @@ class DevicesConfig:
                f"devices.arrival must be one of {typing.get_args(ArrivalKind)}")
         _check(self.burst_on_s > 0 and self.burst_off_s >= 0,
                "devices.burst_on_s must be > 0 and burst_off_s >= 0")
-        _check(self.arrival != "trace" or self.trace is not None,
-               "devices.arrival = 'trace' needs devices.trace (a CSV of t_s,rate_hz)")
+        _check(self.arrival != "trace" or bool(self.trace_points),
+               "devices.arrival = 'trace' needs devices.trace (a CSV of t_s,rate_hz) or "
+               "devices.trace_points")
+        times = [t for t, _ in self.trace_points]
+        _check(times == sorted(times) and (not times or times[0] <= 0)
+               and all(r >= 0 for _, r in self.trace_points),
+               "trace: t_s must start at 0 and increase, rates must be >= 0")
         _check(self.trace_scale > 0, "devices.trace_scale must be > 0")
         times = [p.at_s for p in self.phases]
         _check(all(t >= 0 for t in times) and times == sorted(set(times)),
@@ -337,31 +338,10 @@ def assign_tiers(count: int, weights: dict[str, float]) -> list[str]:
     return order
 
 
-def load_trace(path: str | Path, scale: float = 1.0) -> tuple[tuple[float, float], ...]:
-    """(t_s, rate_hz) points of a trace CSV (header `t_s,rate_hz`), rates scaled."""
-    import csv
-
-    try:
-        with Path(path).open(newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as exc:
-        raise ScenarioError(f"trace {path}: {exc}") from None
-    try:
-        points = tuple((float(r["t_s"]), float(r["rate_hz"]) * scale) for r in rows)
-    except (KeyError, TypeError, ValueError):
-        raise ScenarioError(f"trace {path}: needs columns t_s,rate_hz with numbers") from None
-    _check(bool(points), f"trace {path} has no rows")
-    times = [t for t, _ in points]
-    _check(times == sorted(times) and times[0] <= 0 and all(r >= 0 for _, r in points),
-           f"trace {path}: t_s must start at 0 and increase, rates must be >= 0")
-    return points
-
-
 def device_specs(cfg: ScenarioConfig) -> list[DeviceSpec]:
     tiers = assign_tiers(cfg.devices.count, parse_mix(cfg.devices.mix, tuple(cfg.tiers)))
     dev = cfg.devices
-    trace = load_trace(dev.trace, dev.trace_scale) if dev.arrival == "trace" and dev.trace \
-        else ()
+    trace = tuple((t, r * dev.trace_scale) for t, r in dev.trace_points)
     return [
         DeviceSpec(device_id=f"{tier}-{i:03d}", index=i, tier=tier, spec=cfg.tiers[tier],
                    rate_hz=dev.rate_hz, arrival=dev.arrival, burst_on_s=dev.burst_on_s,
@@ -371,119 +351,3 @@ def device_specs(cfg: ScenarioConfig) -> list[DeviceSpec]:
                    report_interval_s=cfg.devices.report_interval_s, zoo=cfg.zoo)
         for i, tier in enumerate(tiers)
     ]
-
-
-# --- loading --------------------------------------------------------------------------------
-
-
-def load_scenario(path: str | Path) -> ScenarioConfig:
-    """Read and check a scenario file; a trace path in it is taken relative to the file."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ScenarioError(f"{path}: {exc}") from None
-    devices = data.get("devices")
-    if isinstance(devices, dict) and isinstance(devices.get("trace"), str):
-        data["devices"] = {**devices, "trace": str((path.parent / devices["trace"]).resolve())}
-    try:
-        cfg = scenario_from_dict(data)
-        if cfg.devices.arrival == "trace":
-            device_specs(dataclasses.replace(cfg, devices=dataclasses.replace(cfg.devices,
-                                                                              count=1)))
-        return cfg
-    except ScenarioError as exc:
-        raise ScenarioError(f"{path}: {exc}") from None
-
-
-def scenario_from_dict(data: dict[str, Any]) -> ScenarioConfig:
-    data = dict(data)
-    tiers_in = data.pop("tiers", None)
-    defaults = default_tiers()
-    tiers = dict(defaults)
-    if tiers_in is not None:
-        _check(isinstance(tiers_in, dict), "tiers must be a table")
-        if any(name not in defaults for name in tiers_in):
-            tiers = {}  # a custom tier set replaces the defaults instead of extending them
-        for name, spec in tiers_in.items():
-            base = dataclasses.asdict(defaults[name]) if name in defaults else {}
-            tiers[name] = _build(TierSpec, _merge(base, spec, f"tiers.{name}"), f"tiers.{name}")
-    cfg: ScenarioConfig = _build(ScenarioConfig, {**data, "tiers": tiers}, "")
-    return cfg
-
-
-def scenario_to_dict(cfg: ScenarioConfig) -> dict[str, Any]:
-    """The scenario as run, TOML-ready (None values are dropped: TOML has no null)."""
-
-    def strip(obj: Any) -> Any:
-        if isinstance(obj, dict):
-            return {k: strip(v) for k, v in obj.items() if v is not None}
-        if isinstance(obj, (list, tuple)):
-            return [strip(v) for v in obj]
-        return obj
-
-    return strip(dataclasses.asdict(cfg))  # type: ignore[no-any-return]
-
-
-def _merge(base: dict[str, Any], over: Any, where: str) -> dict[str, Any]:
-    _check(isinstance(over, dict), f"{where} must be a table")
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(base[k], v, f"{where}.{k}") if isinstance(base.get(k), dict) else v
-    return out
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    """Turn a TOML table into dataclass `cls`, rejecting unknown keys and wrong types."""
-    if dataclasses.is_dataclass(data):
-        return data
-    _check(isinstance(data, dict), f"{where or 'scenario'} must be a table")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    _check(not unknown, f"{where or 'scenario'}: unknown keys {sorted(unknown)}")
-    kwargs = {}
-    for key, value in data.items():
-        here = f"{where}.{key}" if where else key
-        kwargs[key] = _convert(hints[key], value, here)
-    try:
-        return cls(**kwargs)
-    except ScenarioError as exc:
-        raise ScenarioError(f"{where + ': ' if where else ''}{exc}") from None
-
-
-def _convert(hint: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None:
-            return None
-        return _convert(options[0], value, where)
-    if origin is Literal:
-        _check(value in typing.get_args(hint),
-               f"{where} must be one of {typing.get_args(hint)} (got {value!r})")
-        return value
-    if origin is dict:
-        _check(isinstance(value, dict), f"{where} must be a table")
-        return dict(value)
-    if origin is tuple:
-        _check(isinstance(value, (list, tuple)), f"{where} must be a list")
-        item = typing.get_args(hint)[0]
-        return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)  # type: ignore[arg-type]
-    if hint is float:
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool),
-               f"{where} must be a number (got {value!r})")
-        return float(value)
-    if hint is int:
-        _check(isinstance(value, int) and not isinstance(value, bool),
-               f"{where} must be an integer (got {value!r})")
-        return value
-    if hint is bool:
-        _check(isinstance(value, bool), f"{where} must be true or false (got {value!r})")
-        return value
-    if hint is str:
-        _check(isinstance(value, str), f"{where} must be a string (got {value!r})")
-        return value
-    return value

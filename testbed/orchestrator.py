@@ -26,9 +26,10 @@ import tomli_w
 
 from testbed.children import Child, poll, reap, recv, send, spawn
 from testbed.collect import RunFacts, collect
-from testbed.config import DeviceSpec, ScenarioConfig, device_specs, scenario_to_dict
+from testbed.config import DeviceSpec, ScenarioConfig, device_specs
 from testbed.events import EventLog
 from testbed.faults import FaultPlan, plan_faults
+from testbed.scenario_file import scenario_to_dict
 from testbed.timeline import Action, Interval, activity, join_actions
 from testbed.versions import collect_versions
 

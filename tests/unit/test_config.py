@@ -12,11 +12,9 @@ from testbed.config import (
     ScenarioError,
     assign_tiers,
     device_specs,
-    load_scenario,
     parse_mix,
-    scenario_from_dict,
-    scenario_to_dict,
 )
+from testbed.scenario_file import load_scenario, scenario_from_dict, scenario_to_dict
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -15,11 +15,9 @@ from testbed.config import (
     ScenarioConfig,
     ScenarioError,
     device_specs,
-    load_scenario,
-    scenario_from_dict,
-    scenario_to_dict,
 )
 from testbed.faults import occurrences, plan_faults
+from testbed.scenario_file import load_scenario, scenario_from_dict, scenario_to_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 

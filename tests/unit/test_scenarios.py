@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from server.scheduling import make_policy
-from testbed.config import device_specs, load_scenario
+from testbed.config import device_specs
 from testbed.faults import plan_faults
 from testbed.modelzoo import open_zoo
+from testbed.scenario_file import load_scenario
 from testbed.sweep import expand, parse_axes
 
 SCENARIOS = sorted((Path(__file__).resolve().parents[2] / "scenarios").rglob("*.toml"))

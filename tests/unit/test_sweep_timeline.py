@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from testbed.analysis import cdf, sweep_series, threshold_series
-from testbed.config import ScenarioError, load_scenario, scenario_from_dict
+from testbed.config import ScenarioError
+from testbed.scenario_file import load_scenario, scenario_from_dict
 from testbed.sweep import expand, is_complete, parse_axes, run_sweep
 from testbed.timeline import activity, join_actions
 

@@ -1,0 +1,153 @@
+"""Scenario files: the one TOML reader and writer. Rejects unknown keys and bad values with
+`ScenarioError` naming the file and the field; a trace CSV a scenario names is read here, so
+the configuration objects themselves never touch files."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from testbed.config import ScenarioConfig, ScenarioError, TierSpec, default_tiers
+
+
+def _check(cond: bool, what: str) -> None:
+    if not cond:
+        raise ScenarioError(what)
+
+
+def load_trace(path: str | Path) -> tuple[tuple[float, float], ...]:
+    """(t_s, rate_hz) points of a trace CSV with the header `t_s,rate_hz`."""
+    try:
+        with Path(path).open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise ScenarioError(f"trace {path}: {exc}") from None
+    try:
+        points = tuple((float(r["t_s"]), float(r["rate_hz"])) for r in rows)
+    except (KeyError, TypeError, ValueError):
+        raise ScenarioError(f"trace {path}: needs columns t_s,rate_hz with numbers") from None
+    _check(bool(points), f"trace {path} has no rows")
+    times = [t for t, _ in points]
+    _check(times == sorted(times) and times[0] <= 0 and all(r >= 0 for _, r in points),
+           f"trace {path}: t_s must start at 0 and increase, rates must be >= 0")
+    return points
+
+
+def load_scenario(path: str | Path) -> ScenarioConfig:
+    """Read and check a scenario file; a trace path in it is taken relative to the file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
+    devices = data.get("devices")
+    if isinstance(devices, dict) and isinstance(devices.get("trace"), str):
+        data["devices"] = {**devices, "trace": str((path.parent / devices["trace"]).resolve())}
+    try:
+        return scenario_from_dict(data)
+    except ScenarioError as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
+
+
+def scenario_from_dict(data: dict[str, Any]) -> ScenarioConfig:
+    """Build and check a scenario from TOML-shaped data (a trace file it names is read)."""
+    data = dict(data)
+    devices = data.get("devices")
+    if isinstance(devices, dict) and isinstance(devices.get("trace"), str) \
+            and not devices.get("trace_points"):
+        data["devices"] = {**devices, "trace_points": [list(p) for p in
+                                                       load_trace(devices["trace"])]}
+    tiers_in = data.pop("tiers", None)
+    defaults = default_tiers()
+    tiers = dict(defaults)
+    if tiers_in is not None:
+        _check(isinstance(tiers_in, dict), "tiers must be a table")
+        if any(name not in defaults for name in tiers_in):
+            tiers = {}  # a custom tier set replaces the defaults instead of extending them
+        for name, spec in tiers_in.items():
+            base = dataclasses.asdict(defaults[name]) if name in defaults else {}
+            tiers[name] = _build(TierSpec, _merge(base, spec, f"tiers.{name}"), f"tiers.{name}")
+    cfg: ScenarioConfig = _build(ScenarioConfig, {**data, "tiers": tiers}, "")
+    return cfg
+
+
+def scenario_to_dict(cfg: ScenarioConfig) -> dict[str, Any]:
+    """The scenario as run, TOML-ready (None values are dropped: TOML has no null)."""
+
+    def strip(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {k: strip(v) for k, v in obj.items() if v is not None}
+        if isinstance(obj, (list, tuple)):
+            return [strip(v) for v in obj]
+        return obj
+
+    return strip(dataclasses.asdict(cfg))  # type: ignore[no-any-return]
+
+
+def _merge(base: dict[str, Any], over: Any, where: str) -> dict[str, Any]:
+    _check(isinstance(over, dict), f"{where} must be a table")
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v, f"{where}.{k}") if isinstance(base.get(k), dict) else v
+    return out
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Turn a TOML table into dataclass `cls`, rejecting unknown keys and wrong types."""
+    if dataclasses.is_dataclass(data):
+        return data
+    _check(isinstance(data, dict), f"{where or 'scenario'} must be a table")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    _check(not unknown, f"{where or 'scenario'}: unknown keys {sorted(unknown)}")
+    kwargs = {}
+    for key, value in data.items():
+        here = f"{where}.{key}" if where else key
+        kwargs[key] = _convert(hints[key], value, here)
+    try:
+        return cls(**kwargs)
+    except ScenarioError as exc:
+        raise ScenarioError(f"{where + ': ' if where else ''}{exc}") from None
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(options[0], value, where)
+    if origin is Literal:
+        _check(value in typing.get_args(hint),
+               f"{where} must be one of {typing.get_args(hint)} (got {value!r})")
+        return value
+    if origin is dict:
+        _check(isinstance(value, dict), f"{where} must be a table")
+        return dict(value)
+    if origin is tuple:
+        _check(isinstance(value, (list, tuple)), f"{where} must be a list")
+        item = typing.get_args(hint)[0]
+        return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)  # type: ignore[arg-type]
+    if hint is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool),
+               f"{where} must be a number (got {value!r})")
+        return float(value)
+    if hint is int:
+        _check(isinstance(value, int) and not isinstance(value, bool),
+               f"{where} must be an integer (got {value!r})")
+        return value
+    if hint is bool:
+        _check(isinstance(value, bool), f"{where} must be true or false (got {value!r})")
+        return value
+    if hint is str:
+        _check(isinstance(value, str), f"{where} must be a string (got {value!r})")
+        return value
+    return value
