@@ -8,20 +8,17 @@ also lets 40+ device processes share the numpy/onnxruntime/aiohttp pages.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import multiprocessing as mp
 import secrets
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import psutil
 import tomli_w
 
 from testbed.children import Child, poll, reap, recv, send, spawn
@@ -29,6 +26,7 @@ from testbed.collect import RunFacts, collect
 from testbed.config import DeviceSpec, ScenarioConfig, device_specs
 from testbed.events import EventLog
 from testbed.faults import FaultPlan, plan_faults
+from testbed.observe import fetch_status, live_view, sample_resources, server_facts
 from testbed.scenario_file import scenario_to_dict
 from testbed.timeline import Action, Interval, activity, join_actions
 from testbed.versions import collect_versions
@@ -160,7 +158,7 @@ def run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None =
         run.events.emit("run_end", interrupted=run.interrupted)
         run.events.close()
     facts = RunFacts(interrupted=run.interrupted, startup_s=run.startup_s,
-                     resources=run.resources, server=_server_facts(run))
+                     resources=run.resources, server=server_facts(run.server_statuses))
     summary = collect(run_dir, facts, cfg)
     return RunResult(run_dir, summary, run.interrupted)
 
@@ -337,7 +335,7 @@ def _act(run: _Run, action: Action, t: float) -> None:
         if server is None or not server.proc.is_alive():
             run.events.emit("fault_skipped", fault=action.kind, reason="server not running")
             return
-        run.server_statuses[-1] = _fetch_status(run.server_url) or run.server_statuses[-1]
+        run.server_statuses[-1] = fetch_status(run.server_url) or run.server_statuses[-1]
         run.events.emit("fault", fault=action.kind, signal=action.signal)
         run.events.emit("server_kill", incarnation=server.incarnation)
         server.killed = True
@@ -429,61 +427,16 @@ def _log_exits(run: _Run) -> None:
                             error=child.error)
 
 
-# --- status and resources -----------------------------------------------------------------
-
-
-def _fetch_status(url: str) -> dict[str, Any] | None:
-    try:
-        with urllib.request.urlopen(f"{url}/v1/status", timeout=0.5) as resp:
-            status: dict[str, Any] = json.load(resp)
-    except (OSError, ValueError):
-        return None
-    return status
-
-
 def _live_status(run: _Run) -> dict[str, Any] | None:
     if run.server is None or not run.server.proc.is_alive():
         return {"connected": 0, "queue": "-", "server_down": True}
-    status = _fetch_status(run.server_url)
+    status = fetch_status(run.server_url)
     if status is None:
         return None
     run.server_statuses[-1] = status
-    thresholds = [d["threshold"] for d in status.get("devices", {}).values()]
-    return {"connected": len(thresholds), "queue": status["queue"]["length"],
-            "throughput_sps": status["throughput_sps"], "arrival_sps": status["arrival_rate_sps"],
-            "mean_threshold": sum(thresholds) / len(thresholds) if thresholds else None}
-
-
-def _server_facts(run: _Run) -> dict[str, Any]:
-    """Server counters summed over its processes (a killed one counts up to its last status)."""
-    totals: dict[str, float] = {}
-    shed: dict[str, float] = {}
-    for status in run.server_statuses:
-        for k, v in (status.get("totals") or {}).items():
-            totals[k] = totals.get(k, 0) + v
-        for k, v in (status.get("shed") or {}).items():
-            shed[k] = shed.get(k, 0) + v
-    last = run.server_statuses[-1] if run.server_statuses else {}
-    return {"heavy_model": last.get("heavy_model"), "processes": len(run.server_statuses),
-            "totals": totals, "shed": shed}
+    return live_view(status)
 
 
 def _sample_resources(run: _Run) -> dict[str, Any]:
-    """Unique memory (USS) of each device process: what one more device costs."""
-    uss = []
-    for child in run.devices.values():
-        try:
-            uss.append(psutil.Process(child.proc.pid).memory_full_info().uss / 2**20)
-        except (psutil.Error, TypeError, ValueError):
-            continue
-    server_rss = None
-    if run.server is not None:
-        with contextlib.suppress(psutil.Error, TypeError, ValueError):
-            server_rss = psutil.Process(run.server.proc.pid).memory_info().rss / 2**20
-    return {
-        "device_uss_mb": {"mean": round(sum(uss) / len(uss), 2) if uss else None,
-                          "max": round(max(uss), 2) if uss else None, "sampled": len(uss)},
-        "server_rss_mb": round(server_rss, 2) if server_rss else None,
-        "cpu_count": psutil.cpu_count(),
-        "load_avg_1m": round(psutil.getloadavg()[0], 2),
-    }
+    pids = [c.proc.pid for c in run.devices.values() if c.proc.pid is not None]
+    return sample_resources(pids, run.server.proc.pid if run.server else None)
