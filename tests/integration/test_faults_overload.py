@@ -23,16 +23,11 @@ from typing import Any
 import psutil
 import pytest
 
-from testbed.config import (
-    DevicesConfig,
-    PolicyConfig,
-    ScenarioConfig,
-    ServerConfig,
-    load_scenario,
-)
+from testbed.config import DevicesConfig, PolicyConfig, ScenarioConfig, ServerConfig
 from testbed.events import read_events
 from testbed.orchestrator import RunResult, run_scenario
 from testbed.records import iter_record_files, read_journal, read_records
+from testbed.scenario_file import load_scenario
 from tests.integration.test_runs import stray_children
 
 ROOT = Path(__file__).resolve().parents[2]
