@@ -21,7 +21,9 @@ app = typer.Typer(help="Emulated edge devices + one shared batching server + cas
                   no_args_is_help=True, add_completion=False)
 console = Console()
 
-Policy = Annotated[str | None, typer.Option(help="scheduler: static | multitasc",
+POLICY_HELP = ("scheduler: static | multitasc | multitasc++ | uniform-aimd | server-only | "
+               "device-only")
+Policy = Annotated[str | None, typer.Option(help=POLICY_HELP,
                                             envvar="TESTBED_POLICY")]
 Duration = Annotated[float | None, typer.Option("--duration", help="seconds of arrivals")]
 SloMs = Annotated[float | None, typer.Option("--slo-ms", help="end-to-end latency SLO (ms)")]
@@ -218,7 +220,7 @@ def _report_sweep(sweep_dir: Path) -> None:
 @app.command()
 def server(host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
            port: Annotated[int, typer.Option(help="port (0 picks a free one)")] = 8470,
-           policy: Annotated[str, typer.Option(help="static | multitasc")] = "multitasc",
+           policy: Annotated[str, typer.Option(help=POLICY_HELP)] = "multitasc",
            slo_ms: SloMs = None,
            scenario: Annotated[Path | None, typer.Option(help="server settings from a file")]
            = None,

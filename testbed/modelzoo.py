@@ -52,7 +52,10 @@ class Zoo:
         return card
 
     def model_path(self, model: str) -> Path:
-        path: Path = self.root / self.card(model)["file"]
+        card = self.card(model)
+        if "file" not in card:
+            raise ZooError(f"model {model!r} is not a single file (its card lists {sorted(card)})")
+        path: Path = self.root / card["file"]
         if not path.is_file():
             raise ZooError(f"model file {path} is missing")
         return path

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from testbed.events import read_events
 from testbed.orchestrator import run_scenario
+from testbed.records import iter_record_files, read_records
 from testbed.scenario_file import scenario_from_dict
 from tests.integration.test_faults_overload import check_accounting
 
@@ -77,3 +78,24 @@ def test_run_report_writes_figures(tmp_path: Path) -> None:
     assert {p.name for p in (tmp_path / "run" / "figures").glob("*.png")} == \
         {"thresholds_over_time.png", "latency_cdf.png", "over_time.png"}
     assert "| tier |" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_multitasc_pp_switches_to_the_costlier_model_when_load_is_light(tmp_path: Path) -> None:
+    """Four devices leave the server idle: MultiTASC++ moves from the default heavy model to the
+    most accurate variant, the server announces it, and later heavy answers name it."""
+    cfg = scenario_from_dict({
+        "name": "switch", "duration_s": 8,
+        "policy": {"name": "multitasc++",
+                   "params": {"switch_every_s": 0.5, "patience": 2, "cooldown_s": 1.0}},
+        "devices": {"count": 4, "mix": "1:1:1"},
+        "server": {"heavy_model": "heavy-cnn",
+                   "heavy_models": ["heavy-cnn-lite", "heavy-cnn", "heavy-cnn-xl"]}})
+    result = run_scenario(cfg, tmp_path / "run")
+    run_dir, s = result.run_dir, result.summary
+    check_accounting(run_dir, s)
+    switches = [e for e in read_events(run_dir / "events.jsonl") if e["kind"] == "model_switch"]
+    assert switches and switches[0]["previous"] == "heavy-cnn"
+    assert switches[0]["model"] == "heavy-cnn-xl", switches
+    served = {r.heavy_model for f in iter_record_files(run_dir)
+              for r in read_records(f)[0] if r.source == "heavy"}
+    assert {"heavy-cnn", "heavy-cnn-xl"} <= served
