@@ -26,7 +26,7 @@ from emulated_devices.arrivals import arrival_times
 from emulated_devices.client import HandshakeRefused, ServerConnection
 from emulated_devices.emulation import ComputeProfile, Impairment, Link, pad
 from emulated_devices.forwarding import get_rule
-from emulated_devices.light_model import LightModel
+from emulated_devices.light_model import light_stage
 from emulated_devices.window import Window
 from testbed import protocol as wire
 from testbed.config import DeviceSpec
@@ -75,6 +75,12 @@ class DeviceOutcome:
     overruns: int
     reconnects: int
     sources: dict[str, int] = field(default_factory=dict)
+    requests_sent: int = 0
+    """Samples handed to the socket (device -> server requests)."""
+    bytes_sent: int = 0
+    """WebSocket payload bytes of those requests (msgpack frames)."""
+    bytes_received: int = 0
+    """Payload bytes of the replies."""
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -82,10 +88,10 @@ class DeviceOutcome:
 
 class Device:
     def __init__(self, spec: DeviceSpec, server_url: str, *, token: str = "",
-                 out_dir: Path | None = None, rule: str = "confidence") -> None:
+                 out_dir: Path | None = None, rule: str | None = None) -> None:
         self.spec = spec
         self._zoo = open_zoo(spec.zoo)
-        self._model = LightModel(self._zoo, spec.spec.model)
+        self._model = light_stage(self._zoo, spec.spec.members)
         data = self._zoo.dataset("test")
         # A restarted device draws new streams; the first process keeps the original ones.
         key = [spec.seed, spec.index] + ([spec.incarnation] if spec.incarnation else [])
@@ -98,7 +104,7 @@ class Device:
         self._compute_rng = rngs[STREAM_COMPUTE]
         self._uplink = Link(spec.spec.uplink, rngs[STREAM_UPLINK])
         self._downlink = Link(spec.spec.downlink, rngs[STREAM_DOWNLINK])
-        self._rule = get_rule(rule)
+        self._rule = get_rule(rule or spec.spec.rule)
         self._conn = ServerConnection(server_url, wire.Hello(
             device_id=spec.device_id, tier=spec.tier, model=spec.spec.model, token=token))
         stem = file_stem(spec.device_id, spec.incarnation)
@@ -123,6 +129,9 @@ class Device:
         self.late_replies = 0
         self.overruns = 0
         self.reconnects = -1
+        self.requests_sent = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
         self._sources = {"light": 0, "heavy": 0, "fallback": 0, "rejected": 0}
         self._loop = asyncio.get_running_loop()
         self._infer_overhead = len(wire.encode(wire.Infer(0, "uint8", (64,), b"", 0.0))) + 8
@@ -204,7 +213,9 @@ class Device:
             incarnation=self.spec.incarnation, generated=self.generated,
             recorded=self._writer.count if self._writer else sum(self._sources.values()),
             final_threshold=self.threshold, late_replies=self.late_replies,
-            overruns=self.overruns, reconnects=max(self.reconnects, 0), sources=self._sources)
+            overruns=self.overruns, reconnects=max(self.reconnects, 0), sources=self._sources,
+            requests_sent=self.requests_sent, bytes_sent=self.bytes_sent,
+            bytes_received=self.bytes_received)
 
     async def _close(self) -> None:
         self._closing = True
@@ -333,8 +344,13 @@ class Device:
             except (ConnectionError, RuntimeError, OSError):
                 if sid is not None:
                     self._fail(sid, "disconnected")
+                continue
+            if sid is not None:
+                self.requests_sent += 1
+                self.bytes_sent += len(data)
 
     def _on_result(self, res: wire.Result, nbytes: int) -> None:
+        self.bytes_received += nbytes
         if res.sample_id not in self._pending:
             self.late_replies += 1
             return

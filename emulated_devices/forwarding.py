@@ -12,6 +12,8 @@ from typing import Final
 
 import numpy as np
 
+from testbed.cascade_math import agreement_forwards, forwards
+
 ForwardingRule = Callable[[np.ndarray, float], bool]
 
 
@@ -20,8 +22,15 @@ def top1_confidence(probs: np.ndarray) -> float:
 
 
 def confidence_rule(probs: np.ndarray, threshold: float) -> bool:
-    """Forward when the top-1 probability is below the threshold (the classic cascade)."""
-    return top1_confidence(probs) < threshold
+    """Forward when the top-1 probability is below the threshold (the classic cascade); a
+    threshold of 1 forwards everything."""
+    return bool(forwards(top1_confidence(probs), threshold))
+
+
+def agreement_rule(shares: np.ndarray, threshold: float) -> bool:
+    """On an ensemble's vote shares: forward unless the majority's share of the members is at
+    least the threshold (1 = unanimity, 2/3 = two of three)."""
+    return bool(agreement_forwards(float(shares.max()), threshold))
 
 
 def margin_rule(probs: np.ndarray, threshold: float) -> bool:
@@ -41,6 +50,7 @@ RULES: Final[dict[str, ForwardingRule]] = {
     "confidence": confidence_rule,
     "margin": margin_rule,
     "entropy": entropy_rule,
+    "agreement": agreement_rule,
 }
 
 

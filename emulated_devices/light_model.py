@@ -1,9 +1,11 @@
-"""The device's light model: an onnxruntime session with one intra-op and one inter-op thread."""
+"""The device's light stage: one model, or an ensemble voting (cascade of ensembles); each an
+onnxruntime session with one intra-op and one inter-op thread."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from testbed.cascade_math import vote_shares
 from testbed.modelzoo import Zoo, open_session, to_model_input
 
 
@@ -18,3 +20,23 @@ class LightModel:
         probs: np.ndarray = self._session.run(None, {self._input: to_model_input(pixels[None])})[0]
         first: np.ndarray = probs[0]
         return first
+
+
+class LightEnsemble:
+    """k light models on every sample, one after the other (a device has one core to give).
+
+    Its output is the members' vote shares (`testbed.cascade_math.vote_shares`): argmax is
+    the majority answer and max the agreement, so the forwarding rules apply unchanged."""
+
+    def __init__(self, zoo: Zoo, names: tuple[str, ...]) -> None:
+        self.name = "+".join(names)
+        self._members = [LightModel(zoo, n) for n in names]
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        probs = np.stack([m.predict(pixels)[None] for m in self._members])
+        first: np.ndarray = vote_shares(probs)[0]
+        return first
+
+
+def light_stage(zoo: Zoo, names: tuple[str, ...]) -> LightModel | LightEnsemble:
+    return LightModel(zoo, names[0]) if len(names) == 1 else LightEnsemble(zoo, names)

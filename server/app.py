@@ -14,7 +14,7 @@ from server.admission import Admission
 from server.batch_policy import BatchPolicy
 from server.batcher import Batcher
 from server.control import Controller
-from server.heavy_model import BatchProfile, HeavyModel, profile_for
+from server.heavy_model import HeavyModel
 from server.request_queue import RequestQueue
 from server.runtime import RUNTIME, SETTINGS, Runtime, ServerSettings
 from server.scheduling import make_policy
@@ -22,6 +22,7 @@ from server.stats import ServerStats
 from testbed import protocol as wire
 from testbed.events import EventLog
 from testbed.modelzoo import open_zoo
+from testbed.profiles import BatchProfile, profile_for
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,8 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
                                                     batcher.policy.max_batch_size))
     rt = Runtime(settings, zoo, models, profiles, stats, batcher, controller, events,
                  loop.time())
-    controller.attach_models(lambda: rt.model.name, rt.heavy_options, rt.switch_model)
+    controller.attach_models(lambda: rt.model.name, rt.heavy_options, rt.switch_model,
+                              batcher.set_max_batch_size)
     app[RUNTIME] = rt
     events.emit("server_start", policy=settings.policy.name, heavy_model=default,
                 heavy_models=names, max_batch_size=cfg.max_batch_size, slo_ms=settings.slo_ms)

@@ -16,10 +16,11 @@ import numpy as np
 
 from server.admission import Admission, AdmissionRefused
 from server.batch_policy import BatchPolicy, Cut, Idle, WaitUntil
-from server.heavy_model import BatchProfile, HeavyModel
+from server.heavy_model import HeavyModel
 from server.request_queue import QueueFull, Request, RequestQueue
 from server.stats import ServerStats
 from testbed import protocol as wire
+from testbed.profiles import BatchProfile
 
 log = logging.getLogger(__name__)
 

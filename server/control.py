@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -63,12 +65,18 @@ class Controller:
         self._current_model: Callable[[], str] = lambda: ""
         self._heavy_options: Callable[[], dict[str, HeavyOption]] = dict
         self._switch: Callable[[str, str], bool] = lambda name, reason: False
+        self._set_batch: Callable[[int], None] = lambda size: None
+        self.step_us: deque[float] = deque(maxlen=100_000)
+        """How long each policy decision took (µs): a gear lookup must cost next to nothing."""
 
     def attach_models(self, current: Callable[[], str],
                       options: Callable[[], dict[str, HeavyOption]],
-                      switch: Callable[[str, str], bool]) -> None:
-        """Let policies see the heavy models and switch between them."""
+                      switch: Callable[[str, str], bool],
+                      set_batch: Callable[[int], None] | None = None) -> None:
+        """Let policies see the heavy models, switch between them and cap batches."""
         self._current_model, self._heavy_options, self._switch = current, options, switch
+        if set_batch is not None:
+            self._set_batch = set_batch
 
     def join(self, info: DeviceInfo, send: Callable[[bytes], None], now: float) -> wire.Welcome:
         if info.device_id in self.sessions:
@@ -106,10 +114,16 @@ class Controller:
         }, heavy_model=self._current_model(), heavy_options=self._heavy_options())
         for s in self.sessions.values():
             s.fresh = False
+        t = time.perf_counter()
         decision = self.policy.step(view)
+        self.step_us.append((time.perf_counter() - t) * 1e6)
         self.steps += 1
         if decision.heavy_model:
             self._switch(decision.heavy_model, decision.note)
+        if decision.max_batch_size is not None:
+            self._set_batch(decision.max_batch_size)
+        if decision.gear is not None:
+            self.events.emit("gear_switch", **decision.gear)
         changed = {}
         for dev, value in decision.thresholds.items():
             session = self.sessions.get(dev)
@@ -147,7 +161,20 @@ class Controller:
                         for dev, s in sorted(self.sessions.items())},
             "policy": self.policy.name,
             "steps": self.steps,
+            "policy_step_us": _quantiles(self.step_us),
         }
+
+
+def _quantiles(values: deque[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+
+    def pick(q: float) -> float:
+        return round(ordered[min(int(q * len(ordered)), len(ordered) - 1)], 1)
+
+    return {"p50": pick(0.5), "p99": pick(0.99), "max": round(ordered[-1], 1),
+            "count": len(ordered)}
 
 
 def _clamp(value: float) -> float:

@@ -1,27 +1,10 @@
-"""The server's heavy model and the batch-latency profile it is padded to."""
+"""The server's heavy model (its batch-latency profile is in `testbed.profiles`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 
-from testbed.modelzoo import Zoo, ZooError, open_session
-
-REFERENCE_BATCH = "32"
-"""Batch size whose measured latency compares heavy models' costs."""
-
-
-@dataclass(frozen=True, slots=True)
-class BatchProfile:
-    """Emulated accelerator: a batch of b takes base + per_sample * b milliseconds."""
-
-    base_ms: float
-    per_sample_ms: float
-
-    def target_s(self, batch_size: int) -> float:
-        return (self.base_ms + self.per_sample_ms * batch_size) / 1e3
+from testbed.modelzoo import Zoo, open_session
 
 
 class HeavyModel:
@@ -40,22 +23,3 @@ class HeavyModel:
         """float32 [b, *sample_shape] -> class probabilities [b, classes]."""
         probs: np.ndarray = self._session.run(None, {self._input: batch})[0]
         return probs
-
-
-def profile_for(zoo: Zoo, name: str, default: str, base: BatchProfile,
-                overrides: dict[str, Any]) -> BatchProfile:
-    """The emulated batch profile of heavy model `name`: the scenario's override, the
-    server's profile for the default model, or that profile scaled by how much costlier
-    `name` measured on this host (cards' latency at batch 32)."""
-    if name in overrides:
-        o = overrides[name]
-        return BatchProfile(float(o["base_ms"]), float(o["per_sample_ms"]))
-    if name == default:
-        return base
-    try:
-        ratio = (float(zoo.card(name)["latency_ms_p50"][REFERENCE_BATCH])
-                 / float(zoo.card(default)["latency_ms_p50"][REFERENCE_BATCH]))
-    except (KeyError, ZooError) as exc:
-        raise ZooError(f"no profile for {name!r} and no batch-{REFERENCE_BATCH} latency "
-                       f"in the cards to scale one: {exc}") from None
-    return BatchProfile(base.base_ms * ratio, base.per_sample_ms * ratio)

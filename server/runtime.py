@@ -11,7 +11,7 @@ from aiohttp import web
 
 from server.batcher import Batcher
 from server.control import Controller
-from server.heavy_model import BatchProfile, HeavyModel
+from server.heavy_model import HeavyModel
 from server.scheduling.base import (
     DeviceInfo,
     HeavyOption,
@@ -24,6 +24,7 @@ from testbed import protocol as wire
 from testbed.config import PolicyConfig, ScenarioConfig, ServerConfig
 from testbed.events import EventLog
 from testbed.modelzoo import Zoo, ZooError
+from testbed.profiles import BatchProfile
 
 
 @dataclass(frozen=True)

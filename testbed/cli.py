@@ -14,7 +14,7 @@ from rich.console import Console
 from testbed.collect import collect
 from testbed.config import ScenarioConfig, ScenarioError
 from testbed.orchestrator import RunError, default_run_dir, run_scenario
-from testbed.report import LiveProgress, SweepProgress, print_summary
+from testbed.report import LiveProgress, SweepProgress, print_plan, print_summary
 from testbed.scenario_file import load_scenario
 
 app = typer.Typer(help="Emulated edge devices + one shared batching server + cascade schedulers.",
@@ -152,6 +152,34 @@ def sweep(scenario: Annotated[Path, typer.Argument(help="scenario TOML file with
     console.print(f"figures: testbed report {sweep_dir}")
     if outcome.failed:
         raise typer.Exit(1)
+
+
+@app.command()
+def plan(scenario: Annotated[Path, typer.Argument(help="scenario TOML file")],
+         out: Annotated[Path, typer.Option(help="where to write the plan (JSON)")]
+         = Path("gear_plan.json"),
+         max_load: Annotated[int | None, typer.Option(
+             help="largest load level to plan (samples/s over all devices; default: the "
+                  "scenario's peak x 1.25)")] = None,
+         no_cascade: Annotated[bool, typer.Option(
+             "--no-cascade", help="single models only: every sample goes to the server")]
+         = False) -> None:
+    """CascadeServe's offline phase: profile the scenario's models, find the accuracy/cost
+    Pareto front of cascades, and choose a gear for every load level. Use the plan with
+    `[policy] name = "gears"`, `params.plan = "PLAN.json"` (a gears run without a plan makes
+    its own)."""
+    from testbed.gear_plan import write_plan
+    from testbed.plan_build import PlanOptions, build_plan
+
+    try:
+        cfg = load_scenario(scenario)
+        result = build_plan(cfg, PlanOptions(max_rps=max_load, no_cascade=no_cascade))
+    except (ScenarioError, ValueError, LookupError) as exc:
+        console.print(f"[red]cannot plan:[/red] {exc}")
+        raise typer.Exit(2) from None
+    write_plan(result, out)
+    print_plan(result, console)
+    console.print(f"plan: {out}")
 
 
 @app.command()

@@ -134,6 +134,7 @@ def _tally(incs: dict[tuple[str, int], _Incarnation], exited: set[tuple[str, int
     for device_id, group in sorted(by_device.items()):
         group.sort(key=lambda i: i.incarnation)
         generated = aborted = late = 0
+        traffic = [0, 0, 0]
         threshold = None
         for inc in group:
             done_ids = {r.sample_id for r in inc.records}
@@ -148,9 +149,11 @@ def _tally(incs: dict[tuple[str, int], _Incarnation], exited: set[tuple[str, int
                 lost_in_clean += missing
                 threshold = out["final_threshold"]
                 late += out.get("late_replies", 0)
+                for i, key in enumerate(("requests_sent", "bytes_sent", "bytes_received")):
+                    traffic[i] += int(out.get(key, 0))
             records.extend(inc.records)
         tallies.append(DeviceTally(device_id, group[0].tier, generated, threshold, late,
-                                   aborted, len(group)))
+                                   aborted, len(group), *traffic))
     return tallies, records, unexplained, lost_in_clean
 
 

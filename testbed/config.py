@@ -12,6 +12,7 @@ from typing import Any, Literal
 ArrivalKind = Literal["constant", "poisson", "onoff", "trace"]
 FaultKind = Literal["kill_device", "kill_server", "cut_link", "packet_loss"]
 AdmissionMode = Literal["bound", "deadline"]
+ForwardingRuleName = Literal["confidence", "margin", "entropy", "agreement"]
 TIER_ORDER = ("low", "mid", "high")
 
 
@@ -62,8 +63,23 @@ class TierSpec:
     accuracy-optimal value, the one a single-device cascade designer would pick."""
     uplink: LinkSpec = field(default_factory=LinkSpec)
     downlink: LinkSpec = field(default_factory=LinkSpec)
+    ensemble: tuple[str, ...] = ()
+    """Light models the device runs on every sample (a cascade-of-ensembles tier); empty: just
+    `model`. `compute_ms` is then the whole ensemble's latency."""
+    rule: ForwardingRuleName = "confidence"
+    """confidence | margin | entropy (of `model`'s output) | agreement (of the ensemble's
+    votes: keep the majority answer iff its share of the members >= the threshold)."""
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        return self.ensemble or (self.model,)
 
     def __post_init__(self) -> None:
+        _check(self.rule in typing.get_args(ForwardingRuleName),
+               f"tier rule must be one of {typing.get_args(ForwardingRuleName)} "
+               f"(got {self.rule!r})")
+        _check(self.rule != "agreement" or len(self.members) >= 2,
+               "rule 'agreement' needs an ensemble of at least 2 models")
         _check(self.compute_ms > 0, f"compute_ms must be > 0 (got {self.compute_ms})")
         _check(self.compute_jitter >= 0, "compute_jitter must be >= 0")
         _check(self.threshold is None or 0 <= self.threshold <= 1,

@@ -33,6 +33,9 @@ class DeviceTally:
     aborted: int = 0
     """Samples in flight when one of its processes was killed."""
     incarnations: int = 1
+    requests_sent: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
 
 
 def latency_summary(latencies_ms: Sequence[float] | np.ndarray) -> dict[str, float | None]:
@@ -131,9 +134,20 @@ def summarize(records: Iterable[SampleRecord], devices: Sequence[DeviceTally], *
         "latency_ms": overall["latency_ms"],
         "per_tier": per_tier,
         "per_device": per_device,
+        "communication": _communication(devices, sum(generated.values())),
         "emulation": {
             "compute_overrun_fraction": _ratio(sum(r.overrun for r in all_records), n) or 0.0,
             "start_lag_ms": latency_summary([r.start_lag_ms for r in all_records]),
             "late_replies": sum(d.late_replies for d in devices),
         },
     }
+
+
+def _communication(devices: Sequence[DeviceTally], generated: int) -> dict[str, Any]:
+    """Device -> server traffic as the devices counted it on their sockets."""
+    sent = sum(d.requests_sent for d in devices)
+    nbytes = sum(d.bytes_sent for d in devices)
+    return {"requests": sent, "bytes_sent": nbytes,
+            "bytes_received": sum(d.bytes_received for d in devices),
+            "requests_per_sample": _ratio(sent, generated),
+            "bytes_sent_per_sample": _ratio(nbytes, generated)}

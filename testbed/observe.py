@@ -42,7 +42,8 @@ def server_facts(statuses: Sequence[dict[str, Any]]) -> dict[str, Any]:
             shed[k] = shed.get(k, 0) + v
     last = statuses[-1] if statuses else {}
     return {"heavy_model": last.get("heavy_model"), "processes": len(statuses),
-            "totals": totals, "shed": shed}
+            "totals": totals, "shed": shed,
+            "policy_step_us": last.get("policy_step_us") or {}}
 
 
 def sample_resources(device_pids: Sequence[int], server_pid: int | None) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from testbed.config import DeviceSpec, ScenarioConfig, device_specs
 from testbed.events import EventLog
 from testbed.faults import FaultPlan, plan_faults
 from testbed.observe import fetch_status, live_view, sample_resources, server_facts
+from testbed.prepare import prepare
 from testbed.scenario_file import scenario_to_dict
 from testbed.timeline import Action, Interval, activity, join_actions
 from testbed.versions import collect_versions
@@ -119,15 +120,19 @@ def default_run_dir(cfg: ScenarioConfig, root: Path = Path("runs")) -> Path:
 def run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None = None) -> RunResult:
     """Run one scenario end to end and write its run folder. Ctrl-C stops it cleanly: devices
     stop generating, every sample already generated is answered, records are flushed."""
-    t_begin = time.monotonic()
     if run_dir.exists() and any(run_dir.iterdir()):
         raise RunError(f"{run_dir} exists and is not empty")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cfg = prepare(cfg, run_dir)
+    except (ValueError, LookupError) as exc:
+        raise RunError(f"cannot prepare the run: {exc}") from None
+    t_begin = time.monotonic()  # start-up counts from here: planning is not start-up
     specs = device_specs(cfg)
     plan = plan_faults(cfg, [(s.device_id, s.tier) for s in specs])
     specs = [dataclasses.replace(s, link_faults=plan.links.get(s.device_id, ())) for s in specs]
     spans = dict(zip([s.device_id for s in specs], activity(cfg), strict=True))
     joins = join_actions(list(spans), list(spans.values()))
-    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "scenario.toml").write_text(tomli_w.dumps(scenario_to_dict(cfg)))
     (run_dir / "versions.json").write_text(json.dumps(collect_versions(), indent=2))
     ctx = mp.get_context("forkserver")

@@ -12,6 +12,7 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from testbed.gear_plan import GearPlan
 from testbed.sweep import SweepPoint
 
 
@@ -171,3 +172,28 @@ class SweepProgress:
         eta = "-" if eta_s is None else f"{int(eta_s // 60)}:{int(eta_s % 60):02d}"
         label = ", ".join(f"{k}={v}" for k, v in point.labels.items()) if point else "done"
         self._bar.update(self._task, completed=done, eta=eta, point=label)
+
+
+def print_plan(plan: GearPlan, console: Console | None = None) -> None:
+    """The gears of a plan with the load levels each serves."""
+    console = console or Console()
+    spans: dict[int, list[int]] = {}
+    for q, index in enumerate(plan.table):
+        spans.setdefault(index, []).append(q)
+    table = Table(title=f"gear plan: {len(plan.gears)} gears, loads 0..{len(plan.table) - 1} "
+                        f"samples/s, server budget {plan.server_budget_ms:.0f} ms of "
+                        f"{plan.slo_ms:.0f} ms")
+    tiers = "/".join(plan.gears[0].thresholds)
+    for col in ("gear", "loads (samples/s)", "heavy model", f"thresholds {tiers}", "batch",
+                "fwd rate", "accuracy", "sim. p95 ms"):
+        table.add_column(col, justify="right")
+    for i, g in enumerate(plan.gears):
+        loads = spans.get(i, [])
+        table.add_row(str(i), f"{loads[0]}-{loads[-1]}" if loads else "-", g.heavy_model,
+                      "/".join(f"{v:.3g}" for v in g.thresholds.values()),
+                      str(g.max_batch_size), _pct(g.forward_rate), _pct(g.accuracy),
+                      _num(g.p95_server_ms))
+    meta = plan.meta
+    console.print(table)
+    console.print(f"{meta.get('pareto_points', '?')} cascades on the Pareto front, profiles "
+                  f"{meta.get('profiled', '?')}, planned in {meta.get('planning_s', '?')} s")

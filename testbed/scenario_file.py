@@ -39,7 +39,8 @@ def load_trace(path: str | Path) -> tuple[tuple[float, float], ...]:
 
 
 def load_scenario(path: str | Path) -> ScenarioConfig:
-    """Read and check a scenario file; a trace path in it is taken relative to the file."""
+    """Read and check a scenario file; trace and gear-plan paths in it are taken relative to
+    the file."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -48,6 +49,10 @@ def load_scenario(path: str | Path) -> ScenarioConfig:
     devices = data.get("devices")
     if isinstance(devices, dict) and isinstance(devices.get("trace"), str):
         data["devices"] = {**devices, "trace": str((path.parent / devices["trace"]).resolve())}
+    policy = data.get("policy")
+    params = policy.get("params") if isinstance(policy, dict) else None
+    if isinstance(params, dict) and isinstance(params.get("plan"), str) and params["plan"]:
+        params["plan"] = str((path.parent / params["plan"]).resolve())  # a gear plan file
     try:
         return scenario_from_dict(data)
     except ScenarioError as exc:

@@ -6,6 +6,9 @@
     mix = { homogeneous = "0:1:0", heterogeneous = "1:1:1" }   # a table names its values
     seed = [1, 2]
 
+A `policy` axis may name variants as whole `[policy]` tables, e.g.
+`policy = { gears = { name = "gears" }, pinned = { name = "gears", params = { pin_load = 300 } } }`.
+
 Axes are scenario fields by dotted path (`server.max_batch_size`, `policy.params.target`) or
 one of the short names in `ALIASES`. Runs go one after another (so they do not disturb each
 other's timing), each into `<sweep dir>/<point name>/`, and `sweep.json` / `index.csv` list
@@ -93,10 +96,16 @@ def expand(base: ScenarioConfig, axes: list[Axis]) -> list[SweepPoint]:
     for i, combo in enumerate(combos):
         data = json.loads(json.dumps(base_dict))  # a deep copy of plain data
         labels = {}
+        whole_policy = False
         for axis, k in zip(axes, combo, strict=True):
-            _set(data, axis.path, axis.values[k])
+            value = axis.values[k]
+            if axis.path == "policy.name" and isinstance(value, dict):
+                data["policy"] = {"params": {}, **value}  # a variant: name and params
+                whole_policy = True
+            else:
+                _set(data, axis.path, value)
             labels[axis.name] = axis.labels[k]
-        if "policy.name" in {a.path for a in axes} and \
+        if "policy.name" in {a.path for a in axes} and not whole_policy and \
                 data["policy"]["name"] != base.policy.name:
             data["policy"]["params"] = {}  # a policy's params belong to that policy only
         try:

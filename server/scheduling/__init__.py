@@ -6,13 +6,14 @@ from typing import Any
 
 from server.scheduling.base import Policy, PolicyError
 from server.scheduling.baselines import DeviceOnlyPolicy, ServerOnlyPolicy, UniformAIMDPolicy
+from server.scheduling.gears import GearsPolicy
 from server.scheduling.multitasc import MultiTASCPolicy
 from server.scheduling.multitasc_pp import MultiTASCPlusPlusPolicy
 from server.scheduling.static import StaticPolicy
 
 POLICIES: dict[str, Any] = {
     cls.name: cls for cls in (StaticPolicy, MultiTASCPolicy, MultiTASCPlusPlusPolicy,
-                              ServerOnlyPolicy, DeviceOnlyPolicy, UniformAIMDPolicy)
+                              ServerOnlyPolicy, DeviceOnlyPolicy, UniformAIMDPolicy, GearsPolicy)
 }
 
 

@@ -136,6 +136,10 @@ class PolicyDecision:
     """A short reason, written to the run's events when the decision changes something."""
     heavy_model: str | None = None
     """Switch the server to this heavy model (one of `SystemView.heavy_options`)."""
+    max_batch_size: int | None = None
+    """Cap the server's batches at this size from the next batch on."""
+    gear: Mapping[str, Any] | None = None
+    """A gear switch to record (gear policies): written to the run's events as is."""
 
 
 class Policy(Protocol):

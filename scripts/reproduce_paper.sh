@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Every figure of docs/reproduction.md: one sweep per scenario in scenarios/paper/, then its
+# report. Resumable (finished runs are skipped). Usage: scripts/reproduce_paper.sh [NAME ...]
+# with NAME a scenario file stem (default: all). About 60 minutes on a 2-core machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TESTBED="${TESTBED:-.venv/bin/testbed}"
+names=("$@")
+if [ ${#names[@]} -eq 0 ]; then
+  names=(slo-vs-devices-heterogeneous slo-vs-devices-homogeneous baselines-40 model-switching
+         intermittent bursty trace)
+fi
+for name in "${names[@]}"; do
+  out="runs/paper/$name"
+  echo "== $name -> $out"
+  start=$(date +%s)
+  "$TESTBED" sweep "scenarios/paper/$name.toml" --out "$out"
+  echo "== $name: sweep took $(( $(date +%s) - start )) s"
+  "$TESTBED" report "$out"
+done

@@ -1,0 +1,103 @@
+"""CascadeServe's online phase: measure the load, look up the gear, apply it.
+
+Every step (100 ms in the paper) the policy sums the devices' reported arrival rates, scales
+the sum by `safety_factor` (the paper's `qps_fac`), and looks up the plan's gear for that load:
+the devices' thresholds per tier, the server's heavy model and batch cap. Moving to a cheaper
+gear happens at once; moving to a costlier one waits until the queue has drained
+(`queue_len * max_queue_len <= load`, the paper's downshift hysteresis), so a backlog built
+under load is not served with the slower cascade. `pin_load` >= 0 fixes the gear to the one
+planned for that load (the "no switching" ablation). Pure: the plan is read once, at start.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from server.scheduling.base import (
+    DeviceInfo,
+    PolicyDecision,
+    PolicyError,
+    SystemView,
+    check_params,
+)
+from testbed.gear_plan import Gear, GearPlan, read_plan
+
+
+class GearsPolicy:
+    name: ClassVar[str] = "gears"
+    DEFAULTS: ClassVar[dict[str, Any]] = {
+        "plan": "", "safety_factor": 1.0, "max_queue_len": 8.0, "pin_load": -1.0,
+        "smoothing_s": 1.0, "no_cascade": False,
+    }
+    """`smoothing_s`: time constant of an exponential average of the measured load (0: the
+    raw sum of the devices' last reports, as the paper's meter). `no_cascade` is read by the
+    harness when it plans for a run without a plan."""
+
+    def __init__(self, params: Mapping[str, Any] | None = None, *,
+                 plan: GearPlan | None = None) -> None:
+        self.p = check_params(self.name, params or {}, self.DEFAULTS)
+        if plan is None:
+            if not self.p["plan"]:
+                raise PolicyError("policy 'gears' needs params.plan, a file written by "
+                                  "`testbed plan SCENARIO.toml --out PLAN.json`")
+            try:
+                plan = read_plan(self.p["plan"])
+            except ValueError as exc:
+                raise PolicyError(str(exc)) from None
+        self.plan = plan
+        self._first_level = {g: self.plan.table.index(g) for g in set(self.plan.table)}
+        pin = float(self.p["pin_load"])
+        self.current = self.plan.lookup(pin if pin >= 0 else 0.0)
+        self._tiers: dict[str, str] = {}
+        self.load_sps = 0.0
+        """The last measured load (samples/s over all devices), smoothed and scaled."""
+        self._smoothed: float | None = None
+        self._last_now: float | None = None
+
+    @property
+    def gear(self) -> Gear:
+        return self.plan.gears[self.current]
+
+    def join(self, device: DeviceInfo, now: float) -> float:
+        self._tiers[device.device_id] = device.tier
+        return self.gear.thresholds.get(device.tier, device.initial_threshold)
+
+    def leave(self, device_id: str, now: float) -> None:
+        self._tiers.pop(device_id, None)
+
+    def step(self, view: SystemView) -> PolicyDecision:
+        rate = sum(s.window.rate_hz for s in view.devices.values() if s.window is not None)
+        self.load_sps = self._smooth(rate, view.now) * float(self.p["safety_factor"])
+        pin = float(self.p["pin_load"])
+        target = self.plan.lookup(pin if pin >= 0 else self.load_sps)
+        switched = None
+        if target != self.current:
+            costlier = self._first_level[target] < self._first_level[self.current]
+            drained = view.server.queue_len * float(self.p["max_queue_len"]) <= self.load_sps
+            if not costlier or drained:
+                switched = {"gear": target, "previous": self.current,
+                            "load_sps": round(self.load_sps, 1)}
+                self.current = target
+        g = self.gear
+        thresholds = {dev: g.thresholds[tier] for dev, tier in self._tiers.items()
+                      if tier in g.thresholds}
+        model = g.heavy_model if g.heavy_model != view.heavy_model else None
+        note = (f"gear {self.current} at {self.load_sps:.0f} samples/s: {g.heavy_model}, "
+                f"batch {g.max_batch_size}, expected accuracy {g.accuracy:.3f}")
+        return PolicyDecision(thresholds=thresholds, note=note, heavy_model=model,
+                              max_batch_size=g.max_batch_size,
+                              gear={**switched, "model": g.heavy_model,
+                                    "max_batch_size": g.max_batch_size,
+                                    "accuracy": g.accuracy} if switched else None)
+
+    def _smooth(self, rate: float, now: float) -> float:
+        tau = float(self.p["smoothing_s"])
+        if self._smoothed is None or self._last_now is None or tau <= 0:
+            self._smoothed = rate
+        else:
+            alpha = 1.0 - math.exp(-max(now - self._last_now, 0.0) / tau)
+            self._smoothed += alpha * (rate - self._smoothed)
+        self._last_now = now
+        return self._smoothed

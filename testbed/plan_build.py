@@ -1,0 +1,126 @@
+"""`testbed plan`: from a scenario to a gear plan on disk. The I/O around `testbed.planner`:
+validation predictions of the scenario's models, the server's batch profiles (the scenario's
+emulated ones, or measured on this host when the server does not pad), the latency the devices
+and links take from the SLO, and the largest load to plan for."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from testbed.cascade_math import agreement_forwards, agreement_levels, forwards, vote
+from testbed.config import ScenarioConfig, TierSpec, parse_mix
+from testbed.gear_plan import GearPlan
+from testbed.modelzoo import Zoo, open_session, open_zoo, to_model_input
+from testbed.planner import PlanInputs, TierCurve, pareto_front, plan_gears
+from testbed.profiles import BatchProfile, profile_for
+from testbed.validation import ValPredictions, val_predictions
+
+THRESHOLD_GRID = np.round(np.arange(0.0, 1.0001, 0.025), 4)
+Z95 = 1.645
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    max_rps: int | None = None
+    """Largest load level; None: the scenario's peak (all devices at their peak rate) x 1.25."""
+    no_cascade: bool = False
+    """Only single models: every sample goes to the server (the "no cascade" ablation)."""
+    utilization: float = 0.8
+
+
+def heavy_models(cfg: ScenarioConfig, zoo: Zoo) -> list[str]:
+    default = cfg.server.heavy_model or zoo.heavy
+    return [default, *(n for n in cfg.server.heavy_models if n != default)]
+
+
+def tier_curve(val: ValPredictions, spec: TierSpec, heavy: str, no_cascade: bool) -> TierCurve:
+    """Forward rate and accuracy of one tier's light stage in front of `heavy`, for each
+    threshold the tier's rule can use."""
+    heavy_ok = val.correct(heavy)
+    if spec.rule == "agreement":
+        votes = vote(np.stack([val.probs[m] for m in spec.members]))
+        score, light_ok = votes.agreement, votes.pred == val.labels
+        grid = np.array(agreement_levels(len(spec.members)))
+        sends = [np.asarray(agreement_forwards(score, float(t))) for t in grid]
+    else:
+        score, light_ok = val.confidence(spec.model), val.correct(spec.model)
+        grid = THRESHOLD_GRID
+        sends = [np.asarray(forwards(score, float(t))) for t in grid]
+    if no_cascade:
+        grid, sends = np.array([1.0]), [np.ones_like(light_ok, dtype=bool)]
+    fwd = np.array([s.mean() for s in sends])
+    acc = np.array([np.where(s, heavy_ok, light_ok).mean() for s in sends])
+    return TierCurve(grid, fwd, acc)
+
+
+def device_p95_ms(spec: TierSpec) -> float:
+    """What a tier's device and links take of the end-to-end latency, at about their p95."""
+    light = spec.compute_ms * math.exp(Z95 * spec.compute_jitter)
+    jitter = math.hypot(spec.uplink.jitter_ms, spec.downlink.jitter_ms)
+    return light + spec.uplink.delay_ms + spec.downlink.delay_ms + Z95 * jitter
+
+
+def peak_rps(cfg: ScenarioConfig) -> float:
+    d = cfg.devices
+    rate = d.rate_hz
+    if d.arrival == "onoff":
+        rate *= (d.burst_on_s + d.burst_off_s) / d.burst_on_s
+    elif d.arrival == "trace":
+        rate = max(r for _, r in d.trace_points) * d.trace_scale
+    return d.count * rate
+
+
+def measured_profile(zoo: Zoo, model: str, sizes: tuple[int, ...] = (1, 8, 32)) -> BatchProfile:
+    """Fit L(b) = base + per_sample * b to this host's median batch latency (1 thread)."""
+    session = open_session(zoo.model_path(model), 1, 1)
+    name = session.get_inputs()[0].name
+    x = to_model_input(zoo.dataset("val").x)
+    times = []
+    for b in sizes:
+        batch = x[:b]
+        runs = []
+        for _ in range(30):
+            t = time.perf_counter()
+            session.run(None, {name: batch})
+            runs.append(time.perf_counter() - t)
+        times.append(float(np.median(runs)) * 1e3)
+    per_sample, base = np.polyfit(np.array(sizes, float), np.array(times), 1)
+    return BatchProfile(max(float(base), 0.0), max(float(per_sample), 1e-6))
+
+
+def build_plan(cfg: ScenarioConfig, options: PlanOptions = PlanOptions()) -> GearPlan:
+    zoo = open_zoo(cfg.zoo)
+    heavies = heavy_models(cfg, zoo)
+    weights = parse_mix(cfg.devices.mix, tuple(cfg.tiers))
+    total = sum(weights.values())
+    weights = {t: w / total for t, w in weights.items() if w > 0}
+    members = [m for t in weights for m in cfg.tiers[t].members]
+    val = val_predictions(zoo, [*members, *heavies])
+    base = BatchProfile(cfg.server.batch_base_ms, cfg.server.batch_per_sample_ms)
+    profiles = {h: profile_for(zoo, h, heavies[0], base, cfg.server.profiles)
+                if cfg.server.pad_compute else measured_profile(zoo, h) for h in heavies}
+    budget = cfg.slo_ms - max(device_p95_ms(cfg.tiers[t]) for t in weights)
+    max_rps = options.max_rps if options.max_rps is not None \
+        else math.ceil(peak_rps(cfg) * 1.25)
+    inputs = PlanInputs(
+        weights=weights,
+        curves={h: {t: tier_curve(val, cfg.tiers[t], h, options.no_cascade) for t in weights}
+                for h in heavies},
+        profiles=profiles, max_batch_size=cfg.server.max_batch_size,
+        max_queue_delay_s=cfg.server.max_queue_delay_us / 1e6, server_budget_ms=budget,
+        max_rps=max_rps, utilization=options.utilization)
+    t = time.perf_counter()
+    front = pareto_front(inputs)
+    plan = plan_gears(inputs, front)
+    return GearPlan(gears=plan.gears, table=plan.table, slo_ms=cfg.slo_ms,
+                    server_budget_ms=budget, meta={
+                        "scenario": cfg.name, "weights": weights, "max_rps": max_rps,
+                        "no_cascade": options.no_cascade, "pareto_points": len(front),
+                        "profiles": {h: [p.base_ms, p.per_sample_ms]
+                                     for h, p in profiles.items()},
+                        "profiled": "emulated" if cfg.server.pad_compute else "measured",
+                        "planning_s": round(time.perf_counter() - t, 2)})
