@@ -115,3 +115,37 @@ def per_second(records: Iterable[SampleRecord], run_start: float, duration_s: fl
             out["forwarded"][k] += r.forwarded
             out["slo_met"][k] += r.latency_ms <= slo_ms
     return out
+
+
+def tradeoff_series(points: Iterable[tuple[dict[str, str], dict[str, Any]]], x_metric: str,
+                    y_metric: str, line_axis: str = "policy") -> list[Series]:
+    """One line per `line_axis` value through the (x_metric, y_metric) points of its runs,
+    sorted by x: accuracy vs p95 latency across loads, accuracy vs fraction sent, ..."""
+    lines: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for labels, summary in points:
+        x, y = _metric(summary, x_metric), _metric(summary, y_metric)
+        if x is not None and y is not None:
+            lines[labels.get(line_axis, str(summary.get(line_axis, "")))].append((x, y))
+    out = []
+    for label, xy in lines.items():
+        s = Series(label)
+        for x, y in sorted(xy):
+            s.x.append(x)
+            s.y.append(y)
+            s.lo.append(y)
+            s.hi.append(y)
+        out.append(s)
+    return out
+
+
+def gear_series(events: Iterable[dict[str, Any]], run_start: float) -> tuple[Series, Series]:
+    """The gear in force and the load the policy measured, over run time (`gear_switch`)."""
+    gear, load = Series("gear"), Series("measured load (samples/s)")
+    for e in sorted(events, key=lambda e: e.get("t", 0.0)):
+        if e.get("kind") == "gear_switch":
+            t = float(e["t"]) - run_start
+            gear.x.append(t)
+            gear.y.append(float(e["gear"]))
+            load.x.append(t)
+            load.y.append(float(e.get("load_sps", np.nan)))
+    return gear, load

@@ -14,7 +14,15 @@ matplotlib.use("Agg")  # no display on a server; set before pyplot is imported
 import matplotlib.pyplot as plt
 import numpy as np
 
-from testbed.analysis import Series, cdf, per_second, sweep_series, threshold_series
+from testbed.analysis import (
+    Series,
+    cdf,
+    gear_series,
+    per_second,
+    sweep_series,
+    threshold_series,
+    tradeoff_series,
+)
 from testbed.events import read_events
 from testbed.records import SampleRecord, iter_record_files, read_records
 
@@ -73,12 +81,12 @@ def sweep_figures(points: list[tuple[dict[str, str], dict[str, Any], Path]], axe
     thresholds over time of the largest configuration."""
     x_axis = "devices" if "devices" in axes else next(
         (a for a in axes if _numeric([p[0][a] for p in points])), None)
-    if x_axis is None:
-        return []
     line_axis = "policy" if "policy" in axes else next((a for a in axes if a != x_axis), "policy")
+    pairs = [(labels, summary) for labels, summary, _ in points]
+    if x_axis is None:  # no numeric axis (e.g. variants only): trade-offs are what there is
+        return _tradeoff_figures(pairs, line_axis, out)
     panel_axis = "mix" if "mix" in axes and line_axis != "mix" else None
     paths = []
-    pairs = [(labels, summary) for labels, summary, _ in points]
     for metric, (label, percent) in SWEEP_METRICS.items():
         by_panel = sweep_series(pairs, metric, x_axis, line_axis, panel_axis)
         fig, panels = _panels(len(by_panel))
@@ -90,6 +98,35 @@ def sweep_figures(points: list[tuple[dict[str, str], dict[str, Any], Path]], axe
         panels[-1].legend(title=line_axis, fontsize=8)
         paths.append(_save(fig, out / f"{metric.replace('.', '_')}_vs_{x_axis}.png"))
     paths += _largest_point_figures(points, x_axis, line_axis, panel_axis, out)
+    paths += _tradeoff_figures(pairs, line_axis, out)
+    return paths
+
+
+TRADEOFFS = {
+    "accuracy_vs_p95": ("latency_ms.p95", "p95 end-to-end latency (ms)", False),
+    "accuracy_vs_sent": ("communication.requests_per_sample",
+                         "samples sent to the server (%)", True),
+}
+
+
+def _tradeoff_figures(pairs: list[tuple[dict[str, str], dict[str, Any]]], line_axis: str,
+                      out: Path) -> list[Path]:
+    """Accuracy against a cost, one line per policy through its runs (CascadeServe's
+    accuracy vs p95 across loads; ABC's accuracy vs samples sent)."""
+    paths = []
+    for name, (metric, label, percent) in TRADEOFFS.items():
+        series = tradeoff_series(pairs, metric, "accuracy", line_axis)
+        if not any(s.x for s in series):
+            continue
+        fig, (ax,) = _panels(1, width=6)
+        for s in sorted(series, key=lambda s: s.label):
+            x = np.asarray(s.x) * (100 if percent else 1)
+            ax.plot(x, np.asarray(s.y) * 100, marker="o", label=s.label)
+        ax.set_xlabel(label)
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(title=line_axis, fontsize=8)
+        paths.append(_save(fig, out / f"{name}.png"))
     return paths
 
 
@@ -176,6 +213,9 @@ def run_figures(run_dir: Path, summary: dict[str, Any], out: Path) -> list[Path]
     ax.legend(fontsize=8)
     paths.append(_save(fig, out / "latency_cdf.png"))
     start = _run_start(run_dir)
+    events = read_events(run_dir / "events.jsonl")
+    if start is not None and any(e.get("kind") == "gear_switch" for e in events):
+        paths.append(_gear_figure(events, start, summary, out))
     if start is not None:
         sec = per_second(records, start, summary["duration_s"], summary["slo_ms"])
         t = np.arange(len(sec["samples"]))
@@ -193,3 +233,20 @@ def run_figures(run_dir: Path, summary: dict[str, Any], out: Path) -> list[Path]
         axes[1].grid(alpha=0.3)
         paths.append(_save(fig, out / "over_time.png"))
     return paths
+
+
+def _gear_figure(events: list[dict[str, Any]], start: float, summary: dict[str, Any],
+                 out: Path) -> Path:
+    gear, load = gear_series(events, start)
+    fig, axes = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    end = float(summary.get("duration_s", gear.x[-1] if gear.x else 0.0))
+    axes[0].step([*gear.x, end], [*gear.y, gear.y[-1]], where="post")
+    axes[0].set_ylabel("gear (0 = most accurate)")
+    axes[0].invert_yaxis()
+    axes[0].grid(alpha=0.3)
+    axes[1].plot(load.x, load.y, marker=".", linestyle="-")
+    axes[1].set_ylabel("measured load (samples/s)")
+    axes[1].set_xlabel("run time (s)")
+    axes[1].grid(alpha=0.3)
+    axes[0].set_title(f"{summary.get('policy')}: gear chosen over time")
+    return _save(fig, out / "gear_over_time.png")

@@ -6,6 +6,9 @@
     mix = { homogeneous = "0:1:0", heterogeneous = "1:1:1" }   # a table names its values
     seed = [1, 2]
 
+A `variant` axis names tables merged into the scenario, for configurations that differ in
+several fields at once (e.g. a device ensemble with its rule vs a single model and a policy):
+`[sweep.variant.unanimous] tiers.low = { ensemble = [...], rule = "agreement" }`.
 A `policy` axis may name variants as whole `[policy]` tables, e.g.
 `policy = { gears = { name = "gears" }, pinned = { name = "gears", params = { pin_load = 300 } } }`.
 
@@ -36,6 +39,7 @@ ALIASES = {
     "devices": "devices.count", "mix": "devices.mix", "rate_hz": "devices.rate_hz",
     "arrival": "devices.arrival", "policy": "policy.name", "heavy_model": "server.heavy_model",
     "admission": "server.admission", "max_batch_size": "server.max_batch_size",
+    "reply_timeout": "devices.reply_timeout_ms",
 }
 INDEX_FIELDS = ("slo_satisfaction", "accuracy", "throughput_sps", "forward_rate")
 LATENCY_FIELDS = ("p50", "p95", "p99")
@@ -99,7 +103,12 @@ def expand(base: ScenarioConfig, axes: list[Axis]) -> list[SweepPoint]:
         whole_policy = False
         for axis, k in zip(axes, combo, strict=True):
             value = axis.values[k]
-            if axis.path == "policy.name" and isinstance(value, dict):
+            if axis.name == "variant":
+                _check_variant(value, axis)
+                _deep_merge(data, value)
+                if "policy" in value:
+                    whole_policy = True
+            elif axis.path == "policy.name" and isinstance(value, dict):
                 data["policy"] = {"params": {}, **value}  # a variant: name and params
                 whole_policy = True
             else:
@@ -114,6 +123,19 @@ def expand(base: ScenarioConfig, axes: list[Axis]) -> list[SweepPoint]:
             raise ScenarioError(f"sweep point {labels}: {exc}") from None
         points.append(SweepPoint(i, labels, cfg))
     return points
+
+
+def _check_variant(value: Any, axis: Axis) -> None:
+    if not isinstance(value, dict):
+        raise ScenarioError(f"sweep.{axis.name} values must be tables of scenario fields")
+
+
+def _deep_merge(data: dict[str, Any], over: dict[str, Any]) -> None:
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            _deep_merge(data[key], value)
+        else:
+            data[key] = value
 
 
 def is_complete(run_dir: Path) -> bool:

@@ -53,6 +53,7 @@ class GearsPolicy:
         self._tiers: dict[str, str] = {}
         self.load_sps = 0.0
         """The last measured load (samples/s over all devices), smoothed and scaled."""
+        self._announced = False
         self._smoothed: float | None = None
         self._last_now: float | None = None
 
@@ -73,6 +74,10 @@ class GearsPolicy:
         pin = float(self.p["pin_load"])
         target = self.plan.lookup(pin if pin >= 0 else self.load_sps)
         switched = None
+        if not self._announced:  # the first gear is recorded too, so a run's gears are complete
+            self._announced = True
+            switched = {"gear": self.current, "previous": None,
+                        "load_sps": round(self.load_sps, 1)}
         if target != self.current:
             costlier = self._first_level[target] < self._first_level[self.current]
             drained = view.server.queue_len * float(self.p["max_queue_len"]) <= self.load_sps

@@ -1,0 +1,94 @@
+"""CascadeServe gears and agreement cascades with the real harness, server and devices."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from testbed.events import read_events
+from testbed.gear_plan import read_plan
+from testbed.orchestrator import run_scenario
+from testbed.records import iter_record_files, read_records
+from testbed.scenario_file import scenario_from_dict
+from tests.integration.test_faults_overload import check_accounting
+
+HEAVIES = ["heavy-cnn-lite", "heavy-cnn", "heavy-cnn-xl"]
+
+
+def test_testbed_plan_writes_a_plan_the_cli_can_print(tmp_path: Path) -> None:
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('name = "p"\n[devices]\ncount = 20\n'
+                        f'[server]\nheavy_models = {json.dumps(HEAVIES)}\n')
+    out = tmp_path / "plan.json"
+    done = subprocess.run([sys.executable, "-m", "testbed.cli_main", "plan", str(scenario),
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    plan = read_plan(out)
+    assert len(plan.table) == 251  # 20 devices x 10 Hz x 1.25, levels 0..250
+    assert {g.heavy_model for g in plan.gears} >= {"heavy-cnn-xl"}
+    assert plan.gears[plan.table[0]].accuracy > plan.gears[plan.table[-1]].accuracy
+    assert "gear plan" in done.stdout
+
+
+def test_gears_follow_the_load_and_apply_thresholds_and_models(tmp_path: Path) -> None:
+    """4 then 24 devices: the run plans for itself, starts on an accurate gear, moves to a
+    cheaper one when the load rises, and the devices use the gears' thresholds."""
+    cfg = scenario_from_dict({
+        "name": "gears", "duration_s": 10,
+        "policy": {"name": "gears"},
+        "devices": {"count": 24, "report_interval_s": 0.25,
+                    "phases": [{"at_s": 0, "count": 4}, {"at_s": 4, "count": 24}]},
+        "server": {"heavy_model": "heavy-cnn", "heavy_models": HEAVIES,
+                   "control_interval_s": 0.1}})
+    result = run_scenario(cfg, tmp_path / "run")
+    run_dir, s = result.run_dir, result.summary
+    check_accounting(run_dir, s)
+    plan = read_plan(run_dir / "gear_plan.json")
+    switches = [e for e in read_events(run_dir / "events.jsonl") if e["kind"] == "gear_switch"]
+    assert switches and switches[0]["previous"] is None
+    gears = [e["gear"] for e in switches]
+    assert max(gears) > min(gears)  # it moved
+    first_level = {g: plan.table.index(g) for g in set(plan.table)}
+    assert first_level[gears[-1]] > first_level[gears[0]]  # ... to a cheaper gear
+    planned = {(t, v) for g in plan.gears for t, v in g.thresholds.items()}
+    used = {(r.tier, round(r.threshold, 4)) for f in iter_record_files(run_dir)
+            for r in read_records(f)[0]}
+    assert used <= {(t, round(v, 4)) for t, v in planned}
+    step = s["server"]["policy_step_us"]
+    assert step["count"] >= 50 and step["p50"] > 0  # measured; its size is for the report
+
+
+def test_agreement_ensembles_forward_on_disagreement_and_count_traffic(tmp_path: Path) -> None:
+    members = ["light-low", "light-low-b", "light-low-c"]
+    cfg = scenario_from_dict({
+        "name": "coe", "duration_s": 5, "slo_ms": 400, "policy": {"name": "static"},
+        "devices": {"count": 3, "rate_hz": 5, "mix": "1:0:1"},
+        "tiers": {"low": {"ensemble": members, "rule": "agreement", "compute_ms": 60.0,
+                          "threshold": 1.0}}})
+    result = run_scenario(cfg, tmp_path / "run")
+    run_dir, s = result.run_dir, result.summary
+    check_accounting(run_dir, s)
+    records = [r for f in iter_record_files(run_dir) for r in read_records(f)[0]]
+    low = [r for r in records if r.tier == "low"]
+    assert low and {round(r.light_conf, 3) for r in low} <= {0.333, 0.667, 1.0}
+    assert all(r.forwarded == (r.light_conf < 0.999) for r in low)  # unanimity or send
+    assert any(r.forwarded for r in low) and not all(r.forwarded for r in low)
+    comm = s["communication"]
+    sent = sum(r.forwarded for r in records)
+    assert comm["requests"] == sent
+    assert comm["bytes_sent"] >= 64 * sent  # each request carries 64 pixel bytes
+    assert comm["requests_per_sample"] == round(sent / s["samples"]["generated"], 5)
+
+
+def test_agreement_threshold_is_calibrated_when_the_scenario_sets_none(tmp_path: Path) -> None:
+    cfg = scenario_from_dict({
+        "name": "coe-cal", "duration_s": 2, "policy": {"name": "static"},
+        "devices": {"count": 1, "mix": "0:1:0"},
+        "tiers": {"mid": {"ensemble": ["light-mid", "light-mid-b", "light-mid-c"],
+                          "rule": "agreement", "compute_ms": 30.0}}})
+    result = run_scenario(cfg, tmp_path / "run")
+    ran = (result.run_dir / "scenario.toml").read_text()
+    assert "threshold = 1.0" in ran or "threshold = 0.666667" in ran
+    check_accounting(result.run_dir, result.summary)
