@@ -14,7 +14,7 @@ from server.admission import Admission
 from server.batch_policy import BatchPolicy
 from server.batcher import Batcher
 from server.control import Controller
-from server.heavy_model import HeavyModel
+from server.heavy_model import AgreementTier, HeavyModel, ServedModel
 from server.request_queue import RequestQueue
 from server.runtime import RUNTIME, SETTINGS, Runtime, ServerSettings
 from server.scheduling import make_policy
@@ -48,17 +48,25 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     zoo = open_zoo(settings.zoo)
     default = cfg.heavy_model or zoo.heavy
-    names = [default, *(n for n in cfg.heavy_models if n != default)]
-    models = {n: HeavyModel(zoo, n, cfg.intra_op_threads) for n in names}
-    for model in models.values():
-        if model.sample_shape != models[default].sample_shape:
+    names = [default, *(n for n in [*cfg.heavy_models, *cfg.ensemble] if n != default)]
+    loaded = {n: HeavyModel(zoo, n, cfg.intra_op_threads) for n in dict.fromkeys(names)}
+    for model in loaded.values():
+        if model.sample_shape != loaded[default].sample_shape:
             raise ValueError(f"heavy model {model.name} takes {model.sample_shape}, "
-                             f"{default} takes {models[default].sample_shape}")
+                             f"{default} takes {loaded[default].sample_shape}")
         await loop.run_in_executor(None, _warm_up, model)
     base = BatchProfile(cfg.batch_base_ms, cfg.batch_per_sample_ms)
     profiles: dict[str, BatchProfile | None] = {
         n: profile_for(zoo, n, default, base, cfg.profiles) if cfg.pad_compute else None
-        for n in names}
+        for n in loaded}
+    models: dict[str, ServedModel] = {n: loaded[n] for n in names if n not in cfg.ensemble
+                                      or n == default}
+    if cfg.ensemble:
+        tier = AgreementTier([loaded[n] for n in cfg.ensemble], loaded[default],
+                             cfg.ensemble_theta, profiles)
+        models = {tier.name: tier}
+        profiles[tier.name] = tier.profile
+        default = tier.name
     stats = ServerStats()
     stats.on_model_switch(default)
     queue = RequestQueue(cfg.max_queue_size)

@@ -16,7 +16,7 @@ import numpy as np
 
 from server.admission import Admission, AdmissionRefused
 from server.batch_policy import BatchPolicy, Cut, Idle, WaitUntil
-from server.heavy_model import HeavyModel
+from server.heavy_model import ServedModel
 from server.request_queue import QueueFull, Request, RequestQueue
 from server.stats import ServerStats
 from testbed import protocol as wire
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 class Batcher:
-    def __init__(self, model: HeavyModel, queue: RequestQueue, policy: BatchPolicy,
+    def __init__(self, model: ServedModel, queue: RequestQueue, policy: BatchPolicy,
                  profile: BatchProfile | None, stats: ServerStats,
                  admission: Admission | None = None) -> None:
         self.model = model
@@ -63,7 +63,7 @@ class Batcher:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    def use(self, model: HeavyModel, profile: BatchProfile | None) -> None:
+    def use(self, model: ServedModel, profile: BatchProfile | None) -> None:
         """Run the next batches with another heavy model (the running batch finishes)."""
         self.model = model
         self.profile = profile
@@ -108,7 +108,7 @@ class Batcher:
         t = time.perf_counter()
         model, profile = self.model, self.profile  # a switch mid-batch applies to the next
         try:
-            probs = await self._loop.run_in_executor(self._pool, model.infer, x)
+            out = await self._loop.run_in_executor(self._pool, model.run, x)
         except Exception as exc:  # a broken model must not take the server down
             log.exception("heavy model failed on a batch of %d", len(batch))
             self.stats.on_failed(len(batch))
@@ -119,7 +119,10 @@ class Batcher:
             return
         real = time.perf_counter() - t
         self._per_sample_s += 0.2 * (real / len(batch) - self._per_sample_s)
-        target = profile.target_s(len(batch)) if profile else 0.0
+        probs = out.probs
+        padded = out.target_s is not None or profile is not None
+        target = out.target_s if out.target_s is not None else \
+            profile.target_s(len(batch)) if profile else 0.0
         if target > real:
             await asyncio.sleep(target - real)
         end = self._loop.time()
@@ -127,11 +130,13 @@ class Batcher:
         preds = probs.argmax(axis=1)
         confs = probs.max(axis=1)
         queue_s = [start - r.arrival for r in batch]
-        self.stats.on_batch(queue_s, end - start, overrun=profile is not None and real > target)
-        for r, p, c, q in zip(batch, preds.tolist(), confs.tolist(), queue_s, strict=True):
+        self.stats.on_batch(queue_s, end - start, overrun=padded and real > target)
+        names = out.models or (model.name,) * len(batch)
+        for r, p, c, q, name in zip(batch, preds.tolist(), confs.tolist(), queue_s, names,
+                                    strict=True):
             r.respond(wire.Result(sample_id=r.sample_id, prediction=p, confidence=c,
                                   queue_us=int(q * 1e6), compute_us=compute_us,
-                                  batch_size=len(batch), model=model.name))
+                                  batch_size=len(batch), model=name))
 
     # --- deadlines ------------------------------------------------------------------------
 

@@ -1,10 +1,24 @@
-"""The server's heavy model (its batch-latency profile is in `testbed.profiles`)."""
+"""The server's heavy model, or an ensemble tier in front of one (batch-latency profiles are
+in `testbed.profiles`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from testbed.cascade_math import agreement_forwards, vote_shares
 from testbed.modelzoo import Zoo, open_session
+from testbed.profiles import BatchProfile
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutput:
+    probs: np.ndarray
+    models: tuple[str, ...] | None = None
+    """Which model answered each sample, when that differs within the batch."""
+    target_s: float | None = None
+    """Emulated duration of this batch, when it depends on the data (an ensemble tier)."""
 
 
 class HeavyModel:
@@ -23,3 +37,56 @@ class HeavyModel:
         """float32 [b, *sample_shape] -> class probabilities [b, classes]."""
         probs: np.ndarray = self._session.run(None, {self._input: batch})[0]
         return probs
+
+    def run(self, batch: np.ndarray) -> BatchOutput:
+        return BatchOutput(self.infer(batch))
+
+
+class AgreementTier:
+    """The server tier as an ensemble before a final model (a multi-level cascade of
+    ensembles): every member runs on the batch; a sample whose members agree (majority share
+    >= theta) is answered with the majority, the rest go on to the final model. Members run one
+    after another on the one emulated accelerator, so a batch of b with e escalations takes
+    sum of L_member(b) + L_final(e)."""
+
+    def __init__(self, members: list[HeavyModel], final: HeavyModel, theta: float,
+                 profiles: dict[str, BatchProfile | None]) -> None:
+        self.members, self.final, self.theta = members, final, theta
+        self.ensemble_name = "agreement(" + "+".join(m.name for m in members) + ")"
+        self.name = f"{self.ensemble_name}>{final.name}"
+        self.card = final.card
+        self.sample_shape, self.sample_size = final.sample_shape, final.sample_size
+        self._profiles = profiles
+        parts = [profiles.get(m.name) for m in [*members, final]]
+        self.profile = None if any(p is None for p in parts) else BatchProfile(
+            sum(p.base_ms for p in parts if p), sum(p.per_sample_ms for p in parts if p))
+        """The worst case (every sample escalates): what capacity and admission plan with."""
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.run(batch).probs
+
+    def run(self, batch: np.ndarray) -> BatchOutput:
+        shares = vote_shares(np.stack([m.infer(batch) for m in self.members]))
+        escalate = np.asarray(agreement_forwards(shares.max(axis=1), self.theta))
+        probs = shares.astype(np.float32)
+        models = [self.ensemble_name] * len(batch)
+        n_up = int(escalate.sum())
+        if n_up:
+            probs[escalate] = self.final.infer(batch[escalate])
+            for i in np.flatnonzero(escalate):
+                models[i] = self.final.name
+        return BatchOutput(probs, tuple(models), self._target_s(len(batch), n_up))
+
+    def _target_s(self, size: int, escalated: int) -> float | None:
+        if self.profile is None:
+            return None
+        total = 0.0
+        for m in self.members:
+            p = self._profiles[m.name]
+            total += p.target_s(size) if p else 0.0
+        final = self._profiles[self.final.name]
+        return total + (final.target_s(escalated) if final and escalated else 0.0)
+
+
+ServedModel = HeavyModel | AgreementTier
+"""What the batcher runs: one heavy model, or an ensemble tier in front of one."""

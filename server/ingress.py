@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.admission import AdmissionRefused
 from server.control import DuplicateDevice
-from server.heavy_model import HeavyModel
+from server.heavy_model import ServedModel
 from server.request_queue import Request
 from server.runtime import RUNTIME, Runtime
 from testbed import protocol as wire
@@ -32,7 +32,7 @@ DEFAULT_DEADLINE_MS = 10_000.0
 MSGPACK = "application/msgpack"
 
 
-def tensor_from_infer(msg: wire.Infer, model: HeavyModel) -> np.ndarray:
+def tensor_from_infer(msg: wire.Infer, model: ServedModel) -> np.ndarray:
     """The sample as the model's float32 input, or `ProtocolError(BAD_TENSOR)` with a reason.
 
     uint8 pixels are scaled by 1/255 as the zoo's models expect; float32 is taken as is.

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from server.batcher import Batcher
 from server.control import Controller
-from server.heavy_model import HeavyModel
+from server.heavy_model import ServedModel
 from server.scheduling.base import (
     DeviceInfo,
     HeavyOption,
@@ -52,7 +52,7 @@ class ServerSettings:
 class Runtime:
     settings: ServerSettings
     zoo: Zoo
-    models: dict[str, HeavyModel]
+    models: dict[str, ServedModel]
     """Every heavy model loaded; the batcher runs one of them at a time."""
     profiles: dict[str, BatchProfile | None]
     stats: ServerStats
@@ -63,7 +63,7 @@ class Runtime:
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
 
     @property
-    def model(self) -> HeavyModel:
+    def model(self) -> ServedModel:
         return self.batcher.model
 
     def heavy_options(self) -> dict[str, HeavyOption]:

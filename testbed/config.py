@@ -178,6 +178,11 @@ class ServerConfig:
     """Emulated batch latency per heavy model, `{name = {base_ms = .., per_sample_ms = ..}}`.
     A model without one is scaled from the default's profile by the ratio of the two models'
     measured latency at batch 32 (model cards)."""
+    ensemble: tuple[str, ...] = ()
+    """Heavy models voting before `heavy_model` (a server tier of a cascade of ensembles): a
+    sample whose members agree (share >= `ensemble_theta`) is answered with the majority, the
+    others by `heavy_model`. Empty: `heavy_model` answers every sample."""
+    ensemble_theta: float = 1.0
     max_batch_size: int = 32
     max_queue_delay_us: int = 2000
     """How long the first request of a batch may wait for more (Triton semantics)."""
@@ -211,6 +216,11 @@ class ServerConfig:
         _check(self.batch_base_ms >= 0 and self.batch_per_sample_ms >= 0,
                "server batch profile must be >= 0")
         _check(self.intra_op_threads >= 1, "server.intra_op_threads must be >= 1")
+        _check(not self.ensemble or len(self.ensemble) >= 2,
+               "server.ensemble needs at least 2 models")
+        _check(0 < self.ensemble_theta <= 1, "server.ensemble_theta must be in (0, 1]")
+        _check(not (self.ensemble and self.heavy_models),
+               "server.ensemble and server.heavy_models (model switching) do not combine")
         _check(self.control_interval_s > 0, "server.control_interval_s must be > 0")
         _check(self.slow_client_stall_s > 0 and self.slow_client_backlog >= 1,
                "server slow-client limits must be > 0")

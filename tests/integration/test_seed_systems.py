@@ -92,3 +92,16 @@ def test_agreement_threshold_is_calibrated_when_the_scenario_sets_none(tmp_path:
     ran = (result.run_dir / "scenario.toml").read_text()
     assert "threshold = 1.0" in ran or "threshold = 0.666667" in ran
     check_accounting(result.run_dir, result.summary)
+
+
+def test_server_ensemble_tier_before_the_final_model(tmp_path: Path) -> None:
+    """Three levels: device ensembles -> server ensemble (lite + base, unanimity) -> XL."""
+    cfg = scenario_from_dict({
+        "name": "coe-3", "duration_s": 4, "slo_ms": 400, "policy": {"name": "server-only"},
+        "devices": {"count": 3},
+        "server": {"heavy_model": "heavy-cnn-xl", "ensemble": ["heavy-cnn-lite", "heavy-cnn"]}})
+    result = run_scenario(cfg, tmp_path / "run")
+    check_accounting(result.run_dir, result.summary)
+    answered = {r.heavy_model for f in iter_record_files(result.run_dir)
+                for r in read_records(f)[0] if r.source == "heavy"}
+    assert answered == {"agreement(heavy-cnn-lite+heavy-cnn)", "heavy-cnn-xl"}

@@ -81,3 +81,27 @@ def test_cascade_curve_end_points() -> None:
     fwd, acc = cascade_curve(conf, light_ok, heavy_ok, np.array([0.0, 0.6, 1.0]))
     assert list(fwd) == [0.0, 0.5, 1.0]
     assert list(acc) == [0.75, 1.0, 0.75]
+
+
+def test_server_ensemble_tier_answers_agreements_and_escalates_the_rest() -> None:
+    from server.heavy_model import AgreementTier, HeavyModel
+    from testbed.modelzoo import open_zoo, to_model_input
+    from testbed.profiles import BatchProfile
+
+    zoo = open_zoo()
+    lite, base, xl = (HeavyModel(zoo, n) for n in ("heavy-cnn-lite", "heavy-cnn", "heavy-cnn-xl"))
+    profiles: dict[str, BatchProfile | None] = {
+        "heavy-cnn-lite": BatchProfile(1, 1), "heavy-cnn": BatchProfile(2, 2),
+        "heavy-cnn-xl": BatchProfile(4, 4)}
+    tier = AgreementTier([lite, base], xl, 1.0, profiles)
+    x = to_model_input(zoo.dataset("val").x[:256])
+    out = tier.run(x)
+    agree = lite.infer(x).argmax(1) == base.infer(x).argmax(1)
+    assert out.models is not None
+    assert [m == xl.name for m in out.models] == list(~agree)
+    assert 0 < (~agree).sum() < len(x)
+    assert (out.probs.argmax(1)[agree] == lite.infer(x).argmax(1)[agree]).all()
+    assert (out.probs.argmax(1)[~agree] == xl.infer(x[~agree]).argmax(1)).all()
+    e = int((~agree).sum())
+    assert out.target_s == pytest.approx((1 + 256 + 2 + 2 * 256 + 4 + 4 * e) / 1e3)
+    assert tier.profile == BatchProfile(7, 7)  # capacity is planned for the worst case
