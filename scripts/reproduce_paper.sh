@@ -8,7 +8,8 @@ TESTBED="${TESTBED:-.venv/bin/testbed}"
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
   names=(slo-vs-devices-heterogeneous slo-vs-devices-homogeneous baselines-40 model-switching
-         intermittent gears-loads gears-changing-load coe-communication bursty trace)
+         intermittent gears-loads gears-changing-load coe-communication early-exit
+         bursty trace)
 fi
 for name in "${names[@]}"; do
   out="runs/paper/$name"

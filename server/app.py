@@ -14,10 +14,13 @@ from server.admission import Admission
 from server.batch_policy import BatchPolicy
 from server.batcher import Batcher
 from server.control import Controller
+from server.early_exit import StageScheduler
+from server.ee_batcher import EarlyExitBatcher
 from server.heavy_model import AgreementTier, HeavyModel, ServedModel
 from server.request_queue import RequestQueue
 from server.runtime import RUNTIME, SETTINGS, Runtime, ServerSettings
 from server.scheduling import make_policy
+from server.staged_model import StagedModel
 from server.stats import ServerStats
 from testbed import protocol as wire
 from testbed.events import EventLog
@@ -49,7 +52,9 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
     zoo = open_zoo(settings.zoo)
     default = cfg.heavy_model or zoo.heavy
     names = [default, *(n for n in [*cfg.heavy_models, *cfg.ensemble] if n != default)]
-    loaded = {n: HeavyModel(zoo, n, cfg.intra_op_threads) for n in dict.fromkeys(names)}
+    loaded: dict[str, ServedModel] = {
+        n: (StagedModel if zoo.card(n).get("stages") else HeavyModel)(zoo, n, cfg.intra_op_threads)
+        for n in dict.fromkeys(names)}
     for model in loaded.values():
         if model.sample_shape != loaded[default].sample_shape:
             raise ValueError(f"heavy model {model.name} takes {model.sample_shape}, "
@@ -67,12 +72,28 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         models = {tier.name: tier}
         profiles[tier.name] = tier.profile
         default = tier.name
+    for n, m in loaded.items():
+        if isinstance(m, StagedModel) and profiles[n] is not None:
+            m.pad_to(profiles[n])  # type: ignore[arg-type]
     stats = ServerStats()
     stats.on_model_switch(default)
     queue = RequestQueue(cfg.max_queue_size)
-    batcher = Batcher(models[default], queue,
-                      BatchPolicy(cfg.max_batch_size, cfg.max_queue_delay_us / 1e6),
-                      profiles[default], stats, Admission(cfg.admission, cfg.max_queue_size))
+    batching = BatchPolicy(cfg.max_batch_size, cfg.max_queue_delay_us / 1e6)
+    admission = Admission(cfg.admission, cfg.max_queue_size)
+    first = models[default]
+    batcher: Batcher
+    if cfg.mode == "early-exit":
+        if not isinstance(first, StagedModel):
+            raise ValueError(f"server.mode = 'early-exit' needs an early-exit heavy model "
+                             f"(a zoo card with stages); {default} is not one")
+        if first.profile is None:
+            first.pad_to(BatchProfile(0.0, 0.0))
+        scheduler = StageScheduler(first.costs(cfg.exit_threshold), cfg.max_batch_size,
+                                   cfg.max_queue_delay_us / 1e6, cfg.stage_scheduler)
+        batcher = EarlyExitBatcher(first, queue, batching, profiles[default], stats, admission,
+                                   scheduler=scheduler, exit_threshold=cfg.exit_threshold)
+    else:
+        batcher = Batcher(first, queue, batching, profiles[default], stats, admission)
     events = EventLog(settings.events_path, "server")
     controller = Controller(
         make_policy(settings.policy.name, settings.policy.params), stats, events,
@@ -99,7 +120,7 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
     events.close()
 
 
-def _warm_up(model: HeavyModel) -> None:
+def _warm_up(model: ServedModel) -> None:
     """Run each power-of-two batch size once so the first real batches are not slow."""
     import numpy as np
 

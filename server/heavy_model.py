@@ -4,6 +4,7 @@ in `testbed.profiles`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -49,7 +50,7 @@ class AgreementTier:
     after another on the one emulated accelerator, so a batch of b with e escalations takes
     sum of L_member(b) + L_final(e)."""
 
-    def __init__(self, members: list[HeavyModel], final: HeavyModel, theta: float,
+    def __init__(self, members: list[ServedModel], final: ServedModel, theta: float,
                  profiles: dict[str, BatchProfile | None]) -> None:
         self.members, self.final, self.theta = members, final, theta
         self.ensemble_name = "agreement(" + "+".join(m.name for m in members) + ")"
@@ -88,5 +89,15 @@ class AgreementTier:
         return total + (final.target_s(escalated) if final and escalated else 0.0)
 
 
-ServedModel = HeavyModel | AgreementTier
-"""What the batcher runs: one heavy model, or an ensemble tier in front of one."""
+class ServedModel(Protocol):
+    """What the batcher runs: a `HeavyModel`, an `AgreementTier` in front of one, or an
+    early-exit `server.staged_model.StagedModel`."""
+
+    name: str
+    card: dict[str, Any]
+    sample_shape: tuple[int, ...]
+    sample_size: int
+
+    def infer(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def run(self, batch: np.ndarray) -> BatchOutput: ...

@@ -63,6 +63,10 @@ class RequestQueue:
             return req.arrival
         return None
 
+    def peek(self, n: int) -> list[Request]:
+        """The n oldest requests, left in the queue."""
+        return list(itertools.islice(self._fifo.values(), n))
+
     def pop(self, n: int) -> list[Request]:
         """Remove and return the n oldest requests (fewer if the queue is shorter)."""
         out = []

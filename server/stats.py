@@ -108,20 +108,24 @@ class ServerStats:
     def on_protocol_error(self, code: str) -> None:
         self.protocol_errors.labels(code).inc()
 
-    def on_batch(self, queue_s: list[float], padded_s: float, overrun: bool) -> None:
-        n = len(queue_s)
+    def on_batch(self, queue_s: list[float], padded_s: float, overrun: bool, *,
+                 completed: int | None = None, size: int | None = None) -> None:
+        """A batch ran. A stage of an early-exit model runs `size` samples, of which
+        `completed` exit; `queue_s` has the queueing of those that started with it."""
+        n = len(queue_s) if completed is None else completed
+        b = len(queue_s) if size is None else size
         self.requests.labels("ok").inc(n)
-        self.inferences.inc(n)
+        self.inferences.inc(b)
         self.batches.inc()
         self.overruns.inc(overrun)
-        self.batch_size.observe(n)
+        self.batch_size.observe(b)
         self.compute_seconds.observe(padded_s)
         for q in queue_s:
             self.queue_seconds.observe(q)
         for w in (self._window, self.totals):
             w.completed += n
             w.batches += 1
-            w.batch_sum += n
+            w.batch_sum += b
             w.queue_s_sum += sum(queue_s)
             w.busy_s += padded_s
 

@@ -13,6 +13,8 @@ ArrivalKind = Literal["constant", "poisson", "onoff", "trace"]
 FaultKind = Literal["kill_device", "kill_server", "cut_link", "packet_loss"]
 AdmissionMode = Literal["bound", "deadline"]
 ForwardingRuleName = Literal["confidence", "margin", "entropy", "agreement"]
+ServerMode = Literal["whole", "early-exit"]
+StagePolicyName = Literal["slack", "fcfs"]
 TIER_ORDER = ("low", "mid", "high")
 
 
@@ -183,6 +185,15 @@ class ServerConfig:
     sample whose members agree (share >= `ensemble_theta`) is answered with the majority, the
     others by `heavy_model`. Empty: `heavy_model` answers every sample."""
     ensemble_theta: float = 1.0
+    mode: ServerMode = "whole"
+    """How an early-exit heavy model (zoo card with `stages`) runs: "whole" (every batch runs
+    every stage, no exits: whole-network dynamic batching) or "early-exit" (stage by stage,
+    confident samples leave at each exit; `stage_scheduler` picks the next stage batch)."""
+    exit_threshold: float = 0.9
+    """early-exit: a sample leaves at a stage whose exit's top-1 probability is >= this."""
+    stage_scheduler: StagePolicyName = "slack"
+    """early-exit: "slack" (exit-aware deadline slack, preemptive between stages) or "fcfs"
+    (run each batch to completion)."""
     max_batch_size: int = 32
     max_queue_delay_us: int = 2000
     """How long the first request of a batch may wait for more (Triton semantics)."""
@@ -219,6 +230,7 @@ class ServerConfig:
         _check(not self.ensemble or len(self.ensemble) >= 2,
                "server.ensemble needs at least 2 models")
         _check(0 < self.ensemble_theta <= 1, "server.ensemble_theta must be in (0, 1]")
+        _check(0 <= self.exit_threshold <= 1, "server.exit_threshold must be in [0, 1]")
         _check(not (self.ensemble and self.heavy_models),
                "server.ensemble and server.heavy_models (model switching) do not combine")
         _check(self.control_interval_s > 0, "server.control_interval_s must be > 0")

@@ -32,6 +32,7 @@ SWEEP_METRICS = {
     "throughput_sps": ("throughput (answers/s)", False),
     "forward_rate": ("forward rate", True),
     "latency_ms.p95": ("p95 latency (ms)", False),
+    "latency_ms.mean": ("mean latency (ms)", False),
 }
 """metric -> (axis label, is a fraction shown in %)."""
 FIG_DPI = 110

@@ -105,3 +105,30 @@ def test_server_ensemble_tier_before_the_final_model(tmp_path: Path) -> None:
     answered = {r.heavy_model for f in iter_record_files(result.run_dir)
                 for r in read_records(f)[0] if r.source == "heavy"}
     assert answered == {"agreement(heavy-cnn-lite+heavy-cnn)", "heavy-cnn-xl"}
+
+
+def test_early_exit_mode_answers_at_every_exit_and_loses_nothing(tmp_path: Path) -> None:
+    for scheduler in ("slack", "fcfs"):
+        cfg = scenario_from_dict({
+            "name": f"ee-{scheduler}", "duration_s": 4, "policy": {"name": "server-only"},
+            "devices": {"count": 6, "arrival": "onoff", "burst_on_s": 0.5, "burst_off_s": 0.5},
+            "server": {"heavy_model": "heavy-ee", "mode": "early-exit",
+                       "stage_scheduler": scheduler, "exit_threshold": 0.9}})
+        result = run_scenario(cfg, tmp_path / scheduler)
+        check_accounting(result.run_dir, result.summary)
+        records = [r for f in iter_record_files(result.run_dir) for r in read_records(f)[0]]
+        exits = {r.heavy_model for r in records if r.source == "heavy"}
+        assert exits == {"heavy-ee@exit1", "heavy-ee@exit2", "heavy-ee@exit3"}
+        early = [r for r in records if r.heavy_model in ("heavy-ee@exit1", "heavy-ee@exit2")]
+        assert all(r.source == "heavy" for r in early)
+
+
+def test_whole_network_mode_runs_every_stage(tmp_path: Path) -> None:
+    cfg = scenario_from_dict({
+        "name": "ee-whole", "duration_s": 3, "policy": {"name": "server-only"},
+        "devices": {"count": 3}, "server": {"heavy_model": "heavy-ee", "mode": "whole"}})
+    result = run_scenario(cfg, tmp_path / "run")
+    check_accounting(result.run_dir, result.summary)
+    served = {r.heavy_model for f in iter_record_files(result.run_dir)
+              for r in read_records(f)[0] if r.source == "heavy"}
+    assert served == {"heavy-ee"}

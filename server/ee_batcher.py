@@ -1,0 +1,139 @@
+"""The early-exit server mode: stage-by-stage batches of an early-exit heavy model.
+
+New requests wait in the admission queue (stage 0, with its deadline timer); samples that did
+not exit are parked before their next stage with their activations. `StageScheduler` (pure)
+picks each next batch; this shell runs the stage in the worker thread, pads it to the stage's
+emulated latency, answers the samples whose exit is confident enough at once, and parks the
+rest. A parked sample whose deadline passes is answered `expired` (its device falls back)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from server.batch_policy import Idle, WaitUntil
+from server.batcher import Batcher
+from server.early_exit import RunStage, StageScheduler, Waiting
+from server.request_queue import Request
+from server.staged_model import StagedModel
+from testbed import protocol as wire
+
+
+@dataclass(slots=True)
+class Parked:
+    req: Request
+    act: np.ndarray
+    started: float
+    """When its first stage started (its queueing before that is its queue time)."""
+
+
+class EarlyExitBatcher(Batcher):
+    def __init__(self, model: StagedModel, *args: object, scheduler: StageScheduler,
+                 exit_threshold: float, **kw: object) -> None:
+        super().__init__(model, *args, **kw)  # type: ignore[arg-type]
+        self.staged = model
+        self.scheduler = scheduler
+        self.exit_threshold = exit_threshold
+        self.parked: list[list[Parked]] = [[] for _ in range(model.stages)]
+        self.exits = [0] * model.stages
+
+    def set_max_batch_size(self, n: int) -> None:
+        super().set_max_batch_size(n)
+        self.scheduler.max_batch_size = self.policy.max_batch_size
+
+    async def run(self) -> None:
+        while True:
+            now = self._loop.time()
+            self._expire_parked(now)
+            queues: list[list[Waiting]] = [
+                [Waiting(r.arrival, r.deadline)
+                 for r in self.queue.peek(self.scheduler.max_batch_size)]]
+            for stage in self.parked[1:]:
+                stage.sort(key=lambda p: p.req.deadline)
+                queues.append([Waiting(p.req.arrival, p.req.deadline) for p in stage])
+            decision = self.scheduler.decide(now, queues)
+            if isinstance(decision, Idle):
+                await self._wait(None)
+            elif isinstance(decision, WaitUntil):
+                await self._wait(decision.time)
+            elif isinstance(decision, RunStage):
+                await self._run_stage(decision, now)
+
+    async def _run_stage(self, d: RunStage, now: float) -> None:
+        if d.stage == 0:
+            reqs = self.queue.pop(d.size)
+            self.stats.pending.dec(len(reqs))
+            items = [Parked(r, r.x, now) for r in reqs]
+            x = np.stack([r.x for r in reqs])
+        else:
+            items, self.parked[d.stage] = (self.parked[d.stage][:d.size],
+                                           self.parked[d.stage][d.size:])
+            x = np.stack([p.act for p in items])
+        start = self._loop.time()
+        profile = self.staged.stage_profiles[d.stage] if self.staged.stage_profiles else None
+        self._busy_until = start + (profile.target_s(len(items)) if profile else 0.0)
+        t = time.perf_counter()
+        try:
+            probs, act = await self._loop.run_in_executor(self._pool, self.staged.run_stage,
+                                                          d.stage, x)
+        except Exception as exc:  # a broken stage must not take the server down
+            self.stats.on_failed(len(items))
+            for p in items:
+                p.req.respond(wire.Result(sample_id=p.req.sample_id,
+                                          status=wire.ResultStatus.FAILED,
+                                          batch_size=len(items), reason=f"model error: {exc}",
+                                          cause="model_error"))
+            return
+        real = time.perf_counter() - t
+        target = profile.target_s(len(items)) if profile else 0.0
+        if target > real:
+            await asyncio.sleep(target - real)
+        end = self._loop.time()
+        last = d.stage == self.staged.stages - 1
+        confs = probs.max(axis=1)
+        done = [i for i in range(len(items)) if last or confs[i] >= self.exit_threshold]
+        self.stats.on_batch([start - p.req.arrival for p in items if d.stage == 0], end - start,
+                            overrun=profile is not None and real > target, completed=len(done),
+                            size=len(items))
+        self.exits[d.stage] += len(done)
+        name = f"{self.staged.name}@exit{d.stage + 1}"
+        preds = probs.argmax(axis=1)
+        for i in done:
+            p = items[i]
+            p.req.respond(wire.Result(
+                sample_id=p.req.sample_id, prediction=int(preds[i]), confidence=float(confs[i]),
+                queue_us=int((p.started - p.req.arrival) * 1e6),
+                compute_us=int((end - p.started) * 1e6), batch_size=len(items), model=name))
+        if not last:
+            keep = set(done)
+            assert act is not None
+            self.parked[d.stage + 1].extend(
+                Parked(p.req, act[i], p.started) for i, p in enumerate(items) if i not in keep)
+
+    def _expire_parked(self, now: float) -> None:
+        for s, stage in enumerate(self.parked):
+            late = [p for p in stage if p.req.deadline <= now]
+            if not late:
+                continue
+            self.parked[s] = [p for p in stage if p.req.deadline > now]
+            self.stats.on_expired(len(late))
+            for p in late:
+                p.req.respond(wire.Result(
+                    sample_id=p.req.sample_id, status=wire.ResultStatus.EXPIRED,
+                    queue_us=int((now - p.req.arrival) * 1e6),
+                    reason=f"deadline passed while parked before stage {s + 1}",
+                    cause="deadline"))
+
+    async def close(self) -> None:
+        for s, stage in enumerate(self.parked):
+            for p in stage:
+                self.stats.on_rejected("shutdown")
+                p.req.respond(wire.Result(sample_id=p.req.sample_id,
+                                          status=wire.ResultStatus.REJECTED,
+                                          reason=f"server shutting down (parked at stage "
+                                                 f"{s + 1})", cause="shutdown"))
+            stage.clear()
+        await super().close()
