@@ -10,6 +10,8 @@ picks the next one:
   stage with the least non-negative slack runs; batches that cannot make their deadlines wait
   until nothing that still can is waiting. New arrivals can so preempt samples parked between
   stages.
+* `edf` (the ablation between them): the same preemptive slack rule, but blind to exits: the
+  expected time left counts every later stage in full.
 * `fcfs` (run to completion): the batch in flight goes through its stages before a new batch
   starts; exited samples leave at each stage boundary.
 
@@ -26,7 +28,7 @@ from typing import Literal
 from server.batch_policy import Idle, WaitUntil
 from testbed.profiles import BatchProfile
 
-StagePolicy = Literal["slack", "fcfs"]
+StagePolicy = Literal["slack", "edf", "fcfs"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +60,14 @@ class StageCosts:
     def stages(self) -> int:
         return len(self.profiles)
 
-    def expected_remaining_s(self, stage: int, size: int) -> float:
+    def expected_remaining_s(self, stage: int, size: int, exit_aware: bool = True) -> float:
         """Expected time for a sample about to run `stage` to finish: each later stage counts
-        with the probability of reaching it."""
+        with the probability of reaching it (with `exit_aware`), else in full."""
         total, reach = 0.0, 1.0
         for j in range(stage, self.stages):
             total += reach * self.profiles[j].target_s(size)
-            reach *= 1.0 - self.exit_rates[j]
+            if exit_aware:
+                reach *= 1.0 - self.exit_rates[j]
         return total
 
 
@@ -101,7 +104,7 @@ class StageScheduler:
 
     def _priority(self, now: float, stage: int, queue: Sequence[Waiting]) -> tuple[int, float]:
         batch = queue[:self.max_batch_size]
-        left = self.costs.expected_remaining_s(stage, len(batch))
+        left = self.costs.expected_remaining_s(stage, len(batch), self.policy == "slack")
         slacks = [w.deadline - now - left for w in batch]
         feasible = [x for x in slacks if x >= 0]
         if feasible:

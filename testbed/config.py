@@ -14,7 +14,7 @@ FaultKind = Literal["kill_device", "kill_server", "cut_link", "packet_loss"]
 AdmissionMode = Literal["bound", "deadline"]
 ForwardingRuleName = Literal["confidence", "margin", "entropy", "agreement"]
 ServerMode = Literal["whole", "early-exit"]
-StagePolicyName = Literal["slack", "fcfs"]
+StagePolicyName = Literal["slack", "edf", "fcfs"]
 TIER_ORDER = ("low", "mid", "high")
 
 
@@ -192,8 +192,8 @@ class ServerConfig:
     exit_threshold: float = 0.9
     """early-exit: a sample leaves at a stage whose exit's top-1 probability is >= this."""
     stage_scheduler: StagePolicyName = "slack"
-    """early-exit: "slack" (exit-aware deadline slack, preemptive between stages) or "fcfs"
-    (run each batch to completion)."""
+    """early-exit: "slack" (exit-aware deadline slack, preemptive between stages), "edf" (the
+    same, blind to exits) or "fcfs" (run each batch to completion)."""
     max_batch_size: int = 32
     max_queue_delay_us: int = 2000
     """How long the first request of a batch may wait for more (Triton semantics)."""

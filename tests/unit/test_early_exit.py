@@ -83,3 +83,13 @@ def test_staged_zoo_model_stages_compose_to_the_whole_network() -> None:
     assert sum(p.base_ms for p in model.stage_profiles) == pytest.approx(6.0)
     costs = model.costs(0.9)
     assert costs.exit_rates[-1] == 1.0 and 0.4 < costs.exit_rates[0] < 0.8
+
+
+def test_edf_is_the_slack_rule_blind_to_exits() -> None:
+    assert COSTS.expected_remaining_s(0, 2, exit_aware=False) == pytest.approx((4 + 3 + 7) / 1e3)
+    now = 1.0
+    # 12 ms left: feasible if exits are counted (about 10 ms), not if every stage runs (17 ms)
+    arrivals = [Waiting(0.99, now + 0.012)] * 4
+    parked = [Waiting(0.5, now + 1.0)]
+    assert sched("slack").decide(now, [arrivals, parked, []]) == RunStage(0, 4)
+    assert sched("edf").decide(now, [arrivals, parked, []]) == RunStage(1, 1)
