@@ -23,6 +23,7 @@ from testbed.analysis import (
     threshold_series,
     tradeoff_series,
 )
+from testbed.config import TIER_ORDER
 from testbed.events import read_events
 from testbed.records import SampleRecord, iter_record_files, read_records
 
@@ -71,6 +72,19 @@ def _lines(ax: Any, series: list[Series], percent: bool) -> None:
             ax.fill_between(s.x, np.asarray(s.lo) * scale, np.asarray(s.hi) * scale,
                             alpha=0.15, color=line.get_color())
     ax.grid(alpha=0.3)
+
+
+TIER_COLORS = {"low": "tab:red", "mid": "tab:orange", "high": "tab:blue"}
+
+
+def tier_order(tiers: Iterable[str]) -> list[str]:
+    """Default tiers weakest first, then any others by name: the same order in every figure."""
+    rank = {t: i for i, t in enumerate(TIER_ORDER)}
+    return sorted(tiers, key=lambda t: (rank.get(t, len(rank)), t))
+
+
+def tier_color(tier: str) -> str | None:
+    return TIER_COLORS.get(tier)
 
 
 # --- sweeps -------------------------------------------------------------------------------
@@ -179,9 +193,10 @@ def _largest_point_figures(points: list[tuple[dict[str, str], dict[str, Any], Pa
 
 def _thresholds(ax: Any, run_dir: Path) -> None:
     start = _run_start(run_dir) or 0.0
-    for tier, s in sorted(threshold_series(read_events(run_dir / "events.jsonl"),
-                                           start).items()):
-        ax.step(s.x, s.y, where="post", label=tier)
+    series = threshold_series(read_events(run_dir / "events.jsonl"), start)
+    for tier in tier_order(series):
+        s = series[tier]
+        ax.step(s.x, s.y, where="post", label=tier, color=tier_color(tier))
     ax.set_xlabel("run time (s)")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
@@ -202,10 +217,9 @@ def run_figures(run_dir: Path, summary: dict[str, Any], out: Path) -> list[Path]
     ax.set_title(f"{summary.get('policy')}: thresholds per tier")
     paths.append(_save(fig, out / "thresholds_over_time.png"))
     fig, (ax,) = _panels(1, width=7)
-    tiers = sorted({r.tier for r in records})
-    for tier in tiers:
+    for tier in tier_order({r.tier for r in records}):
         x, y = cdf([r.latency_ms for r in records if r.tier == tier])
-        ax.plot(x, y * 100, label=tier)
+        ax.plot(x, y * 100, label=tier, color=tier_color(tier))
     ax.axvline(summary["slo_ms"], color="grey", linestyle="--", label="SLO")
     ax.set_xscale("log")
     ax.set_xlabel("end-to-end latency (ms)")
