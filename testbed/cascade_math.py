@@ -22,13 +22,16 @@ def forwards(conf: np.ndarray | float, threshold: float) -> np.ndarray | bool:
     return conf < threshold
 
 
-def cascade_curve(conf: np.ndarray, light_ok: np.ndarray, heavy_ok: np.ndarray,
-                  thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Forward rate and accuracy of light -> heavy for each threshold (validation samples)."""
+def cascade_curve(score: np.ndarray, light_ok: np.ndarray, heavy_ok: np.ndarray,
+                  thresholds: np.ndarray, rule: str = "confidence"
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Forward rate and accuracy of light -> heavy for each threshold (validation samples).
+    `score` is the light stage's confidence (rule "confidence") or agreement ("agreement")."""
+    send = agreement_forwards if rule == "agreement" else forwards
     fwd = np.empty(len(thresholds))
     acc = np.empty(len(thresholds))
     for i, t in enumerate(thresholds):
-        sent = forwards(conf, float(t))
+        sent = np.asarray(send(score, float(t)))
         fwd[i] = float(np.mean(sent))
         acc[i] = float(np.mean(np.where(sent, heavy_ok, light_ok)))
     return fwd, acc

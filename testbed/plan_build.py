@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from testbed.cascade_math import agreement_forwards, agreement_levels, forwards, vote
+from testbed.cascade_math import agreement_levels, cascade_curve, vote
 from testbed.config import ScenarioConfig, TierSpec, parse_mix
 from testbed.gear_plan import GearPlan
 from testbed.modelzoo import Zoo, open_session, open_zoo, to_model_input
@@ -40,20 +40,19 @@ def heavy_models(cfg: ScenarioConfig, zoo: Zoo) -> list[str]:
 def tier_curve(val: ValPredictions, spec: TierSpec, heavy: str, no_cascade: bool) -> TierCurve:
     """Forward rate and accuracy of one tier's light stage in front of `heavy`, for each
     threshold the tier's rule can use."""
-    heavy_ok = val.correct(heavy)
     if spec.rule == "agreement":
         votes = vote(np.stack([val.probs[m] for m in spec.members]))
         score, light_ok = votes.agreement, votes.pred == val.labels
         grid = np.array(agreement_levels(len(spec.members)))
-        sends = [np.asarray(agreement_forwards(score, float(t))) for t in grid]
     else:
         score, light_ok = val.confidence(spec.model), val.correct(spec.model)
         grid = THRESHOLD_GRID
-        sends = [np.asarray(forwards(score, float(t))) for t in grid]
     if no_cascade:
-        grid, sends = np.array([1.0]), [np.ones_like(light_ok, dtype=bool)]
-    fwd = np.array([s.mean() for s in sends])
-    acc = np.array([np.where(s, heavy_ok, light_ok).mean() for s in sends])
+        if spec.rule != "confidence":
+            raise ValueError("planning without a cascade needs confidence tiers: a threshold "
+                             "of 1 sends everything only under the confidence rule")
+        grid = np.array([1.0])
+    fwd, acc = cascade_curve(score, light_ok, val.correct(heavy), grid, spec.rule)
     return TierCurve(grid, fwd, acc)
 
 
