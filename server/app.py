@@ -17,6 +17,7 @@ from server.control import Controller
 from server.early_exit import StageScheduler
 from server.ee_batcher import EarlyExitBatcher
 from server.heavy_model import AgreementTier, HeavyModel, ServedModel
+from server.idn_node import IdnNodeRuntime
 from server.request_queue import RequestQueue
 from server.runtime import RUNTIME, SETTINGS, Runtime, ServerSettings
 from server.scheduling import make_policy
@@ -109,12 +110,18 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
                 heavy_models=names, max_batch_size=cfg.max_batch_size, slo_ms=settings.slo_ms)
     tasks = [asyncio.create_task(batcher.run(), name="batcher"),
              asyncio.create_task(controller.run(loop.time), name="controller")]
+    if settings.idn_node:
+        rt.idn = IdnNodeRuntime(settings.idn, settings.idn_node, cfg, zoo, stats, events,
+                                settings.token, settings.parent_url, settings.seed)
+        tasks.append(asyncio.create_task(rt.idn.run(), name="idn"))
     yield
     for task in tasks:
         task.cancel()
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    if rt.idn is not None:
+        await rt.idn.close()
     await batcher.close()
     events.emit("server_stop", totals=rt.status()["totals"])
     events.close()

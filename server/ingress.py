@@ -241,7 +241,10 @@ def _on_frame(rt: Runtime, device_id: str, data: bytes, outbox: Outbox,
 
 def _admit(rt: Runtime, req: Request) -> None:
     try:
-        rt.batcher.submit(req)
+        if rt.idn is not None:
+            rt.idn.submit(req)
+        else:
+            rt.batcher.submit(req)
     except AdmissionRefused as exc:
         rt.stats.on_rejected(exc.cause)
         req.respond(wire.Result(sample_id=req.sample_id, status=wire.ResultStatus.REJECTED,

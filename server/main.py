@@ -47,11 +47,24 @@ async def serve(settings: ServerSettings, on_listening: Callable[[str], None],
 def server_process(scenario: ScenarioConfig, token: str, run_dir: str,
                    control: Connection) -> None:
     """Entry of the server process the harness starts (forkserver child)."""
+    _child(scenario, token, run_dir, control)
+
+
+def node_process(scenario: ScenarioConfig, token: str, run_dir: str, idn_node: str,
+                 parent_url: str, control: Connection) -> None:
+    """Entry of an IDN node other than the repository (which is `server_process`)."""
+    _child(scenario, token, run_dir, control, idn_node, parent_url)
+
+
+def _child(scenario: ScenarioConfig, token: str, run_dir: str, control: Connection,
+           idn_node: str = "", parent_url: str = "") -> None:
     die_with_parent()
     leave_interrupts_to_parent()
     out = Path(run_dir)
-    configure_logging("INFO", "server", out / "logs" / "server.log")
-    settings = ServerSettings.from_scenario(scenario, token, out / "events.server.jsonl")
+    stem = f"node-{idn_node}" if idn_node else "server"
+    configure_logging("INFO", stem, out / "logs" / f"{stem}.log")
+    settings = ServerSettings.from_scenario(scenario, token, out / f"events.{stem}.jsonl",
+                                            idn_node=idn_node, parent_url=parent_url)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

@@ -12,6 +12,7 @@ from aiohttp import web
 from server.batcher import Batcher
 from server.control import Controller
 from server.heavy_model import ServedModel
+from server.idn_node import IdnNodeRuntime
 from server.scheduling.base import (
     DeviceInfo,
     HeavyOption,
@@ -21,7 +22,7 @@ from server.scheduling.base import (
 )
 from server.stats import ServerStats
 from testbed import protocol as wire
-from testbed.config import PolicyConfig, ScenarioConfig, ServerConfig
+from testbed.config import IdnConfig, PolicyConfig, ScenarioConfig, ServerConfig
 from testbed.events import EventLog
 from testbed.modelzoo import Zoo, ZooError
 from testbed.profiles import BatchProfile
@@ -38,14 +39,24 @@ class ServerSettings:
     tier_thresholds: dict[str, float] = field(default_factory=dict)
     """Initial thresholds the scenario sets per tier; other tiers take their card's default."""
     events_path: Path | None = None
+    idn: IdnConfig = field(default_factory=IdnConfig)
+    idn_node: str = ""
+    """This server is that node of the scenario's IDN ("" outside an IDN)."""
+    parent_url: str = ""
+    """The IDN parent's URL (not for the repository)."""
+    seed: int = 0
 
     @classmethod
     def from_scenario(cls, cfg: ScenarioConfig, token: str = "",
-                      events_path: Path | None = None) -> ServerSettings:
+                      events_path: Path | None = None, idn_node: str = "",
+                      parent_url: str = "") -> ServerSettings:
+        if cfg.idn.nodes and not idn_node:
+            idn_node = cfg.idn.root.name
         return cls(server=cfg.server, policy=cfg.policy, slo_ms=cfg.slo_ms, zoo=cfg.zoo,
                    token=token, events_path=events_path,
                    tier_thresholds={t: s.threshold for t, s in cfg.tiers.items()
-                                    if s.threshold is not None})
+                                    if s.threshold is not None},
+                   idn=cfg.idn, idn_node=idn_node, parent_url=parent_url, seed=cfg.seed)
 
 
 @dataclass
@@ -61,6 +72,8 @@ class Runtime:
     events: EventLog
     started_at: float
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
+    idn: IdnNodeRuntime | None = None
+    """Set when this server is a node of an inference delivery network."""
 
     @property
     def model(self) -> ServedModel:
@@ -118,6 +131,7 @@ class Runtime:
             "totals": dataclasses.asdict(totals),
             "shed": dict(self.stats.shed),
             "slo_ms": self.settings.slo_ms,
+            **({"idn": self.idn.status()} if self.idn is not None else {}),
         }
 
 

@@ -149,3 +149,51 @@ def gear_series(events: Iterable[dict[str, Any]], run_start: float) -> tuple[Ser
             load.x.append(t)
             load.y.append(float(e.get("load_sps", np.nan)))
     return gear, load
+
+
+def serving_cost_ms(record: SampleRecord, alpha_ms: float, accuracy: dict[str, float],
+                    light_accuracy: dict[str, float]) -> float:
+    """An IDN's cost of one answer: its end-to-end latency plus alpha times the inaccuracy of
+    the model that gave it (validation accuracy from the cards; the tier's light model for a
+    light or fallback answer)."""
+    if record.source == "heavy":
+        acc = accuracy.get(record.heavy_model.rsplit("/", 1)[-1], 0.0)
+    else:
+        acc = light_accuracy.get(record.tier, 0.0)
+    return float(record.latency_ms) + alpha_ms * (1.0 - acc)
+
+
+def running_mean_per_second(records: Iterable[SampleRecord], values: Iterable[float],
+                            run_start: float, duration_s: float) -> np.ndarray:
+    """Time-averaged value up to each second of run time (by scheduled arrival)."""
+    n = max(int(np.ceil(duration_s)), 1)
+    total, count = np.zeros(n), np.zeros(n)
+    for r, v in zip(records, values, strict=True):
+        k = int(r.wall_epoch_s - run_start)
+        if 0 <= k < n and v == v:
+            total[k] += v
+            count[k] += 1
+    with np.errstate(invalid="ignore"):
+        out: np.ndarray = np.cumsum(total) / np.cumsum(count)
+    return out
+
+
+def idn_summary(records: Sequence[SampleRecord], alpha_ms: float, accuracy: dict[str, float],
+                light_accuracy: dict[str, float]) -> dict[str, Any]:
+    by_node: dict[str, int] = defaultdict(int)
+    by_model: dict[str, int] = defaultdict(int)
+    costs = [serving_cost_ms(r, alpha_ms, accuracy, light_accuracy) for r in records]
+    for r in records:
+        if r.source == "heavy" and "/" in r.heavy_model:
+            node, model = r.heavy_model.rsplit("/", 1)
+            by_node[node] += 1
+            by_model[model] += 1
+    finite = [c for c in costs if c == c]
+    expected_acc = [accuracy.get(r.heavy_model.rsplit("/", 1)[-1], 0.0) if r.source == "heavy"
+                    else light_accuracy.get(r.tier, 0.0) for r in records]
+    return {"alpha_ms": alpha_ms,
+            "mean_cost_ms": round(float(np.mean(finite)), 3) if finite else None,
+            "expected_inaccuracy": round(1 - float(np.mean(expected_acc)), 5)
+            if expected_acc else None,
+            "served_by_node": dict(sorted(by_node.items())),
+            "served_by_model": dict(sorted(by_model.items()))}

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from testbed.analysis import idn_summary
 from testbed.config import ScenarioConfig, device_specs
 from testbed.events import read_events
 from testbed.metrics import DeviceTally, summarize
+from testbed.modelzoo import open_zoo
 from testbed.records import SampleRecord, read_journal, read_records
 from testbed.scenario_file import load_scenario
 from testbed.timeline import activity
@@ -87,6 +89,9 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
                                    for e in events)
     out = {**meta, **summary, "run": status, "faults": faults, "server": facts.server,
            "resources": facts.resources}
+    if cfg.idn.nodes:
+        out["idn"] = {"policy": cfg.idn.policy, **idn_summary(records, cfg.idn.alpha_ms,
+                                                              *model_accuracies(cfg))}
     (run_dir / "summary.json").write_text(json.dumps(out, indent=2))
     return out
 
@@ -159,7 +164,8 @@ def _tally(incs: dict[tuple[str, int], _Incarnation], exited: set[tuple[str, int
 
 def merge_events(run_dir: Path) -> None:
     """One events.jsonl in time order from the harness's and the server's files."""
-    parts = [run_dir / name for name in EVENT_FILES]
+    parts = [run_dir / name for name in EVENT_FILES] + \
+        sorted(run_dir.glob("events.node-*.jsonl"))  # IDN nodes
     if not any(p.is_file() for p in parts):
         return
     merged = run_dir / "events.jsonl"
@@ -170,3 +176,14 @@ def merge_events(run_dir: Path) -> None:
             f.write(json.dumps(e, separators=(",", ":")) + "\n")
     for p in parts:
         p.unlink(missing_ok=True)
+
+
+def model_accuracies(cfg: ScenarioConfig) -> tuple[dict[str, float], dict[str, float]]:
+    """Validation accuracy of every heavy model in the zoo and of each tier's light model."""
+    zoo = open_zoo(cfg.zoo)
+    heavy = {m: float(zoo.card(m)["accuracy"]["val"])
+             for m in zoo.index.get("heavy_variants") or [zoo.heavy]}
+    for m in cfg.idn.catalog:
+        heavy[m] = float(zoo.card(m)["accuracy"]["val"])
+    light = {t: float(zoo.card(s.model)["accuracy"]["val"]) for t, s in cfg.tiers.items()}
+    return heavy, light

@@ -5,6 +5,7 @@ writes scenario files. Units are in the field names (`_ms`, `_s`, `_hz`, `_mbps`
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -15,6 +16,7 @@ AdmissionMode = Literal["bound", "deadline"]
 ForwardingRuleName = Literal["confidence", "margin", "entropy", "agreement"]
 ServerMode = Literal["whole", "early-exit"]
 StagePolicyName = Literal["slack", "edf", "fcfs"]
+IdnPolicyName = Literal["idn", "greedy-online", "greedy-static", "cloud-only"]
 TIER_ORDER = ("low", "mid", "high")
 
 
@@ -286,6 +288,86 @@ class LinkFault:
 
 
 @dataclass(frozen=True, slots=True)
+class IdnNode:
+    """A node of an inference delivery network: a server process with a model memory budget,
+    an accelerator of its own speed, and a link to its parent (none for the repository)."""
+
+    name: str
+    tier: str = "edge"
+    """A label: access, edge, regional, cloud."""
+    parent: str | None = None
+    """The next node towards the repository; None: this node is the repository (cloud), which
+    holds every catalog model and serves whatever reaches it."""
+    memory_kb: float = 1000.0
+    """Budget for loaded models (the cards' file sizes)."""
+    speed: float = 1.0
+    """Accelerator speed relative to the server profile (0.25: batches take 4x as long)."""
+    link_ms: float = 5.0
+    """One-way delay of the link to the parent."""
+    devices: float = 0.0
+    """Share of the scenario's devices attached to this node (access nodes)."""
+    trace: tuple[tuple[float, float], ...] = ()
+    """Popularity over run time: (t_s, multiplier of devices.rate_hz) for the devices attached
+    here, piecewise constant; empty: their rate is constant."""
+
+    def __post_init__(self) -> None:
+        _check(self.memory_kb >= 0 and self.speed > 0 and self.link_ms >= 0,
+               f"idn node {self.name}: memory_kb >= 0, speed > 0, link_ms >= 0")
+        _check(self.devices >= 0, f"idn node {self.name}: devices share must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class IdnConfig:
+    nodes: tuple[IdnNode, ...] = ()
+    """Empty: no IDN, one server."""
+    catalog: tuple[str, ...] = ()
+    """Models nodes may load; empty: the zoo's heavy variants."""
+    policy: IdnPolicyName = "idn"
+    """idn (online mirror ascent, INFIDA) | greedy-online | greedy-static | cloud-only."""
+    alpha_ms: float = 1000.0
+    """Cost of serving = latency (ms) + alpha_ms * (1 - accuracy)."""
+    slot_s: float = 2.0
+    eta: float = 1.0
+    """Mirror-ascent step; gains are scaled by the slot's largest, so exp(eta) is the most a
+    model's weight can grow in one slot."""
+    load_s: float = 0.5
+    """A model a node loads serves only after this long (emulated loading time)."""
+
+    def __post_init__(self) -> None:
+        if not self.nodes:
+            return
+        names = [n.name for n in self.nodes]
+        _check(len(set(names)) == len(names), "idn node names must be unique")
+        roots = [n for n in self.nodes if n.parent is None]
+        _check(len(roots) == 1, "an idn needs exactly one node without a parent (the cloud)")
+        for n in self.nodes:
+            _check(n.parent is None or n.parent in names,
+                   f"idn node {n.name}: parent {n.parent!r} is not a node")
+        _check(sum(n.devices for n in self.nodes) > 0, "idn: no node has devices attached")
+        _check(self.alpha_ms >= 0 and self.slot_s > 0 and self.eta > 0 and self.load_s >= 0,
+               "idn: alpha_ms >= 0, slot_s > 0, eta > 0, load_s >= 0")
+        for n in self.nodes:  # no cycles: every path reaches the root
+            seen, cur = set(), n
+            while cur.parent is not None:
+                _check(cur.name not in seen, f"idn: the parents of {n.name} form a cycle")
+                seen.add(cur.name)
+                cur = next(x for x in self.nodes if x.name == cur.parent)
+
+    @property
+    def root(self) -> IdnNode:
+        return next(n for n in self.nodes if n.parent is None)
+
+    def node(self, name: str) -> IdnNode:
+        return next(n for n in self.nodes if n.name == name)
+
+    def depth_ms(self, name: str) -> float:
+        """One-way delay from a device at an access node below `name` up to `name`: the links
+        of the nodes on the way (an access node's own is to its parent)."""
+        below = [n for n in self.nodes if n.parent == name]
+        return 0.0 if not below else below[0].link_ms + self.depth_ms(below[0].name)
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyConfig:
     name: str = "multitasc"
     params: dict[str, Any] = field(default_factory=dict)
@@ -305,11 +387,15 @@ class ScenarioConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     faults: tuple[FaultSpec, ...] = ()
+    idn: IdnConfig = field(default_factory=IdnConfig)
+    """An inference delivery network of server processes instead of one server."""
     sweep: dict[str, Any] = field(default_factory=dict)
     """Axes of `testbed sweep` (see testbed.sweep); a single run ignores them."""
 
     def __post_init__(self) -> None:
         _check(self.duration_s > 0, f"duration_s must be > 0 (got {self.duration_s})")
+        _check(not (self.idn.nodes and self.faults),
+               "faults are not supported in an idn run (they target the one server)")
         _check(self.slo_ms > 0, f"slo_ms must be > 0 (got {self.slo_ms})")
         _check(bool(self.tiers), "at least one tier is needed")
         parse_mix(self.devices.mix, tuple(self.tiers))
@@ -342,6 +428,8 @@ class DeviceSpec:
     """0 for the first process of this device, k for its k-th restart."""
     link_faults: tuple[LinkFault, ...] = ()
     """Cuts and loss on its link, in run time."""
+    node: str = ""
+    """The IDN access node it sends to ("" outside an IDN: the one server)."""
 
 
 def parse_mix(mix: str, tiers: tuple[str, ...]) -> dict[str, float]:
@@ -380,7 +468,7 @@ def device_specs(cfg: ScenarioConfig) -> list[DeviceSpec]:
     tiers = assign_tiers(cfg.devices.count, parse_mix(cfg.devices.mix, tuple(cfg.tiers)))
     dev = cfg.devices
     trace = tuple((t, r * dev.trace_scale) for t, r in dev.trace_points)
-    return [
+    specs = [
         DeviceSpec(device_id=f"{tier}-{i:03d}", index=i, tier=tier, spec=cfg.tiers[tier],
                    rate_hz=dev.rate_hz, arrival=dev.arrival, burst_on_s=dev.burst_on_s,
                    burst_off_s=dev.burst_off_s, trace_points=trace, seed=cfg.seed,
@@ -389,3 +477,15 @@ def device_specs(cfg: ScenarioConfig) -> list[DeviceSpec]:
                    report_interval_s=cfg.devices.report_interval_s, zoo=cfg.zoo)
         for i, tier in enumerate(tiers)
     ]
+    if not cfg.idn.nodes:
+        return specs
+    access = {n.name: n for n in cfg.idn.nodes if n.devices > 0}
+    nodes = assign_tiers(len(specs), {n: a.devices for n, a in access.items()})
+    out = []
+    for spec, name in zip(specs, nodes, strict=True):
+        node = access[name]
+        if node.trace:  # the node's popularity over time drives its devices' rates
+            spec = dataclasses.replace(spec, arrival="trace", trace_points=tuple(
+                (t, m * dev.rate_hz) for t, m in node.trace))
+        out.append(dataclasses.replace(spec, node=name))
+    return out

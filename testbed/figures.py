@@ -19,13 +19,17 @@ from testbed.analysis import (
     cdf,
     gear_series,
     per_second,
+    running_mean_per_second,
+    serving_cost_ms,
     sweep_series,
     threshold_series,
     tradeoff_series,
 )
+from testbed.collect import model_accuracies
 from testbed.config import TIER_ORDER
 from testbed.events import read_events
 from testbed.records import SampleRecord, iter_record_files, read_records
+from testbed.scenario_file import load_scenario
 
 SWEEP_METRICS = {
     "slo_satisfaction": ("SLO satisfaction", True),
@@ -99,7 +103,8 @@ def sweep_figures(points: list[tuple[dict[str, str], dict[str, Any], Path]], axe
     line_axis = "policy" if "policy" in axes else next((a for a in axes if a != x_axis), "policy")
     pairs = [(labels, summary) for labels, summary, _ in points]
     if x_axis is None:  # no numeric axis (e.g. variants only): trade-offs are what there is
-        return _tradeoff_figures(pairs, line_axis, out)
+        return _tradeoff_figures(pairs, line_axis, out) + idn_gain_figure(points, line_axis,
+                                                                           out)
     panel_axis = "mix" if "mix" in axes and line_axis != "mix" else None
     paths = []
     for metric, (label, percent) in SWEEP_METRICS.items():
@@ -114,35 +119,74 @@ def sweep_figures(points: list[tuple[dict[str, str], dict[str, Any], Path]], axe
         paths.append(_save(fig, out / f"{metric.replace('.', '_')}_vs_{x_axis}.png"))
     paths += _largest_point_figures(points, x_axis, line_axis, panel_axis, out)
     paths += _tradeoff_figures(pairs, line_axis, out)
+    paths += idn_gain_figure(points, line_axis, out)
     return paths
 
 
 TRADEOFFS = {
-    "accuracy_vs_p95": ("latency_ms.p95", "p95 end-to-end latency (ms)", False),
-    "accuracy_vs_sent": ("communication.requests_per_sample",
-                         "samples sent to the server (%)", True),
+    "accuracy_vs_p95": ("latency_ms.p95", "p95 end-to-end latency (ms)", False,
+                        "accuracy", "accuracy (%)", True),
+    "accuracy_vs_sent": ("communication.requests_per_sample", "samples sent to the server (%)",
+                         True, "accuracy", "accuracy (%)", True),
+    "latency_vs_inaccuracy": ("idn.expected_inaccuracy", "expected inaccuracy (%)", True,
+                              "latency_ms.mean", "mean latency (ms)", False),
 }
+"""name -> (x metric, x label, x in %, y metric, y label, y in %): one line per policy
+through its runs (CascadeServe's accuracy vs p95 across loads; ABC's accuracy vs samples sent;
+an IDN's latency vs inaccuracy as alpha varies)."""
 
 
 def _tradeoff_figures(pairs: list[tuple[dict[str, str], dict[str, Any]]], line_axis: str,
                       out: Path) -> list[Path]:
-    """Accuracy against a cost, one line per policy through its runs (CascadeServe's
-    accuracy vs p95 across loads; ABC's accuracy vs samples sent)."""
     paths = []
-    for name, (metric, label, percent) in TRADEOFFS.items():
-        series = tradeoff_series(pairs, metric, "accuracy", line_axis)
-        if not any(s.x for s in series):
+    for name, (x_metric, x_label, x_pct, y_metric, y_label, y_pct) in TRADEOFFS.items():
+        series = tradeoff_series(pairs, x_metric, y_metric, line_axis)
+        if not any(len(s.x) for s in series):
             continue
         fig, (ax,) = _panels(1, width=6)
         for s in sorted(series, key=lambda s: s.label):
-            x = np.asarray(s.x) * (100 if percent else 1)
-            ax.plot(x, np.asarray(s.y) * 100, marker="o", label=s.label)
-        ax.set_xlabel(label)
-        ax.set_ylabel("accuracy (%)")
+            ax.plot(np.asarray(s.x) * (100 if x_pct else 1),
+                    np.asarray(s.y) * (100 if y_pct else 1), marker="o", label=s.label)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(y_label)
         ax.grid(alpha=0.3)
         ax.legend(title=line_axis, fontsize=8)
         paths.append(_save(fig, out / f"{name}.png"))
     return paths
+
+
+def idn_gain_figure(points: list[tuple[dict[str, str], dict[str, Any], Path]], line_axis: str,
+                    out: Path) -> list[Path]:
+    """Time-averaged gain over time of each IDN policy: the cloud-only run's time-averaged
+    cost minus the policy's (cost = latency + alpha * inaccuracy); without a cloud-only run,
+    the time-averaged cost itself."""
+    runs = [(labels, summary, run_dir) for labels, summary, run_dir in points
+            if "idn" in summary]
+    lines = [labels.get(line_axis, "?") for labels, _, _ in runs]
+    if not runs or len(set(lines)) != len(lines):
+        return []  # one run per policy, or the curves would mix other axes' values
+    curves: dict[str, np.ndarray] = {}
+    for labels, summary, run_dir in runs:
+        start = _run_start(run_dir)
+        if start is None:
+            continue
+        cfg = load_scenario(run_dir / "scenario.toml")
+        heavy, light = model_accuracies(cfg)
+        records = _records(run_dir)
+        costs = [serving_cost_ms(r, cfg.idn.alpha_ms, heavy, light) for r in records]
+        label = labels.get(line_axis, summary["idn"].get("policy", "?"))
+        curves[label] = running_mean_per_second(records, costs, start, summary["duration_s"])
+    reference = curves.pop("cloud-only", None)
+    fig, (ax,) = _panels(1, width=7)
+    for label, curve in sorted(curves.items()):
+        y = reference[:len(curve)] - curve[:len(reference)] if reference is not None else curve
+        ax.plot(np.arange(len(y)), y, label=label)
+    ax.set_xlabel("run time (s)")
+    ax.set_ylabel("time-averaged gain over cloud-only (ms per request)" if reference is not None
+                  else "time-averaged cost (ms per request)")
+    ax.grid(alpha=0.3)
+    ax.legend(title=line_axis, fontsize=8)
+    return [_save(fig, out / "idn_gain_over_time.png")]
 
 
 def _numeric(values: Iterable[str]) -> bool:

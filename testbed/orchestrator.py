@@ -96,6 +96,10 @@ class _Run:
     server_url: str = ""
     server_statuses: list[dict[str, Any]] = field(default_factory=list)
     """The last status heard from each server process (one per restart)."""
+    nodes: dict[str, Child] = field(default_factory=dict)
+    """IDN nodes other than the repository (which is `server`), by name."""
+    node_urls: dict[str, str] = field(default_factory=dict)
+    node_statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
     devices: dict[str, Child] = field(default_factory=dict)
     """The current process of each device."""
     retired: list[Child] = field(default_factory=list)
@@ -108,8 +112,8 @@ class _Run:
     interrupted: bool = False
 
     def children(self) -> list[Child]:
-        return ([self.server] if self.server else []) + list(self.devices.values()) + \
-            self.retired
+        return ([self.server] if self.server else []) + list(self.nodes.values()) + \
+            list(self.devices.values()) + self.retired
 
 
 def default_run_dir(cfg: ScenarioConfig, root: Path = Path("runs")) -> Path:
@@ -147,6 +151,7 @@ def run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None =
     try:
         try:
             _start_server(run)
+            _start_nodes(run)
             _start_devices(run)
             run.startup_s = time.monotonic() - t_begin
             run.events.emit("all_registered", startup_s=round(run.startup_s, 3))
@@ -156,14 +161,19 @@ def run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None =
             run.events.emit("interrupted")
             run.progress.phase("interrupted: stopping devices cleanly (Ctrl-C again to kill)")
             _stop_devices(run)
+        _stop_nodes(run)
         _stop_server(run)
     finally:
         reap(run.children())
         _log_exits(run)
         run.events.emit("run_end", interrupted=run.interrupted)
         run.events.close()
+    server = server_facts(run.server_statuses)
+    if run.node_statuses:
+        server["idn_nodes"] = {name: {k: st.get(k) for k in ("idn", "totals")}
+                               for name, st in run.node_statuses.items()}
     facts = RunFacts(interrupted=run.interrupted, startup_s=run.startup_s,
-                     resources=run.resources, server=server_facts(run.server_statuses))
+                     resources=run.resources, server=server)
     summary = collect(run_dir, facts, cfg)
     return RunResult(run_dir, summary, run.interrupted)
 
@@ -198,8 +208,9 @@ def _start_server(run: _Run, port: int | None = None) -> bool:
 def _spawn_device(run: _Run, spec: DeviceSpec, interval: Interval,
                   wait_for_server: bool) -> Child:
     spec = dataclasses.replace(spec, duration_s=interval[1] - interval[0])
+    url = run.node_urls.get(spec.node, run.server_url)  # in an IDN: its access node
     child = spawn(run.ctx, spec.device_id, "emulated_devices.main", "device_process", spec,
-                  run.server_url, run.token, str(run.run_dir), wait_for_server,
+                  url, run.token, str(run.run_dir), wait_for_server,
                   incarnation=spec.incarnation)
     child.interval = interval
     return child
@@ -298,6 +309,44 @@ def _stop_devices(run: _Run) -> None:
         run.events.emit("killed")
         for child in run.devices.values():
             child.proc.kill()
+
+
+def _start_nodes(run: _Run) -> None:
+    """IDN nodes below the repository, parents before children (each needs its parent's URL)."""
+    idn = run.cfg.idn
+    if not idn.nodes:
+        return
+    run.node_urls[idn.root.name] = run.server_url
+    todo = [n for n in idn.nodes if n.parent is not None]
+    while todo:
+        node = next(n for n in todo if n.parent in run.node_urls)
+        todo.remove(node)
+        run.progress.phase(f"starting idn node {node.name}")
+        cfg = dataclasses.replace(run.cfg, server=dataclasses.replace(run.cfg.server, port=0))
+        child = spawn(run.ctx, f"node-{node.name}", "server.main", "node_process", cfg,
+                      run.token, str(run.run_dir), node.name, run.node_urls[str(node.parent)])
+        run.nodes[node.name] = child
+        msg = recv(child, SERVER_START_TIMEOUT_S)
+        if msg is None or msg.get("event") != "listening":
+            raise RunError(f"idn node {node.name} did not start: {msg or 'no answer'}; see "
+                           f"{run.run_dir / 'logs' / f'node-{node.name}.log'}")
+        run.node_urls[node.name] = msg["url"]
+        run.events.emit("node_listening", node=node.name, url=msg["url"],
+                        pid=child.proc.pid)
+
+
+def _stop_nodes(run: _Run) -> None:
+    """Children before parents, so nothing is sent up to a node that has stopped."""
+    order = list(run.nodes)[::-1]
+    for name in order:
+        child = run.nodes[name]
+        if not child.proc.is_alive():
+            continue
+        send(child, {"cmd": "stop"})
+        msg = recv(child, 10.0)
+        if msg is not None and msg.get("event") == "status":
+            run.node_statuses[name] = msg["status"]
+        child.proc.join(10.0)
 
 
 def _stop_server(run: _Run) -> None:

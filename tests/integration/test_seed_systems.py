@@ -132,3 +132,39 @@ def test_whole_network_mode_runs_every_stage(tmp_path: Path) -> None:
     served = {r.heavy_model for f in iter_record_files(result.run_dir)
               for r in read_records(f)[0] if r.source == "heavy"}
     assert served == {"heavy-ee"}
+
+
+def idn_scenario(policy: str) -> dict[str, object]:
+    return {
+        "name": f"idn-{policy}", "duration_s": 8, "slo_ms": 300,
+        "policy": {"name": "server-only"}, "devices": {"count": 4, "rate_hz": 10},
+        "idn": {"policy": policy, "alpha_ms": 0.0, "slot_s": 1.0, "load_s": 0.2, "nodes": [
+            {"name": "cloud", "tier": "cloud", "memory_kb": 10000},
+            {"name": "edge", "parent": "cloud", "link_ms": 20.0, "memory_kb": 800},
+            {"name": "access", "parent": "edge", "link_ms": 5.0, "memory_kb": 400,
+             "devices": 1}]}}
+
+
+def test_idn_nodes_learn_to_serve_close_to_the_devices(tmp_path: Path) -> None:
+    """Three real server processes; with latency all that counts (alpha 0) the small model
+    fits at the access node and serving there is cheapest, so the access node takes over."""
+    result = run_scenario(scenario_from_dict(idn_scenario("idn")), tmp_path / "idn")
+    run_dir, s = result.run_dir, result.summary
+    check_accounting(run_dir, s)
+    served = s["idn"]["served_by_node"]
+    assert served.get("access", 0) > served.get("cloud", 0) > 0
+    assert s["idn"]["served_by_model"].keys() <= {"heavy-cnn-lite", "heavy-cnn",
+                                                  "heavy-cnn-xl"}
+    slots = [e for e in read_events(run_dir / "events.jsonl") if e["kind"] == "idn_slot"
+             and e["node"] == "access"]
+    assert slots and slots[-1]["held"] == ["heavy-cnn-lite"]
+    assert all(sum(e["y"][m] * size for m, size in (
+        ("heavy-cnn-lite", 347.3), ("heavy-cnn", 753.1), ("heavy-cnn-xl", 980.7))) <= 401
+        for e in slots)  # the fractional allocation stays within the 400 kB budget
+    assert set(s["server"]["idn_nodes"]) == {"edge", "access"}
+
+
+def test_idn_cloud_only_serves_everything_at_the_repository(tmp_path: Path) -> None:
+    result = run_scenario(scenario_from_dict(idn_scenario("cloud-only")), tmp_path / "c")
+    check_accounting(result.run_dir, result.summary)
+    assert set(result.summary["idn"]["served_by_node"]) == {"cloud"}
