@@ -99,8 +99,9 @@ def sweep_figures(points: list[tuple[dict[str, str], dict[str, Any], Path]], axe
     """Metric-vs-x figures (one panel per mix, one line per policy), latency CDFs and
     thresholds over time of the largest configuration."""
     x_axis = "devices" if "devices" in axes else next(
-        (a for a in axes if _numeric([p[0][a] for p in points])), None)
-    line_axis = "policy" if "policy" in axes else next((a for a in axes if a != x_axis), "policy")
+        (a for a in axes if a != "seed" and _numeric([p[0][a] for p in points])), None)
+    line_axis = "policy" if "policy" in axes else next(
+        (a for a in axes if a not in (x_axis, "seed")), "policy")
     pairs = [(labels, summary) for labels, summary, _ in points]
     if x_axis is None:  # no numeric axis (e.g. variants only): trade-offs are what there is
         return _tradeoff_figures(pairs, line_axis, out) + idn_gain_figure(points, line_axis,
