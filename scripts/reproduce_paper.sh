@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Every figure of docs/reproduction.md: one sweep per scenario in scenarios/paper/, then its
 # report. Resumable (finished runs are skipped). Usage: scripts/reproduce_paper.sh [NAME ...]
-# with NAME a scenario file stem (default: all). About 75 minutes on a 2-core machine.
+# with NAME a scenario file stem (default: all). About 100 minutes on a 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TESTBED="${TESTBED:-.venv/bin/testbed}"
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
   names=(slo-vs-devices-heterogeneous slo-vs-devices-homogeneous baselines-40 model-switching
-         intermittent gears-loads gears-changing-load coe-communication early-exit
-         bursty trace)
+         intermittent gears-loads gears-changing-load coe-communication early-exit idn
+         idn-alpha bursty trace)
 fi
 for name in "${names[@]}"; do
   out="runs/paper/$name"
