@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -120,12 +121,14 @@ def per_second(records: Iterable[SampleRecord], run_start: float, duration_s: fl
 def tradeoff_series(points: Iterable[tuple[dict[str, str], dict[str, Any]]], x_metric: str,
                     y_metric: str, line_axis: str = "policy") -> list[Series]:
     """One line per `line_axis` value through the (x_metric, y_metric) points of its runs,
-    sorted by x: accuracy vs p95 latency across loads, accuracy vs fraction sent, ..."""
+    sorted by x: accuracy vs p95 latency across loads, accuracy vs fraction sent, ...
+    Values named `<family>-<number>` (confidence-0.9) are points of one line (confidence)."""
     lines: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for labels, summary in points:
         x, y = _metric(summary, x_metric), _metric(summary, y_metric)
         if x is not None and y is not None:
-            lines[labels.get(line_axis, str(summary.get(line_axis, "")))].append((x, y))
+            label = labels.get(line_axis, str(summary.get(line_axis, "")))
+            lines[re.sub(r"-[0-9][0-9.]*$", "", label)].append((x, y))
     out = []
     for label, xy in lines.items():
         s = Series(label)

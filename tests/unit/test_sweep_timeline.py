@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from testbed.analysis import cdf, sweep_series, threshold_series
+from testbed.analysis import (
+    cdf,
+    gear_series,
+    running_mean_per_second,
+    sweep_series,
+    threshold_series,
+    tradeoff_series,
+)
 from testbed.config import ScenarioError
 from testbed.scenario_file import load_scenario, scenario_from_dict
 from testbed.sweep import expand, is_complete, parse_axes, run_sweep
@@ -162,3 +169,30 @@ class TestSeries:
     def test_cdf(self) -> None:
         x, y = cdf([3.0, 1.0, float("nan"), 2.0])
         assert list(x) == [1.0, 2.0, 3.0] and list(y) == pytest.approx([1 / 3, 2 / 3, 1.0])
+
+
+def test_tradeoff_lines_group_numbered_variants_and_sort_by_x() -> None:
+    runs = [({"variant": "confidence-0.9"}, {"accuracy": 0.95, "forward_rate": 0.6}),
+            ({"variant": "confidence-0.5"}, {"accuracy": 0.87, "forward_rate": 0.2}),
+            ({"variant": "agreement-1.0"}, {"accuracy": 0.89, "forward_rate": 0.21}),
+            ({"variant": "cloud-only"}, {"accuracy": 0.96, "forward_rate": 1.0}),
+            ({"variant": "device-only"}, {"accuracy": 0.77})]  # no x: left out
+    lines = {s.label: s for s in tradeoff_series(runs, "forward_rate", "accuracy", "variant")}
+    assert set(lines) == {"confidence", "agreement", "cloud-only"}
+    assert lines["confidence"].x == [0.2, 0.6] and lines["confidence"].y == [0.87, 0.95]
+
+
+def test_gear_series_and_running_mean() -> None:
+    events = [{"kind": "gear_switch", "t": 12.0, "gear": 3, "load_sps": 150.0},
+              {"kind": "thresholds", "t": 11.0},
+              {"kind": "gear_switch", "t": 10.5, "gear": 0, "load_sps": 20.0}]
+    gear, load = gear_series(events, run_start=10.0)
+    assert gear.x == [0.5, 2.0] and gear.y == [0.0, 3.0] and load.y == [20.0, 150.0]
+
+    class R:
+        def __init__(self, t: float) -> None:
+            self.wall_epoch_s = t
+
+    recs = [R(100.2), R(100.7), R(101.5), R(103.1)]
+    out = running_mean_per_second(recs, [10.0, 20.0, 60.0, 40.0], 100.0, 4)  # type: ignore[arg-type]
+    assert list(out[:2]) == [15.0, 30.0] and out[2] == 30.0 and out[3] == 32.5
