@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -200,3 +201,15 @@ def idn_summary(records: Sequence[SampleRecord], alpha_ms: float, accuracy: dict
             if expected_acc else None,
             "served_by_node": dict(sorted(by_node.items())),
             "served_by_model": dict(sorted(by_model.items()))}
+
+
+def sent_at_accuracy(sent: Sequence[float], accuracy: Sequence[float],
+                     target: float) -> float | None:
+    """On a curve of (share sent, accuracy) points, the share sent that reaches `target`
+    accuracy by linear interpolation between the points around it (sorted by accuracy);
+    None outside the curve's range."""
+    pts = sorted(zip(accuracy, sent, strict=True))
+    for (a0, s0), (a1, s1) in itertools.pairwise(pts):
+        if a0 <= target <= a1:
+            return s0 if a1 == a0 else s0 + (target - a0) / (a1 - a0) * (s1 - s0)
+    return None

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from testbed.analysis import sent_at_accuracy, tradeoff_series
+
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
@@ -25,15 +27,20 @@ def sweep_markdown(title: str, axes: list[str],
                    points: list[tuple[dict[str, str], dict[str, Any], Path]],
                    figures: list[Path], out: Path) -> Path:
     lines = [f"# {title}", "", f"{len(points)} runs; axes: {', '.join(axes)}.", ""]
-    header = [*axes, "SLO sat.", "accuracy", "throughput /s", "fwd rate", "p95 ms",
-              "generated", "lost"]
+    idn = any("idn" in s for _, s, _ in points)
+    header = [*axes, "SLO sat.", "accuracy", "throughput /s", "fwd rate", "mean ms", "p95 ms",
+              "sent / sample", *(["IDN cost ms"] if idn else []), "generated", "lost"]
     rows = []
     for labels, s, _ in sorted(points, key=lambda p: [p[0][a] for a in axes]):
+        comm = s.get("communication", {})
         rows.append([*(labels[a] for a in axes), _pct(s["slo_satisfaction"]),
                      _pct(s["accuracy"]), _num(s["throughput_sps"]), _pct(s["forward_rate"]),
-                     _num(s["latency_ms"]["p95"]), str(s["samples"]["generated"]),
-                     str(s["samples"]["lost"])])
+                     _num(s["latency_ms"].get("mean")), _num(s["latency_ms"]["p95"]),
+                     _num(comm.get("requests_per_sample"), ".3f"),
+                     *([_num(s.get("idn", {}).get("mean_cost_ms"))] if idn else []),
+                     str(s["samples"]["generated"]), str(s["samples"]["lost"])])
     lines += _table(header, rows)
+    lines += _equal_accuracy_section(points, axes)
     lines += ["", "## Figures", ""]
     lines += [f"![{p.stem}]({p.relative_to(out.parent).as_posix()})" for p in figures]
     out.write_text("\n".join(lines) + "\n")
@@ -66,3 +73,35 @@ def run_markdown(summary: dict[str, Any], figures: list[Path], out: Path) -> Pat
     lines += [f"![{p.stem}]({p.relative_to(out.parent).as_posix()})" for p in figures]
     out.write_text("\n".join(lines) + "\n")
     return out
+
+
+def _equal_accuracy_section(points: list[tuple[dict[str, str], dict[str, Any], Path]],
+                            axes: list[str]) -> list[str]:
+    """With a `confidence` family of runs (the classic cascade at several thresholds): what
+    each other run sends to the server against what the confidence cascade would send for the
+    same accuracy (interpolated between its runs): the communication saving."""
+    line_axis = next((a for a in axes if a in ("variant", "policy")), None)
+    if line_axis is None:
+        return []
+    pairs = [(labels, s) for labels, s, _ in points]
+    series = {x.label: x for x in tradeoff_series(
+        pairs, "communication.requests_per_sample", "accuracy", line_axis)}
+    base = series.pop("confidence", None)
+    if base is None:
+        return []
+    for end in ("device-only", "cloud-only"):  # thresholds 0 and 1 of the same cascade
+        if end in series:
+            base.x.extend(series[end].x)
+            base.y.extend(series[end].y)
+    if len(base.x) < 2:
+        return []
+    rows = []
+    for label, line in sorted(series.items()):
+        for sent, acc in zip(line.x, line.y, strict=True):
+            same = sent_at_accuracy(base.x, base.y, acc)
+            rows.append([label, _pct(acc), _pct(sent), _pct(same),
+                         "-" if same is None or sent <= 0 else f"{same / sent:.2f}x"])
+    return ["", "## Samples sent at equal accuracy", "",
+            "Against the confidence cascade (one light model, a top-1 threshold), interpolated "
+            "between its runs, device-only (threshold 0) and cloud-only (threshold 1).", "",
+            *_table(["run", "accuracy", "sent", "confidence cascade sends", "saving"], rows)]

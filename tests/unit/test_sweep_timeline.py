@@ -196,3 +196,11 @@ def test_gear_series_and_running_mean() -> None:
     recs = [R(100.2), R(100.7), R(101.5), R(103.1)]
     out = running_mean_per_second(recs, [10.0, 20.0, 60.0, 40.0], 100.0, 4)  # type: ignore[arg-type]
     assert list(out[:2]) == [15.0, 30.0] and out[2] == 30.0 and out[3] == 32.5
+
+
+def test_sent_at_equal_accuracy_interpolates_on_the_curve() -> None:
+    from testbed.analysis import sent_at_accuracy
+    sent, acc = [0.0, 0.2, 0.4, 1.0], [0.77, 0.87, 0.93, 0.96]
+    assert sent_at_accuracy(sent, acc, 0.90) == pytest.approx(0.3)
+    assert sent_at_accuracy(sent, acc, 0.77) == 0.0
+    assert sent_at_accuracy(sent, acc, 0.99) is None
