@@ -91,8 +91,9 @@ def _equal_accuracy_section(points: list[tuple[dict[str, str], dict[str, Any], P
         return []
     for end in ("device-only", "cloud-only"):  # thresholds 0 and 1 of the same cascade
         if end in series:
-            base.x.extend(series[end].x)
-            base.y.extend(series[end].y)
+            point = series.pop(end)
+            base.x.extend(point.x)
+            base.y.extend(point.y)
     if len(base.x) < 2:
         return []
     rows = []
