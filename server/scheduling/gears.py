@@ -69,8 +69,10 @@ class GearsPolicy:
         self._tiers.pop(device_id, None)
 
     def step(self, view: SystemView) -> PolicyDecision:
-        rate = sum(s.window.rate_hz for s in view.devices.values() if s.window is not None)
-        self.load_sps = self._smooth(rate, view.now) * float(self.p["safety_factor"])
+        windows = [s.window for s in view.devices.values() if s.window is not None]
+        if windows:  # before any report there is no load to measure, not a load of zero
+            rate = sum(w.rate_hz for w in windows)
+            self.load_sps = self._smooth(rate, view.now) * float(self.p["safety_factor"])
         pin = float(self.p["pin_load"])
         target = self.plan.lookup(pin if pin >= 0 else self.load_sps)
         switched = None

@@ -157,6 +157,13 @@ class TestGearsPolicy:
             p.step(view(load, {"low-0": load, "high-0": 0}))
             assert p.current == 0
 
+    def test_no_reports_yet_is_no_measurement(self) -> None:
+        p = GearsPolicy({"smoothing_s": 1.0}, plan=two_gear_plan())
+        empty = SystemView(now=0.0, slo_ms=150, devices={}, server=ServerWindow())
+        p.step(empty)
+        p.step(view(0.5, {"a-0": 300}))
+        assert p.load_sps == 300 and p.current == 1  # the first report is taken as it is
+
     def test_smoothing_follows_a_step_gradually(self) -> None:
         p = GearsPolicy({"smoothing_s": 1.0}, plan=two_gear_plan())
         p.step(view(0.0, {"a-0": 0}))
