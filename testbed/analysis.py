@@ -213,3 +213,22 @@ def sent_at_accuracy(sent: Sequence[float], accuracy: Sequence[float],
         if a0 <= target <= a1:
             return s0 if a1 == a0 else s0 + (target - a0) / (a1 - a0) * (s1 - s0)
     return None
+
+
+@dataclass
+class LabelSeries:
+    x: list[float] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+
+
+def heavy_model_series(events: Iterable[dict[str, Any]], run_start: float) -> LabelSeries:
+    """The heavy model in force over run time: the server's first, then each switch."""
+    out = LabelSeries()
+    for e in sorted(events, key=lambda e: e.get("t", 0.0)):
+        if e.get("kind") == "server_start" and not out.x:
+            out.x.append(float(e["t"]) - run_start)
+            out.labels.append(str(e.get("heavy_model", "?")))
+        elif e.get("kind") == "model_switch":
+            out.x.append(float(e["t"]) - run_start)
+            out.labels.append(str(e["model"]))
+    return out

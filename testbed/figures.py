@@ -18,6 +18,7 @@ from testbed.analysis import (
     Series,
     cdf,
     gear_series,
+    heavy_model_series,
     per_second,
     running_mean_per_second,
     serving_cost_ms,
@@ -28,6 +29,7 @@ from testbed.analysis import (
 from testbed.collect import model_accuracies
 from testbed.config import TIER_ORDER
 from testbed.events import read_events
+from testbed.modelzoo import open_zoo
 from testbed.records import SampleRecord, iter_record_files, read_records
 from testbed.scenario_file import load_scenario
 
@@ -103,9 +105,10 @@ def sweep_figures(points: list[tuple[dict[str, str], dict[str, Any], Path]], axe
     line_axis = "policy" if "policy" in axes else next(
         (a for a in axes if a not in (x_axis, "seed")), "policy")
     pairs = [(labels, summary) for labels, summary, _ in points]
-    if x_axis is None:  # no numeric axis (e.g. variants only): trade-offs are what there is
-        return _tradeoff_figures(pairs, line_axis, out) + idn_gain_figure(points, line_axis,
-                                                                           out)
+    if x_axis is None:  # no numeric axis (e.g. variants only): one run per line, trade-offs
+        return (_largest_point_figures(points, None, line_axis, None, out)
+                + _tradeoff_figures(pairs, line_axis, out)
+                + idn_gain_figure(points, line_axis, out))
     panel_axis = "mix" if "mix" in axes and line_axis != "mix" else None
     paths = []
     for metric, (label, percent) in SWEEP_METRICS.items():
@@ -199,41 +202,65 @@ def _numeric(values: Iterable[str]) -> bool:
 
 
 def _largest_point_figures(points: list[tuple[dict[str, str], dict[str, Any], Path]],
-                           x_axis: str, line_axis: str, panel_axis: str | None,
+                           x_axis: str | None, line_axis: str, panel_axis: str | None,
                            out: Path) -> list[Path]:
-    """For the largest x of each panel, one run per line: latency CDFs and thresholds."""
+    """For the largest x of each panel (every run without an x axis), one run per line:
+    latency CDFs, and thresholds and heavy models over time where they change."""
     chosen: dict[str, dict[str, Path]] = {}
     top: dict[str, float] = {}
     for labels, _, _ in points:
         panel = labels.get(panel_axis, "") if panel_axis else ""
-        top[panel] = max(top.get(panel, -np.inf), float(labels[x_axis]))
+        top[panel] = max(top.get(panel, -np.inf), float(labels[x_axis]) if x_axis else 0.0)
     for labels, _, run_dir in points:
         panel = labels.get(panel_axis, "") if panel_axis else ""
-        if float(labels[x_axis]) == top[panel]:
+        if (float(labels[x_axis]) if x_axis else 0.0) == top[panel]:
             chosen.setdefault(panel, {}).setdefault(labels.get(line_axis, "?"), run_dir)
     paths = []
     fig, panels = _panels(len(chosen))
     for ax, (panel, by_line) in zip(panels, sorted(chosen.items()), strict=True):
         for line, run_dir in sorted(by_line.items()):
-            x, y = cdf([r.latency_ms for r in _records(run_dir)])
-            ax.plot(x, y * 100, label=line)
+            lat, frac = cdf([r.latency_ms for r in _records(run_dir)])
+            ax.plot(lat, frac * 100, label=line)
         ax.set_xscale("log")
         ax.set_xlabel("end-to-end latency (ms)")
-        ax.set_title(f"{x_axis} = {top[panel]:g}" + (f", {panel_axis} = {panel}"
-                                                      if panel_axis else ""))
+        ax.set_title((f"{x_axis} = {top[panel]:g}" if x_axis else "every run")
+                     + (f", {panel_axis} = {panel}" if panel_axis else ""))
         ax.grid(alpha=0.3)
     panels[0].set_ylabel("samples (%)")
     panels[-1].legend(title=line_axis, fontsize=8)
     paths.append(_save(fig, out / "latency_cdf.png"))
     runs = [(panel, line, run_dir) for panel, lines in sorted(chosen.items())
             for line, run_dir in sorted(lines.items())]
-    fig, cells = _panels(len(runs), width=4.2)
-    for ax, (panel, line, run_dir) in zip(cells, runs, strict=True):
-        _thresholds(ax, run_dir)
-        ax.set_title(f"{line}" + (f" ({panel})" if panel else ""), fontsize=9)
-    cells[0].set_ylabel("mean threshold")
-    paths.append(_save(fig, out / "thresholds_over_time.png"))
+    if len(runs) > 8:
+        return paths  # too many panels to read; the run folders have their own figures
+    kinds = {e.get("kind") for _, _, d in runs for e in read_events(d / "events.jsonl")}
+    if "thresholds" in kinds:
+        fig, cells = _panels(len(runs), width=4.2)
+        for ax, (panel, line, run_dir) in zip(cells, runs, strict=True):
+            _thresholds(ax, run_dir)
+            ax.set_title(f"{line}" + (f" ({panel})" if panel else ""), fontsize=9)
+        cells[0].set_ylabel("mean threshold")
+        paths.append(_save(fig, out / "thresholds_over_time.png"))
+    if "model_switch" in kinds:
+        fig, cells = _panels(len(runs), width=4.2)
+        for ax, (panel, line, run_dir) in zip(cells, runs, strict=True):
+            _heavy_models(ax, run_dir)
+            ax.set_title(f"{line}" + (f" ({panel})" if panel else ""), fontsize=9)
+        paths.append(_save(fig, out / "heavy_model_over_time.png"))
     return paths
+
+
+def _heavy_models(ax: Any, run_dir: Path) -> None:
+    """The heavy model the server ran over run time, from `server_start` and `model_switch`."""
+    start = _run_start(run_dir) or 0.0
+    series = heavy_model_series(read_events(run_dir / "events.jsonl"), start)
+    cheapest_first = open_zoo().index.get("heavy_variants", [])
+    names = sorted(dict.fromkeys(series.labels),
+                   key=lambda n: (cheapest_first.index(n) if n in cheapest_first else 99, n))
+    ax.step(series.x, [names.index(n) for n in series.labels], where="post")
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("run time (s)")
+    ax.grid(alpha=0.3)
 
 
 def _thresholds(ax: Any, run_dir: Path) -> None:
@@ -276,6 +303,11 @@ def run_figures(run_dir: Path, summary: dict[str, Any], out: Path) -> list[Path]
     events = read_events(run_dir / "events.jsonl")
     if start is not None and any(e.get("kind") == "gear_switch" for e in events):
         paths.append(_gear_figure(events, start, summary, out))
+    if any(e.get("kind") == "model_switch" for e in events):
+        fig, (ax,) = _panels(1, width=7)
+        _heavy_models(ax, run_dir)
+        ax.set_title(f"{summary.get('policy')}: heavy model over time")
+        paths.append(_save(fig, out / "heavy_model_over_time.png"))
     if start is not None:
         sec = per_second(records, start, summary["duration_s"], summary["slo_ms"])
         t = np.arange(len(sec["samples"]))

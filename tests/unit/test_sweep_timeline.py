@@ -204,3 +204,13 @@ def test_sent_at_equal_accuracy_interpolates_on_the_curve() -> None:
     assert sent_at_accuracy(sent, acc, 0.90) == pytest.approx(0.3)
     assert sent_at_accuracy(sent, acc, 0.77) == 0.0
     assert sent_at_accuracy(sent, acc, 0.99) is None
+
+
+def test_heavy_model_series_starts_with_the_servers_model() -> None:
+    from testbed.analysis import heavy_model_series
+    events = [{"kind": "model_switch", "t": 15.0, "model": "heavy-cnn-xl"},
+              {"kind": "server_start", "t": 9.0, "heavy_model": "heavy-cnn"},
+              {"kind": "model_switch", "t": 30.0, "model": "heavy-cnn-lite"}]
+    s = heavy_model_series(events, run_start=10.0)
+    assert s.x == [-1.0, 5.0, 20.0]
+    assert s.labels == ["heavy-cnn", "heavy-cnn-xl", "heavy-cnn-lite"]
