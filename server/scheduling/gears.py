@@ -5,8 +5,9 @@ the sum by `safety_factor` (the paper's `qps_fac`), and looks up the plan's gear
 the devices' thresholds per tier, the server's heavy model and batch cap. Moving to a cheaper
 gear happens at once; moving to a costlier one waits until the queue has drained
 (`queue_len * max_queue_len <= load`, the paper's downshift hysteresis), so a backlog built
-under load is not served with the slower cascade. `pin_load` >= 0 fixes the gear to the one
-planned for that load (the "no switching" ablation). Pure: the plan is read once, at start.
+under load is not served with the slower cascade. It starts on the cheapest gear and moves up
+once the first reports arrive. `pin_load` >= 0 fixes the gear to the one planned for that load
+(the "no switching" ablation). Pure: the plan is read once, at start.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ class GearsPolicy:
         self.plan = plan
         self._first_level = {g: self.plan.table.index(g) for g in set(self.plan.table)}
         pin = float(self.p["pin_load"])
-        self.current = self.plan.lookup(pin if pin >= 0 else 0.0)
+        # Until the first reports say otherwise, the cheapest gear: starting on the costliest
+        # would build a backlog at the first load that the cheaper gears then have to drain.
+        self.current = self.plan.lookup(pin) if pin >= 0 else self.plan.table[-1]
         self._tiers: dict[str, str] = {}
         self.load_sps = 0.0
         """The last measured load (samples/s over all devices), smoothed and scaled."""
@@ -74,7 +77,11 @@ class GearsPolicy:
             rate = sum(w.rate_hz for w in windows)
             self.load_sps = self._smooth(rate, view.now) * float(self.p["safety_factor"])
         pin = float(self.p["pin_load"])
-        target = self.plan.lookup(pin if pin >= 0 else self.load_sps)
+        if pin >= 0:
+            target = self.plan.lookup(pin)
+        else:
+            target = self.plan.lookup(self.load_sps) if self._smoothed is not None \
+                else self.current
         switched = None
         if not self._announced:  # the first gear is recorded too, so a run's gears are complete
             self._announced = True

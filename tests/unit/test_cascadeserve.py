@@ -123,15 +123,19 @@ class TestGearsPolicy:
             p.join(DeviceInfo(dev, dev.split("-")[0], "m"), 0.0)
         return p
 
-    def test_joins_with_the_current_gear_thresholds_by_tier(self) -> None:
+    def test_starts_on_the_cheapest_gear_and_joins_with_its_thresholds(self) -> None:
         p = GearsPolicy({}, plan=two_gear_plan())
-        assert p.join(DeviceInfo("low-1", "low", "m"), 0.0) == 1.0
-        assert p.join(DeviceInfo("high-1", "high", "m"), 0.0) == 0.9
+        assert p.current == 1
+        assert p.join(DeviceInfo("low-1", "low", "m"), 0.0) == 0.7
+        assert p.join(DeviceInfo("high-1", "high", "m"), 0.0) == 0.5
+        assert GearsPolicy({"pin_load": 0}, plan=two_gear_plan()).current == 0
 
     def test_high_load_moves_to_the_cheap_gear_and_applies_all_of_it(self) -> None:
         p = self.make()
-        first = p.step(view(0.1, {"low-0": 50, "high-0": 40}))
+        first = p.step(SystemView(now=0.0, slo_ms=150, devices={}, server=ServerWindow()))
         assert first.gear is not None and first.gear["previous"] is None  # announced
+        up = p.step(view(0.1, {"low-0": 50, "high-0": 40}))
+        assert p.current == 0 and up.gear is not None and up.gear["previous"] == 1
         d = p.step(view(0.2, {"low-0": 100, "high-0": 60}))
         assert p.current == 1 and d.heavy_model == "small" and d.max_batch_size == 32
         assert dict(d.thresholds) == {"low-0": 0.7, "high-0": 0.5}
