@@ -45,6 +45,12 @@ SWEEP_METRICS = {
 FIG_DPI = 110
 
 
+def clear(out: Path) -> None:
+    """Figures of an earlier report go: a figure that no longer applies must not linger."""
+    for old in out.glob("*.png"):
+        old.unlink()
+
+
 def _save(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -100,6 +106,7 @@ def sweep_figures(points: list[tuple[dict[str, str], dict[str, Any], Path]], axe
                   out: Path) -> list[Path]:
     """Metric-vs-x figures (one panel per mix, one line per policy), latency CDFs and
     thresholds over time of the largest configuration."""
+    clear(out)
     x_axis = "devices" if "devices" in axes else next(
         (a for a in axes if a != "seed" and _numeric([p[0][a] for p in points])), None)
     line_axis = "policy" if "policy" in axes else next(
@@ -281,6 +288,7 @@ def _thresholds(ax: Any, run_dir: Path) -> None:
 def run_figures(run_dir: Path, summary: dict[str, Any], out: Path) -> list[Path]:
     """Thresholds over time per tier, latency CDF per tier, and per-second throughput, forward
     rate and SLO satisfaction of one run."""
+    clear(out)
     records = _records(run_dir)
     paths = []
     fig, (ax,) = _panels(1, width=7)
