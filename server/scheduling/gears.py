@@ -72,9 +72,10 @@ class GearsPolicy:
         self._tiers.pop(device_id, None)
 
     def step(self, view: SystemView) -> PolicyDecision:
-        windows = [s.window for s in view.devices.values() if s.window is not None]
-        if windows:  # before any report there is no load to measure, not a load of zero
-            rate = sum(w.rate_hz for w in windows)
+        rate = sum(s.window.rate_hz for s in view.devices.values() if s.window is not None)
+        # Until samples flow (devices report before the run starts) there is no load to
+        # measure, which is not a load of zero; from then on, zeros count.
+        if rate > 0 or self._smoothed is not None:
             self.load_sps = self._smooth(rate, view.now) * float(self.p["safety_factor"])
         pin = float(self.p["pin_load"])
         if pin >= 0:

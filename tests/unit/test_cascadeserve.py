@@ -165,14 +165,16 @@ class TestGearsPolicy:
         p = GearsPolicy({"smoothing_s": 1.0}, plan=two_gear_plan())
         empty = SystemView(now=0.0, slo_ms=150, devices={}, server=ServerWindow())
         p.step(empty)
+        p.step(view(0.2, {"a-0": 0}))  # reports before the run starts: nothing generated yet
+        assert p.current == 1
         p.step(view(0.5, {"a-0": 300}))
         assert p.load_sps == 300 and p.current == 1  # the first report is taken as it is
 
     def test_smoothing_follows_a_step_gradually(self) -> None:
         p = GearsPolicy({"smoothing_s": 1.0}, plan=two_gear_plan())
-        p.step(view(0.0, {"a-0": 0}))
+        p.step(view(0.0, {"a-0": 100}))
         p.step(view(1.0, {"a-0": 300}))
-        assert 300 * 0.6 < p.load_sps < 300 * 0.7  # 1 - e^-1 of the way
+        assert p.load_sps == pytest.approx(100 + (1 - np.exp(-1)) * 200)  # 1 - 1/e of the way
 
     def test_a_policy_without_a_plan_says_how_to_make_one(self) -> None:
         from server.scheduling.base import PolicyError
