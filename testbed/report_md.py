@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from testbed.analysis import sent_at_accuracy, tradeoff_series
+from testbed.analysis import sent_at_accuracy
 
 
 def _pct(x: float | None) -> str:
@@ -77,31 +77,33 @@ def run_markdown(summary: dict[str, Any], figures: list[Path], out: Path) -> Pat
 
 def _equal_accuracy_section(points: list[tuple[dict[str, str], dict[str, Any], Path]],
                             axes: list[str]) -> list[str]:
-    """With a `confidence` family of runs (the classic cascade at several thresholds): what
-    each other run sends to the server against what the confidence cascade would send for the
-    same accuracy (interpolated between its runs): the communication saving."""
+    """With a `confidence-<threshold>` family of runs (the classic cascade): what each other
+    run sends to the server against what the confidence cascade would send for the same
+    accuracy (interpolated between its runs and its end points, device-only and cloud-only):
+    the communication saving."""
     line_axis = next((a for a in axes if a in ("variant", "policy")), None)
     if line_axis is None:
         return []
-    pairs = [(labels, s) for labels, s, _ in points]
-    series = {x.label: x for x in tradeoff_series(
-        pairs, "communication.requests_per_sample", "accuracy", line_axis)}
-    base = series.pop("confidence", None)
-    if base is None:
-        return []
-    for end in ("device-only", "cloud-only"):  # thresholds 0 and 1 of the same cascade
-        if end in series:
-            point = series.pop(end)
-            base.x.extend(point.x)
-            base.y.extend(point.y)
-    if len(base.x) < 2:
+    base: list[tuple[float, float]] = []
+    others: list[tuple[str, float, float]] = []
+    for labels, s, _ in points:
+        sent = s.get("communication", {}).get("requests_per_sample")
+        acc = s.get("accuracy")
+        if sent is None or acc is None:
+            continue
+        label = labels.get(line_axis, "")
+        if label.startswith("confidence-") or label in ("device-only", "cloud-only"):
+            base.append((float(sent), float(acc)))
+        else:
+            others.append((label, float(sent), float(acc)))
+    if len(base) < 2 or not any(lab.startswith("confidence-") for lab in
+                                (labels.get(line_axis, "") for labels, _, _ in points)):
         return []
     rows = []
-    for label, line in sorted(series.items()):
-        for sent, acc in zip(line.x, line.y, strict=True):
-            same = sent_at_accuracy(base.x, base.y, acc)
-            rows.append([label, _pct(acc), _pct(sent), _pct(same),
-                         "-" if same is None or sent <= 0 else f"{same / sent:.2f}x"])
+    for label, sent, acc in sorted(others):
+        same = sent_at_accuracy([b[0] for b in base], [b[1] for b in base], acc)
+        rows.append([label, _pct(acc), _pct(sent), _pct(same),
+                     "-" if same is None or sent <= 0 else f"{same / sent:.2f}x"])
     return ["", "## Samples sent at equal accuracy", "",
             "Against the confidence cascade (one light model, a top-1 threshold), interpolated "
             "between its runs, device-only (threshold 0) and cloud-only (threshold 1).", "",
