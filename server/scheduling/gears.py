@@ -30,10 +30,11 @@ class GearsPolicy:
     name: ClassVar[str] = "gears"
     DEFAULTS: ClassVar[dict[str, Any]] = {
         "plan": "", "safety_factor": 1.0, "max_queue_len": 8.0, "pin_load": -1.0,
-        "smoothing_s": 1.0, "no_cascade": False,
+        "smoothing_s": 1.0, "rise_s": 0.2, "no_cascade": False,
     }
-    """`smoothing_s`: time constant of an exponential average of the measured load (0: the
-    raw sum of the devices' last reports, as the paper's meter). `no_cascade` is read by the
+    """`smoothing_s` / `rise_s`: time constants of an exponential average of the measured
+    load while it falls / rises (0: the raw sum of the devices' last reports, as the paper's
+    meter): quick to follow a surge, slow to believe a lull. `no_cascade` is read by the
     harness when it plans for a run without a plan."""
 
     def __init__(self, params: Mapping[str, Any] | None = None, *,
@@ -108,7 +109,8 @@ class GearsPolicy:
                                     "accuracy": g.accuracy} if switched else None)
 
     def _smooth(self, rate: float, now: float) -> float:
-        tau = float(self.p["smoothing_s"])
+        rising = self._smoothed is not None and rate > self._smoothed
+        tau = float(self.p["rise_s"] if rising else self.p["smoothing_s"])
         if self._smoothed is None or self._last_now is None or tau <= 0:
             self._smoothed = rate
         else:

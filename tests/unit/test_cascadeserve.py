@@ -118,7 +118,7 @@ def view(now: float, rates: dict[str, float], queue: int = 0, model: str = "big"
 
 class TestGearsPolicy:
     def make(self, **params: float) -> GearsPolicy:
-        p = GearsPolicy({"smoothing_s": 0.0, **params}, plan=two_gear_plan())
+        p = GearsPolicy({"smoothing_s": 0.0, "rise_s": 0.0, **params}, plan=two_gear_plan())
         for dev in ("low-0", "high-0"):
             p.join(DeviceInfo(dev, dev.split("-")[0], "m"), 0.0)
         return p
@@ -162,7 +162,7 @@ class TestGearsPolicy:
             assert p.current == 0
 
     def test_no_reports_yet_is_no_measurement(self) -> None:
-        p = GearsPolicy({"smoothing_s": 1.0}, plan=two_gear_plan())
+        p = GearsPolicy({"smoothing_s": 1.0, "rise_s": 1.0}, plan=two_gear_plan())
         empty = SystemView(now=0.0, slo_ms=150, devices={}, server=ServerWindow())
         p.step(empty)
         p.step(view(0.2, {"a-0": 0}))  # reports before the run starts: nothing generated yet
@@ -170,11 +170,14 @@ class TestGearsPolicy:
         p.step(view(0.5, {"a-0": 300}))
         assert p.load_sps == 300 and p.current == 1  # the first report is taken as it is
 
-    def test_smoothing_follows_a_step_gradually(self) -> None:
-        p = GearsPolicy({"smoothing_s": 1.0}, plan=two_gear_plan())
+    def test_smoothing_rises_fast_and_falls_slowly(self) -> None:
+        p = GearsPolicy({"smoothing_s": 1.0, "rise_s": 0.25}, plan=two_gear_plan())
         p.step(view(0.0, {"a-0": 100}))
-        p.step(view(1.0, {"a-0": 300}))
+        p.step(view(0.25, {"a-0": 300}))
         assert p.load_sps == pytest.approx(100 + (1 - np.exp(-1)) * 200)  # 1 - 1/e of the way
+        before = p.load_sps
+        p.step(view(1.25, {"a-0": 0}))
+        assert p.load_sps == pytest.approx(before * np.exp(-1))
 
     def test_a_policy_without_a_plan_says_how_to_make_one(self) -> None:
         from server.scheduling.base import PolicyError
