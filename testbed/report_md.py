@@ -18,6 +18,14 @@ def _num(x: float | None, fmt: str = ".1f") -> str:
     return "-" if x is None else format(x, fmt)
 
 
+def _sort_key(value: str) -> tuple[int, float, str]:
+    """Numbers in numeric order (5 before 30), then words."""
+    try:
+        return 0, float(value), ""
+    except ValueError:
+        return 1, 0.0, value
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
             *("| " + " | ".join(r) + " |" for r in rows)]
@@ -31,7 +39,7 @@ def sweep_markdown(title: str, axes: list[str],
     header = [*axes, "SLO sat.", "accuracy", "throughput /s", "fwd rate", "mean ms", "p95 ms",
               "sent / sample", *(["IDN cost ms"] if idn else []), "generated", "lost"]
     rows = []
-    for labels, s, _ in sorted(points, key=lambda p: [p[0][a] for a in axes]):
+    for labels, s, _ in sorted(points, key=lambda p: [_sort_key(p[0][a]) for a in axes]):
         comm = s.get("communication", {})
         rows.append([*(labels[a] for a in axes), _pct(s["slo_satisfaction"]),
                      _pct(s["accuracy"]), _num(s["throughput_sps"]), _pct(s["forward_rate"]),
