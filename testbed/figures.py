@@ -193,8 +193,9 @@ def idn_gain_figure(points: list[tuple[dict[str, str], dict[str, Any], Path]], l
         y = reference[:len(curve)] - curve[:len(reference)] if reference is not None else curve
         ax.plot(np.arange(len(y)), y, label=label)
     ax.set_xlabel("run time (s)")
-    ax.set_ylabel("time-averaged gain over cloud-only (ms per request)" if reference is not None
-                  else "time-averaged cost (ms per request)")
+    ax.set_ylabel("gain over cloud-only (ms/request)" if reference is not None
+                  else "cost (ms/request)")
+    ax.set_title("time-averaged since the start of the run", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(title=line_axis, fontsize=8)
     return [_save(fig, out / "idn_gain_over_time.png")]
