@@ -172,3 +172,14 @@ def test_idn_cloud_only_serves_everything_at_the_repository(tmp_path: Path) -> N
     result = run_scenario(scenario_from_dict(idn_scenario("cloud-only")), tmp_path / "c")
     check_accounting(result.run_dir, result.summary)
     assert set(result.summary["idn"]["served_by_node"]) == {"cloud"}
+
+
+def test_plan_profiles_a_model_on_this_host_when_the_server_does_not_pad() -> None:
+    """`testbed plan` with `pad_compute = false` times the real model (onnxruntime, 1 thread)
+    and fits L(b) = base + per_sample * b."""
+    from testbed.modelzoo import open_zoo
+    from testbed.plan_build import measured_profile
+
+    p = measured_profile(open_zoo(), "heavy-cnn-lite")
+    assert p.base_ms >= 0 and p.per_sample_ms > 0
+    assert p.target_s(32) > p.target_s(1)
