@@ -21,8 +21,8 @@ app = typer.Typer(help="Emulated edge devices + one shared batching server + cas
                   no_args_is_help=True, add_completion=False)
 console = Console()
 
-POLICY_HELP = ("scheduler: static | multitasc | multitasc++ | uniform-aimd | server-only | "
-               "device-only")
+POLICY_HELP = ("scheduler: static | multitasc | multitasc++ | gears | uniform-aimd | "
+               "server-only | device-only")
 Policy = Annotated[str | None, typer.Option(help=POLICY_HELP,
                                             envvar="TESTBED_POLICY")]
 Duration = Annotated[float | None, typer.Option("--duration", help="seconds of arrivals")]
