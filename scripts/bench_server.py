@@ -1,0 +1,202 @@
+"""The server against the physical limit: the heavy model's raw onnxruntime throughput in a
+tight loop versus the real server's under saturation from many WebSocket clients, padding
+disabled; the server's CPU time per request outside the model; p50/p99 at fractions of its
+capacity. Everything on 127.0.0.1; the server and the load run in separate processes.
+
+    .venv/bin/python scripts/bench_server.py [--model heavy-cnn] [--clients 32] [--seconds 6]
+
+Prints a table and, last, one JSON line with the named figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+from rich.console import Console
+from rich.table import Table
+
+from testbed import protocol as wire
+from testbed.modelzoo import open_session, open_zoo, to_model_input
+
+BATCHES = (1, 2, 4, 8, 16, 32, 64)
+
+
+def raw_throughput(model: str, seconds: float = 1.0) -> dict[int, float]:
+    """Samples/s of the bare session (1 intra-op thread, as the server runs it) per batch."""
+    zoo = open_zoo()
+    session = open_session(zoo.model_path(model), 1, 1)
+    name = session.get_inputs()[0].name
+    x = to_model_input(zoo.dataset("test").x[:max(BATCHES)])
+    out = {}
+    for b in BATCHES:
+        batch = x[:b]
+        for _ in range(20):
+            session.run(None, {name: batch})
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            session.run(None, {name: batch})
+            n += b
+        out[b] = n / (time.perf_counter() - t0)
+    return out
+
+
+def start_server(model: str, max_batch: int) -> tuple[subprocess.Popen[str], str, Path]:
+    folder = Path(tempfile.mkdtemp(prefix="bench-server-"))
+    scenario = folder / "server.toml"
+    scenario.write_text(
+        f'[server]\nheavy_model = "{model}"\npad_compute = false\nmax_batch_size = {max_batch}\n'
+        'max_queue_size = 8192\nmax_queue_delay_us = 1000\n[policy]\nname = "static"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "server", "--scenario", str(scenario),
+                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "listening on" not in line:
+        proc.kill()
+        raise SystemExit(f"server did not start: {line!r}")
+    return proc, line.split("listening on", 1)[1].strip(), folder
+
+
+def status(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{url}/v1/status", timeout=5) as r:
+        out: dict[str, Any] = json.loads(r.read())
+    return out
+
+
+async def _client(url: str, idx: int, stop_at: float, window: int, rate: float | None,
+                  rtts: list[float], counts: list[int]) -> None:
+    import aiohttp
+
+    pixels = open_zoo().dataset("test").x[idx % 100].tobytes()
+    dev = f"bench-{idx:04d}"
+    async with aiohttp.ClientSession() as http, \
+            http.ws_connect(f"{url.replace('http', 'ws')}/v1/devices/{dev}") as ws:
+        await ws.send_bytes(wire.encode(wire.Hello(device_id=dev, tier="mid",
+                                                   model="light-mid")))
+        await ws.receive()  # welcome
+        sent: dict[int, float] = {}
+        loop = asyncio.get_running_loop()
+        free = asyncio.Semaphore(window)
+        rng = np.random.default_rng(idx)
+
+        async def reader() -> None:
+            async for msg in ws:
+                res = wire.decode(msg.data)
+                if isinstance(res, wire.Result) and res.sample_id in sent:
+                    rtts.append(loop.time() - sent.pop(res.sample_id))
+                    counts[0] += 1
+                    free.release()
+
+        task = asyncio.create_task(reader())
+        sid = 0
+        next_at = loop.time()
+        while loop.time() < stop_at:
+            if rate is not None:  # open loop: Poisson at `rate` per client
+                next_at += rng.exponential(1.0 / rate)
+                await asyncio.sleep(max(next_at - loop.time(), 0.0))
+            else:
+                await free.acquire()
+            sent[sid] = loop.time()
+            await ws.send_bytes(wire.encode(wire.Infer(sid, "uint8", (64,), pixels, 5000.0)))
+            sid += 1
+        await asyncio.sleep(0.5)
+        task.cancel()
+
+
+def load_process(url: str, first: int, clients: int, seconds: float, window: int,
+                 rate: float | None, out: Any) -> None:
+    async def main() -> tuple[list[float], int]:
+        rtts: list[float] = []
+        counts = [0]
+        stop_at = asyncio.get_running_loop().time() + seconds
+        await asyncio.gather(*(_client(url, first + i, stop_at, window, rate, rtts, counts)
+                               for i in range(clients)))
+        return rtts, counts[0]
+
+    out.put(asyncio.run(main()))
+
+
+def drive(url: str, clients: int, seconds: float, window: int, rate: float | None,
+          procs: int, base: int) -> tuple[list[float], int]:
+    q: Any = mp.Queue()
+    per = clients // procs
+    ps = [mp.Process(target=load_process, args=(url, base + k * per, per, seconds, window,
+                                                None if rate is None else rate / clients, q))
+          for k in range(procs)]
+    for p in ps:
+        p.start()
+    results = [q.get() for _ in ps]
+    for p in ps:
+        p.join()
+    return [r for rt, _ in results for r in rt], sum(n for _, n in results)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="heavy-cnn")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--window", type=int, default=16, help="requests in flight per client")
+    parser.add_argument("--procs", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--batch", type=int, default=32)
+    args = parser.parse_args()
+    console = Console()
+    raw = raw_throughput(args.model)
+    best_b = max(raw, key=lambda b: raw[b])
+    proc, url, _ = start_server(args.model, args.batch)
+    try:
+        server = psutil.Process(proc.pid)
+        drive(url, args.clients, 1.5, args.window, None, args.procs, 0)  # warm up
+        s0, c0 = status(url)["totals"], server.cpu_times()
+        t0 = time.perf_counter()
+        drive(url, args.clients, args.seconds, args.window, None, args.procs, 1000)
+        elapsed = time.perf_counter() - t0
+        s1, c1 = status(url)["totals"], server.cpu_times()
+        served = s1["completed"] - s0["completed"]
+        cpu = (c1.user + c1.system) - (c0.user + c0.system)
+        model_s = s1["busy_s"] - s0["busy_s"]
+        tput = served / elapsed
+        outside_us = max(cpu - model_s, 0.0) / max(served, 1) * 1e6
+        lat = {}
+        for frac in (0.5, 0.8, 1.0):
+            rtts, _ = drive(url, args.clients, args.seconds / 2, 10**6, frac * tput,
+                            args.procs, 2000 + int(frac * 1000))
+            ms = np.asarray(rtts) * 1e3
+            lat[frac] = (float(np.percentile(ms, 50)), float(np.percentile(ms, 99)))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    table = Table(title=f"{args.model}: raw onnxruntime vs the server (padding off)")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for b, v in raw.items():
+        table.add_row(f"raw samples/s, batch {b}", f"{v:,.0f}")
+    table.add_row("server samples/s, saturated", f"{tput:,.0f}")
+    table.add_row("server / raw at best batch", f"{tput / raw[best_b]:.3f}")
+    table.add_row("server CPU outside the model, per request", f"{outside_us:.1f} us")
+    for frac, (p50, p99) in lat.items():
+        table.add_row(f"p50 / p99 at {frac:.0%} of capacity", f"{p50:.1f} / {p99:.1f} ms")
+    console.print(table)
+    console.print(json.dumps({
+        "model": args.model, "raw_best_sps": round(raw[best_b]), "raw_best_batch": best_b,
+        "server_sps": round(tput), "server_vs_raw_ratio": round(tput / raw[best_b], 3),
+        "server_cpu_outside_model_us": round(outside_us, 1),
+        "latency_ms": {f"{int(f * 100)}pct": {"p50": round(a, 2), "p99": round(b, 2)}
+                       for f, (a, b) in lat.items()},
+        "clients": args.clients, "load_processes": args.procs}))
+
+
+if __name__ == "__main__":
+    main()
