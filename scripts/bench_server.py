@@ -125,11 +125,14 @@ def load_process(url: str, first: int, clients: int, seconds: float, window: int
                                for i in range(clients)))
         return rtts, counts[0]
 
-    out.put(asyncio.run(main()))
+    cpu = time.process_time()
+    rtts, n = asyncio.run(main())
+    out.put((rtts, n, time.process_time() - cpu))
 
 
 def drive(url: str, clients: int, seconds: float, window: int, rate: float | None,
-          procs: int, base: int) -> tuple[list[float], int]:
+          procs: int, base: int) -> tuple[list[float], int, float]:
+    """Run the load; (round-trip times, results, CPU seconds the load generators used)."""
     q: Any = mp.Queue()
     per = clients // procs
     ps = [mp.Process(target=load_process, args=(url, base + k * per, per, seconds, window,
@@ -140,7 +143,8 @@ def drive(url: str, clients: int, seconds: float, window: int, rate: float | Non
     results = [q.get() for _ in ps]
     for p in ps:
         p.join()
-    return [r for rt, _ in results for r in rt], sum(n for _, n in results)
+    return ([r for rt, _, _ in results for r in rt], sum(n for _, n, _ in results),
+            sum(c for _, _, c in results))
 
 
 def main() -> None:
@@ -161,7 +165,8 @@ def main() -> None:
         drive(url, args.clients, 1.5, args.window, None, args.procs, 0)  # warm up
         s0, c0 = status(url)["totals"], server.cpu_times()
         t0 = time.perf_counter()
-        drive(url, args.clients, args.seconds, args.window, None, args.procs, 1000)
+        _, _, load_cpu = drive(url, args.clients, args.seconds, args.window, None, args.procs,
+                               1000)
         elapsed = time.perf_counter() - t0
         s1, c1 = status(url)["totals"], server.cpu_times()
         served = s1["completed"] - s0["completed"]
@@ -171,8 +176,8 @@ def main() -> None:
         outside_us = max(cpu - model_s, 0.0) / max(served, 1) * 1e6
         lat = {}
         for frac in (0.5, 0.8, 1.0):
-            rtts, _ = drive(url, args.clients, args.seconds / 2, 10**6, frac * tput,
-                            args.procs, 2000 + int(frac * 1000))
+            rtts, _, _ = drive(url, args.clients, args.seconds / 2, 10**6, frac * tput,
+                               args.procs, 2000 + int(frac * 1000))
             ms = np.asarray(rtts) * 1e3
             lat[frac] = (float(np.percentile(ms, 50)), float(np.percentile(ms, 99)))
     finally:
@@ -186,6 +191,9 @@ def main() -> None:
     table.add_row("server samples/s, saturated", f"{tput:,.0f}")
     table.add_row("server / raw at best batch", f"{tput / raw[best_b]:.3f}")
     table.add_row("server CPU outside the model, per request", f"{outside_us:.1f} us")
+    table.add_row("server process CPU (cores busy)", f"{cpu / elapsed:.2f}")
+    table.add_row("load generators' CPU per request", f"{load_cpu / max(served, 1) * 1e6:.1f} us")
+    table.add_row("load generators' CPU (cores busy)", f"{load_cpu / elapsed:.2f}")
     for frac, (p50, p99) in lat.items():
         table.add_row(f"p50 / p99 at {frac:.0%} of capacity", f"{p50:.1f} / {p99:.1f} ms")
     console.print(table)
@@ -193,6 +201,9 @@ def main() -> None:
         "model": args.model, "raw_best_sps": round(raw[best_b]), "raw_best_batch": best_b,
         "server_sps": round(tput), "server_vs_raw_ratio": round(tput / raw[best_b], 3),
         "server_cpu_outside_model_us": round(outside_us, 1),
+        "server_cores_busy": round(cpu / elapsed, 2),
+        "load_cpu_per_request_us": round(load_cpu / max(served, 1) * 1e6, 1),
+        "load_cores_busy": round(load_cpu / elapsed, 2),
         "latency_ms": {f"{int(f * 100)}pct": {"p50": round(a, 2), "p99": round(b, 2)}
                        for f, (a, b) in lat.items()},
         "clients": args.clients, "load_processes": args.procs}))
