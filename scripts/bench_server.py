@@ -173,6 +173,7 @@ def main() -> None:
         cpu = (c1.user + c1.system) - (c0.user + c0.system)
         model_s = s1["busy_s"] - s0["busy_s"]
         tput = served / elapsed
+        mean_batch = (s1["batch_sum"] - s0["batch_sum"]) / max(s1["batches"] - s0["batches"], 1)
         outside_us = max(cpu - model_s, 0.0) / max(served, 1) * 1e6
         lat = {}
         for frac in (0.5, 0.8, 1.0):
@@ -190,6 +191,7 @@ def main() -> None:
         table.add_row(f"raw samples/s, batch {b}", f"{v:,.0f}")
     table.add_row("server samples/s, saturated", f"{tput:,.0f}")
     table.add_row("server / raw at best batch", f"{tput / raw[best_b]:.3f}")
+    table.add_row("server mean batch size, saturated", f"{mean_batch:.1f}")
     table.add_row("server CPU outside the model, per request", f"{outside_us:.1f} us")
     table.add_row("server process CPU (cores busy)", f"{cpu / elapsed:.2f}")
     table.add_row("load generators' CPU per request", f"{load_cpu / max(served, 1) * 1e6:.1f} us")
@@ -202,6 +204,7 @@ def main() -> None:
         "server_sps": round(tput), "server_vs_raw_ratio": round(tput / raw[best_b], 3),
         "server_cpu_outside_model_us": round(outside_us, 1),
         "server_cores_busy": round(cpu / elapsed, 2),
+        "server_mean_batch": round(mean_batch, 1),
         "load_cpu_per_request_us": round(load_cpu / max(served, 1) * 1e6, 1),
         "load_cores_busy": round(load_cpu / elapsed, 2),
         "latency_ms": {f"{int(f * 100)}pct": {"p50": round(a, 2), "p99": round(b, 2)}
