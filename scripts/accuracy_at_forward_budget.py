@@ -14,9 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from testbed.config import parse_mix
 from testbed.modelzoo import open_zoo
-from testbed.plan_build import heavy_models, tier_curve
+from testbed.plan_build import heavy_models, tier_curve, tier_weights
 from testbed.planner import PlanInputs, pareto_front
 from testbed.profiles import BatchProfile
 from testbed.scenario_file import load_scenario
@@ -32,9 +31,7 @@ def main() -> None:
     cfg = load_scenario(args.scenario)
     zoo = open_zoo(cfg.zoo)
     heavy = heavy_models(cfg, zoo)[0]
-    weights = parse_mix(cfg.devices.mix, tuple(cfg.tiers))
-    total = sum(weights.values())
-    weights = {t: w / total for t, w in weights.items() if w > 0}
+    weights = tier_weights(cfg)
     val = val_predictions(zoo, [*(m for t in weights for m in cfg.tiers[t].members), heavy],
                           split=args.split)
     inputs = PlanInputs(weights=weights,

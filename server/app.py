@@ -26,7 +26,7 @@ from server.stats import ServerStats
 from testbed import protocol as wire
 from testbed.events import EventLog
 from testbed.modelzoo import open_zoo
-from testbed.profiles import BatchProfile, profile_for
+from testbed.profiles import BatchProfile, heavy_model_names, profile_for
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,9 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
     cfg = settings.server
     loop = asyncio.get_running_loop()
     zoo = open_zoo(settings.zoo)
-    default = cfg.heavy_model or zoo.heavy
-    names = [default, *(n for n in [*cfg.heavy_models, *cfg.ensemble] if n != default)]
+    names = heavy_model_names(cfg, zoo)
+    default = names[0]
+    names += [n for n in cfg.ensemble if n not in names]
     loaded: dict[str, ServedModel] = {
         n: (StagedModel if zoo.card(n).get("stages") else HeavyModel)(zoo, n, cfg.intra_op_threads)
         for n in dict.fromkeys(names)}

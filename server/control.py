@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from server.scheduling.base import (
     DeviceInfo,
     DeviceState,
@@ -168,13 +170,10 @@ class Controller:
 def _quantiles(values: deque[float]) -> dict[str, float]:
     if not values:
         return {}
-    ordered = sorted(values)
-
-    def pick(q: float) -> float:
-        return round(ordered[min(int(q * len(ordered)), len(ordered) - 1)], 1)
-
-    return {"p50": pick(0.5), "p99": pick(0.99), "max": round(ordered[-1], 1),
-            "count": len(ordered)}
+    arr = np.fromiter(values, dtype=np.float64, count=len(values))
+    p50, p99 = np.percentile(arr, [50, 99], method="inverted_cdf")
+    return {"p50": round(float(p50), 1), "p99": round(float(p99), 1),
+            "max": round(float(arr.max()), 1), "count": len(arr)}
 
 
 def _clamp(value: float) -> float:

@@ -53,6 +53,14 @@ class _Counts:
     failed_up: int = 0
 
 
+async def _stop(held: _Held) -> None:
+    """Stop its batcher's loop, then answer whatever is still queued."""
+    held.task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await held.task
+    await held.batcher.close()
+
+
 class IdnNodeRuntime:
     def __init__(self, idn: IdnConfig, name: str, server: ServerConfig, zoo: Zoo,
                  stats: ServerStats, events: EventLog, token: str, parent_url: str,
@@ -246,10 +254,7 @@ class IdnNodeRuntime:
             return  # wanted again before it drained
         await asyncio.sleep(0.5)  # its last batch finishes
         del self.held[name]
-        held.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await held.task
-        await held.batcher.close()
+        await _stop(held)
         self.events.emit("idn_unload", node=self.name, model=name)
 
     def _guess_upstream_ms(self) -> float:
@@ -275,10 +280,7 @@ class IdnNodeRuntime:
         for task in list(self._tasks):
             task.cancel()
         for held in list(self.held.values()):
-            held.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await held.task
-            await held.batcher.close()
+            await _stop(held)
         self.held.clear()
         if self._session is not None:
             await self._session.close()

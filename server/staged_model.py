@@ -8,9 +8,7 @@ import numpy as np
 from server.early_exit import StageCosts
 from server.heavy_model import BatchOutput
 from testbed.modelzoo import Zoo, ZooError, open_session
-from testbed.profiles import BatchProfile
-
-REFERENCE_BATCH = "32"
+from testbed.profiles import REFERENCE_BATCH, BatchProfile
 
 
 class StagedModel:
@@ -52,12 +50,13 @@ class StagedModel:
         return probs, act
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Every stage in turn; the last exit's probabilities."""
         x: np.ndarray | None = batch
-        probs = batch
-        for s in range(self.stages):
-            assert x is not None
-            probs, x = self.run_stage(s, x)
-        return probs
+        for s in range(self.stages - 1):
+            assert x is not None  # only the last stage has no activation to pass on
+            _, x = self.run_stage(s, x)
+        assert x is not None
+        return self.run_stage(self.stages - 1, x)[0]
 
     def run(self, batch: np.ndarray) -> BatchOutput:
         """The whole network, no exits: the whole-network batching baseline."""

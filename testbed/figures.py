@@ -243,19 +243,21 @@ def _largest_point_figures(points: list[tuple[dict[str, str], dict[str, Any], Pa
         return paths  # too many panels to read; the run folders have their own figures
     kinds = {e.get("kind") for _, _, d in runs for e in read_events(d / "events.jsonl")}
     if "thresholds" in kinds:
-        fig, cells = _panels(len(runs), width=4.2)
-        for ax, (panel, line, run_dir) in zip(cells, runs, strict=True):
-            _thresholds(ax, run_dir)
-            ax.set_title(f"{line}" + (f" ({panel})" if panel else ""), fontsize=9)
-        cells[0].set_ylabel("mean threshold")
-        paths.append(_save(fig, out / "thresholds_over_time.png"))
+        paths.append(_per_run(runs, _thresholds, "mean threshold",
+                              out / "thresholds_over_time.png"))
     if "model_switch" in kinds:
-        fig, cells = _panels(len(runs), width=4.2)
-        for ax, (panel, line, run_dir) in zip(cells, runs, strict=True):
-            _heavy_models(ax, run_dir)
-            ax.set_title(f"{line}" + (f" ({panel})" if panel else ""), fontsize=9)
-        paths.append(_save(fig, out / "heavy_model_over_time.png"))
+        paths.append(_per_run(runs, _heavy_models, "", out / "heavy_model_over_time.png"))
     return paths
+
+
+def _per_run(runs: list[tuple[str, str, Path]], draw: Any, ylabel: str, path: Path) -> Path:
+    """One panel per run, drawn by `draw(ax, run_dir)`, titled by its line (and panel)."""
+    fig, cells = _panels(len(runs), width=4.2)
+    for ax, (panel, line, run_dir) in zip(cells, runs, strict=True):
+        draw(ax, run_dir)
+        ax.set_title(f"{line}" + (f" ({panel})" if panel else ""), fontsize=9)
+    cells[0].set_ylabel(ylabel)
+    return _save(fig, path)
 
 
 def _heavy_models(ax: Any, run_dir: Path) -> None:

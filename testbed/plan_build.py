@@ -16,7 +16,7 @@ from testbed.config import ScenarioConfig, TierSpec, parse_mix
 from testbed.gear_plan import GearPlan
 from testbed.modelzoo import Zoo, open_session, open_zoo, to_model_input
 from testbed.planner import PlanInputs, TierCurve, pareto_front, plan_gears
-from testbed.profiles import BatchProfile, profile_for
+from testbed.profiles import BatchProfile, heavy_model_names, profile_for
 from testbed.validation import ValPredictions, val_predictions
 
 THRESHOLD_GRID = np.round(np.arange(0.0, 1.0001, 0.025), 4)
@@ -33,8 +33,14 @@ class PlanOptions:
 
 
 def heavy_models(cfg: ScenarioConfig, zoo: Zoo) -> list[str]:
-    default = cfg.server.heavy_model or zoo.heavy
-    return [default, *(n for n in cfg.server.heavy_models if n != default)]
+    return heavy_model_names(cfg.server, zoo)
+
+
+def tier_weights(cfg: ScenarioConfig) -> dict[str, float]:
+    """Each tier's share of the generated samples (devices share one rate); empty tiers out."""
+    weights = parse_mix(cfg.devices.mix, tuple(cfg.tiers))
+    total = sum(weights.values())
+    return {t: w / total for t, w in weights.items() if w > 0}
 
 
 def tier_curve(val: ValPredictions, spec: TierSpec, heavy: str, no_cascade: bool) -> TierCurve:
@@ -94,9 +100,7 @@ def measured_profile(zoo: Zoo, model: str, sizes: tuple[int, ...] = (1, 8, 32)) 
 def build_plan(cfg: ScenarioConfig, options: PlanOptions = PlanOptions()) -> GearPlan:
     zoo = open_zoo(cfg.zoo)
     heavies = heavy_models(cfg, zoo)
-    weights = parse_mix(cfg.devices.mix, tuple(cfg.tiers))
-    total = sum(weights.values())
-    weights = {t: w / total for t, w in weights.items() if w > 0}
+    weights = tier_weights(cfg)
     members = [m for t in weights for m in cfg.tiers[t].members]
     val = val_predictions(zoo, [*members, *heavies])
     base = BatchProfile(cfg.server.batch_base_ms, cfg.server.batch_per_sample_ms)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from testbed.config import ServerConfig
 from testbed.modelzoo import Zoo, ZooError
 
 REFERENCE_BATCH = "32"
@@ -22,6 +23,12 @@ class BatchProfile:
 
     def target_s(self, batch_size: int) -> float:
         return (self.base_ms + self.per_sample_ms * batch_size) / 1e3
+
+
+def heavy_model_names(server: ServerConfig, zoo: Zoo) -> list[str]:
+    """The heavy models a server loads: its default first, then the ones it may switch to."""
+    default = server.heavy_model or zoo.heavy
+    return [default, *(n for n in server.heavy_models if n != default)]
 
 
 def profile_for(zoo: Zoo, name: str, default: str, base: BatchProfile,

@@ -94,6 +94,7 @@ def _equal_accuracy_section(points: list[tuple[dict[str, str], dict[str, Any], P
         return []
     base: list[tuple[float, float]] = []
     others: list[tuple[str, float, float]] = []
+    cascade = False
     for labels, s, _ in points:
         sent = s.get("communication", {}).get("requests_per_sample")
         acc = s.get("accuracy")
@@ -102,10 +103,10 @@ def _equal_accuracy_section(points: list[tuple[dict[str, str], dict[str, Any], P
         label = labels.get(line_axis, "")
         if label.startswith("confidence-") or label in ("device-only", "cloud-only"):
             base.append((float(sent), float(acc)))
+            cascade = cascade or label.startswith("confidence-")
         else:
             others.append((label, float(sent), float(acc)))
-    if len(base) < 2 or not any(lab.startswith("confidence-") for lab in
-                                (labels.get(line_axis, "") for labels, _, _ in points)):
+    if not cascade or len(base) < 2:
         return []
     rows = []
     for label, sent, acc in sorted(others):
