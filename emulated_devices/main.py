@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from emulated_devices.device import Device, RegistrationFailed
+from emulated_devices.loop_probe import precise_loop
 from testbed.childproc import die_with_parent, leave_interrupts_to_parent
 from testbed.config import ScenarioConfig, device_specs
 from testbed.logsetup import configure_logging
@@ -38,7 +39,8 @@ def device_process(spec: Any, server_url: str, token: str, run_dir: str,
     out = Path(run_dir)
     configure_logging("INFO", f"device {spec.device_id}", out / "logs" / "devices.log")
     try:
-        asyncio.run(_controlled(spec, server_url, token, out, control, wait_for_server))
+        with asyncio.Runner(loop_factory=precise_loop) as runner:
+            runner.run(_controlled(spec, server_url, token, out, control, wait_for_server))
     except Exception as exc:
         log.exception("device failed")
         _send(control, {"event": "error", "device_id": spec.device_id, "reason": repr(exc)})
@@ -121,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
         print(outcome.to_dict(), flush=True)
 
     try:
-        asyncio.run(run())
+        with asyncio.Runner(loop_factory=precise_loop) as runner:
+            runner.run(run())
     except TimeoutError:
         sys.exit(f"could not register with {args.server} within {REGISTER_TIMEOUT_S:.0f} s")
     except RegistrationFailed as exc:

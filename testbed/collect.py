@@ -140,6 +140,7 @@ def _tally(incs: dict[tuple[str, int], _Incarnation], exited: set[tuple[str, int
         group.sort(key=lambda i: i.incarnation)
         generated = aborted = late = 0
         traffic = [0, 0, 0]
+        lags = []
         threshold = None
         for inc in group:
             done_ids = {r.sample_id for r in inc.records}
@@ -154,11 +155,15 @@ def _tally(incs: dict[tuple[str, int], _Incarnation], exited: set[tuple[str, int
                 lost_in_clean += missing
                 threshold = out["final_threshold"]
                 late += out.get("late_replies", 0)
+                if out.get("loop_lag"):
+                    lags.append(out["loop_lag"])
                 for i, key in enumerate(("requests_sent", "bytes_sent", "bytes_received")):
                     traffic[i] += int(out.get(key, 0))
             records.extend(inc.records)
         tallies.append(DeviceTally(device_id, group[0].tier, generated, threshold, late,
-                                   aborted, len(group), *traffic))
+                                   aborted, len(group), requests_sent=traffic[0],
+                                   bytes_sent=traffic[1], bytes_received=traffic[2],
+                                   loop_lag=tuple(lags)))
     return tallies, records, unexplained, lost_in_clean
 
 

@@ -10,12 +10,13 @@ not bucketed, so they can be merged simply by concatenating records.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from testbed.looplag import lag_summary, merge
 from testbed.records import CAUSES, SOURCES, SampleRecord
 
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0, "p99.9": 99.9}
@@ -36,6 +37,8 @@ class DeviceTally:
     requests_sent: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
+    loop_lag: tuple[Mapping[str, Any], ...] = ()
+    """Loop-lag histograms of its processes (`testbed.looplag`), one per incarnation."""
 
 
 def latency_summary(latencies_ms: Sequence[float] | np.ndarray) -> dict[str, float | None]:
@@ -138,6 +141,7 @@ def summarize(records: Iterable[SampleRecord], devices: Sequence[DeviceTally], *
         "emulation": {
             "compute_overrun_fraction": _ratio(sum(r.overrun for r in all_records), n) or 0.0,
             "start_lag_ms": latency_summary([r.start_lag_ms for r in all_records]),
+            "loop_lag_ms": lag_summary(merge(h for d in devices for h in d.loop_lag)),
             "late_replies": sum(d.late_replies for d in devices),
         },
     }

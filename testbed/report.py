@@ -70,6 +70,10 @@ def summary_tables(summary: dict[str, Any]) -> Group:
     notes.add_row("device USS", f"{_num(uss.get('mean'))} MB mean / {_num(uss.get('max'))} max",
                   "start-up", f"{_num(run.get('startup_s'), '.2f')} s",
                   "partial", str(run.get("partial")))
+    lag = emu.get("loop_lag_ms") or {}
+    if lag.get("n"):
+        notes.add_row("loop lag p99", f"{_num(lag.get('p99'), '.2f')} ms",
+                      "loop lag max", f"{_num(lag.get('max'), '.2f')} ms", "", "")
     shed = (summary.get("server") or {}).get("shed") or {}
     if shed:
         notes.add_row("server shed", ", ".join(f"{c} {n:.0f}" for c, n in sorted(shed.items())),

@@ -1,0 +1,222 @@
+"""How many emulated devices this host holds at 10 Hz each while the emulation stays faithful.
+
+Runs scenarios/density.toml (the heterogeneous mix, Poisson arrivals at 10 Hz per device, one
+real server) once per device count, 20 s each, and reports per count: start-up time of the run
+(spawn to all devices registered), compute overrun fraction, event-loop lag p99 (a periodic
+probe in every device process), unique memory (USS) per device, samples lost, and the CPU the
+devices and the server used while running. Fidelity holds when overrun < 1 %, loop lag p99 <
+2 ms, nothing is lost and the devices generated their 10 Hz. With --search it goes on upward
+(--step) until fidelity fails, --max or the time budget. Prints a table and, as its last line,
+one JSON object with the named figures:
+
+    flock /tmp/bench.lock .venv/bin/python scripts/bench_density.py
+    flock /tmp/bench.lock .venv/bin/python scripts/bench_density.py --counts 40 100 200 \
+        --search --step 100 --max 600 --budget-min 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+from rich.console import Console
+from rich.table import Table
+
+from testbed.events import read_events
+from testbed.orchestrator import run_scenario
+from testbed.scenario_file import load_scenario
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_OVERRUN = 0.01
+MAX_LOOP_LAG_P99_MS = 2.0
+MIN_RATE_FRACTION = 0.97
+"""Generated samples over the 10 Hz x devices x duration the scenario asks for (Poisson noise
+over 20 s of 40 devices is under 1 %)."""
+CPU_SKIP_S = 2.0
+"""CPU is measured from this far into the run to its end: start-up and drain are not steady."""
+
+
+@dataclass
+class CpuMeter:
+    """A `Progress` for `run_scenario` that reads the CPU time of the server and device processes
+    (their pids are in the harness's event file) over the steady part of the run."""
+
+    run_dir: Path
+    console: Console
+    pids: dict[int, str] = field(default_factory=dict)
+    start: tuple[float, dict[int, float]] | None = None
+    end: tuple[float, dict[int, float]] | None = None
+
+    def phase(self, text: str) -> None:
+        self.console.log(text)
+
+    def registered(self, done: int, total: int) -> None:
+        pass
+
+    def running(self, elapsed_s: float, duration_s: float, live: dict[str, Any]) -> None:
+        if self.start is None and elapsed_s >= CPU_SKIP_S:
+            self.pids = self._read_pids()
+            self.start = (time.monotonic(), self._cpu())
+        elif self.start is not None and self.end is None and elapsed_s >= duration_s - 0.5:
+            self.end = (time.monotonic(), self._cpu())
+
+    def cores(self) -> dict[str, float | None]:
+        """Cores used by the devices together and by the server, over the measured window."""
+        if self.start is None or self.end is None:
+            return {"devices": None, "server": None}
+        wall = self.end[0] - self.start[0]
+        used = {"devices": 0.0, "server": 0.0}
+        for pid, role in self.pids.items():
+            if pid in self.start[1] and pid in self.end[1]:
+                used[role] += self.end[1][pid] - self.start[1][pid]
+        return {k: round(v / wall, 3) for k, v in used.items()}
+
+    def _read_pids(self) -> dict[int, str]:
+        pids: dict[int, str] = {}
+        for e in read_events(self.run_dir / "events.harness.jsonl"):
+            if e.get("kind") == "server_listening":
+                pids[int(e["pid"])] = "server"
+            elif e.get("kind") == "devices_spawned":
+                pids.update({int(p): "devices" for p in e["pids"].values()})
+        return pids
+
+    def _cpu(self) -> dict[int, float]:
+        out = {}
+        for pid in self.pids:
+            try:
+                t = psutil.Process(pid).cpu_times()
+            except psutil.Error:
+                continue
+            out[pid] = t.user + t.system
+        return out
+
+
+def measure(base: Any, count: int, duration: float, out: Path, console: Console
+            ) -> dict[str, Any]:
+    """One run of `count` devices; its figures and whether fidelity held."""
+    cfg = dataclasses.replace(base, duration_s=duration,
+                              devices=dataclasses.replace(base.devices, count=count))
+    run_dir = out / f"{count}dev"
+    meter = CpuMeter(run_dir, console)
+    t0 = time.monotonic()
+    s = run_scenario(cfg, run_dir, meter).summary
+    wall = time.monotonic() - t0
+    emu = s["emulation"]
+    lag = emu.get("loop_lag_ms") or {}
+    expected = count * cfg.devices.rate_hz * duration
+    row: dict[str, Any] = {
+        "devices": count,
+        "startup_s": s["run"]["startup_s"],
+        "overrun": emu["compute_overrun_fraction"],
+        "loop_lag_p50_ms": lag.get("p50"),
+        "loop_lag_p99_ms": lag.get("p99"),
+        "loop_lag_max_ms": lag.get("max"),
+        "start_lag_p99_ms": emu["start_lag_ms"]["p99"],
+        "rate_fraction": round(s["samples"]["generated"] / expected, 4),
+        "generated": s["samples"]["generated"],
+        "lost": s["samples"]["lost"],
+        "uss_mean_mb": s["resources"]["device_uss_mb"]["mean"],
+        "uss_max_mb": s["resources"]["device_uss_mb"]["max"],
+        "server_rss_mb": s["resources"]["server_rss_mb"],
+        **{f"cpu_{k}_cores": v for k, v in meter.cores().items()},
+        "slo_satisfaction": s["slo_satisfaction"],
+        "partial": s["run"]["partial"],
+        "wall_s": round(wall, 1),
+    }
+    row["fidelity"] = holds(row)
+    return row
+
+
+def holds(row: dict[str, Any]) -> bool:
+    """The issue's fidelity bar, plus: nothing lost, the run complete, the rate delivered."""
+    lag = row["loop_lag_p99_ms"]
+    return (row["overrun"] < MAX_OVERRUN and lag is not None and lag < MAX_LOOP_LAG_P99_MS
+            and row["lost"] == 0 and not row["partial"]
+            and row["rate_fraction"] >= MIN_RATE_FRACTION)
+
+
+def counts_to_run(fixed: list[int], search: bool, step: int, maximum: int) -> list[int]:
+    """The fixed counts, then (with search) every `step` above the largest up to `maximum`."""
+    counts = sorted(set(fixed))
+    if search:
+        counts += list(range(counts[-1] + step, maximum + 1, step))
+    return counts
+
+
+def print_table(rows: list[dict[str, Any]], console: Console, title: str) -> None:
+    table = Table(title=title)
+    table.add_column("figure")
+    for r in rows:
+        table.add_column(f"{r['devices']} dev", justify="right")
+    for key in rows[0]:
+        if key != "devices":
+            table.add_row(key, *(_fmt(r[key]) for r in rows))
+    console.print(table)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "NO"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "-" if v is None else str(v)
+
+
+def figures(rows: list[dict[str, Any]], duration: float) -> dict[str, Any]:
+    """The named figures: the largest count up to which every run held, and per-count values."""
+    held = 0
+    for r in rows:
+        if not r["fidelity"]:
+            break
+        held = r["devices"]
+    out: dict[str, Any] = {"max_devices_at_10hz": held, "duration_s": duration,
+                           "counts": [r["devices"] for r in rows]}
+    for r in rows:
+        n = r["devices"]
+        for key in ("startup_s", "overrun", "loop_lag_p99_ms", "uss_mean_mb", "uss_max_mb",
+                    "lost", "cpu_devices_cores", "cpu_server_cores", "fidelity"):
+            out[f"{key}_{n}"] = r[key]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenario", type=Path, default=ROOT / "scenarios" / "density.toml")
+    parser.add_argument("--counts", type=int, nargs="+", default=[40, 100, 200])
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per count")
+    parser.add_argument("--search", action="store_true",
+                        help="go on upward until fidelity fails, --max or the budget")
+    parser.add_argument("--step", type=int, default=100)
+    parser.add_argument("--max", type=int, default=600, help="largest count to try")
+    parser.add_argument("--budget-min", type=float, default=15.0,
+                        help="start no further count once this much time has gone")
+    parser.add_argument("--out", type=Path,
+                        default=ROOT / "runs" / f"density-{time.strftime('%Y%m%d-%H%M%S')}")
+    args = parser.parse_args()
+    base = load_scenario(args.scenario)
+    console = Console(stderr=True)
+    rows: list[dict[str, Any]] = []
+    t0 = time.monotonic()
+    fixed = args.counts
+    for count in counts_to_run(args.counts, args.search, args.step, args.max):
+        if rows and (time.monotonic() - t0) / 60 > args.budget_min:
+            console.log(f"time budget spent; not running {count} devices")
+            break
+        console.log(f"{count} devices, {args.duration:.0f} s")
+        rows.append(measure(base, count, args.duration, args.out, console))
+        if not rows[-1]["fidelity"] and count >= max(fixed):
+            break  # searching upward: the first count that fails ends it
+    print_table(rows, Console(), f"{base.name}: {base.devices.rate_hz:g} Hz per device, "
+                f"{args.duration:.0f} s per count, {psutil.cpu_count()} cores")
+    print(json.dumps(figures(rows, args.duration)))
+
+
+if __name__ == "__main__":
+    main()
