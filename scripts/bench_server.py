@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
+import os
 import subprocess
 import sys
 import tempfile
@@ -67,6 +68,12 @@ def start_server(model: str, max_batch: int) -> tuple[subprocess.Popen[str], str
         proc.kill()
         raise SystemExit(f"server did not start: {line!r}")
     return proc, line.split("listening on", 1)[1].strip(), folder
+
+
+def host_busy_s() -> float:
+    """CPU seconds the whole host has run: shows when something else shares the cores."""
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
 
 
 def status(url: str) -> dict[str, Any]:
@@ -125,6 +132,9 @@ def load_process(url: str, first: int, clients: int, seconds: float, window: int
                                for i in range(clients)))
         return rtts, counts[0]
 
+    # The clients stand in for other machines: under contention for the two cores the server
+    # goes first, as it would if they were remote.
+    os.nice(10)
     cpu = time.process_time()
     rtts, n = asyncio.run(main())
     out.put((rtts, n, time.process_time() - cpu))
@@ -155,6 +165,9 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=2, help="load-generator processes")
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="record the server under saturation with py-spy into this SVG "
+                             "(needs `pip install py-spy`)")
     args = parser.parse_args()
     console = Console()
     raw = raw_throughput(args.model)
@@ -163,18 +176,25 @@ def main() -> None:
     try:
         server = psutil.Process(proc.pid)
         drive(url, args.clients, 1.5, args.window, None, args.procs, 0)  # warm up
-        s0, c0 = status(url)["totals"], server.cpu_times()
+        s0, c0, h0 = status(url)["totals"], server.cpu_times(), host_busy_s()
+        spy = None if args.profile is None else subprocess.Popen(
+            ["py-spy", "record", "--pid", str(proc.pid), "--threads", "--idle", "--nonblocking",
+             "--duration", str(int(args.seconds)), "--output", str(args.profile)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         t0 = time.perf_counter()
         _, _, load_cpu = drive(url, args.clients, args.seconds, args.window, None, args.procs,
                                1000)
         elapsed = time.perf_counter() - t0
-        s1, c1 = status(url)["totals"], server.cpu_times()
+        s1, c1, h1 = status(url)["totals"], server.cpu_times(), host_busy_s()
+        if spy is not None:
+            spy.wait(30)
         served = s1["completed"] - s0["completed"]
         cpu = (c1.user + c1.system) - (c0.user + c0.system)
-        model_s = s1["busy_s"] - s0["busy_s"]
+        model_cpu = s1["model_cpu_s"] - s0["model_cpu_s"]
+        model_wall = s1["model_s"] - s0["model_s"]
         tput = served / elapsed
         mean_batch = (s1["batch_sum"] - s0["batch_sum"]) / max(s1["batches"] - s0["batches"], 1)
-        outside_us = max(cpu - model_s, 0.0) / max(served, 1) * 1e6
+        outside_us = max(cpu - model_cpu, 0.0) / max(served, 1) * 1e6
         lat = {}
         for frac in (0.5, 0.8, 1.0):
             rtts, _, _ = drive(url, args.clients, args.seconds / 2, 10**6, frac * tput,
@@ -184,6 +204,7 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+    other_cores = max(h1 - h0 - cpu - load_cpu, 0.0) / elapsed
     table = Table(title=f"{args.model}: raw onnxruntime vs the server (padding off)")
     table.add_column("figure")
     table.add_column("value", justify="right")
@@ -194,19 +215,25 @@ def main() -> None:
     table.add_row("server mean batch size, saturated", f"{mean_batch:.1f}")
     table.add_row("server CPU outside the model, per request", f"{outside_us:.1f} us")
     table.add_row("server process CPU (cores busy)", f"{cpu / elapsed:.2f}")
+    table.add_row("of which the model's thread", f"{model_cpu / elapsed:.2f}")
+    table.add_row("time the model is running", f"{model_wall / elapsed:.0%}")
     table.add_row("load generators' CPU per request", f"{load_cpu / max(served, 1) * 1e6:.1f} us")
     table.add_row("load generators' CPU (cores busy)", f"{load_cpu / elapsed:.2f}")
+    table.add_row("every other process (cores busy)", f"{other_cores:.2f}")
     for frac, (p50, p99) in lat.items():
         table.add_row(f"p50 / p99 at {frac:.0%} of capacity", f"{p50:.1f} / {p99:.1f} ms")
     console.print(table)
-    console.print(json.dumps({
+    print(json.dumps({  # plain print: rich would wrap the line
         "model": args.model, "raw_best_sps": round(raw[best_b]), "raw_best_batch": best_b,
         "server_sps": round(tput), "server_vs_raw_ratio": round(tput / raw[best_b], 3),
         "server_cpu_outside_model_us": round(outside_us, 1),
         "server_cores_busy": round(cpu / elapsed, 2),
+        "model_thread_cores_busy": round(model_cpu / elapsed, 2),
+        "model_running_fraction": round(model_wall / elapsed, 3),
         "server_mean_batch": round(mean_batch, 1),
         "load_cpu_per_request_us": round(load_cpu / max(served, 1) * 1e6, 1),
         "load_cores_busy": round(load_cpu / elapsed, 2),
+        "other_processes_cores_busy": round(other_cores, 2),
         "latency_ms": {f"{int(f * 100)}pct": {"p50": round(a, 2), "p99": round(b, 2)}
                        for f, (a, b) in lat.items()},
         "clients": args.clients, "load_processes": args.procs}))

@@ -17,7 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from server.heavy_model import HeavyModel
-from server.ingress import MSGPACK, tensor_from_infer
+from server.ingress import MSGPACK
+from server.tensors import tensor_from_infer
 from testbed import protocol as wire
 from testbed.modelzoo import open_zoo
 

@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
 from server.admission import Admission, AdmissionRefused
 from server.batch_policy import BatchPolicy, Cut, Idle, WaitUntil
-from server.heavy_model import ServedModel
+from server.heavy_model import BatchOutput, ServedModel
 from server.request_queue import QueueFull, Request, RequestQueue
 from server.stats import ServerStats
+from server.tensors import model_input
 from testbed import protocol as wire
 from testbed.profiles import BatchProfile
 
@@ -85,9 +88,12 @@ class Batcher:
             elif isinstance(decision, WaitUntil):
                 await self._wait(decision.time)
             elif isinstance(decision, Cut):
-                batch = self.queue.pop(decision.size)
-                self.stats.pending.dec(len(batch))
-                await self._run_batch(batch)
+                await self._run_batches(self._cut(decision.size))
+
+    def _cut(self, size: int) -> list[Request]:
+        batch = self.queue.pop(size)
+        self.stats.pending.dec(len(batch))
+        return batch
 
     async def _wait(self, until: float | None) -> None:
         """Sleep until `until` or the next submitted request, whichever comes first."""
@@ -101,14 +107,37 @@ class Batcher:
                 timer.cancel()
             self._waiter = None
 
-    async def _run_batch(self, batch: list[Request]) -> None:
-        start = self._loop.time()
-        self._busy_until = start + self.batch_s(len(batch))
-        x = np.stack([r.x for r in batch])
-        t = time.perf_counter()
+    async def _run_batches(self, batch: list[Request]) -> None:
+        """Run a batch and, while the queue holds full batches, the ones after it.
+
+        Under saturation the next full batch is handed to the model's thread while the
+        current one runs, so the thread starts it the moment the current one ends instead of
+        waiting for the event loop to come round (a quarter of the model's time was lost
+        between batches that way: docs/performance.md). Only without padding: an emulated
+        accelerator runs one batch at a time, padded to its profile.
+        """
+        running: _Running | None = self._start(batch)
+        while running is not None:
+            following = None
+            if self.profile is None and len(self.queue) >= self.policy.max_batch_size:
+                following = self._start(self._cut(self.policy.max_batch_size))
+            await self._finish(running)
+            running = following
+
+    def _start(self, batch: list[Request]) -> _Running:
+        now = self._loop.time()
+        self._busy_until = max(now, self._busy_until) + self.batch_s(len(batch))
         model, profile = self.model, self.profile  # a switch mid-batch applies to the next
+        fut = self._loop.run_in_executor(self._pool, _timed, model.run,
+                                         model_input([r.x for r in batch]))
+        return _Running(batch, model.name, profile, fut)
+
+    async def _finish(self, running: _Running) -> None:
+        """Await a started batch, pad it to its profile, and answer its requests (from a
+        callback, so that `run` cuts the next batch before the answers go out)."""
+        batch, profile = running.batch, running.profile
         try:
-            out = await self._loop.run_in_executor(self._pool, model.run, x)
+            out, start, real, cpu = await running.future
         except Exception as exc:  # a broken model must not take the server down
             log.exception("heavy model failed on a batch of %d", len(batch))
             self.stats.on_failed(len(batch))
@@ -117,26 +146,16 @@ class Batcher:
                                       batch_size=len(batch), reason=f"model error: {exc}",
                                       cause="model_error"))
             return
-        real = time.perf_counter() - t
         self._per_sample_s += 0.2 * (real / len(batch) - self._per_sample_s)
-        probs = out.probs
         padded = out.target_s is not None or profile is not None
         target = out.target_s if out.target_s is not None else \
             profile.target_s(len(batch)) if profile else 0.0
         if target > real:
             await asyncio.sleep(target - real)
         end = self._loop.time()
-        compute_us = int((end - start) * 1e6)
-        preds = probs.argmax(axis=1)
-        confs = probs.max(axis=1)
-        queue_s = [start - r.arrival for r in batch]
-        self.stats.on_batch(queue_s, end - start, overrun=padded and real > target)
-        names = out.models or (model.name,) * len(batch)
-        for r, p, c, q, name in zip(batch, preds.tolist(), confs.tolist(), queue_s, names,
-                                    strict=True):
-            r.respond(wire.Result(sample_id=r.sample_id, prediction=p, confidence=c,
-                                  queue_us=int(q * 1e6), compute_us=compute_us,
-                                  batch_size=len(batch), model=name))
+        self.stats.on_batch([start - r.arrival for r in batch], end - start,
+                            overrun=padded and real > target, model_s=real, model_cpu_s=cpu)
+        self._loop.call_soon(_answer, batch, out, running.model, start, end)
 
     # --- deadlines ------------------------------------------------------------------------
 
@@ -173,6 +192,35 @@ class Batcher:
                                   reason="server shutting down", cause="shutdown"))
         self.stats.pending.set(0)
         self._pool.shutdown(wait=True)
+
+
+@dataclass(frozen=True, slots=True)
+class _Running:
+    batch: list[Request]
+    model: str
+    profile: BatchProfile | None
+    future: asyncio.Future[tuple[BatchOutput, float, float, float]]
+
+
+def _timed(run: Callable[[np.ndarray], BatchOutput],
+           x: np.ndarray) -> tuple[BatchOutput, float, float, float]:
+    """In the worker thread: the output, when it started on the event loop's clock
+    (`time.monotonic`: a batch may wait behind another), its wall and its CPU time."""
+    cpu, start = time.thread_time(), time.monotonic()
+    out = run(x)
+    return out, start, time.monotonic() - start, time.thread_time() - cpu
+
+
+def _answer(batch: list[Request], out: BatchOutput, model: str, start: float,
+            end: float) -> None:
+    compute_us = int((end - start) * 1e6)
+    probs = out.probs
+    names = out.models or (model,) * len(batch)
+    for r, p, c, name in zip(batch, probs.argmax(axis=1).tolist(), probs.max(axis=1).tolist(),
+                             names, strict=True):
+        r.respond(wire.Result(sample_id=r.sample_id, prediction=p, confidence=c,
+                              queue_us=int((start - r.arrival) * 1e6), compute_us=compute_us,
+                              batch_size=len(batch), model=name))
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

@@ -19,6 +19,7 @@ from server.batcher import Batcher
 from server.early_exit import RunStage, StageScheduler, Waiting
 from server.request_queue import Request
 from server.staged_model import StagedModel
+from server.tensors import model_input
 from testbed import protocol as wire
 
 
@@ -67,7 +68,7 @@ class EarlyExitBatcher(Batcher):
             reqs = self.queue.pop(d.size)
             self.stats.pending.dec(len(reqs))
             items = [Parked(r, r.x, now) for r in reqs]
-            x = np.stack([r.x for r in reqs])
+            x = model_input([r.x for r in reqs])
         else:
             items, self.parked[d.stage] = (self.parked[d.stage][:d.size],
                                            self.parked[d.stage][d.size:])

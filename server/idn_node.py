@@ -27,6 +27,7 @@ from server.idn_alloc import CatalogModel, MirrorAscent, Seen, greedy, model_gai
 from server.idn_routing import Option, choose, expected_infer_ms, serving_cost_ms
 from server.request_queue import Request, RequestQueue
 from server.stats import ServerStats
+from server.tensors import model_input
 from testbed import protocol as wire
 from testbed.config import IdnConfig, ServerConfig
 from testbed.events import EventLog
@@ -144,7 +145,7 @@ class IdnNodeRuntime:
             req.respond(wire.Result(sample_id=req.sample_id, status=wire.ResultStatus.EXPIRED,
                                     reason="deadline passed on the way up", cause="deadline"))
             return
-        x = req.x.astype("float32")
+        x = model_input([req.x])[0]
         msg = wire.Infer(sample_id=req.sample_id, dtype="float32", shape=tuple(x.shape),
                          data=x.tobytes(), deadline_ms=budget_ms)
         try:

@@ -8,20 +8,18 @@ import asyncio
 import hmac
 import json
 import logging
-import math
 from collections import deque
 from collections.abc import Callable
 
 import aiohttp
-import numpy as np
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.admission import AdmissionRefused
 from server.control import DuplicateDevice
-from server.heavy_model import ServedModel
 from server.request_queue import Request
 from server.runtime import RUNTIME, Runtime
+from server.tensors import sample_from_infer
 from testbed import protocol as wire
 
 log = logging.getLogger(__name__)
@@ -30,33 +28,6 @@ HELLO_TIMEOUT_S = 10.0
 DEFAULT_DEADLINE_MS = 10_000.0
 """Budget of a request that names none, so nothing waits in the queue forever."""
 MSGPACK = "application/msgpack"
-
-
-def tensor_from_infer(msg: wire.Infer, model: ServedModel) -> np.ndarray:
-    """The sample as the model's float32 input, or `ProtocolError(BAD_TENSOR)` with a reason.
-
-    uint8 pixels are scaled by 1/255 as the zoo's models expect; float32 is taken as is.
-    """
-    if msg.dtype not in wire.ALLOWED_DTYPES:
-        raise wire.ProtocolError(wire.ErrorCode.BAD_TENSOR,
-                                 f"dtype {msg.dtype!r} not in {sorted(wire.ALLOWED_DTYPES)}")
-    count = math.prod(msg.shape)
-    if count != model.sample_size:
-        raise wire.ProtocolError(wire.ErrorCode.BAD_TENSOR,
-                                 f"shape {list(msg.shape)} has {count} values; model "
-                                 f"{model.name} takes {model.sample_size} "
-                                 f"{list(model.sample_shape)}")
-    itemsize = np.dtype(msg.dtype).itemsize
-    if len(msg.data) != count * itemsize:
-        raise wire.ProtocolError(wire.ErrorCode.BAD_TENSOR,
-                                 f"data has {len(msg.data)} bytes, shape and dtype need "
-                                 f"{count * itemsize}")
-    arr = np.frombuffer(msg.data, dtype=msg.dtype).reshape(model.sample_shape)
-    if msg.dtype == "uint8":
-        return arr.astype(np.float32) * np.float32(1 / 255)
-    if not np.isfinite(arr).all():
-        raise wire.ProtocolError(wire.ErrorCode.BAD_TENSOR, "tensor has NaN or inf values")
-    return arr.copy()
 
 
 class Outbox:
@@ -223,7 +194,7 @@ def _on_frame(rt: Runtime, device_id: str, data: bytes, outbox: Outbox,
         return
     if isinstance(msg, wire.Infer):
         try:
-            x = tensor_from_infer(msg, rt.model)
+            x = sample_from_infer(msg, rt.model)
         except wire.ProtocolError as exc:
             _error(rt, outbox, exc.code, exc.reason, msg.sample_id)
             return
@@ -307,7 +278,7 @@ async def http_infer(request: web.Request) -> web.Response:
         if not isinstance(msg, wire.Infer):
             raise wire.ProtocolError(wire.ErrorCode.UNKNOWN_TYPE,
                                      f"POST /v1/infer takes an infer message, not {msg.TYPE}")
-        x = tensor_from_infer(msg, rt.model)
+        x = sample_from_infer(msg, rt.model)
     except wire.ProtocolError as exc:
         rt.stats.on_protocol_error(exc.code.name.lower())
         return _http_error(exc.code, exc.reason)

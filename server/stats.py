@@ -26,6 +26,11 @@ class _Window:
     batches: int = 0
     batch_sum: int = 0
     busy_s: float = 0.0
+    model_s: float = 0.0
+    model_cpu_s: float = 0.0
+    """Wall and CPU time inside the model's worker thread: with the process's CPU, what the
+    server spends outside the model, and how much of the time the model runs at all
+    (scripts/bench_server.py)."""
 
 
 class ServerStats:
@@ -109,7 +114,8 @@ class ServerStats:
         self.protocol_errors.labels(code).inc()
 
     def on_batch(self, queue_s: list[float], padded_s: float, overrun: bool, *,
-                 completed: int | None = None, size: int | None = None) -> None:
+                 completed: int | None = None, size: int | None = None,
+                 model_s: float = 0.0, model_cpu_s: float = 0.0) -> None:
         """A batch ran. A stage of an early-exit model runs `size` samples, of which
         `completed` exit; `queue_s` has the queueing of those that started with it."""
         n = len(queue_s) if completed is None else completed
@@ -128,6 +134,8 @@ class ServerStats:
             w.batch_sum += b
             w.queue_s_sum += sum(queue_s)
             w.busy_s += padded_s
+            w.model_s += model_s
+            w.model_cpu_s += model_cpu_s
 
     # --- windows --------------------------------------------------------------------------
 

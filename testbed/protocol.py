@@ -8,7 +8,7 @@ either returns a valid message or raises `ProtocolError`; it never raises anythi
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import IntEnum
 from typing import Any, Final
 
@@ -192,9 +192,15 @@ MAX_ID_LEN: Final = 128
 MAX_DIMS: Final = 8
 
 
+_FIELDS: Final[dict[type, tuple[str, ...]]] = {
+    cls: tuple(f.name for f in fields(cls)) for cls in _TYPES.values()
+}
+
+
 def encode(msg: Message) -> bytes:
-    """Pack a message as a msgpack map with its `type` key."""
-    body = asdict(msg)
+    """Pack a message as a msgpack map with its `type` key. Fields are read one level deep
+    (`dataclasses.asdict` deep-copies and was a fifth of the server's time per request)."""
+    body = {name: getattr(msg, name) for name in _FIELDS[type(msg)]}
     body["type"] = msg.TYPE
     if isinstance(msg, Infer):
         body["shape"] = list(msg.shape)
@@ -218,17 +224,17 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
     if cls is None:
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r}")
     schema = _SCHEMA[cls]
-    unknown = body.keys() - schema.keys()
-    if unknown:
-        raise ProtocolError(ErrorCode.MALFORMED, f"{kind}: unknown fields {sorted(unknown)}")
-    missing = _REQUIRED[cls] - body.keys()
-    if missing:
-        raise ProtocolError(ErrorCode.MALFORMED, f"{kind}: missing fields {sorted(missing)}")
+    keys = body.keys()
+    if not keys <= schema.keys():  # set differences only on the error path: this one is hot
+        raise ProtocolError(ErrorCode.MALFORMED,
+                            f"{kind}: unknown fields {sorted(keys - schema.keys())}")
+    if not keys >= _REQUIRED[cls]:
+        raise ProtocolError(ErrorCode.MALFORMED,
+                            f"{kind}: missing fields {sorted(_REQUIRED[cls] - keys)}")
     for name, value in body.items():
-        accepted = schema[name]
-        if isinstance(value, bool) or not isinstance(value, accepted):
-            raise ProtocolError(ErrorCode.MALFORMED,
-                                f"{kind}.{name} has type {type(value).__name__}")
+        kind_of = type(value)
+        if kind_of is bool or not isinstance(value, schema[name]):
+            raise ProtocolError(ErrorCode.MALFORMED, f"{kind}.{name} has type {kind_of.__name__}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ProtocolError(ErrorCode.MALFORMED, f"{kind}.{name} is not finite")
     if cls is Infer:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.ingress import tensor_from_infer
+from server.tensors import tensor_from_infer
 from testbed import protocol as wire
 
 
@@ -54,3 +54,22 @@ def test_close_reason_fits_a_close_frame() -> None:
     for reason in ("ok", "é" * 200, "x" * 300, "\U0001f600" * 40):
         msg = _close_message(reason)
         assert len(msg) <= 123 and reason.startswith(msg.decode())
+
+
+def test_samples_stay_wire_views_until_the_batch_is_built() -> None:
+    from server.tensors import model_input, sample_from_infer
+
+    pixels = bytes(range(64))
+    view = sample_from_infer(infer(data=pixels), FakeModel())  # type: ignore[arg-type]
+    assert view.dtype == np.uint8 and not view.flags.writeable  # no copy of the wire bytes
+    floats = np.linspace(0, 1, 64, dtype=np.float32)
+    fview = sample_from_infer(infer("float32", (8, 8), floats.tobytes()),
+                              FakeModel())  # type: ignore[arg-type]
+    expected = np.arange(64, dtype=np.float32) / 255
+    for batch in ([view, view], [fview, fview], [view, fview]):
+        x = model_input(batch)
+        assert x.dtype == np.float32 and x.shape == (2, 64)
+    assert np.allclose(model_input([view, view])[1], expected)
+    assert np.array_equal(model_input([fview, fview])[0], floats)
+    mixed = model_input([view, fview])
+    assert np.allclose(mixed[0], expected) and np.array_equal(mixed[1], floats)

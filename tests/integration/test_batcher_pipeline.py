@@ -1,0 +1,69 @@
+"""The batcher with the real heavy model: under saturation the next full batch is handed to
+the model's thread before the current one's answers go out; with padding it never is."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from server.batch_policy import BatchPolicy
+from server.batcher import Batcher
+from server.heavy_model import HeavyModel
+from server.request_queue import Request, RequestQueue
+from server.stats import ServerStats
+from testbed import protocol as wire
+from testbed.modelzoo import open_zoo
+from testbed.profiles import BatchProfile
+
+pytestmark = pytest.mark.integration
+
+
+async def _three_full_batches(profile: BatchProfile | None) -> tuple[list[int], dict[int, int]]:
+    """Queue 3 x 32 requests at once; return the queue length each answer saw and the
+    number of answers per sample."""
+    zoo = open_zoo()
+    model = HeavyModel(zoo, "heavy-cnn")
+    queue = RequestQueue(1024)
+    stats = ServerStats()
+    batcher = Batcher(model, queue, BatchPolicy(32, 0.001), profile, stats)
+    pixels = zoo.dataset("test").x[:96]
+    seen: list[int] = []
+    answers: dict[int, int] = {}
+    done = asyncio.Event()
+
+    def respond(res: wire.Result) -> None:
+        assert res.status == wire.ResultStatus.OK and res.batch_size == 32
+        seen.append(len(queue))
+        answers[res.sample_id] = answers.get(res.sample_id, 0) + 1
+        if len(answers) == 96:
+            done.set()
+
+    now = asyncio.get_running_loop().time()
+    for i in range(96):
+        batcher.submit(Request("dev", i, np.asarray(pixels[i], dtype=np.uint8), now, now + 30,
+                               respond))
+    task = asyncio.create_task(batcher.run())
+    try:
+        await asyncio.wait_for(done.wait(), 30)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await batcher.close()
+    assert stats.totals.batches == 3 and stats.totals.model_cpu_s > 0
+    return seen, answers
+
+
+async def test_the_next_full_batch_is_started_before_the_answers_go_out() -> None:
+    seen, answers = await _three_full_batches(None)
+    assert sorted(answers) == list(range(96)) and set(answers.values()) == {1}
+    # The first batch's answers run after the second and third were cut: both were handed
+    # to the model's thread while the first one ran.
+    assert seen[0] == 0
+
+
+async def test_a_padded_batcher_runs_one_batch_at_a_time() -> None:
+    seen, answers = await _three_full_batches(BatchProfile(base_ms=1.0, per_sample_ms=0.01))
+    assert set(answers.values()) == {1} and len(answers) == 96
+    assert seen[0] == 32  # only the next batch was cut when the first one's answers went out
