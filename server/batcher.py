@@ -92,7 +92,7 @@ class Batcher:
 
     def _cut(self, size: int) -> list[Request]:
         batch = self.queue.pop(size)
-        self.stats.pending.dec(len(batch))
+        self.stats.queued -= len(batch)
         return batch
 
     async def _wait(self, until: float | None) -> None:
@@ -172,7 +172,7 @@ class Batcher:
         expired = self.queue.expire(now)
         if expired:
             self.stats.on_expired(len(expired))
-            self.stats.pending.dec(len(expired))
+            self.stats.queued -= len(expired)
             for r in expired:
                 r.respond(wire.Result(sample_id=r.sample_id, status=wire.ResultStatus.EXPIRED,
                                       queue_us=int((now - r.arrival) * 1e6),
@@ -190,7 +190,7 @@ class Batcher:
             self.stats.on_rejected("shutdown")
             r.respond(wire.Result(sample_id=r.sample_id, status=wire.ResultStatus.REJECTED,
                                   reason="server shutting down", cause="shutdown"))
-        self.stats.pending.set(0)
+        self.stats.queued = 0
         self._pool.shutdown(wait=True)
 
 
