@@ -3,7 +3,7 @@ tight loop versus the real server's under saturation from many WebSocket clients
 disabled; the server's CPU time per request outside the model; p50/p99 at fractions of its
 capacity. Everything on 127.0.0.1; the server and the load run in separate processes.
 
-    .venv/bin/python scripts/bench_server.py [--model heavy-cnn] [--clients 32] [--seconds 6]
+    .venv/bin/python scripts/bench_server.py [--model heavy-cnn] [--seconds 6] [--repeats 3]
 
 Prints a table and, last, one JSON line with the named figures.
 """
@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,46 @@ def drive(url: str, clients: int, seconds: float, window: int, rate: float | Non
             sum(c for _, _, c in results))
 
 
+@dataclass(frozen=True)
+class Saturation:
+    """One saturated interval: rates per second of wall time, CPU per served request."""
+
+    sps: float
+    outside_us: float
+    server_cores: float
+    model_cores: float
+    model_running: float
+    mean_batch: float
+    load_us: float
+    load_cores: float
+    other_cores: float
+
+
+def saturate(url: str, server: psutil.Process, args: argparse.Namespace, base: int
+             ) -> Saturation:
+    s0, c0, h0 = status(url)["totals"], server.cpu_times(), host_busy_s()
+    spy = None if args.profile is None else subprocess.Popen(
+        ["py-spy", "record", "--pid", str(server.pid), "--threads", "--idle", "--nonblocking",
+         "--duration", str(int(args.seconds)), "--output", str(args.profile)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.perf_counter()
+    _, _, load_cpu = drive(url, args.clients, args.seconds, args.window, None, args.procs, base)
+    elapsed = time.perf_counter() - t0
+    s1, c1, h1 = status(url)["totals"], server.cpu_times(), host_busy_s()
+    if spy is not None:
+        spy.wait(30)
+    served = max(s1["completed"] - s0["completed"], 1)
+    cpu = (c1.user + c1.system) - (c0.user + c0.system)
+    model_cpu = s1["model_cpu_s"] - s0["model_cpu_s"]
+    return Saturation(
+        sps=served / elapsed, outside_us=max(cpu - model_cpu, 0.0) / served * 1e6,
+        server_cores=cpu / elapsed, model_cores=model_cpu / elapsed,
+        model_running=(s1["model_s"] - s0["model_s"]) / elapsed,
+        mean_batch=(s1["batch_sum"] - s0["batch_sum"]) / max(s1["batches"] - s0["batches"], 1),
+        load_us=load_cpu / served * 1e6, load_cores=load_cpu / elapsed,
+        other_cores=max(h1 - h0 - cpu - load_cpu, 0.0) / elapsed)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="heavy-cnn")
@@ -164,6 +205,8 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=16, help="requests in flight per client")
     parser.add_argument("--procs", type=int, default=2, help="load-generator processes")
     parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="saturated intervals; the median one is reported (the host is noisy)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--profile", type=Path, default=None,
                         help="record the server under saturation with py-spy into this SVG "
@@ -176,64 +219,55 @@ def main() -> None:
     try:
         server = psutil.Process(proc.pid)
         drive(url, args.clients, 1.5, args.window, None, args.procs, 0)  # warm up
-        s0, c0, h0 = status(url)["totals"], server.cpu_times(), host_busy_s()
-        spy = None if args.profile is None else subprocess.Popen(
-            ["py-spy", "record", "--pid", str(proc.pid), "--threads", "--idle", "--nonblocking",
-             "--duration", str(int(args.seconds)), "--output", str(args.profile)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        t0 = time.perf_counter()
-        _, _, load_cpu = drive(url, args.clients, args.seconds, args.window, None, args.procs,
-                               1000)
-        elapsed = time.perf_counter() - t0
-        s1, c1, h1 = status(url)["totals"], server.cpu_times(), host_busy_s()
-        if spy is not None:
-            spy.wait(30)
-        served = s1["completed"] - s0["completed"]
-        cpu = (c1.user + c1.system) - (c0.user + c0.system)
-        model_cpu = s1["model_cpu_s"] - s0["model_cpu_s"]
-        model_wall = s1["model_s"] - s0["model_s"]
-        tput = served / elapsed
-        mean_batch = (s1["batch_sum"] - s0["batch_sum"]) / max(s1["batches"] - s0["batches"], 1)
-        outside_us = max(cpu - model_cpu, 0.0) / max(served, 1) * 1e6
+        runs = sorted((saturate(url, server, args, 1000 * (k + 1))
+                       for k in range(max(args.repeats, 1))), key=lambda r: r.sps)
+        sat = runs[len(runs) // 2]
         lat = {}
         for frac in (0.5, 0.8, 1.0):
-            rtts, _, _ = drive(url, args.clients, args.seconds / 2, 10**6, frac * tput,
-                               args.procs, 2000 + int(frac * 1000))
+            rtts, _, _ = drive(url, args.clients, args.seconds / 2, 10**6, frac * sat.sps,
+                               args.procs, 10_000 + int(frac * 1000))
             ms = np.asarray(rtts) * 1e3
             lat[frac] = (float(np.percentile(ms, 50)), float(np.percentile(ms, 99)))
     finally:
         proc.terminate()
         proc.wait(10)
-    other_cores = max(h1 - h0 - cpu - load_cpu, 0.0) / elapsed
-    table = Table(title=f"{args.model}: raw onnxruntime vs the server (padding off)")
+    ratio = sat.sps / raw[best_b]
+    table = Table(title=f"{args.model}: raw onnxruntime vs the server (padding off; median of "
+                        f"{len(runs)} saturated intervals)")
     table.add_column("figure")
     table.add_column("value", justify="right")
+    table.add_column("range over the intervals", justify="right")
     for b, v in raw.items():
-        table.add_row(f"raw samples/s, batch {b}", f"{v:,.0f}")
-    table.add_row("server samples/s, saturated", f"{tput:,.0f}")
-    table.add_row("server / raw at best batch", f"{tput / raw[best_b]:.3f}")
-    table.add_row("server mean batch size, saturated", f"{mean_batch:.1f}")
-    table.add_row("server CPU outside the model, per request", f"{outside_us:.1f} us")
-    table.add_row("server process CPU (cores busy)", f"{cpu / elapsed:.2f}")
-    table.add_row("of which the model's thread", f"{model_cpu / elapsed:.2f}")
-    table.add_row("time the model is running", f"{model_wall / elapsed:.0%}")
-    table.add_row("load generators' CPU per request", f"{load_cpu / max(served, 1) * 1e6:.1f} us")
-    table.add_row("load generators' CPU (cores busy)", f"{load_cpu / elapsed:.2f}")
-    table.add_row("every other process (cores busy)", f"{other_cores:.2f}")
+        table.add_row(f"raw samples/s, batch {b}", f"{v:,.0f}", "")
+    table.add_row("server samples/s, saturated", f"{sat.sps:,.0f}",
+                  f"{runs[0].sps:,.0f} - {runs[-1].sps:,.0f}")
+    table.add_row("server / raw at best batch", f"{ratio:.3f}",
+                  f"{runs[0].sps / raw[best_b]:.3f} - {runs[-1].sps / raw[best_b]:.3f}")
+    table.add_row("server mean batch size, saturated", f"{sat.mean_batch:.1f}", "")
+    outside = sorted(r.outside_us for r in runs)
+    table.add_row("server CPU outside the model, per request", f"{sat.outside_us:.1f} us",
+                  f"{outside[0]:.1f} - {outside[-1]:.1f} us")
+    table.add_row("server process CPU (cores busy)", f"{sat.server_cores:.2f}", "")
+    table.add_row("of which the model's thread", f"{sat.model_cores:.2f}", "")
+    table.add_row("time the model is running", f"{sat.model_running:.0%}", "")
+    table.add_row("load generators' CPU per request", f"{sat.load_us:.1f} us", "")
+    table.add_row("load generators' CPU (cores busy)", f"{sat.load_cores:.2f}", "")
+    table.add_row("every other process (cores busy)", f"{sat.other_cores:.2f}", "")
     for frac, (p50, p99) in lat.items():
-        table.add_row(f"p50 / p99 at {frac:.0%} of capacity", f"{p50:.1f} / {p99:.1f} ms")
+        table.add_row(f"p50 / p99 at {frac:.0%} of capacity", f"{p50:.1f} / {p99:.1f} ms", "")
     console.print(table)
     print(json.dumps({  # plain print: rich would wrap the line
         "model": args.model, "raw_best_sps": round(raw[best_b]), "raw_best_batch": best_b,
-        "server_sps": round(tput), "server_vs_raw_ratio": round(tput / raw[best_b], 3),
-        "server_cpu_outside_model_us": round(outside_us, 1),
-        "server_cores_busy": round(cpu / elapsed, 2),
-        "model_thread_cores_busy": round(model_cpu / elapsed, 2),
-        "model_running_fraction": round(model_wall / elapsed, 3),
-        "server_mean_batch": round(mean_batch, 1),
-        "load_cpu_per_request_us": round(load_cpu / max(served, 1) * 1e6, 1),
-        "load_cores_busy": round(load_cpu / elapsed, 2),
-        "other_processes_cores_busy": round(other_cores, 2),
+        "server_sps": round(sat.sps), "server_vs_raw_ratio": round(ratio, 3),
+        "server_cpu_outside_model_us": round(sat.outside_us, 1),
+        "server_cores_busy": round(sat.server_cores, 2),
+        "model_thread_cores_busy": round(sat.model_cores, 2),
+        "model_running_fraction": round(sat.model_running, 3),
+        "server_mean_batch": round(sat.mean_batch, 1),
+        "load_cpu_per_request_us": round(sat.load_us, 1),
+        "load_cores_busy": round(sat.load_cores, 2),
+        "other_processes_cores_busy": round(sat.other_cores, 2),
+        "runs": [{"sps": round(r.sps), "outside_us": round(r.outside_us, 1)} for r in runs],
         "latency_ms": {f"{int(f * 100)}pct": {"p50": round(a, 2), "p99": round(b, 2)}
                        for f, (a, b) in lat.items()},
         "clients": args.clients, "load_processes": args.procs}))
