@@ -22,12 +22,10 @@ import logging
 import math
 import multiprocessing as mp
 import os
-import select
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -37,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import psutil
+from bench_server import start_server, stop_server
 from rich.console import Console
 from rich.table import Table
 
@@ -297,36 +296,14 @@ def max_sustained(points: list[Point]) -> Point | None:
 
 # ---- the two servers ----------------------------------------------------------------------
 
-def _read_line(proc: subprocess.Popen[str], timeout_s: float) -> str:
-    """The server's first stdout line, without hanging if it never comes."""
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
-    return proc.stdout.readline() if ready else ""
-
-
 @contextlib.contextmanager
 def our_server(model: str, max_batch: int) -> Iterator[str]:
-    """The server as scripts/bench_server.py starts it (same scenario), killed on exit."""
-    folder = Path(tempfile.mkdtemp(prefix="bench-ray-ours-"))
-    scenario = folder / "server.toml"
-    scenario.write_text(
-        f'[server]\nheavy_model = "{model}"\npad_compute = false\nmax_batch_size = {max_batch}\n'
-        'max_queue_size = 8192\nmax_queue_delay_us = 1000\n[policy]\nname = "static"\n')
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--scenario", str(scenario),
-                             "--port", "0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    """The server exactly as scripts/bench_server.py starts it, stopped on exit."""
+    proc, url, _ = start_server(model, max_batch)
     try:
-        line = _read_line(proc, 60)
-        if "listening on" not in line:
-            raise RuntimeError(f"our server did not start: {line!r}")
-        yield line.split("listening on", 1)[1].strip()
+        yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_server(proc)
 
 
 def _port_free(port: int) -> bool:
@@ -532,7 +509,7 @@ def sweep(gen: LoadGenerator, url: str, name: str, args: argparse.Namespace,
 def step_seconds(rate: float, args: argparse.Namespace) -> float:
     """Long enough for `--min-requests` answers, so a low rate's p99 is not read off a
     handful of samples; at most 4x `--seconds`."""
-    return min(max(args.seconds, args.min_requests / rate), 4 * args.seconds)
+    return float(min(max(args.seconds, args.min_requests / rate), 4 * args.seconds))
 
 
 def main() -> None:

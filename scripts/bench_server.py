@@ -15,6 +15,7 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import select
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,7 @@ from rich.table import Table
 from testbed import protocol as wire
 from testbed.modelzoo import open_session, open_zoo, to_model_input
 
+ROOT = Path(__file__).resolve().parents[1]
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
 
 
@@ -55,6 +57,7 @@ def raw_throughput(model: str, seconds: float = 1.0) -> dict[int, float]:
 
 
 def start_server(model: str, max_batch: int) -> tuple[subprocess.Popen[str], str, Path]:
+    """`python -m server` with padding off; its URL once it listens (60 s at most)."""
     folder = Path(tempfile.mkdtemp(prefix="bench-server-"))
     scenario = folder / "server.toml"
     scenario.write_text(
@@ -62,13 +65,24 @@ def start_server(model: str, max_batch: int) -> tuple[subprocess.Popen[str], str
         'max_queue_size = 8192\nmax_queue_delay_us = 1000\n[policy]\nname = "static"\n')
     proc = subprocess.Popen([sys.executable, "-m", "server", "--scenario", str(scenario),
                              "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True)
+                            text=True, cwd=ROOT)
     assert proc.stdout is not None
-    line = proc.stdout.readline()
+    ready, _, _ = select.select([proc.stdout], [], [], 60)
+    line = proc.stdout.readline() if ready else ""
     if "listening on" not in line:
         proc.kill()
-        raise SystemExit(f"server did not start: {line!r}")
+        proc.wait(5)
+        raise RuntimeError(f"server did not start: {line!r}")
     return proc, line.split("listening on", 1)[1].strip(), folder
+
+
+def stop_server(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 def host_busy_s() -> float:
@@ -229,8 +243,7 @@ def main() -> None:
             ms = np.asarray(rtts) * 1e3
             lat[frac] = (float(np.percentile(ms, 50)), float(np.percentile(ms, 99)))
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_server(proc)
     ratio = sat.sps / raw[best_b]
     table = Table(title=f"{args.model}: raw onnxruntime vs the server (padding off; median of "
                         f"{len(runs)} saturated intervals)")
