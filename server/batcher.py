@@ -116,17 +116,19 @@ class Batcher:
         between batches that way: docs/performance.md). Only without padding: an emulated
         accelerator runs one batch at a time, padded to its profile.
         """
-        running: _Running | None = self._start(batch)
+        running: _Running | None = self._start(batch, behind=False)
         while running is not None:
             following = None
             if self.profile is None and len(self.queue) >= self.policy.max_batch_size:
-                following = self._start(self._cut(self.policy.max_batch_size))
+                following = self._start(self._cut(self.policy.max_batch_size), behind=True)
             await self._finish(running)
             running = following
 
-    def _start(self, batch: list[Request]) -> _Running:
+    def _start(self, batch: list[Request], behind: bool) -> _Running:
+        """Hand a batch to the model's thread; `behind` another one still running there."""
         now = self._loop.time()
-        self._busy_until = max(now, self._busy_until) + self.batch_s(len(batch))
+        begins = max(now, self._busy_until) if behind else now
+        self._busy_until = begins + self.batch_s(len(batch))
         model, profile = self.model, self.profile  # a switch mid-batch applies to the next
         fut = self._loop.run_in_executor(self._pool, _timed, model.run,
                                          model_input([r.x for r in batch]))

@@ -14,6 +14,7 @@ import numpy as np
 from testbed import protocol as wire
 
 _SCALE = np.float32(1 / 255)
+_ITEMSIZE = {dtype: np.dtype(dtype).itemsize for dtype in wire.ALLOWED_DTYPES}
 
 
 class TakesInput(Protocol):
@@ -34,7 +35,7 @@ def sample_from_infer(msg: wire.Infer, model: TakesInput) -> np.ndarray:
                                  f"shape {list(msg.shape)} has {count} values; model "
                                  f"{model.name} takes {model.sample_size} "
                                  f"{list(model.sample_shape)}")
-    itemsize = 1 if msg.dtype == "uint8" else 4
+    itemsize = _ITEMSIZE[msg.dtype]
     if len(msg.data) != count * itemsize:
         raise wire.ProtocolError(wire.ErrorCode.BAD_TENSOR,
                                  f"data has {len(msg.data)} bytes, shape and dtype need "
