@@ -58,6 +58,8 @@ class Pending:
 
     rec: SampleRecord
     t_sched: float
+    deadline: float = math.inf
+    """When the device stops waiting (loop time): a reply delivered later comes too late."""
     timeout: asyncio.TimerHandle | None = None
     slo_counted: bool = False
 
@@ -125,6 +127,10 @@ class Device:
         self._welcomed = asyncio.Event()
         self._stop_rel: float = spec.duration_s
         self._sleep_future: asyncio.Future[None] | None = None
+        self._free_at = 0.0
+        """When the light model's current (emulated) computation ends."""
+        self._next_arrival: tuple[int, asyncio.TimerHandle] | None = None
+        self._arrivals_done: asyncio.Future[None] | None = None
         self._closing = False
         self._t0 = 0.0
         self._wall0 = 0.0
@@ -208,6 +214,11 @@ class Device:
             self._stop_rel = min(self._stop_rel, self._loop.time() - self._t0)
         else:
             self._stop_rel = 0.0
+        if self._next_arrival is not None:
+            i, handle = self._next_arrival
+            if self._arrivals[i] >= self._stop_rel:  # not yet arrived: it never will
+                handle.cancel()
+                self._end_arrivals()
         if self._sleep_future is not None and not self._sleep_future.done():
             self._sleep_future.set_result(None)
 
@@ -261,27 +272,55 @@ class Device:
     # --- the sample pipeline ----------------------------------------------------------------
 
     async def _generate(self) -> None:
-        free_at = self._t0
-        for i, t_rel in enumerate(self._arrivals):
-            t_sched = self._t0 + float(t_rel)
-            if t_sched > self._loop.time():
-                await self._sleep_until(t_sched)
-            if t_rel >= self._stop_rel:
-                break
+        """Answer every scheduled arrival until the schedule ends or the device stops.
+
+        Arrivals are timer callbacks, not a coroutine awaiting a future per sample: a sample is
+        one wake-up that runs the model at once, instead of a timer, a future and a task step
+        (two turns of the loop), plus a second wake-up when the sample had to wait for the
+        device to be free. Wake-ups are most of what a device costs the host.
+        """
+        self._free_at = self._t0
+        self._arrivals_done = self._loop.create_future()
+        self._schedule_arrival(0)
+        await self._arrivals_done
+        await self._sleep_until(self._free_at, interruptible=False)  # the last computation
+        # A device in a silence (bursty or trace arrivals) is still there until its end.
+        await self._sleep_until(self._t0 + self._stop_rel)
+
+    def _schedule_arrival(self, i: int) -> None:
+        """Wake up for arrival `i` when it is due and the device is free to run it."""
+        if i >= len(self._arrivals) or self._arrivals[i] >= self._stop_rel:
+            self._end_arrivals()
+            return
+        t_sched = self._t0 + float(self._arrivals[i])
+        handle = self._timers.call_at(max(t_sched, self._free_at), self._on_arrival, i, t_sched)
+        self._next_arrival = (i, handle)
+
+    def _on_arrival(self, i: int, t_sched: float) -> None:
+        """Arrival `i` (scheduled at `t_sched`), now that the device is free: run the model and
+        decide the sample's outcome, then wait for the next arrival."""
+        self._next_arrival = None
+        try:
+            if self._arrivals[i] >= self._stop_rel:
+                self._end_arrivals()
+                return
             self.generated += 1
             if self._journal is not None:
                 self._journal.started(i)
-            ready = max(t_sched, free_at)
-            await self._sleep_until(ready, interruptible=False)
-            free_at, rec, pixels = self._process(i, t_sched, ready)
-            # When the emulated computation ends is known now, and so is all that follows from
-            # it (the light answer's latency, the message's delivery time on the uplink), so
-            # it is decided now instead of waking up at its end: wake-ups are most of what a
-            # device costs the host (~50 µs of CPU each), and fewer mean more devices.
-            self._decide(rec, t_sched, pixels, free_at)
-        await self._sleep_until(free_at, interruptible=False)  # the last computation's end
-        # A device in a silence (bursty or trace arrivals) is still there until its end.
-        await self._sleep_until(self._t0 + self._stop_rel)
+            ready = max(t_sched, self._free_at)
+            self._free_at, rec, pixels = self._process(i, t_sched, ready)
+            # When the emulated computation ends is known now, and so is all that follows
+            # from it (the light answer's latency, the message's delivery time on the uplink),
+            # so it is decided now instead of waking up at its end.
+            self._decide(rec, t_sched, pixels, self._free_at)
+            self._schedule_arrival(i + 1)
+        except Exception as exc:  # a timer callback's error would only be logged: end the run
+            if self._arrivals_done is not None and not self._arrivals_done.done():
+                self._arrivals_done.set_exception(exc)
+
+    def _end_arrivals(self) -> None:
+        if self._arrivals_done is not None and not self._arrivals_done.done():
+            self._arrivals_done.set_result(None)
 
     def _process(self, i: int, t_sched: float, ready: float
                  ) -> tuple[float, SampleRecord, np.ndarray]:
@@ -324,6 +363,7 @@ class Device:
             return
         sid = rec.sample_id
         timeout_at = end + self.spec.reply_timeout_ms / 1e3
+        pending.deadline = timeout_at
         pending.timeout = self._timers.call_at(timeout_at, self._on_timeout, sid)
         self._pending[sid] = pending
         # The message's size does not depend on the deadline's value (a float64 is always 9
@@ -360,18 +400,20 @@ class Device:
                 self.bytes_sent += len(data)
 
     def _on_result(self, res: wire.Result, nbytes: int) -> None:
+        """A reply has reached the device's end of the socket. When the emulated downlink
+        delivers it is known now, so the sample is answered now, as of that time, instead of
+        waking up again to deliver it; a reply that would arrive after the reply timeout is
+        late, and the timeout answers the sample as it would have."""
         self.bytes_received += nbytes
-        if res.sample_id not in self._pending:
-            self.late_replies += 1
-            return
-        deliver_at = self._downlink.transmit(self._loop.time(), nbytes)
-        self._timers.call_at(deliver_at, self._deliver, res)
-
-    def _deliver(self, res: wire.Result) -> None:
-        pending = self._pending.pop(res.sample_id, None)
+        pending = self._pending.get(res.sample_id)
         if pending is None:
             self.late_replies += 1
             return
+        deliver_at = self._downlink.transmit(self._loop.time(), nbytes)
+        if deliver_at >= pending.deadline:
+            self.late_replies += 1
+            return
+        del self._pending[res.sample_id]
         if pending.timeout is not None:
             pending.timeout.cancel()
         rec = pending.rec
@@ -380,13 +422,14 @@ class Device:
         rec.batch_size = res.batch_size
         if res.status == wire.ResultStatus.OK:
             rec.heavy_model = res.model
-            self._finish(pending, "heavy", res.prediction)
+            self._finish(pending, "heavy", res.prediction, at=deliver_at)
         elif res.status == wire.ResultStatus.REJECTED:
-            self._finish(pending, "rejected", rec.light_pred, res.cause or "queue_full")
+            self._finish(pending, "rejected", rec.light_pred, res.cause or "queue_full",
+                         at=deliver_at)
         elif res.status == wire.ResultStatus.EXPIRED:
-            self._finish(pending, "fallback", rec.light_pred, "expired")
+            self._finish(pending, "fallback", rec.light_pred, "expired", at=deliver_at)
         else:
-            self._finish(pending, "fallback", rec.light_pred, "failed")
+            self._finish(pending, "fallback", rec.light_pred, "failed", at=deliver_at)
 
     def _on_timeout(self, sid: int) -> None:
         pending = self._pending.pop(sid, None)

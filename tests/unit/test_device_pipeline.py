@@ -1,0 +1,120 @@
+"""One device's pipeline without a server: one wake-up per arrival (a sample that finds the
+device busy starts when it is free), every generated sample ends in exactly one record, a stop
+ends generation, and a reply is answered as of its downlink delivery when it is received."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import math
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from emulated_devices.device import Device, Pending
+from emulated_devices.loop_probe import precise_loop
+from testbed import protocol as wire
+from testbed.config import DeviceSpec, ScenarioConfig, device_specs
+from testbed.records import FIELDS, SampleRecord, _format, format_row, read_records
+
+T = TypeVar("T")
+NO_SERVER = "http://127.0.0.1:9"  # discard port: nothing listens, connecting fails at once
+
+
+def low_tier_spec(rate_hz: float, duration_s: float) -> DeviceSpec:
+    """The low tier (30 ms light model) alone, Poisson arrivals, threshold 1: all forwarded."""
+    cfg = ScenarioConfig()
+    cfg = dataclasses.replace(cfg, duration_s=duration_s, devices=dataclasses.replace(
+        cfg.devices, count=1, rate_hz=rate_hz, arrival="poisson",
+        mix=":".join("1" if t == "low" else "0" for t in cfg.tiers)))
+    return device_specs(cfg)[0]
+
+
+def run_loop(make: Callable[[], Awaitable[T]]) -> T:
+    with asyncio.Runner(loop_factory=precise_loop) as runner:
+        return runner.run(make())  # type: ignore[arg-type]
+
+
+def records_of(out: Path) -> list[SampleRecord]:
+    (path,) = (out / "samples").glob("*.csv")
+    records, bad = read_records(path)
+    assert bad == 0
+    return records
+
+
+def test_every_arrival_ends_in_one_record_and_waits_for_a_free_device(tmp_path: Path) -> None:
+    spec = low_tier_spec(rate_hz=40.0, duration_s=1.5)
+
+    async def go() -> int:
+        device = Device(spec, NO_SERVER, out_dir=tmp_path)
+        return (await device.run()).generated
+
+    generated = run_loop(go)
+    recs = sorted(records_of(tmp_path), key=lambda r: r.sample_id)
+    assert generated > 30 and [r.sample_id for r in recs] == list(range(generated))
+    assert all(r.source == "fallback" and r.cause == "disconnected" for r in recs)
+    queued = 0
+    for prev, cur in itertools.pairwise(recs):
+        prev_end = prev.t_sched_s + prev.latency_ms / 1e3
+        cur_start = cur.t_sched_s + (cur.latency_ms - cur.light_ms) / 1e3
+        assert cur_start >= prev_end - 1e-6  # one light model at a time
+        queued += prev_end > cur.t_sched_s
+    assert queued > 5  # at 40 Hz, 30 ms runs often find the device busy
+
+
+def test_stop_ends_generation_and_every_sample_is_recorded(tmp_path: Path) -> None:
+    spec = low_tier_spec(rate_hz=20.0, duration_s=5.0)
+
+    async def go() -> int:
+        device = Device(spec, NO_SERVER, out_dir=tmp_path)
+        asyncio.get_running_loop().call_later(0.5, device.stop)
+        return (await asyncio.wait_for(device.run(), 3.0)).generated
+
+    generated = run_loop(go)
+    recs = records_of(tmp_path)
+    assert 0 < generated < 40 and len(recs) == generated
+    assert max(r.t_sched_s for r in recs) < 0.6
+
+
+def test_a_reply_is_answered_as_of_its_delivery_and_a_late_one_leaves_it_to_the_timeout(
+        tmp_path: Path) -> None:
+    spec = low_tier_spec(rate_hz=10.0, duration_s=1.0)
+
+    async def go() -> Device:
+        device = Device(spec, NO_SERVER, out_dir=tmp_path)
+        now = asyncio.get_running_loop().time()
+        for sid, deadline in ((0, now + 1.0), (1, now)):
+            rec = SampleRecord(**{name: _example(name) for name in FIELDS})  # type: ignore[arg-type]
+            rec.sample_id = sid
+            device._pending[sid] = Pending(rec, t_sched=now - 0.05, deadline=deadline)
+        device._on_result(wire.Result(0, prediction=7, batch_size=3, model="m"), 160)
+        device._on_result(wire.Result(1, prediction=7), 160)
+        await device._close()
+        return device
+
+    device = run_loop(go)
+    (rec,) = records_of(tmp_path)
+    assert rec.sample_id == 0 and rec.source == "heavy" and rec.final_pred == 7
+    assert rec.heavy_model == "m" and rec.batch_size == 3
+    assert rec.latency_ms > 50.0 + spec.spec.downlink.delay_ms / 2  # as of the delivery
+    assert set(device._pending) == {1} and device.late_replies == 1
+
+
+def _example(name: str) -> object:
+    kind = {f.name: f.type for f in dataclasses.fields(SampleRecord)}[name]
+    return {"str": "x", "int": 0, "float": 0.0, "bool": False, "Source": "light"}[str(kind)]
+
+
+@pytest.mark.parametrize("values", [
+    {},
+    {"queue_ms": math.nan, "light_conf": 0.123456789, "latency_ms": 1e-9, "threshold": 1},
+    {"compute_ms": 12345678, "batch_size": True, "label": 3, "light_ms": math.inf},
+    {"heavy_model": "a,b\"c", "wall_epoch_s": 1.7e9 + 0.1234567, "t_sched_s": -0.0},
+    {"overrun": True, "forwarded": 1, "sample_id": 2**70},
+])
+def test_format_row_writes_what_format_writes(values: dict[str, object]) -> None:
+    rec = SampleRecord(**{n: values.get(n, _example(n)) for n in FIELDS})  # type: ignore[arg-type]
+    assert format_row(rec) == [_format(name, getattr(rec, name)) for name in FIELDS]
