@@ -15,6 +15,8 @@ import multiprocessing as mp
 import multiprocessing.forkserver
 import multiprocessing.spawn
 import secrets
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +85,33 @@ class RunResult:
     interrupted: bool = False
 
 
+class _CtrlC:
+    """Ctrl-Cs during a run. Each one still raises `KeyboardInterrupt`, but one raised while
+    the interpreter runs a finalizer (a `__del__`, a weakref callback) is printed and dropped,
+    and the run would go on; so they are also counted, and the run's loops call `check` after
+    every poll to raise the ones that were dropped."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.handled = 0
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum: int, frame: object) -> None:
+        self.count += 1
+        raise KeyboardInterrupt
+
+    def handled_all(self) -> None:
+        self.handled = self.count
+
+    def check(self) -> None:
+        if self.count > self.handled:
+            self.handled = self.count
+            raise KeyboardInterrupt
+
+
 @dataclass
 class _Run:
     cfg: ScenarioConfig
@@ -113,6 +142,7 @@ class _Run:
     resources: dict[str, Any] = field(default_factory=dict)
     startup_s: float | None = None
     interrupted: bool = False
+    ctrl_c: _CtrlC = field(default_factory=_CtrlC)
 
     def children(self) -> list[Child]:
         return ([self.server] if self.server else []) + list(self.nodes.values()) + \
@@ -152,6 +182,8 @@ def run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None =
                    a, at_s=max(0.0, a.at_s - SPAWN_LEAD_S)) for a in joins)]))
     run.events.emit("run_start", scenario=cfg.name, policy=cfg.policy.name,
                     devices=cfg.devices.count, faults_planned=plan.injected)
+    previous_sigint = signal.getsignal(signal.SIGINT)
+    run.ctrl_c.install()
     try:
         try:
             _start_server(run)
@@ -161,6 +193,7 @@ def run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None =
             run.events.emit("all_registered", startup_s=round(run.startup_s, 3))
             _run_devices(run)
         except KeyboardInterrupt:
+            run.ctrl_c.handled_all()
             run.interrupted = True
             run.events.emit("interrupted")
             run.progress.phase("interrupted: stopping devices cleanly (Ctrl-C again to kill)")
@@ -168,6 +201,8 @@ def run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None =
         _stop_nodes(run)
         _stop_server(run)
     finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous_sigint)
         reap(run.children())
         _log_exits(run)
         run.events.emit("run_end", interrupted=run.interrupted)
@@ -270,6 +305,7 @@ def _start_devices(run: _Run) -> None:
                                and not child.ready):
                 raise RunError(f"device {child.name} failed to start: {child.error}; see "
                                f"{run.run_dir / 'logs' / 'devices.log'}")
+        run.ctrl_c.check()
         ready = sum(c.ready for c in children)
         run.progress.registered(ready, len(specs))
 
@@ -309,6 +345,7 @@ def _run_devices(run: _Run) -> None:
             break
         children = list(run.devices.values()) + ([run.server] if run.server else [])
         poll(children, 0.2)
+        run.ctrl_c.check()
         for child in run.devices.values():
             if child.ready and not child.started:
                 _start(run, child)
@@ -333,6 +370,7 @@ def _stop_devices(run: _Run) -> None:
     try:
         while not all(c.finished for c in run.devices.values()) and time.time() < deadline:
             poll(list(run.devices.values()), 0.2)
+            run.ctrl_c.check()
             _log_exits(run)
     except KeyboardInterrupt:
         run.events.emit("killed")
