@@ -58,9 +58,8 @@ class Pending:
 
     rec: SampleRecord
     t_sched: float
-    deadline: float = math.inf
-    """When the device stops waiting (loop time): a reply delivered later comes too late."""
     timeout: asyncio.TimerHandle | None = None
+    """Fires when the device stops waiting: a reply delivered later comes too late."""
     slo_counted: bool = False
 
 
@@ -363,7 +362,6 @@ class Device:
             return
         sid = rec.sample_id
         timeout_at = end + self.spec.reply_timeout_ms / 1e3
-        pending.deadline = timeout_at
         pending.timeout = self._timers.call_at(timeout_at, self._on_timeout, sid)
         self._pending[sid] = pending
         # The message's size does not depend on the deadline's value (a float64 is always 9
@@ -410,7 +408,7 @@ class Device:
             self.late_replies += 1
             return
         deliver_at = self._downlink.transmit(self._loop.time(), nbytes)
-        if deliver_at >= pending.deadline:
+        if pending.timeout is not None and deliver_at >= pending.timeout.when():
             self.late_replies += 1
             return
         del self._pending[res.sample_id]

@@ -34,8 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
-from bench_server import start_server, stop_server
+from bench_server import host_busy_s, start_server, stop_server
 from rich.console import Console
 from rich.table import Table
 
@@ -236,13 +235,11 @@ def measure(gen: LoadGenerator, url: str, rate: float, seconds: float,
             timeout_s: float) -> Point:
     """Offer `rate` for `seconds`; the host's busy cores say how loaded the 2 cores were."""
     time.sleep(0.5)  # let the previous step's leftovers (timed-out requests) clear
-    cpu0 = psutil.cpu_times()
+    cpu0 = host_busy_s()
     t0 = time.perf_counter()
     parts = gen.run(url, rate, seconds, timeout_s)
     elapsed = time.perf_counter() - t0
-    cpu1 = psutil.cpu_times()
-    busy = sum(getattr(cpu1, f) - getattr(cpu0, f) for f in ("user", "system", "nice", "irq",
-                                                             "softirq"))
+    busy = host_busy_s() - cpu0
     lat = np.asarray([x for p in parts for x in p.latencies_ms])
     ok = sum(p.ok for p in parts)
     p50, p99 = (float(np.percentile(lat, 50)), float(np.percentile(lat, 99))) if len(lat) \

@@ -56,10 +56,9 @@ def merge(parts: Iterable[Mapping[str, Any] | None]) -> LagHistogram:
 def percentile_ms(hist: LagHistogram, q: float) -> float | None:
     """Upper edge (ms) of the bucket holding the nearest-rank `q`-th percentile, capped at
     the exact max."""
-    total = sum(hist.counts.values())
-    if total == 0:
+    if hist.n == 0:
         return None
-    rank = max(1, math.ceil(q / 100 * total))
+    rank = max(1, math.ceil(q / 100 * hist.n))
     seen = 0
     for b in sorted(hist.counts):
         seen += hist.counts[b]

@@ -12,8 +12,7 @@ import csv
 import dataclasses
 import io
 import math
-import operator
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final, Literal
@@ -81,38 +80,9 @@ def _format(name: str, value: object) -> str:
     return str(value)
 
 
-def _field_formatter(name: str, kind: object) -> Callable[[object], str]:
-    """`_format` for one field, with a fast path for the declared type (a device writes a row
-    per sample and its CPU is the density limit); any other value goes through `_format`, so
-    the text is the same."""
-    if kind == "float" and not name.endswith("epoch_s"):
-        def fmt(value: object) -> str:
-            if type(value) is float:
-                return "" if value != value else format(value, ".6g")
-            return _format(name, value)
-    elif kind == "bool":
-        def fmt(value: object) -> str:
-            if value is True:
-                return "1"
-            return "0" if value is False else _format(name, value)
-    elif kind in ("int", "str", "Source"):
-        def fmt(value: object) -> str:
-            if type(value) is str:
-                return value
-            return str(value) if type(value) is int else _format(name, value)
-    else:
-        def fmt(value: object) -> str:
-            return _format(name, value)
-    return fmt
-
-
-_FORMATTERS: Final = tuple(_field_formatter(n, _TYPES[n]) for n in FIELDS)
-_values: Final = operator.attrgetter(*FIELDS)
-
-
 def format_row(rec: SampleRecord) -> list[str]:
     """A record as CSV fields (NaN as empty, bools as 0/1, floats to 6 significant digits)."""
-    return [fmt(value) for fmt, value in zip(_FORMATTERS, _values(rec), strict=True)]
+    return [_format(name, getattr(rec, name)) for name in FIELDS]
 
 
 def _parse(name: str, text: str) -> object:
