@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,8 @@ class Batcher:
         """Measured cost per sample (smoothed): the batch time estimate without a profile."""
         self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
+        self._wake_at = 1
+        """Queue length at which a submission wakes the waiting batcher."""
         self._expiry: asyncio.TimerHandle | None = None
         self._expiry_at = float("inf")
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="heavy-model")
@@ -63,7 +66,8 @@ class Batcher:
         self.stats.on_admitted()
         if req.deadline < self._expiry_at:
             self._arm_expiry(req.deadline)
-        if self._waiter is not None and not self._waiter.done():
+        if self._waiter is not None and len(self.queue) >= self._wake_at \
+                and not self._waiter.done():
             self._waiter.set_result(None)
 
     def use(self, model: ServedModel, profile: BatchProfile | None) -> None:
@@ -110,19 +114,34 @@ class Batcher:
     async def _run_batches(self, batch: list[Request]) -> None:
         """Run a batch and, while the queue holds full batches, the ones after it.
 
-        Under saturation the next full batch is handed to the model's thread while the
-        current one runs, so the thread starts it the moment the current one ends instead of
-        waiting for the event loop to come round (a quarter of the model's time was lost
-        between batches that way: docs/performance.md). Only without padding: an emulated
-        accelerator runs one batch at a time, padded to its profile.
+        Without padding the next full batch is handed to the model as soon as the queue holds
+        one, while the current one runs, so the model starts it the moment the current one
+        ends instead of waiting for the event loop to come round (a quarter of the model's
+        time was lost between batches that way: docs/performance.md). An emulated accelerator
+        (padding) runs one batch at a time, padded to its profile.
         """
         running: _Running | None = self._start(batch, behind=False)
+        following: _Running | None = None
         while running is not None:
-            following = None
-            if self.profile is None and len(self.queue) >= self.policy.max_batch_size:
-                following = self._start(self._cut(self.policy.max_batch_size), behind=True)
+            if self.profile is None and following is None:
+                if len(self.queue) >= self.policy.max_batch_size:
+                    following = self._start(self._cut(self.policy.max_batch_size), behind=True)
+                else:
+                    await self._wait_full_or_done(running.future)
+                    if not running.future.done():
+                        continue
             await self._finish(running)
-            running = following
+            running, following = following, None
+
+    async def _wait_full_or_done(self, fut: asyncio.Future[Any]) -> None:
+        """Sleep until `fut` is done or the queue holds a full batch."""
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._waiter, self._wake_at = waiter, self.policy.max_batch_size
+        fut.add_done_callback(lambda _: _resolve(waiter))
+        try:
+            await waiter
+        finally:
+            self._waiter, self._wake_at = None, 1
 
     def _start(self, batch: list[Request], behind: bool) -> _Running:
         """Hand a batch to the model's thread; `behind` another one still running there."""

@@ -1,16 +1,19 @@
 """The batcher with the real heavy model: under saturation the next full batch is handed to
-the model's thread before the current one's answers go out; with padding it never is."""
+the model's thread before the current one's answers go out, and as soon as the queue holds
+one while a batch runs; with padding it never is."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
 from server.batch_policy import BatchPolicy
 from server.batcher import Batcher
-from server.heavy_model import HeavyModel
+from server.heavy_model import BatchOutput, HeavyModel
 from server.request_queue import Request, RequestQueue
 from server.stats import ServerStats
 from testbed import protocol as wire
@@ -67,3 +70,62 @@ async def test_a_padded_batcher_runs_one_batch_at_a_time() -> None:
     seen, answers = await _three_full_batches(BatchProfile(base_ms=1.0, per_sample_ms=0.01))
     assert set(answers.values()) == {1} and len(answers) == 96
     assert seen[0] == 32  # only the next batch was cut when the first one's answers went out
+
+
+class _GatedModel(HeavyModel):
+    """The real heavy model, held at a gate so that a batch runs as long as the test says."""
+
+    def __init__(self) -> None:
+        super().__init__(open_zoo(), "heavy-cnn")
+        self.gate = threading.Event()
+        self.sizes: list[int] = []
+
+    def run(self, batch: np.ndarray) -> BatchOutput:
+        self.sizes.append(len(batch))
+        self.gate.wait(10)
+        return super().run(batch)
+
+
+async def test_a_batch_that_fills_up_while_one_runs_is_handed_over_at_once() -> None:
+    model = _GatedModel()
+    queue = RequestQueue(1024)
+    batcher = Batcher(model, queue, BatchPolicy(32, 0.001), None, ServerStats())
+    pixels = open_zoo().dataset("test").x[:74]
+    answers: dict[int, int] = {}
+
+    def respond(res: wire.Result) -> None:
+        assert res.status == wire.ResultStatus.OK
+        answers[res.sample_id] = answers.get(res.sample_id, 0) + 1
+
+    def submit(ids: range) -> None:
+        now = asyncio.get_running_loop().time()
+        for i in ids:
+            batcher.submit(Request("dev", i, np.asarray(pixels[i], dtype=np.uint8), now,
+                                   now + 30, respond))
+
+    async def until(cond: Callable[[], bool]) -> None:
+        for _ in range(500):
+            if cond():
+                return
+            await asyncio.sleep(0.002)
+        raise AssertionError("timed out")
+
+    task = asyncio.create_task(batcher.run())
+    try:
+        submit(range(32))
+        await until(lambda: model.sizes == [32])  # the first batch runs, held at the gate
+        submit(range(32, 42))
+        await asyncio.sleep(0.05)
+        assert len(queue) == 10  # not a full batch: it waits for the running one
+        submit(range(42, 64))
+        await until(lambda: len(queue) == 0)  # full: cut and handed over while the first runs
+        assert not answers
+        submit(range(64, 74))
+        model.gate.set()
+        await until(lambda: len(answers) == 74)
+    finally:
+        model.gate.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await batcher.close()
+    assert model.sizes == [32, 32, 10] and set(answers.values()) == {1}
