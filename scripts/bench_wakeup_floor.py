@@ -1,0 +1,108 @@
+"""The host's floor for device density: how late N bare processes wake up at 10 Hz each.
+
+Every process sleeps exponential gaps (Poisson, 10 Hz) and records how late each wake-up is,
+optionally running the light model once per wake-up (`--work`). Nothing else runs: no
+asyncio, no sockets, no server. Whatever lateness this shows, an emulated device process,
+which does more per wake-up, cannot beat; bench_density.py's loop-lag bar is measured
+against it (docs/density.md).
+
+    flock /tmp/bench.lock .venv/bin/python scripts/bench_wakeup_floor.py [--counts 40 100 200]
+
+Prints a table and, as its last line, one JSON object with the named figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import random
+import time
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from testbed.modelzoo import open_session, open_zoo, to_model_input
+
+SETTLE_S = 3.0
+"""All processes are started before anyone measures."""
+
+
+def _light_models() -> tuple[list[Any], np.ndarray]:
+    """One session per light tier and an input, made before forking (as the forkserver
+    preloads them for the devices), so the children start in milliseconds."""
+    zoo = open_zoo()
+    sessions = [open_session(zoo.model_path(name), 1, 1) for name in zoo.tiers.values()]
+    x = to_model_input(zoo.dataset("test").x[:1])
+    for s in sessions:
+        s.run(None, {s.get_inputs()[0].name: x})
+    return sessions, x
+
+
+def _sleeper(index: int, t0: float, seconds: float, rate_hz: float,
+             models: tuple[list[Any], np.ndarray] | None, out: Any) -> None:
+    run = None
+    if models is not None:
+        sessions, x = models
+        session = sessions[index % len(sessions)]
+        feed = {session.get_inputs()[0].name: x}
+
+        def run() -> None:
+            session.run(None, feed)
+    rng = random.Random(index)
+    time.sleep(max(t0 - time.monotonic(), 0.0))
+    lags, cpu = [], time.process_time()
+    due = time.monotonic()
+    while due < t0 + seconds:
+        due += rng.expovariate(rate_hz)
+        time.sleep(max(due - time.monotonic(), 0.0))
+        lags.append(time.monotonic() - due)
+        if run is not None:
+            run()
+    out.put((lags, (time.process_time() - cpu) / max(len(lags), 1)))
+
+
+def measure(count: int, seconds: float, rate_hz: float, work: bool) -> dict[str, float]:
+    ctx = mp.get_context("fork")  # cheap starts; the children import nothing new
+    q: Any = ctx.Queue()
+    models = _light_models() if work else None
+    t0 = time.monotonic() + SETTLE_S + count * 0.005
+    procs = [ctx.Process(target=_sleeper, args=(i, t0, seconds, rate_hz, models, q))
+             for i in range(count)]
+    for p in procs:
+        p.start()
+    results = [q.get() for _ in procs]
+    for p in procs:
+        p.join()
+    ms = np.concatenate([np.asarray(lags) for lags, _ in results]) * 1e3
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "p999_ms": float(np.percentile(ms, 99.9)), "wakeups": int(ms.size),
+            "cpu_per_wakeup_us": float(np.mean([c for _, c in results]) * 1e6)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--counts", type=int, nargs="+", default=[40, 100, 200])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rate-hz", type=float, default=10.0)
+    parser.add_argument("--work", action="store_true",
+                        help="run the light model (1 sample) at every wake-up")
+    args = parser.parse_args()
+    figures = {n: measure(n, args.seconds, args.rate_hz, args.work) for n in args.counts}
+    table = Table(title=f"bare processes waking at {args.rate_hz:g} Hz each"
+                        f"{' and running the light model' if args.work else ''}")
+    for col in ("processes", "wake-ups", "lateness p50 / p99 / p99.9 (ms)", "CPU per wake-up"):
+        table.add_column(col, justify="right")
+    for n, f in figures.items():
+        table.add_row(str(n), f"{f['wakeups']:,}",
+                      f"{f['p50_ms']:.2f} / {f['p99_ms']:.2f} / {f['p999_ms']:.2f}",
+                      f"{f['cpu_per_wakeup_us']:.0f} us")
+    Console().print(table)
+    print(json.dumps({"work": args.work, "rate_hz": args.rate_hz, **{
+        f"{k}_{n}": round(v, 3) for n, f in figures.items() for k, v in f.items()}}))
+
+
+if __name__ == "__main__":
+    main()
