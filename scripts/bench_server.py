@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -94,14 +93,9 @@ def host_busy_s() -> float:
     return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
 
 
-def tree_cpu_s(proc: psutil.Process) -> float:
-    """CPU seconds of the server and its children (the heavy-model process, if any)."""
-    total = 0.0
-    for p in [proc, *proc.children(recursive=True)]:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            t = p.cpu_times()
-            total += t.user + t.system
-    return total
+def _cpu_s(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return float(t.user + t.system)
 
 
 def status(url: str) -> dict[str, Any]:
@@ -209,7 +203,7 @@ class Saturation:
 
 def saturate(url: str, server: psutil.Process, args: argparse.Namespace, base: int,
              raw_sps: float) -> Saturation:
-    s0, c0, h0 = status(url)["totals"], tree_cpu_s(server), host_busy_s()
+    s0, c0, h0 = status(url)["totals"], _cpu_s(server), host_busy_s()
     spy = None if args.profile is None else subprocess.Popen(
         ["py-spy", "record", "--pid", str(server.pid), "--threads", "--idle", "--nonblocking",
          "--duration", str(int(args.seconds)), "--output", str(args.profile)],
@@ -217,7 +211,7 @@ def saturate(url: str, server: psutil.Process, args: argparse.Namespace, base: i
     t0 = time.perf_counter()
     _, _, load_cpu = drive(url, args.clients, args.seconds, args.window, None, args.procs, base)
     elapsed = time.perf_counter() - t0
-    s1, c1, h1 = status(url)["totals"], tree_cpu_s(server), host_busy_s()
+    s1, c1, h1 = status(url)["totals"], _cpu_s(server), host_busy_s()
     if spy is not None:
         spy.wait(30)
     served = max(s1["completed"] - s0["completed"], 1)
@@ -312,8 +306,8 @@ def main() -> None:
     table.add_row(f"server / raw, each at its best batch ({server_b} / {best_b})",
                   f"{sat.ratio:.3f}", f"{runs[0].ratio:.3f} - {runs[-1].ratio:.3f}")
     table.add_row("server mean batch size, saturated", f"{sat.mean_batch:.1f}", "")
-    table.add_row("server processes' CPU (cores busy)", f"{sat.server_cores:.2f}", "")
-    table.add_row("of which running the model", f"{sat.model_cores:.2f}", "")
+    table.add_row("server process CPU (cores busy)", f"{sat.server_cores:.2f}", "")
+    table.add_row("of which the model's thread", f"{sat.model_cores:.2f}", "")
     table.add_row("time the model is running", f"{sat.model_running:.0%}", "")
     table.add_row("load generators' CPU per request", f"{sat.load_us:.1f} us", "")
     table.add_row("load generators' CPU (cores busy)", f"{sat.load_cores:.2f}", "")

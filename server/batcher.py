@@ -124,12 +124,11 @@ class Batcher:
         following: _Running | None = None
         while running is not None:
             if self.profile is None and following is None:
-                if len(self.queue) >= self.policy.max_batch_size:
-                    following = self._start(self._cut(self.policy.max_batch_size), behind=True)
-                else:
+                full = self.policy.max_batch_size
+                if len(self.queue) < full and not running.future.done():
                     await self._wait_full_or_done(running.future)
-                    if not running.future.done():
-                        continue
+                if len(self.queue) >= full:
+                    following = self._start(self._cut(full), behind=True)
             await self._finish(running)
             running, following = following, None
 
