@@ -99,17 +99,21 @@ class Batcher:
         self.stats.queued -= len(batch)
         return batch
 
-    async def _wait(self, until: float | None) -> None:
-        """Sleep until `until` or the next submitted request, whichever comes first."""
+    async def _wait(self, until: float | None, *, done: asyncio.Future[Any] | None = None,
+                    queue_len: int = 1) -> None:
+        """Sleep until `until`, `done` completes, or a submission brings the queue to
+        `queue_len` requests, whichever comes first."""
         fut: asyncio.Future[None] = self._loop.create_future()
-        self._waiter = fut
+        self._waiter, self._wake_at = fut, queue_len
         timer = self._loop.call_at(until, _resolve, fut) if until is not None else None
+        if done is not None:
+            done.add_done_callback(lambda _: _resolve(fut))
         try:
             await fut
         finally:
             if timer is not None:
                 timer.cancel()
-            self._waiter = None
+            self._waiter, self._wake_at = None, 1
 
     async def _run_batches(self, batch: list[Request]) -> None:
         """Run a batch and, while the queue holds full batches, the ones after it.
@@ -126,21 +130,11 @@ class Batcher:
             if self.profile is None and following is None:
                 full = self.policy.max_batch_size
                 if len(self.queue) < full and not running.future.done():
-                    await self._wait_full_or_done(running.future)
+                    await self._wait(None, done=running.future, queue_len=full)
                 if len(self.queue) >= full:
                     following = self._start(self._cut(full), behind=True)
             await self._finish(running)
             running, following = following, None
-
-    async def _wait_full_or_done(self, fut: asyncio.Future[Any]) -> None:
-        """Sleep until `fut` is done or the queue holds a full batch."""
-        waiter: asyncio.Future[None] = self._loop.create_future()
-        self._waiter, self._wake_at = waiter, self.policy.max_batch_size
-        fut.add_done_callback(lambda _: _resolve(waiter))
-        try:
-            await waiter
-        finally:
-            self._waiter, self._wake_at = None, 1
 
     def _start(self, batch: list[Request], behind: bool) -> _Running:
         """Hand a batch to the model's thread; `behind` another one still running there."""

@@ -65,8 +65,7 @@ class EarlyExitBatcher(Batcher):
 
     async def _run_stage(self, d: RunStage, now: float) -> None:
         if d.stage == 0:
-            reqs = self.queue.pop(d.size)
-            self.stats.queued -= len(reqs)
+            reqs = self._cut(d.size)
             items = [Parked(r, r.x, now) for r in reqs]
             x = model_input([r.x for r in reqs])
         else:
