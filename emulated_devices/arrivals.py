@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from testbed.config import ArrivalKind
+from common.config import ArrivalKind
 
 
 def arrival_times(kind: ArrivalKind, rate_hz: float, duration_s: float,

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
-from testbed import protocol as wire
+from common import protocol as wire
 
 log = logging.getLogger(__name__)
 

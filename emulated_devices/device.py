@@ -22,6 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from common import protocol as wire
+from common.config import DeviceSpec
+from common.modelzoo import open_zoo
+from common.records import GeneratedJournal, RecordWriter, SampleRecord, Source, file_stem
 from emulated_devices.arrivals import arrival_times
 from emulated_devices.client import HandshakeRefused, ServerConnection
 from emulated_devices.emulation import ComputeProfile, Impairment, Link, pad
@@ -29,10 +33,6 @@ from emulated_devices.forwarding import get_rule
 from emulated_devices.light_model import light_stage
 from emulated_devices.loop_probe import TimerLag
 from emulated_devices.window import Window
-from testbed import protocol as wire
-from testbed.config import DeviceSpec
-from testbed.modelzoo import open_zoo
-from testbed.records import GeneratedJournal, RecordWriter, SampleRecord, Source, file_stem
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class DeviceOutcome:
     bytes_received: int = 0
     """Payload bytes of the replies."""
     loop_lag: dict[str, Any] = field(default_factory=dict)
-    """How late this process's event loop ran the device's timers (`testbed.looplag`)."""
+    """How late this process's event loop ran the device's timers (`common.looplag`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from testbed.config import LinkSpec
+from common.config import LinkSpec
 
 MAX_RESENDS = 8
 """After this many losses in a row TCP would give up on the connection; we stop doubling."""

@@ -12,7 +12,7 @@ from typing import Final
 
 import numpy as np
 
-from testbed.cascade_math import agreement_forwards, forwards
+from common.cascade_math import agreement_forwards, forwards
 
 ForwardingRule = Callable[[np.ndarray, float], bool]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from testbed.cascade_math import vote_shares
-from testbed.modelzoo import Zoo, open_session, to_model_input
+from common.cascade_math import vote_shares
+from common.modelzoo import Zoo, open_session, to_model_input
 
 
 class LightModel:
@@ -25,7 +25,7 @@ class LightModel:
 class LightEnsemble:
     """k light models on every sample, one after the other (a device has one core to give).
 
-    Its output is the members' vote shares (`testbed.cascade_math.vote_shares`): argmax is
+    Its output is the members' vote shares (`common.cascade_math.vote_shares`): argmax is
     the majority answer and max the agreement, so the forwarding rules apply unchanged."""
 
     def __init__(self, zoo: Zoo, names: tuple[str, ...]) -> None:

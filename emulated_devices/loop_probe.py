@@ -19,7 +19,7 @@ import selectors
 from collections.abc import Callable
 from typing import Any
 
-from testbed.looplag import LagHistogram
+from common.looplag import LagHistogram
 
 
 class TimerLag:

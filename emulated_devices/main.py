@@ -14,12 +14,12 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from common.child_process import die_with_parent, leave_interrupts_to_parent
+from common.config import ScenarioConfig, device_specs
+from common.logsetup import configure_logging
+from common.scenario_file import load_scenario
 from emulated_devices.device import Device, RegistrationFailed
 from emulated_devices.loop_probe import precise_loop
-from testbed.childproc import die_with_parent, leave_interrupts_to_parent
-from testbed.config import ScenarioConfig, device_specs
-from testbed.logsetup import configure_logging
-from testbed.scenario_file import load_scenario
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from common.modelzoo import open_session, open_zoo, to_model_input
 from emulated_devices.arrivals import arrival_times
-from testbed.modelzoo import open_session, open_zoo, to_model_input
 
 
 def warm_up() -> None:

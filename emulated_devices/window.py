@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from testbed import protocol as wire
+from common import protocol as wire
 
 
 @dataclass(slots=True)

@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from testbed.modelzoo import open_zoo
-from testbed.plan_build import heavy_models, tier_curve, tier_weights
-from testbed.planner import PlanInputs, pareto_front
-from testbed.profiles import BatchProfile
-from testbed.scenario_file import load_scenario
-from testbed.validation import val_predictions
+from common.batch_profiles import BatchProfile
+from common.modelzoo import open_zoo
+from common.scenario_file import load_scenario
+from testbed.plan.build import heavy_models, tier_curve, tier_weights
+from testbed.plan.planner import PlanInputs, pareto_front
+from testbed.plan.val_predictions import val_predictions
 
 
 def main() -> None:

@@ -28,9 +28,9 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from testbed.events import read_events
+from common.events import read_events
+from common.scenario_file import load_scenario
 from testbed.orchestrator import run_scenario
-from testbed.scenario_file import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_OVERRUN = 0.01

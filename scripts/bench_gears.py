@@ -15,11 +15,11 @@ import time
 
 import numpy as np
 
+from common.config import device_specs
+from common.scenario_file import load_scenario
 from server.scheduling.base import DeviceInfo, DeviceState, DeviceWindow, ServerWindow, SystemView
 from server.scheduling.gears import GearsPolicy
-from testbed.config import device_specs
-from testbed.plan_build import build_plan
-from testbed.scenario_file import load_scenario
+from testbed.plan.build import build_plan
 
 
 def main() -> None:

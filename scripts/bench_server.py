@@ -31,8 +31,8 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from testbed import protocol as wire
-from testbed.modelzoo import open_session, open_zoo, to_model_input
+from common import protocol as wire
+from common.modelzoo import open_session, open_zoo, to_model_input
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCHES = (1, 2, 4, 8, 16, 32, 64)

@@ -24,7 +24,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from testbed.modelzoo import open_session, open_zoo, to_model_input
+from common.modelzoo import open_session, open_zoo, to_model_input
 
 SETTLE_S = 3.0
 """All processes are started before anyone measures."""

@@ -2,7 +2,7 @@
 
 Deterministic (seeded data corruption and training). Needs the `zoo` extra (torch, scikit-learn,
 onnx, onnxscript): `pip install -e '.[zoo]'`, then `python scripts/build_zoo.py`. The outputs in
-testbed/zoo/ are committed, so running the testbed never needs this script or its packages.
+common/zoo/ are committed, so running the testbed never needs this script or its packages.
 
 Why a noisy variant: on clean digits a small MLP already reaches ~97%, which leaves the heavy
 model nothing to add and the cascade nothing to decide. Shifts, pixel noise and occlusions open
@@ -42,7 +42,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-ZOO = Path(__file__).resolve().parents[1] / "testbed" / "zoo"
+ZOO = Path(__file__).resolve().parents[1] / "common" / "zoo"
 SEED = 20230623  # MultiTASC's arXiv date; any fixed value works
 ENSEMBLE_SEEDS = {"b": SEED + 1, "c": SEED + 2}  # the tier's base model is trained with SEED
 NOISE_SIGMA = 3.0  # on the digits' 0..16 pixel scale

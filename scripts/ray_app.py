@@ -16,11 +16,11 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
+from common import protocol as wire
+from common.modelzoo import open_zoo
 from server.heavy_model import HeavyModel
 from server.ingress import MSGPACK
 from server.tensors import tensor_from_infer
-from testbed import protocol as wire
-from testbed.modelzoo import open_zoo
 
 MAX_BATCH = 32
 """Same cap as the server in the benchmark (`max_batch_size = 32`)."""

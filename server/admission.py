@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from testbed.config import AdmissionMode
+from common.config import AdmissionMode
 
 
 class AdmissionRefused(Exception):

@@ -9,24 +9,24 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from common import protocol as wire
+from common.batch_profiles import BatchProfile, heavy_model_names, profile_for
+from common.events import EventLog
+from common.modelzoo import open_zoo
 from server import ingress
 from server.admission import Admission
 from server.batch_policy import BatchPolicy
 from server.batcher import Batcher
 from server.control import Controller
-from server.early_exit import StageScheduler
-from server.ee_batcher import EarlyExitBatcher
+from server.early_exit.batcher import EarlyExitBatcher
+from server.early_exit.model import StagedModel
+from server.early_exit.stages import StageScheduler
 from server.heavy_model import AgreementTier, HeavyModel, ServedModel
-from server.idn_node import IdnNodeRuntime
+from server.idn.node import IdnNodeRuntime
 from server.request_queue import RequestQueue
 from server.runtime import RUNTIME, SETTINGS, Runtime, ServerSettings
 from server.scheduling import make_policy
-from server.staged_model import StagedModel
 from server.stats import ServerStats
-from testbed import protocol as wire
-from testbed.events import EventLog
-from testbed.modelzoo import open_zoo
-from testbed.profiles import BatchProfile, heavy_model_names, profile_for
 
 log = logging.getLogger(__name__)
 

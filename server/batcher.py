@@ -17,14 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from common import protocol as wire
+from common.batch_profiles import BatchProfile
 from server.admission import Admission, AdmissionRefused
 from server.batch_policy import BatchPolicy, Cut, Idle, WaitUntil
 from server.heavy_model import BatchOutput, ServedModel
 from server.request_queue import QueueFull, Request, RequestQueue
 from server.stats import ServerStats
 from server.tensors import model_input
-from testbed import protocol as wire
-from testbed.profiles import BatchProfile
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from common import protocol as wire
+from common.events import EventLog
 from server.scheduling.base import (
     DeviceInfo,
     DeviceState,
@@ -27,8 +29,6 @@ from server.scheduling.base import (
     SystemView,
 )
 from server.stats import ServerStats
-from testbed import protocol as wire
-from testbed.events import EventLog
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The server's heavy model, or an ensemble tier in front of one (batch-latency profiles are
-in `testbed.profiles`)."""
+in `common.batch_profiles`)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from testbed.cascade_math import agreement_forwards, vote_shares
-from testbed.modelzoo import Zoo, open_session
-from testbed.profiles import BatchProfile
+from common.batch_profiles import BatchProfile
+from common.cascade_math import agreement_forwards, vote_shares
+from common.modelzoo import Zoo, open_session
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +91,7 @@ class AgreementTier:
 
 class ServedModel(Protocol):
     """What the batcher runs: a `HeavyModel`, an `AgreementTier` in front of one, or an
-    early-exit `server.staged_model.StagedModel`."""
+    early-exit `server.early_exit.model.StagedModel`."""
 
     name: str
     card: dict[str, Any]

@@ -15,12 +15,12 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from common import protocol as wire
 from server.admission import AdmissionRefused
 from server.control import DuplicateDevice
 from server.request_queue import Request
 from server.runtime import RUNTIME, Runtime
 from server.tensors import sample_from_infer
-from testbed import protocol as wire
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,12 @@ from typing import Any
 
 from aiohttp import web
 
+from common.child_process import die_with_parent, leave_interrupts_to_parent
+from common.config import ScenarioConfig
+from common.logsetup import configure_logging
+from common.scenario_file import load_scenario
 from server.app import make_app
 from server.runtime import RUNTIME, ServerSettings
-from testbed.childproc import die_with_parent, leave_interrupts_to_parent
-from testbed.config import ScenarioConfig
-from testbed.logsetup import configure_logging
-from testbed.scenario_file import load_scenario
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,15 @@ from typing import Any
 
 from aiohttp import web
 
+from common import protocol as wire
+from common.batch_profiles import BatchProfile
+from common.config import IdnConfig, PolicyConfig, ScenarioConfig, ServerConfig
+from common.events import EventLog
+from common.modelzoo import Zoo, ZooError
 from server.batcher import Batcher
 from server.control import Controller
 from server.heavy_model import ServedModel
-from server.idn_node import IdnNodeRuntime
+from server.idn.node import IdnNodeRuntime
 from server.scheduling.base import (
     DeviceInfo,
     HeavyOption,
@@ -21,11 +26,6 @@ from server.scheduling.base import (
     curves_from_card,
 )
 from server.stats import ServerStats
-from testbed import protocol as wire
-from testbed.config import IdnConfig, PolicyConfig, ScenarioConfig, ServerConfig
-from testbed.events import EventLog
-from testbed.modelzoo import Zoo, ZooError
-from testbed.profiles import BatchProfile
 
 
 @dataclass(frozen=True)

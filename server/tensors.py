@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from testbed import protocol as wire
+from common import protocol as wire
 
 _SCALE = np.float32(1 / 255)
 _ITEMSIZE = {dtype: np.dtype(dtype).itemsize for dtype in wire.ALLOWED_DTYPES}

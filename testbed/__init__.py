@@ -1,7 +1,6 @@
-"""cascade-testbed's harness: CLI, scenarios, process orchestration, records and metrics.
-
-Leaf modules here (`protocol`, `config`, `records`, `modelzoo`, `events`) are shared by the
-device and server packages; the harness itself only starts those as processes.
+"""cascade-testbed's harness, the top floor: CLI, orchestration, faults, sweeps, results and the
+CascadeServe planner. It starts `server` and `emulated_devices` as processes and imports them
+only lazily, from the CLI and the child-process entry points (`testbed.launch`).
 """
 
 __version__ = "0.1.0"

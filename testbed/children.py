@@ -1,7 +1,7 @@
 """The harness's side of its child processes: start them, and talk to them over a pipe.
 
-Children are started from a forkserver by module and function name (`testbed.launch`), so the
-harness never imports the device or server packages itself. Messages are small dicts: the
+Children are started from a forkserver with an entry point of `testbed.launch`, which imports
+the device or server package only in the child. Messages are small dicts: the
 harness sends `{"cmd": ...}`, children answer `{"event": ...}`.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -37,20 +38,14 @@ class Child:
         return self.done is not None or not self.proc.is_alive()
 
 
-def spawn(ctx: Any, name: str, module: str, function: str, *args: Any,
+def spawn(ctx: Any, name: str, entry: Callable[..., None], *args: Any,
           incarnation: int = 0) -> Child:
+    """Start `entry(*args, pipe)` in a child; `entry` is one of `testbed.launch`'s functions."""
     parent, child = ctx.Pipe(duplex=True)
-    proc = ctx.Process(target=_launch, args=(module, function, *args, child), name=name,
-                       daemon=False)
+    proc = ctx.Process(target=entry, args=(*args, child), name=name, daemon=False)
     proc.start()
     child.close()
     return Child(name, proc, parent, incarnation)
-
-
-def _launch(module: str, function: str, *args: Any) -> None:
-    from testbed.launch import call
-
-    call(module, function, *args)
 
 
 def poll(children: list[Child], timeout: float) -> list[Child]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 from pathlib import Path
 from typing import Annotated
@@ -11,11 +10,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from testbed.collect import collect
-from testbed.config import ScenarioConfig, ScenarioError
+from common.config import ScenarioConfig, ScenarioError
+from common.scenario_file import load_scenario
+from testbed.console import LiveProgress, SweepProgress, print_plan, print_summary
 from testbed.orchestrator import RunError, default_run_dir, run_scenario
-from testbed.report import LiveProgress, SweepProgress, print_plan, print_summary
-from testbed.scenario_file import load_scenario
+from testbed.results.collect import collect
 
 app = typer.Typer(help="Emulated edge devices + one shared batching server + cascade schedulers.",
                   no_args_is_help=True, add_completion=False)
@@ -75,8 +74,8 @@ def _execute(cfg: ScenarioConfig, out: Path | None) -> None:
 
 
 def _check_policy(name: str) -> None:
-    # Imported by name: the harness does not load the server package for its own use.
-    policies = importlib.import_module("server.scheduling").POLICIES
+    from server.scheduling import POLICIES as policies  # the pure policies only, no aiohttp
+
     if name not in policies:
         console.print(f"[red]unknown policy {name!r}[/red]; known: {', '.join(sorted(policies))}")
         raise typer.Exit(2)
@@ -168,8 +167,8 @@ def plan(scenario: Annotated[Path, typer.Argument(help="scenario TOML file")],
     Pareto front of cascades, and choose a gear for every load level. Use the plan with
     `[policy] name = "gears"`, `params.plan = "PLAN.json"` (a gears run without a plan makes
     its own)."""
-    from testbed.gear_plan import write_plan
-    from testbed.plan_build import PlanOptions, build_plan
+    from common.gear_plan import write_plan
+    from testbed.plan.build import PlanOptions, build_plan
 
     try:
         cfg = load_scenario(scenario)
@@ -218,8 +217,8 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder or a sweep
         console.print(f"[yellow]partial run:[/yellow] {'; '.join(why)}. The numbers cover "
                       "the records that were written.")
     if figures:
-        from testbed.figures import run_figures
-        from testbed.report_md import run_markdown
+        from testbed.results.figures import run_figures
+        from testbed.results.markdown import run_markdown
 
         paths = run_figures(run_dir, summary, run_dir / "figures")
         md = run_markdown(summary, paths, run_dir / "report.md")
@@ -227,8 +226,8 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder or a sweep
 
 
 def _report_sweep(sweep_dir: Path) -> None:
-    from testbed.figures import sweep_figures
-    from testbed.report_md import sweep_markdown
+    from testbed.results.figures import sweep_figures
+    from testbed.results.markdown import sweep_markdown
     from testbed.sweep import load_index, summaries
 
     index = load_index(sweep_dir)
@@ -260,7 +259,9 @@ def server(host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1"
         argv += ["--slo-ms", str(slo_ms)]
     if scenario is not None:
         argv += ["--scenario", str(scenario)]
-    importlib.import_module("server.main").main(argv)
+    from server.main import main
+
+    main(argv)
 
 
 @app.command()
@@ -281,4 +282,6 @@ def device(server: Annotated[str, typer.Option("--server", help="server URL")],
                         ("--rate-hz", rate_hz), ("--out", out), ("--scenario", scenario)):
         if value is not None:
             argv += [flag, str(value)]
-    importlib.import_module("emulated_devices.main").main(argv)
+    from emulated_devices.main import main
+
+    main(argv)

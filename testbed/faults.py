@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from testbed.config import FaultSpec, LinkFault, ScenarioConfig, ScenarioError
+from common.config import FaultSpec, LinkFault, ScenarioConfig, ScenarioError
 from testbed.timeline import Action as FaultAction
 
 

@@ -1,11 +1,28 @@
-"""Process entry trampoline: the harness names a device or server entry by module and function,
-so it starts them without importing their packages (the forkserver has them preloaded)."""
+"""Entry points of the processes the harness starts, one per kind of child.
+
+Each imports its package only when the child runs it, so the harness process itself never loads
+aiohttp or onnxruntime; the forkserver preloads the packages once for all children. These are
+plain imports (the layering test reads them): the harness is the floor above both packages.
+"""
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 
-def call(module: str, function: str, *args: Any) -> None:
-    getattr(importlib.import_module(module), function)(*args)
+def server_process(*args: Any) -> None:
+    from server.main import server_process as run
+
+    run(*args)
+
+
+def node_process(*args: Any) -> None:
+    from server.main import node_process as run
+
+    run(*args)
+
+
+def device_process(*args: Any) -> None:
+    from emulated_devices.main import device_process as run
+
+    run(*args)

@@ -1,9 +1,10 @@
 """Start a run's server and device processes, run them, inject the scenario's faults, stop
 everything cleanly, and write the run folder.
 
-The harness talks to each child over a pipe (ready/start/stop/done) and never imports the
-device or server packages: children are forked from a forkserver that has them preloaded, which
-also lets 40+ device processes share the numpy/onnxruntime/aiohttp pages.
+The harness talks to each child over a pipe (ready/start/stop/done) and does not load the
+device or server packages itself: children run an entry point of `testbed.launch` in a process
+forked from a forkserver that has both packages preloaded, which also lets 40+ device processes
+share the numpy/onnxruntime/aiohttp pages.
 """
 
 from __future__ import annotations
@@ -25,14 +26,15 @@ from urllib.parse import urlsplit
 
 import tomli_w
 
+from common.config import DeviceSpec, ScenarioConfig, device_specs
+from common.events import EventLog
+from common.scenario_file import scenario_to_dict
+from testbed import launch
 from testbed.children import Child, poll, reap, recv, send, spawn
-from testbed.collect import RunFacts, collect
-from testbed.config import DeviceSpec, ScenarioConfig, device_specs
-from testbed.events import EventLog
 from testbed.faults import FaultPlan, plan_faults
 from testbed.observe import fetch_status, live_view, sample_resources, server_facts
-from testbed.prepare import prepare
-from testbed.scenario_file import scenario_to_dict
+from testbed.plan.prepare import prepare
+from testbed.results.collect import RunFacts, collect
 from testbed.timeline import Action, Interval, activity, join_actions
 from testbed.versions import collect_versions
 
@@ -49,7 +51,8 @@ MIN_RESTART_LEFT_S = 1.0
 """A device is not restarted with less than this much of the run left."""
 SPAWN_LEAD_S = 1.5
 """A device that joins mid-run is started this long before it is due, to be ready in time."""
-PRELOAD = ["__main__", "emulated_devices.main", "emulated_devices.preload", "server.main"]
+PRELOAD = ["__main__", "testbed.launch", "emulated_devices.main", "emulated_devices.preload",
+           "server.main"]
 """Imported once by the forkserver. `__main__` is there because multiprocessing otherwise
 re-imports the harness's main module (typer, rich, ...) in every child: ~0.1 s of CPU each
 (and only works with `_start_forkserver`)."""
@@ -253,7 +256,7 @@ def _start_server(run: _Run, port: int | None = None) -> bool:
         cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, port=port))
     run.progress.phase("starting server" if port is None else "restarting server")
     incarnation = len(run.server_statuses)
-    run.server = spawn(run.ctx, "server", "server.main", "server_process", cfg, run.token,
+    run.server = spawn(run.ctx, "server", launch.server_process, cfg, run.token,
                        str(run.run_dir), incarnation=incarnation)
     run.server_statuses.append({})
     msg = recv(run.server, SERVER_START_TIMEOUT_S)
@@ -273,7 +276,7 @@ def _spawn_device(run: _Run, spec: DeviceSpec, interval: Interval,
                   wait_for_server: bool) -> Child:
     spec = dataclasses.replace(spec, duration_s=interval[1] - interval[0])
     url = run.node_urls.get(spec.node, run.server_url)  # in an IDN: its access node
-    child = spawn(run.ctx, spec.device_id, "emulated_devices.main", "device_process", spec,
+    child = spawn(run.ctx, spec.device_id, launch.device_process, spec,
                   url, run.token, str(run.run_dir), wait_for_server,
                   incarnation=spec.incarnation)
     child.interval = interval
@@ -390,7 +393,7 @@ def _start_nodes(run: _Run) -> None:
         todo.remove(node)
         run.progress.phase(f"starting idn node {node.name}")
         cfg = dataclasses.replace(run.cfg, server=dataclasses.replace(run.cfg.server, port=0))
-        child = spawn(run.ctx, f"node-{node.name}", "server.main", "node_process", cfg,
+        child = spawn(run.ctx, f"node-{node.name}", launch.node_process, cfg,
                       run.token, str(run.run_dir), node.name, run.node_urls[str(node.parent)])
         run.nodes[node.name] = child
         msg = recv(child, SERVER_START_TIMEOUT_S)

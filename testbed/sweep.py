@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from testbed.config import ScenarioConfig, ScenarioError
-from testbed.scenario_file import scenario_from_dict, scenario_to_dict
+from common.config import ScenarioConfig, ScenarioError
+from common.scenario_file import scenario_from_dict, scenario_to_dict
 
 ALIASES = {
     "devices": "devices.count", "mix": "devices.mix", "rate_hz": "devices.rate_hz",

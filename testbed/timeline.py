@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from testbed.config import ScenarioConfig
+from common.config import ScenarioConfig
 
 ActionKind = Literal["kill_device", "restart_device", "kill_server", "restart_server",
                      "link_down", "link_up", "join_device"]

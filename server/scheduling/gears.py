@@ -16,6 +16,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from common.gear_plan import Gear, GearPlan, read_plan
 from server.scheduling.base import (
     DeviceInfo,
     PolicyDecision,
@@ -23,7 +24,6 @@ from server.scheduling.base import (
     SystemView,
     check_params,
 )
-from testbed.gear_plan import Gear, GearPlan, read_plan
 
 
 class GearsPolicy:

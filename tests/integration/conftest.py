@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
+from common.config import ServerConfig
 from server.main import serve
 from server.runtime import ServerSettings
-from testbed.config import ServerConfig
 
 TOKEN = "secret-token"
 

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from common import protocol as wire
+from common.config import PolicyConfig, ServerConfig
 from server.runtime import ServerSettings
-from testbed import protocol as wire
-from testbed.config import PolicyConfig, ServerConfig
 from tests.integration.live_server import server_in_thread
 
 TOKEN = "fuzz-token"

@@ -11,14 +11,14 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from common import protocol as wire
+from common.batch_profiles import BatchProfile
+from common.modelzoo import open_zoo
 from server.batch_policy import BatchPolicy
 from server.batcher import Batcher
 from server.heavy_model import BatchOutput, HeavyModel
 from server.request_queue import Request, RequestQueue
 from server.stats import ServerStats
-from testbed import protocol as wire
-from testbed.modelzoo import open_zoo
-from testbed.profiles import BatchProfile
 
 pytestmark = pytest.mark.integration
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from testbed.config import DevicesConfig, PolicyConfig, ScenarioConfig, ServerConfig
-from testbed.events import read_events
+from common.config import DevicesConfig, PolicyConfig, ScenarioConfig, ServerConfig
+from common.events import read_events
+from common.records import iter_record_files, read_records
 from testbed.orchestrator import run_scenario
-from testbed.records import iter_record_files, read_records
 
 
 def stray_children() -> list[psutil.Process]:
@@ -108,7 +108,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_records(tmp_path: Path) -> None:
     out = tmp_path / "run"
     log = tmp_path / "harness.txt"
     with log.open("w") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "testbed.cli_main", "up", "--devices",
+        proc = subprocess.Popen([sys.executable, "-m", "testbed", "up", "--devices",
                                  "4", "--duration", "60", "--policy", "static", "--out",
                                  str(out)], start_new_session=True, stdout=sink,
                                 stderr=subprocess.STDOUT)

@@ -7,11 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from testbed.events import read_events
-from testbed.gear_plan import read_plan
+from common.events import read_events
+from common.gear_plan import read_plan
+from common.records import iter_record_files, read_records
+from common.scenario_file import scenario_from_dict
 from testbed.orchestrator import run_scenario
-from testbed.records import iter_record_files, read_records
-from testbed.scenario_file import scenario_from_dict
 from tests.integration.test_faults_overload import check_accounting
 
 HEAVIES = ["heavy-cnn-lite", "heavy-cnn", "heavy-cnn-xl"]
@@ -22,7 +22,7 @@ def test_testbed_plan_writes_a_plan_the_cli_can_print(tmp_path: Path) -> None:
     scenario.write_text('name = "p"\n[devices]\ncount = 20\n'
                         f'[server]\nheavy_models = {json.dumps(HEAVIES)}\n')
     out = tmp_path / "plan.json"
-    done = subprocess.run([sys.executable, "-m", "testbed.cli_main", "plan", str(scenario),
+    done = subprocess.run([sys.executable, "-m", "testbed", "plan", str(scenario),
                            "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     plan = read_plan(out)
@@ -177,8 +177,8 @@ def test_idn_cloud_only_serves_everything_at_the_repository(tmp_path: Path) -> N
 def test_plan_profiles_a_model_on_this_host_when_the_server_does_not_pad() -> None:
     """`testbed plan` with `pad_compute = false` times the real model (onnxruntime, 1 thread)
     and fits L(b) = base + per_sample * b."""
-    from testbed.modelzoo import open_zoo
-    from testbed.plan_build import measured_profile
+    from common.modelzoo import open_zoo
+    from testbed.plan.build import measured_profile
 
     p = measured_profile(open_zoo(), "heavy-cnn-lite")
     assert p.base_ms >= 0 and p.per_sample_ms > 0

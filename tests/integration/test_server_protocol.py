@@ -14,7 +14,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from testbed import protocol as wire
+from common import protocol as wire
 from tests.integration.conftest import TOKEN
 
 PIXELS = np.arange(64, dtype=np.uint8).tobytes()

@@ -7,15 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from testbed.events import read_events
+from common.events import read_events
+from common.records import iter_record_files, read_records
+from common.scenario_file import scenario_from_dict
 from testbed.orchestrator import run_scenario
-from testbed.records import iter_record_files, read_records
-from testbed.scenario_file import scenario_from_dict
 from tests.integration.test_faults_overload import check_accounting
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "testbed.cli_main", *args],
+    return subprocess.run([sys.executable, "-m", "testbed", *args],
                           capture_output=True, text=True, timeout=600)
 
 

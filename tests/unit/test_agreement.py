@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emulated_devices.forwarding import agreement_rule, confidence_rule
-from testbed.cascade_math import (
+from common.cascade_math import (
     agreement_forwards,
     calibrate_theta,
     cascade_curve,
@@ -14,6 +13,7 @@ from testbed.cascade_math import (
     vote,
     vote_shares,
 )
+from emulated_devices.forwarding import agreement_rule, confidence_rule
 
 
 def one_hot(classes: list[int], n_classes: int = 4, conf: float = 0.7) -> np.ndarray:
@@ -84,9 +84,9 @@ def test_cascade_curve_end_points() -> None:
 
 
 def test_server_ensemble_tier_answers_agreements_and_escalates_the_rest() -> None:
+    from common.batch_profiles import BatchProfile
+    from common.modelzoo import open_zoo, to_model_input
     from server.heavy_model import AgreementTier, HeavyModel
-    from testbed.modelzoo import open_zoo, to_model_input
-    from testbed.profiles import BatchProfile
 
     zoo = open_zoo()
     lite, base, xl = (HeavyModel(zoo, n) for n in ("heavy-cnn-lite", "heavy-cnn", "heavy-cnn-xl"))

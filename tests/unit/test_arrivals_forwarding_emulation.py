@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common.config import LinkSpec
 from emulated_devices.arrivals import arrival_times
 from emulated_devices.emulation import ComputeProfile, Link, pad
 from emulated_devices.forwarding import RULES, confidence_rule, get_rule
-from testbed.config import LinkSpec
 
 
 def rng(seed: int = 0) -> np.random.Generator:

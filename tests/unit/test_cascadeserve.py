@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common.batch_profiles import BatchProfile
+from common.gear_plan import Gear, GearPlan
 from server.scheduling.base import (
     DeviceInfo,
     DeviceState,
@@ -13,10 +15,8 @@ from server.scheduling.base import (
     SystemView,
 )
 from server.scheduling.gears import GearsPolicy
-from testbed.batch_sim import p95_ms, simulate_batcher
-from testbed.gear_plan import Gear, GearPlan
-from testbed.planner import PlanInputs, TierCurve, pareto_front, plan_gears
-from testbed.profiles import BatchProfile
+from testbed.plan.batch_sim import p95_ms, simulate_batcher
+from testbed.plan.planner import PlanInputs, TierCurve, pareto_front, plan_gears
 
 PROFILE = BatchProfile(6.0, 4.2)
 

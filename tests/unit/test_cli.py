@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from common.config import ScenarioConfig, ScenarioError
 from testbed import cli
-from testbed.config import ScenarioConfig, ScenarioError
 from testbed.orchestrator import RunResult
 
 runner = CliRunner()

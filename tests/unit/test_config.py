@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from testbed.config import (
+from common.config import (
     ScenarioConfig,
     ScenarioError,
     assign_tiers,
     device_specs,
     parse_mix,
 )
-from testbed.scenario_file import load_scenario, scenario_from_dict, scenario_to_dict
+from common.scenario_file import load_scenario, scenario_from_dict, scenario_to_dict
 
 
 def write(tmp_path: Path, text: str) -> Path:

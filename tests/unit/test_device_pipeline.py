@@ -12,11 +12,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+from common import protocol as wire
+from common.config import DeviceSpec, ScenarioConfig, device_specs
+from common.records import FIELDS, SampleRecord, format_row, read_records
 from emulated_devices.device import Device, Pending
 from emulated_devices.loop_probe import precise_loop
-from testbed import protocol as wire
-from testbed.config import DeviceSpec, ScenarioConfig, device_specs
-from testbed.records import FIELDS, SampleRecord, format_row, read_records
 
 T = TypeVar("T")
 NO_SERVER = "http://127.0.0.1:9"  # discard port: nothing listens, connecting fails at once

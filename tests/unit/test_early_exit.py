@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common.batch_profiles import BatchProfile
 from server.batch_policy import Idle, WaitUntil
-from server.early_exit import RunStage, StageCosts, StageScheduler, Waiting
-from testbed.profiles import BatchProfile
+from server.early_exit.stages import RunStage, StageCosts, StageScheduler, Waiting
 
 COSTS = StageCosts((BatchProfile(2, 1), BatchProfile(1, 1), BatchProfile(3, 2)),
                    (0.6, 0.5, 1.0))
@@ -65,8 +65,8 @@ def test_slack_serves_what_can_still_make_it_before_what_cannot() -> None:
 
 
 def test_staged_zoo_model_stages_compose_to_the_whole_network() -> None:
-    from server.staged_model import StagedModel
-    from testbed.modelzoo import open_zoo, to_model_input
+    from common.modelzoo import open_zoo, to_model_input
+    from server.early_exit.model import StagedModel
 
     zoo = open_zoo()
     model = StagedModel(zoo, "heavy-ee")

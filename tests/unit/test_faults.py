@@ -7,17 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emulated_devices.emulation import Impairment, Link
-from server.admission import Admission, AdmissionRefused, estimated_finish
-from testbed.config import (
+from common.config import (
     FaultSpec,
     LinkSpec,
     ScenarioConfig,
     ScenarioError,
     device_specs,
 )
+from common.scenario_file import load_scenario, scenario_from_dict, scenario_to_dict
+from emulated_devices.emulation import Impairment, Link
+from server.admission import Admission, AdmissionRefused, estimated_finish
 from testbed.faults import occurrences, plan_faults
-from testbed.scenario_file import load_scenario, scenario_from_dict, scenario_to_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from server.idn_alloc import (
+from common.config import ScenarioError, device_specs
+from common.scenario_file import scenario_from_dict
+from server.idn.alloc import (
     CatalogModel,
     MirrorAscent,
     Seen,
@@ -15,9 +17,7 @@ from server.idn_alloc import (
     project,
     round_allocation,
 )
-from server.idn_routing import Option, choose, expected_infer_ms, serving_cost_ms
-from testbed.config import ScenarioError, device_specs
-from testbed.scenario_file import scenario_from_dict
+from server.idn.routing import Option, choose, expected_infer_ms, serving_cost_ms
 
 SIZES = {"small": 300.0, "mid": 700.0, "big": 1000.0}
 

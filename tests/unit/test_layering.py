@@ -1,35 +1,134 @@
-"""Devices and server never import each other; the harness imports neither (DESIGN.md)."""
+"""The floors of DESIGN.md, read from the source: every import statement, at module level or
+inside a function, of every module of the four packages, in one process.
+
+    testbed/                      floor 3: may import everything below
+    server/   emulated_devices/   floor 2: import only `common`, never each other
+    common/                       floor 1: imports none of the three
+
+The harness imports `server` and `emulated_devices` only lazily (inside a function) and only from
+its CLI and its child-process entry points, so the harness process stays light. Nothing imports
+by name at run time (`importlib.import_module`, `__import__`), which no reading of the source
+could follow.
+"""
 
 from __future__ import annotations
 
-import pkgutil
-import subprocess
-import sys
+import ast
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("common", "server", "emulated_devices", "testbed")
+ALLOWED: dict[str, set[str]] = {
+    "common": {"common"},
+    "server": {"common", "server"},
+    "emulated_devices": {"common", "emulated_devices"},
+    "testbed": set(PACKAGES),
+}
+HARNESS_DOORS = {"testbed/cli.py", "testbed/launch.py"}
+"""The only harness modules that may import the floor below them, and only lazily."""
 
 
-def modules(package: str) -> list[str]:
-    return [f"{package}.{m.name}" for m in pkgutil.iter_modules([str(ROOT / package)])
-            if m.name != "__main__"]
+@dataclass(frozen=True)
+class Import:
+    path: str
+    line: int
+    target: str
+    """The dotted module imported, resolved when the import is relative."""
+    lazy: bool
+    """Inside a function, so it runs only when the function does."""
+
+    @property
+    def package(self) -> str:
+        return self.target.split(".")[0]
 
 
-def imported_after(module: str) -> set[str]:
-    code = f"import sys, {module}; print('\\n'.join(sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=ROOT)
-    return {m.split(".")[0] for m in out.stdout.split()}
+def imports_of(source: str, path: str) -> list[Import]:
+    """Every import in one module's source, with relative imports resolved against `path`."""
+    module = path.removesuffix(".py").replace("/", ".").removesuffix(".__init__")
+    is_package = path.endswith("__init__.py")
+    found: list[Import] = []
+
+    def visit(node: ast.AST, lazy: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inside = lazy or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
+            if isinstance(child, ast.Import):
+                found.extend(Import(path, child.lineno, a.name, lazy) for a in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                if child.level:
+                    base = module.split(".")
+                    base = base[: len(base) - child.level + (1 if is_package else 0)]
+                    target = ".".join([*base, *([child.module] if child.module else [])])
+                else:
+                    target = child.module or ""
+                found.append(Import(path, child.lineno, target, lazy))
+            visit(child, inside)
+
+    visit(ast.parse(source, filename=path), False)
+    return found
 
 
-@pytest.mark.parametrize("module,forbidden", [
-    *[(m, "server") for m in modules("emulated_devices")],
-    *[(m, "emulated_devices") for m in modules("server")],
-    *[(m, "server") for m in modules("testbed")],
-    *[(m, "emulated_devices") for m in modules("testbed")],
-])
-def test_no_sideways_imports(module: str, forbidden: str) -> None:
-    """Each module imports alone in a fresh interpreter without pulling in the other side."""
-    assert forbidden not in imported_after(module)
+def by_name_imports(source: str) -> list[int]:
+    """Lines that name `import_module` or `__import__`: imports no reading of the code follows."""
+    return [n.lineno for n in ast.walk(ast.parse(source))
+            if isinstance(n, ast.Name | ast.Attribute)
+            and (n.id if isinstance(n, ast.Name) else n.attr) in {"import_module", "__import__"}]
+
+
+def sources() -> dict[str, str]:
+    return {p.relative_to(ROOT).as_posix(): p.read_text()
+            for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
+
+
+@pytest.fixture(scope="module")
+def every_import() -> list[Import]:
+    return [imp for path, src in sources().items() for imp in imports_of(src, path)]
+
+
+class TestTheReader:
+    """The checker must see what it claims to see, or the rules below pass vacuously."""
+
+    def test_it_sees_imports_inside_functions_and_resolves_relative_ones(self) -> None:
+        src = ("import os\nfrom . import sibling\nfrom ..scheduling.base import X\n"
+               "def f():\n    from server.main import main\n"
+               "class C:\n    async def g(self):\n        import emulated_devices.device\n")
+        found = {(i.target, i.lazy) for i in imports_of(src, "server/idn/node.py")}
+        assert found == {("os", False), ("server.idn", False), ("server.scheduling.base", False),
+                         ("server.main", True), ("emulated_devices.device", True)}
+
+    def test_a_package_init_resolves_relative_imports_against_itself(self) -> None:
+        found = imports_of("from .base import Policy\n", "server/scheduling/__init__.py")
+        assert [i.target for i in found] == ["server.scheduling.base"]
+
+    def test_it_finds_imports_by_name(self) -> None:
+        assert by_name_imports("import importlib\nimportlib.import_module('x')\n"
+                               "y = __import__('z')\n") == [2, 3]
+
+    def test_it_reads_every_package(self, every_import: list[Import]) -> None:
+        assert {i.path.split("/")[0] for i in every_import} == set(PACKAGES)
+        assert any(i.lazy for i in every_import)
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_each_floor_imports_only_the_floors_below(every_import: list[Import],
+                                                  package: str) -> None:
+    wrong = [f"{i.path}:{i.line} imports {i.target}" for i in every_import
+             if i.path.startswith(package + "/") and i.package in PACKAGES
+             and i.package not in ALLOWED[package]]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_harness_reaches_down_only_lazily_and_only_through_its_doors(
+        every_import: list[Import]) -> None:
+    wrong = [f"{i.path}:{i.line} imports {i.target}" + ("" if i.lazy else " at module level")
+             for i in every_import
+             if i.path.startswith("testbed/") and i.package in {"server", "emulated_devices"}
+             and (i.path not in HARNESS_DOORS or not i.lazy)]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_nothing_imports_by_name() -> None:
+    wrong = [f"{path}:{line}" for path, src in sources().items() for line in by_name_imports(src)]
+    assert not wrong, "\n".join(wrong)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from testbed import protocol as wire
+from common import protocol as wire
 
 MESSAGES = [
     wire.Hello(device_id="low-001", tier="low", model="light-low", token="t"),

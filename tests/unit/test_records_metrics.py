@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from emulated_devices.window import Window
-from testbed.metrics import DeviceTally, latency_summary, summarize
-from testbed.records import (
+from common.records import (
     GeneratedJournal,
     RecordWriter,
     SampleRecord,
     read_journal,
     read_records,
 )
+from emulated_devices.window import Window
+from testbed.results.metrics import DeviceTally, latency_summary, summarize
 
 
 def rec(device: str = "low-000", tier: str = "low", i: int = 0, *, latency: float = 50.0,
@@ -72,7 +72,7 @@ class TestRecords:
             "import os, signal, sys\n"
             "from pathlib import Path\n"
             "from tests.unit.test_records_metrics import rec\n"
-            "from testbed.records import GeneratedJournal, RecordWriter\n"
+            "from common.records import GeneratedJournal, RecordWriter\n"
             "out = Path(sys.argv[1])\n"
             "w, j = RecordWriter(out / 'd.csv'), GeneratedJournal(out / 'd.gen')\n"
             "for i in range(50):\n"

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from common.config import device_specs
+from common.gear_plan import Gear, GearPlan
+from common.modelzoo import open_zoo
+from common.scenario_file import load_scenario
 from server.scheduling import make_policy
 from server.scheduling.gears import GearsPolicy
-from testbed.config import device_specs
 from testbed.faults import plan_faults
-from testbed.gear_plan import Gear, GearPlan
-from testbed.modelzoo import open_zoo
-from testbed.scenario_file import load_scenario
 from testbed.sweep import expand, parse_axes
 
 SCENARIOS = sorted((Path(__file__).resolve().parents[2] / "scenarios").rglob("*.toml"))

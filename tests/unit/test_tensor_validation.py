@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common import protocol as wire
 from server.tensors import tensor_from_infer
-from testbed import protocol as wire
 
 
 class FakeModel:

@@ -1,6 +1,6 @@
 """The embedded model zoo's index, cards and files agree (numpy + onnxruntime only, no torch).
 
-scripts/build_zoo.py writes testbed/zoo/; these checks guard the committed outputs: every model
+scripts/build_zoo.py writes common/zoo/; these checks guard the committed outputs: every model
 named has a card and a file with the card's sha256, heavy variants are ordered by cost and keep
 the input/output contract, light cards carry a cascade curve per heavy variant, ensembles name
 light models of their tier, and the early-exit stages chain and reproduce their card's accuracy.
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from testbed.modelzoo import EMBEDDED_ZOO, Zoo, open_session, open_zoo, to_model_input
+from common.modelzoo import EMBEDDED_ZOO, Zoo, open_session, open_zoo, to_model_input
 
 ZOO = open_zoo(EMBEDDED_ZOO)
 INDEX: dict[str, Any] = ZOO.index

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from testbed.analysis import sent_at_accuracy
+from testbed.results.series import sent_at_accuracy
 
 
 def _pct(x: float | None) -> str:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from testbed.modelzoo import Zoo, open_session, to_model_input
+from common.modelzoo import Zoo, open_session, to_model_input
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Everything the harness shows a person: the live progress view and the summary tables.
 
-The only module that prints or draws; metrics are computed elsewhere (`testbed.metrics`).
+The only module that prints or draws; metrics are computed elsewhere (`testbed.results.metrics`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from testbed.gear_plan import GearPlan
+from common.gear_plan import GearPlan
 from testbed.sweep import SweepPoint
 
 

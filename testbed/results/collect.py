@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from testbed.analysis import idn_summary
-from testbed.config import ScenarioConfig, device_specs
-from testbed.events import read_events
-from testbed.metrics import DeviceTally, summarize
-from testbed.modelzoo import open_zoo
-from testbed.records import SampleRecord, read_journal, read_records
-from testbed.scenario_file import load_scenario
+from common.config import ScenarioConfig, device_specs
+from common.events import read_events
+from common.modelzoo import open_zoo
+from common.records import SampleRecord, read_journal, read_records
+from common.scenario_file import load_scenario
+from testbed.results.metrics import DeviceTally, summarize
+from testbed.results.series import idn_summary
 from testbed.timeline import activity
 
 FAULT_EVENTS = ("device_kill", "device_restart", "server_kill", "server_restart", "link_down")

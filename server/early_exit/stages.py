@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from common.batch_profiles import BatchProfile
 from server.batch_policy import Idle, WaitUntil
-from testbed.profiles import BatchProfile
 
 StagePolicy = Literal["slack", "edf", "fcfs"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from testbed.profiles import BatchProfile
+from common.batch_profiles import BatchProfile
 
 
 def simulate_batcher(rate_sps: float, profile: BatchProfile, max_batch_size: int,

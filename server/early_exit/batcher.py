@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common import protocol as wire
 from server.batch_policy import Idle, WaitUntil
 from server.batcher import Batcher
-from server.early_exit import RunStage, StageScheduler, Waiting
+from server.early_exit.model import StagedModel
+from server.early_exit.stages import RunStage, StageScheduler, Waiting
 from server.request_queue import Request
-from server.staged_model import StagedModel
 from server.tensors import model_input
-from testbed import protocol as wire
 
 
 @dataclass(slots=True)

@@ -1,4 +1,4 @@
-"""`testbed plan`: from a scenario to a gear plan on disk. The I/O around `testbed.planner`:
+"""`testbed plan`: from a scenario to a gear plan on disk. The I/O around `testbed.plan.planner`:
 validation predictions of the scenario's models, the server's batch profiles (the scenario's
 emulated ones, or measured on this host when the server does not pad), the latency the devices
 and links take from the SLO, and the largest load to plan for."""
@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from testbed.cascade_math import agreement_levels, cascade_curve, vote
-from testbed.config import ScenarioConfig, TierSpec, parse_mix
-from testbed.gear_plan import GearPlan
-from testbed.modelzoo import Zoo, open_session, open_zoo, to_model_input
-from testbed.planner import PlanInputs, TierCurve, pareto_front, plan_gears
-from testbed.profiles import BatchProfile, heavy_model_names, profile_for
-from testbed.validation import ValPredictions, val_predictions
+from common.batch_profiles import BatchProfile, heavy_model_names, profile_for
+from common.cascade_math import agreement_levels, cascade_curve, vote
+from common.config import ScenarioConfig, TierSpec, parse_mix
+from common.gear_plan import GearPlan
+from common.modelzoo import Zoo, open_session, open_zoo, to_model_input
+from testbed.plan.planner import PlanInputs, TierCurve, pareto_front, plan_gears
+from testbed.plan.val_predictions import ValPredictions, val_predictions
 
 THRESHOLD_GRID = np.round(np.arange(0.0, 1.0001, 0.025), 4)
 Z95 = 1.645

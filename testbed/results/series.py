@@ -1,5 +1,5 @@
 """Series and tables for figures, computed from run folders. Pure data: no drawing here
-(`testbed.figures` draws), so every curve can be checked by a test."""
+(`testbed.results.figures` draws), so every curve can be checked by a test."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from testbed.records import SampleRecord
+from common.records import SampleRecord
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Scenario configuration: frozen dataclasses, their defaults and checks, and the devices a
-scenario resolves to. A leaf module (stdlib only, no I/O); `testbed.scenario_file` reads and
+scenario resolves to. A leaf module (stdlib only, no I/O); `common.scenario_file` reads and
 writes scenario files. Units are in the field names (`_ms`, `_s`, `_hz`, `_mbps`, `_us`).
 """
 

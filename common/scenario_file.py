@@ -12,7 +12,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from testbed.config import ScenarioConfig, ScenarioError, TierSpec, default_tiers
+from common.config import ScenarioConfig, ScenarioError, TierSpec, default_tiers
 
 
 def _check(cond: bool, what: str) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.early_exit import StageCosts
+from common.batch_profiles import REFERENCE_BATCH, BatchProfile
+from common.modelzoo import Zoo, ZooError, open_session
+from server.early_exit.stages import StageCosts
 from server.heavy_model import BatchOutput
-from testbed.modelzoo import Zoo, ZooError, open_session
-from testbed.profiles import REFERENCE_BATCH, BatchProfile
 
 
 class StagedModel:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed.cascade_math import calibrate_theta, vote
-from testbed.config import ScenarioConfig
-from testbed.gear_plan import write_plan
-from testbed.modelzoo import open_zoo
-from testbed.plan_build import PlanOptions, build_plan, heavy_models, peak_rps
-from testbed.validation import val_predictions
+from common.cascade_math import calibrate_theta, vote
+from common.config import ScenarioConfig
+from common.gear_plan import write_plan
+from common.modelzoo import open_zoo
+from testbed.plan.build import PlanOptions, build_plan, heavy_models, peak_rps
+from testbed.plan.val_predictions import val_predictions
 
 PLAN_FILE = "gear_plan.json"
 

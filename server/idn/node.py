@@ -19,20 +19,20 @@ from typing import Any
 
 import aiohttp
 
+from common import protocol as wire
+from common.batch_profiles import BatchProfile, profile_for
+from common.config import IdnConfig, ServerConfig
+from common.events import EventLog
+from common.modelzoo import Zoo
 from server.admission import Admission, AdmissionRefused
 from server.batch_policy import BatchPolicy
 from server.batcher import Batcher
 from server.heavy_model import HeavyModel
-from server.idn_alloc import CatalogModel, MirrorAscent, Seen, greedy, model_gains
-from server.idn_routing import Option, choose, expected_infer_ms, serving_cost_ms
+from server.idn.alloc import CatalogModel, MirrorAscent, Seen, greedy, model_gains
+from server.idn.routing import Option, choose, expected_infer_ms, serving_cost_ms
 from server.request_queue import Request, RequestQueue
 from server.stats import ServerStats
 from server.tensors import model_input
-from testbed import protocol as wire
-from testbed.config import IdnConfig, ServerConfig
-from testbed.events import EventLog
-from testbed.modelzoo import Zoo
-from testbed.profiles import BatchProfile, profile_for
 
 log = logging.getLogger(__name__)
 EWMA = 0.2

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.idn_routing import serving_cost_ms
+from server.idn.routing import serving_cost_ms
 
 
 @dataclass(frozen=True, slots=True)

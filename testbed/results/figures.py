@@ -1,5 +1,5 @@
 """PNG figures of a run or a sweep (matplotlib, no display needed). The data come from
-`testbed.analysis`; this module only draws."""
+`testbed.results.series`; this module only draws."""
 
 from __future__ import annotations
 
@@ -14,7 +14,13 @@ matplotlib.use("Agg")  # no display on a server; set before pyplot is imported
 import matplotlib.pyplot as plt
 import numpy as np
 
-from testbed.analysis import (
+from common.config import TIER_ORDER
+from common.events import read_events
+from common.modelzoo import open_zoo
+from common.records import SampleRecord, iter_record_files, read_records
+from common.scenario_file import load_scenario
+from testbed.results.collect import model_accuracies
+from testbed.results.series import (
     Series,
     cdf,
     gear_series,
@@ -26,12 +32,6 @@ from testbed.analysis import (
     threshold_series,
     tradeoff_series,
 )
-from testbed.collect import model_accuracies
-from testbed.config import TIER_ORDER
-from testbed.events import read_events
-from testbed.modelzoo import open_zoo
-from testbed.records import SampleRecord, iter_record_files, read_records
-from testbed.scenario_file import load_scenario
 
 SWEEP_METRICS = {
     "slo_satisfaction": ("SLO satisfaction", True),

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from testbed.looplag import lag_summary, merge
-from testbed.records import CAUSES, SOURCES, SampleRecord
+from common.looplag import lag_summary, merge
+from common.records import CAUSES, SOURCES, SampleRecord
 
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0, "p99.9": 99.9}
 
@@ -38,7 +38,7 @@ class DeviceTally:
     bytes_sent: int = 0
     bytes_received: int = 0
     loop_lag: tuple[Mapping[str, Any], ...] = ()
-    """Loop-lag histograms of its processes (`testbed.looplag`), one per incarnation."""
+    """Loop-lag histograms of its processes (`common.looplag`), one per incarnation."""
 
 
 def latency_summary(latencies_ms: Sequence[float] | np.ndarray) -> dict[str, float | None]:

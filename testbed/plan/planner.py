@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from testbed.batch_sim import p95_ms
-from testbed.gear_plan import Gear, GearPlan
-from testbed.profiles import BatchProfile
+from common.batch_profiles import BatchProfile
+from common.gear_plan import Gear, GearPlan
+from testbed.plan.batch_sim import p95_ms
 
 
 @dataclass(frozen=True)

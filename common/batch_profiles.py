@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from testbed.config import ServerConfig
-from testbed.modelzoo import Zoo, ZooError
+from common.config import ServerConfig
+from common.modelzoo import Zoo, ZooError
 
 REFERENCE_BATCH = "32"
 """Batch size whose measured latency compares heavy models' costs."""
