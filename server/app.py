@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -11,8 +10,9 @@ from aiohttp import web
 
 from common import protocol as wire
 from common.batch_profiles import BatchProfile, heavy_model_names, profile_for
+from common.config import ServerConfig
 from common.events import EventLog
-from common.modelzoo import open_zoo
+from common.modelzoo import Zoo, open_zoo
 from server import ingress
 from server.admission import Admission
 from server.batch_policy import BatchPolicy
@@ -47,10 +47,42 @@ def make_app(settings: ServerSettings) -> web.Application:
 
 
 async def _runtime(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
+    rt = await _build(app[SETTINGS])
+    app[RUNTIME] = rt
+    rt.start(asyncio.get_running_loop().time)
+    yield
+    await rt.stop()
+
+
+async def _build(settings: ServerSettings) -> Runtime:
+    """Load the models, then build the batcher, the controller and the runtime around them."""
     cfg = settings.server
-    loop = asyncio.get_running_loop()
     zoo = open_zoo(settings.zoo)
+    names, models, profiles = await _load_models(cfg, zoo)
+    default = next(iter(models))
+    stats = ServerStats()
+    stats.on_model_switch(default)
+    batcher = _make_batcher(cfg, models[default], profiles[default], stats)
+    events = EventLog(settings.events_path, "server")
+    controller = Controller(make_policy(settings.policy.name, settings.policy.params), stats,
+                            events, slo_ms=settings.slo_ms, interval_s=cfg.control_interval_s)
+    rt = Runtime(settings, zoo, models, profiles, stats, batcher, controller, events,
+                 asyncio.get_running_loop().time())
+    if settings.idn_node:
+        rt.idn = IdnNodeRuntime(settings.idn, settings.idn_node, cfg, zoo, stats, events,
+                                settings.token, settings.parent_url, settings.seed)
+    events.emit("server_start", policy=settings.policy.name, heavy_model=default,
+                heavy_models=names, max_batch_size=cfg.max_batch_size, slo_ms=settings.slo_ms)
+    return rt
+
+
+async def _load_models(cfg: ServerConfig, zoo: Zoo) -> tuple[
+        list[str], dict[str, ServedModel], dict[str, BatchProfile | None]]:
+    """Every heavy model the server may run, warmed up, and its emulated profile.
+
+    Returns the names loaded, the models the batcher may switch between (the default first;
+    an ensemble becomes one agreement tier) and a profile per name (None: no padding)."""
+    loop = asyncio.get_running_loop()
     names = heavy_model_names(cfg, zoo)
     default = names[0]
     names += [n for n in cfg.ensemble if n not in names]
@@ -73,59 +105,29 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
                              cfg.ensemble_theta, profiles)
         models = {tier.name: tier}
         profiles[tier.name] = tier.profile
-        default = tier.name
     for n, m in loaded.items():
         if isinstance(m, StagedModel) and profiles[n] is not None:
             m.pad_to(profiles[n])  # type: ignore[arg-type]
-    stats = ServerStats()
-    stats.on_model_switch(default)
+    return names, models, profiles
+
+
+def _make_batcher(cfg: ServerConfig, first: ServedModel, profile: BatchProfile | None,
+                  stats: ServerStats) -> Batcher:
+    """The plain batcher, or the stage-by-stage one for an early-exit model."""
     queue = RequestQueue(cfg.max_queue_size)
     batching = BatchPolicy(cfg.max_batch_size, cfg.max_queue_delay_us / 1e6)
     admission = Admission(cfg.admission, cfg.max_queue_size)
-    first = models[default]
-    batcher: Batcher
-    if cfg.mode == "early-exit":
-        if not isinstance(first, StagedModel):
-            raise ValueError(f"server.mode = 'early-exit' needs an early-exit heavy model "
-                             f"(a zoo card with stages); {default} is not one")
-        if first.profile is None:
-            first.pad_to(BatchProfile(0.0, 0.0))
-        scheduler = StageScheduler(first.costs(cfg.exit_threshold), cfg.max_batch_size,
-                                   cfg.max_queue_delay_us / 1e6, cfg.stage_scheduler)
-        batcher = EarlyExitBatcher(first, queue, batching, profiles[default], stats, admission,
-                                   scheduler=scheduler, exit_threshold=cfg.exit_threshold)
-    else:
-        batcher = Batcher(first, queue, batching, profiles[default], stats, admission)
-    events = EventLog(settings.events_path, "server")
-    controller = Controller(
-        make_policy(settings.policy.name, settings.policy.params), stats, events,
-        slo_ms=settings.slo_ms, interval_s=cfg.control_interval_s,
-        server_window=lambda now: stats.take_window(now, len(queue), queue.max_size,
-                                                    batcher.policy.max_batch_size))
-    rt = Runtime(settings, zoo, models, profiles, stats, batcher, controller, events,
-                 loop.time())
-    controller.attach_models(lambda: rt.model.name, rt.heavy_options, rt.switch_model,
-                              batcher.set_max_batch_size)
-    app[RUNTIME] = rt
-    events.emit("server_start", policy=settings.policy.name, heavy_model=default,
-                heavy_models=names, max_batch_size=cfg.max_batch_size, slo_ms=settings.slo_ms)
-    tasks = [asyncio.create_task(batcher.run(), name="batcher"),
-             asyncio.create_task(controller.run(loop.time), name="controller")]
-    if settings.idn_node:
-        rt.idn = IdnNodeRuntime(settings.idn, settings.idn_node, cfg, zoo, stats, events,
-                                settings.token, settings.parent_url, settings.seed)
-        tasks.append(asyncio.create_task(rt.idn.run(), name="idn"))
-    yield
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    if rt.idn is not None:
-        await rt.idn.close()
-    await batcher.close()
-    events.emit("server_stop", totals=rt.status()["totals"])
-    events.close()
+    if cfg.mode != "early-exit":
+        return Batcher(first, queue, batching, profile, stats, admission)
+    if not isinstance(first, StagedModel):
+        raise ValueError(f"server.mode = 'early-exit' needs an early-exit heavy model "
+                         f"(a zoo card with stages); {first.name} is not one")
+    if first.profile is None:
+        first.pad_to(BatchProfile(0.0, 0.0))
+    scheduler = StageScheduler(first.costs(cfg.exit_threshold), cfg.max_batch_size,
+                               cfg.max_queue_delay_us / 1e6, cfg.stage_scheduler)
+    return EarlyExitBatcher(first, queue, batching, profile, stats, admission,
+                            scheduler=scheduler, exit_threshold=cfg.exit_threshold)
 
 
 def _warm_up(model: ServedModel) -> None:

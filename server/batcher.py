@@ -142,7 +142,7 @@ class Batcher:
         begins = max(now, self._busy_until) if behind else now
         self._busy_until = begins + self.batch_s(len(batch))
         model, profile = self.model, self.profile  # a switch mid-batch applies to the next
-        fut = self._loop.run_in_executor(self._pool, _timed, model.run,
+        fut = self._loop.run_in_executor(self._pool, _timed, self._loop.time, model.run,
                                          model_input([r.x for r in batch]))
         return _Running(batch, model.name, profile, fut)
 
@@ -216,13 +216,14 @@ class _Running:
     future: asyncio.Future[tuple[BatchOutput, float, float, float]]
 
 
-def _timed(run: Callable[[np.ndarray], BatchOutput],
+def _timed(clock: Callable[[], float], run: Callable[[np.ndarray], BatchOutput],
            x: np.ndarray) -> tuple[BatchOutput, float, float, float]:
-    """In the worker thread: the output, when it started on the event loop's clock
-    (`time.monotonic`: a batch may wait behind another), its wall and its CPU time."""
-    cpu, start = time.thread_time(), time.monotonic()
+    """In the worker thread: the output, when it started on `clock` (the event loop's, which
+    the requests' arrival times are on: a batch may wait behind another), its wall and its
+    CPU time."""
+    cpu, start = time.thread_time(), clock()
     out = run(x)
-    return out, start, time.monotonic() - start, time.thread_time() - cpu
+    return out, start, clock() - start, time.thread_time() - cpu
 
 
 def _answer(batch: list[Request], out: BatchOutput, model: str, start: float,

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,32 +53,21 @@ class DeviceSession:
 
 
 class Controller:
+    """Owns the device sessions and the threshold messages; what else a decision asks for
+    (a model switch, a batch cap) is the runtime's to apply (`Runtime.apply`)."""
+
     def __init__(self, policy: Policy, stats: ServerStats, events: EventLog, *, slo_ms: float,
-                 interval_s: float, server_window: Callable[[float], ServerWindow]) -> None:
+                 interval_s: float) -> None:
         self.policy = policy
         self.stats = stats
         self.events = events
         self.slo_ms = slo_ms
         self.interval_s = interval_s
-        self._server_window = server_window
         self.sessions: dict[str, DeviceSession] = {}
         self.last_server_window = ServerWindow()
         self.steps = 0
-        self._current_model: Callable[[], str] = lambda: ""
-        self._heavy_options: Callable[[], dict[str, HeavyOption]] = dict
-        self._switch: Callable[[str, str], bool] = lambda name, reason: False
-        self._set_batch: Callable[[int], None] = lambda size: None
         self.step_us: deque[float] = deque(maxlen=100_000)
         """How long each policy decision took (µs): a gear lookup must cost next to nothing."""
-
-    def attach_models(self, current: Callable[[], str],
-                      options: Callable[[], dict[str, HeavyOption]],
-                      switch: Callable[[str, str], bool],
-                      set_batch: Callable[[int], None] | None = None) -> None:
-        """Let policies see the heavy models, switch between them and cap batches."""
-        self._current_model, self._heavy_options, self._switch = current, options, switch
-        if set_batch is not None:
-            self._set_batch = set_batch
 
     def join(self, info: DeviceInfo, send: Callable[[bytes], None], now: float) -> wire.Welcome:
         if info.device_id in self.sessions:
@@ -106,24 +95,21 @@ class Controller:
             session.reports += 1
             session.fresh = True
 
-    def step(self, now: float) -> PolicyDecision:
-        """One scheduling round: view -> policy -> threshold messages."""
-        server = self._server_window(now)
+    def step(self, now: float, server: ServerWindow, heavy_model: str = "",
+             heavy_options: Mapping[str, HeavyOption] | None = None) -> PolicyDecision:
+        """One scheduling round: view -> policy -> threshold messages to the devices whose
+        threshold changed. Returns the decision for the runtime to apply the rest of."""
         self.last_server_window = server
         view = SystemView(now=now, slo_ms=self.slo_ms, server=server, devices={
             dev: DeviceState(s.info, s.threshold, _window(s.report, now - s.report_at), s.fresh)
             for dev, s in self.sessions.items()
-        }, heavy_model=self._current_model(), heavy_options=self._heavy_options())
+        }, heavy_model=heavy_model, heavy_options=heavy_options or {})
         for s in self.sessions.values():
             s.fresh = False
         t = time.perf_counter()
         decision = self.policy.step(view)
         self.step_us.append((time.perf_counter() - t) * 1e6)
         self.steps += 1
-        if decision.heavy_model:
-            self._switch(decision.heavy_model, decision.note)
-        if decision.max_batch_size is not None:
-            self._set_batch(decision.max_batch_size)
         if decision.gear is not None:
             self.events.emit("gear_switch", **decision.gear)
         changed = {}
@@ -146,14 +132,6 @@ class Controller:
                                      "batch": round(server.mean_batch_size, 2),
                                      "busy": round(server.busy_fraction, 3)})
         return decision
-
-    async def run(self, clock: Callable[[], float]) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                self.step(clock())
-            except Exception:  # a policy bug must not stop serving; it is logged loudly
-                log.exception("policy %s failed", self.policy.name)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -181,11 +159,15 @@ def _clamp(value: float) -> float:
 
 
 def _window(report: wire.Report | None, age_s: float) -> DeviceWindow | None:
-    if report is None:
-        return None
-    return DeviceWindow(
-        window_s=report.window_s, generated=report.generated, forwarded=report.forwarded,
-        answered=report.answered, slo_met=report.slo_met, slo_missed=report.slo_missed,
-        fallback=report.fallback, threshold=report.threshold,
-        mean_light_confidence=report.mean_light_confidence,
-        light_ms_mean=report.light_ms_mean, age_s=age_s)
+    return None if report is None else DeviceWindow.from_report(report, age_s)
+
+
+async def every(interval_s: float, step: Callable[[], object], what: str) -> None:
+    """Call `step` every `interval_s` until cancelled. An exception in it (a policy bug) is
+    logged loudly and the loop goes on: a broken scheduler must not stop serving."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            step()
+        except Exception:
+            log.exception("%s failed", what)

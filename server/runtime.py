@@ -1,8 +1,13 @@
-"""Everything one running server holds, built at startup and shared by the handlers."""
+"""Everything one running server holds, built at startup and shared by the handlers: its
+models, batcher and controller, the control loop that drives the policy, and the one place a
+policy's decision is applied."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,12 +20,14 @@ from common.config import IdnConfig, PolicyConfig, ScenarioConfig, ServerConfig
 from common.events import EventLog
 from common.modelzoo import Zoo, ZooError
 from server.batcher import Batcher
-from server.control import Controller
+from server.control import Controller, every
 from server.heavy_model import ServedModel
 from server.idn.node import IdnNodeRuntime
 from server.scheduling.base import (
     DeviceInfo,
     HeavyOption,
+    PolicyDecision,
+    ServerWindow,
     accuracy_optimal_threshold,
     curve_from_card,
     curves_from_card,
@@ -74,6 +81,49 @@ class Runtime:
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
     idn: IdnNodeRuntime | None = None
     """Set when this server is a node of an inference delivery network."""
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start(self, clock: Callable[[], float]) -> None:
+        """Start batching, the control loop and (in an IDN) the node's own loop."""
+        self.tasks = [
+            asyncio.create_task(self.batcher.run(), name="batcher"),
+            asyncio.create_task(every(self.controller.interval_s,
+                                      lambda: self.control_step(clock()),
+                                      f"policy {self.controller.policy.name}"),
+                                name="controller")]
+        if self.idn is not None:
+            self.tasks.append(asyncio.create_task(self.idn.run(), name="idn"))
+
+    async def stop(self) -> None:
+        """Stop the loops, answer what is still queued, close the event log."""
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.idn is not None:
+            await self.idn.close()
+        await self.batcher.close()
+        self.events.emit("server_stop", totals=self.status()["totals"])
+        self.events.close()
+
+    def server_window(self, now: float) -> ServerWindow:
+        """The server over the control interval ending `now`, as the policy sees it."""
+        return self.stats.take_window(now, len(self.batcher.queue), self.batcher.queue.max_size,
+                                      self.batcher.policy.max_batch_size)
+
+    def control_step(self, now: float) -> PolicyDecision:
+        decision = self.controller.step(now, self.server_window(now), self.model.name,
+                                        self.heavy_options())
+        self.apply(decision)
+        return decision
+
+    def apply(self, decision: PolicyDecision) -> None:
+        """What a decision asks of the server beyond thresholds (the controller sends those)."""
+        if decision.heavy_model:
+            self.switch_model(decision.heavy_model, decision.note)
+        if decision.max_batch_size is not None:
+            self.batcher.set_max_batch_size(decision.max_batch_size)
 
     @property
     def model(self) -> ServedModel:

@@ -1,4 +1,4 @@
-"""One node of an inference delivery network: the I/O around `idn_routing` and `idn_alloc`.
+"""One node of an inference delivery network: the I/O around `routing` and `alloc`.
 
 The node serves a request with one of the models it holds (each with its own batcher on the
 node's emulated accelerator) or sends it to its parent over HTTP, across an emulated link of

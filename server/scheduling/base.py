@@ -7,8 +7,9 @@ with a `SystemView` built from the devices' latest reports and the server's wind
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Protocol
 
 
@@ -55,6 +56,12 @@ class DeviceWindow:
     light_ms_mean: float
     age_s: float = 0.0
 
+    @classmethod
+    def from_report(cls, report: Any, age_s: float) -> DeviceWindow:
+        """From a device's `report` message (any object with these fields), `age_s` old.
+        Policies stay free of wire types; the field names are the one contract."""
+        return cls(**{name: getattr(report, name) for name in _REPORT_FIELDS}, age_s=age_s)
+
     @property
     def slo_satisfaction(self) -> float | None:
         decided = self.slo_met + self.slo_missed
@@ -67,6 +74,9 @@ class DeviceWindow:
     @property
     def rate_hz(self) -> float:
         return self.generated / self.window_s if self.window_s > 0 else 0.0
+
+
+_REPORT_FIELDS = tuple(f.name for f in fields(DeviceWindow) if f.name != "age_s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +113,47 @@ class DeviceState:
     """The device's latest report, if it has sent one."""
     fresh: bool = False
     """The report arrived since the previous step (policies that react per report use it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WindowTotals:
+    """A device's reports over a horizon, summed."""
+
+    slo_met: int = 0
+    slo_missed: int = 0
+    generated: int = 0
+    forwarded: int = 0
+    window_s: float = 0.0
+    """Seconds the summed reports cover."""
+
+
+@dataclass(slots=True)
+class ReportHorizon:
+    """A device's reports of the last `horizon_s` seconds: what the MultiTASC policies judge
+    its SLO satisfaction and load by (a single window is too noisy at a few Hz)."""
+
+    horizon_s: float
+    reports: deque[tuple[float, DeviceWindow]] = field(default_factory=deque)
+
+    def observe(self, state: DeviceState, now: float) -> None:
+        """Keep a fresh report, drop those older than the horizon."""
+        if state.fresh and state.window is not None:
+            self.reports.append((now, state.window))
+        while self.reports and self.reports[0][0] < now - self.horizon_s:
+            self.reports.popleft()
+
+    def totals(self) -> WindowTotals:
+        met = missed = generated = forwarded = 0
+        span = 0.0
+        for _, w in self.reports:
+            met, missed = met + w.slo_met, missed + w.slo_missed
+            generated, forwarded, span = generated + w.generated, forwarded + w.forwarded, \
+                span + w.window_s
+        return WindowTotals(met, missed, generated, forwarded, span)
+
+
+def clamp(value: float, low: float, high: float) -> float:
+    return min(max(float(value), float(low)), float(high))
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,19 +17,19 @@ to the paper and says where it had to guess):
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from server.scheduling.base import (
     CurvePoint,
     DeviceInfo,
-    DeviceState,
     PolicyDecision,
     PolicyError,
+    ReportHorizon,
     SystemView,
     check_params,
+    clamp,
 )
 
 
@@ -38,13 +38,7 @@ class _Track:
     info: DeviceInfo
     threshold: float
     gain: float
-    reports: deque[tuple[float, int, int]] = field(default_factory=deque)
-    """(time, slo_met, slo_missed) of recent reports within the horizon."""
-
-    def satisfaction(self) -> tuple[int, int]:
-        met = sum(r[1] for r in self.reports)
-        missed = sum(r[2] for r in self.reports)
-        return met, missed
+    horizon: ReportHorizon
 
 
 def marginal_gain(curve: tuple[CurvePoint, ...], threshold: float, light_accuracy: float | None,
@@ -96,7 +90,8 @@ class MultiTASCPolicy:
         start = self.p["max_threshold"] if self.p["start"] == "max" else device.initial_threshold
         start = self._clamp(start)
         self._devices[device.device_id] = _Track(
-            device, start, marginal_gain(device.curve, start, device.light_accuracy))
+            device, start, marginal_gain(device.curve, start, device.light_accuracy),
+            ReportHorizon(self.p["horizon_s"]))
         return start
 
     def leave(self, device_id: str, now: float) -> None:
@@ -149,10 +144,10 @@ class MultiTASCPolicy:
     def _group_satisfaction(self) -> dict[str, float]:
         pooled: dict[str, list[int]] = {}
         for track in self._devices.values():
-            met, missed = track.satisfaction()
+            totals = track.horizon.totals()
             acc = pooled.setdefault(self._group(track), [0, 0])
-            acc[0] += met
-            acc[1] += missed
+            acc[0] += totals.slo_met
+            acc[1] += totals.slo_missed
         return {g: m / (m + x) for g, (m, x) in pooled.items() if m + x >= self.p["min_decided"]}
 
     def _observe(self, view: SystemView) -> None:
@@ -161,21 +156,13 @@ class MultiTASCPolicy:
             if track is None:
                 continue
             track.threshold = state.threshold
-            _remember(track, state, view.now, self.p["horizon_s"])
+            track.horizon.observe(state, view.now)
 
     def _clamp(self, value: float) -> float:
-        return min(max(float(value), float(self.p["min_threshold"])),
-                   float(self.p["max_threshold"]))
+        return clamp(value, self.p["min_threshold"], self.p["max_threshold"])
 
 
 def _severity(shortfall: float) -> float:
     """A full step when satisfaction is 25 points under target, a fifth of one just under it,
     so the controller does not overshoot near the target."""
     return min(max(shortfall / 0.25, 0.2), 1.0)
-
-
-def _remember(track: _Track, state: DeviceState, now: float, horizon_s: float) -> None:
-    if state.fresh and state.window is not None:
-        track.reports.append((now, state.window.slo_met, state.window.slo_missed))
-    while track.reports and track.reports[0][0] < now - horizon_s:
-        track.reports.popleft()

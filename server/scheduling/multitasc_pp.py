@@ -21,16 +21,17 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from server.scheduling.allocation import Demand, allocate
 from server.scheduling.base import (
     DeviceInfo,
-    DeviceState,
     PolicyDecision,
+    ReportHorizon,
     SystemView,
     check_params,
+    clamp,
 )
 from server.scheduling.multitasc import marginal_gain
 
@@ -39,15 +40,7 @@ from server.scheduling.multitasc import marginal_gain
 class _Device:
     info: DeviceInfo
     threshold: float
-    window: deque[tuple[float, int, int, int, int, float]] = field(default_factory=deque)
-    """(time, slo met, slo missed, generated, forwarded, window_s) of recent reports."""
-
-    def totals(self) -> tuple[int, int, int, int, float]:
-        met = missed = gen = fwd = 0
-        span = 0.0
-        for _, m, x, g, f, w in self.window:
-            met, missed, gen, fwd, span = met + m, missed + x, gen + g, fwd + f, span + w
-        return met, missed, gen, fwd, span
+    horizon: ReportHorizon
 
 
 class MultiTASCPlusPlusPolicy:
@@ -88,7 +81,8 @@ class MultiTASCPlusPlusPolicy:
 
     def join(self, device: DeviceInfo, now: float) -> float:
         start = self._clamp(device.initial_threshold)
-        self._devices[device.device_id] = _Device(device, start)
+        self._devices[device.device_id] = _Device(device, start,
+                                                  ReportHorizon(self.p["horizon_s"]))
         return start
 
     def leave(self, device_id: str, now: float) -> None:
@@ -112,11 +106,11 @@ class MultiTASCPlusPlusPolicy:
     def _adapt(self, view: SystemView) -> PolicyDecision:
         p = self.p
         heavy = view.heavy_model
-        stats = {dev: d.totals() for dev, d in self._devices.items()}
-        sat = {dev: m / (m + x) for dev, (m, x, _, _, _) in stats.items()
-               if m + x >= p["min_decided"]}
-        loads = {dev: (f / span if span > 0 else 0.0) for dev, (_, _, _, f, span)
-                 in stats.items()}
+        stats = {dev: d.horizon.totals() for dev, d in self._devices.items()}
+        sat = {dev: s.slo_met / (s.slo_met + s.slo_missed) for dev, s in stats.items()
+               if s.slo_met + s.slo_missed >= p["min_decided"]}
+        loads = {dev: (s.forwarded / s.window_s if s.window_s > 0 else 0.0)
+                 for dev, s in stats.items()}
         total = sum(loads.values())
         n = len(self._devices)
         server = view.server
@@ -160,9 +154,8 @@ class MultiTASCPlusPlusPolicy:
         if len(view.heavy_options) < 2 or view.now - self._last_check < p["switch_every_s"]:
             return None
         self._last_check = view.now
-        rates = {dev: (g / span if span > 0 else 0.0)
-                 for dev, (_, _, g, _, span) in ((d, t.totals())
-                                                 for d, t in self._devices.items())}
+        rates = {dev: (s.generated / s.window_s if s.window_s > 0 else 0.0)
+                 for dev, s in ((d, t.horizon.totals()) for d, t in self._devices.items())}
         if sum(rates.values()) <= 0:
             return None
         plans = {}
@@ -193,16 +186,8 @@ class MultiTASCPlusPlusPolicy:
             if d is None:
                 continue
             d.threshold = state.threshold
-            _remember(d, state, view.now, self.p["horizon_s"])
+            d.horizon.observe(state, view.now)
 
     def _clamp(self, value: float) -> float:
-        return min(max(float(value), float(self.p["min_threshold"])),
-                   float(self.p["max_threshold"]))
+        return clamp(value, self.p["min_threshold"], self.p["max_threshold"])
 
-
-def _remember(d: _Device, state: DeviceState, now: float, horizon_s: float) -> None:
-    w = state.window
-    if state.fresh and w is not None:
-        d.window.append((now, w.slo_met, w.slo_missed, w.generated, w.forwarded, w.window_s))
-    while d.window and d.window[0][0] < now - horizon_s:
-        d.window.popleft()

@@ -115,8 +115,10 @@ async def test_a_batch_that_fills_up_while_one_runs_is_handed_over_at_once() -> 
         submit(range(32))
         await until(lambda: model.sizes == [32])  # the first batch runs, held at the gate
         submit(range(32, 42))
-        await asyncio.sleep(0.05)
-        assert len(queue) == 10  # not a full batch: it waits for the running one
+        # Not a full batch: the submission does not wake the batcher, which waits for the
+        # running batch's end or a full queue.
+        assert batcher._waiter is not None and not batcher._waiter.done()
+        assert batcher._wake_at == 32 and len(queue) == 10
         submit(range(42, 64))
         await until(lambda: len(queue) == 0)  # full: cut and handed over while the first runs
         assert not answers

@@ -118,7 +118,10 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_records(tmp_path: Path) -> None:
         assert time.monotonic() < deadline, "run did not start"
         assert proc.poll() is None, log.read_text()
         time.sleep(0.2)
-    time.sleep(1.5)
+    while not any((out / "samples").glob("*.gen")) or \
+            sum(f.stat().st_size for f in (out / "samples").glob("*.gen")) < 64:
+        assert time.monotonic() < deadline, "no samples generated"
+        time.sleep(0.2)  # polling a condition: the devices are generating samples
     family = psutil.Process(proc.pid).children(recursive=True)
     assert len(family) >= 5  # forkserver, server, 4 devices
     os.killpg(proc.pid, signal.SIGINT)
@@ -131,5 +134,13 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_records(tmp_path: Path) -> None:
     s = json.loads((out / "summary.json").read_text())
     assert s["run"]["interrupted"] and s["samples"]["lost"] == 0
     assert s["samples"]["generated"] > 0
-    time.sleep(0.5)
-    assert [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
+    _, alive = psutil.wait_procs(family, timeout=10)
+    assert [p for p in alive if _running(p)] == []
+
+
+def _running(p: psutil.Process) -> bool:
+    """Alive and not a zombie (an orphan the container's init has not reaped yet)."""
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -8,19 +8,15 @@ inside a function, of every module of the four packages, in one process.
 The harness imports `server` and `emulated_devices` only lazily (inside a function) and only from
 its CLI and its child-process entry points, so the harness process stays light. Nothing imports
 by name at run time (`importlib.import_module`, `__import__`), which no reading of the source
-could follow.
+could follow. The reader is scripts/import_graph.py's, which also draws the picture.
 """
 
 from __future__ import annotations
 
-import ast
-from dataclasses import dataclass
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("common", "server", "emulated_devices", "testbed")
+from scripts.import_graph import PACKAGES, Import, by_name_imports, imports_of, sources
+
 ALLOWED: dict[str, set[str]] = {
     "common": {"common"},
     "server": {"common", "server"},
@@ -29,57 +25,6 @@ ALLOWED: dict[str, set[str]] = {
 }
 HARNESS_DOORS = {"testbed/cli.py", "testbed/launch.py"}
 """The only harness modules that may import the floor below them, and only lazily."""
-
-
-@dataclass(frozen=True)
-class Import:
-    path: str
-    line: int
-    target: str
-    """The dotted module imported, resolved when the import is relative."""
-    lazy: bool
-    """Inside a function, so it runs only when the function does."""
-
-    @property
-    def package(self) -> str:
-        return self.target.split(".")[0]
-
-
-def imports_of(source: str, path: str) -> list[Import]:
-    """Every import in one module's source, with relative imports resolved against `path`."""
-    module = path.removesuffix(".py").replace("/", ".").removesuffix(".__init__")
-    is_package = path.endswith("__init__.py")
-    found: list[Import] = []
-
-    def visit(node: ast.AST, lazy: bool) -> None:
-        for child in ast.iter_child_nodes(node):
-            inside = lazy or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
-            if isinstance(child, ast.Import):
-                found.extend(Import(path, child.lineno, a.name, lazy) for a in child.names)
-            elif isinstance(child, ast.ImportFrom):
-                if child.level:
-                    base = module.split(".")
-                    base = base[: len(base) - child.level + (1 if is_package else 0)]
-                    target = ".".join([*base, *([child.module] if child.module else [])])
-                else:
-                    target = child.module or ""
-                found.append(Import(path, child.lineno, target, lazy))
-            visit(child, inside)
-
-    visit(ast.parse(source, filename=path), False)
-    return found
-
-
-def by_name_imports(source: str) -> list[int]:
-    """Lines that name `import_module` or `__import__`: imports no reading of the code follows."""
-    return [n.lineno for n in ast.walk(ast.parse(source))
-            if isinstance(n, ast.Name | ast.Attribute)
-            and (n.id if isinstance(n, ast.Name) else n.attr) in {"import_module", "__import__"}]
-
-
-def sources() -> dict[str, str]:
-    return {p.relative_to(ROOT).as_posix(): p.read_text()
-            for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
 
 
 @pytest.fixture(scope="module")

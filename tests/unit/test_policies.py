@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from server.scheduling import POLICIES, make_policy
-from server.scheduling.base import CurvePoint, PolicyError, accuracy_optimal_threshold, check_params
+from server.scheduling.base import (
+    CurvePoint,
+    DeviceState,
+    PolicyError,
+    ReportHorizon,
+    WindowTotals,
+    accuracy_optimal_threshold,
+    check_params,
+)
 from server.scheduling.multitasc import MultiTASCPolicy, marginal_gain
 from server.scheduling.static import StaticPolicy
 from tests.helpers import device, linear_curve, server, view, window
@@ -166,3 +174,28 @@ class TestRegistry:
         assert check_params("p", {"a": 2}, {"a": 1.0}) == {"a": 2.0}
         with pytest.raises(PolicyError):
             check_params("p", {"a": True}, {"a": 1.0})
+
+
+class TestReportHorizon:
+    """The per-device memory both MultiTASC policies judge satisfaction and load by."""
+
+    def test_sums_fresh_reports_within_the_horizon_and_drops_older_ones(self) -> None:
+        horizon = ReportHorizon(horizon_s=1.0)
+        for now, (met, missed) in [(0.0, (8, 2)), (0.5, (6, 4)), (1.2, (5, 5))]:
+            horizon.observe(DeviceState(WEAK, 0.8, window(met, missed), fresh=True), now)
+        totals = horizon.totals()  # the report at 0.0 is older than 1.2 - 1.0
+        assert (totals.slo_met, totals.slo_missed) == (11, 9)
+        assert (totals.generated, totals.forwarded, totals.window_s) == (20, 10, 1.0)
+
+    def test_a_report_seen_before_is_not_counted_twice(self) -> None:
+        horizon = ReportHorizon(horizon_s=5.0)
+        horizon.observe(DeviceState(WEAK, 0.8, window(9, 1), fresh=True), 0.0)
+        horizon.observe(DeviceState(WEAK, 0.8, window(9, 1), fresh=False), 0.5)
+        horizon.observe(DeviceState(WEAK, 0.8, None, fresh=True), 0.6)
+        assert horizon.totals().slo_met == 9
+
+    def test_an_empty_horizon_sums_to_nothing(self) -> None:
+        horizon = ReportHorizon(horizon_s=1.0)
+        horizon.observe(DeviceState(WEAK, 0.8, window(3, 1), fresh=True), 0.0)
+        horizon.observe(DeviceState(WEAK, 0.8, None), 5.0)
+        assert horizon.totals() == WindowTotals()
