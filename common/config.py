@@ -6,9 +6,12 @@ writes scenario files. Units are in the field names (`_ms`, `_s`, `_hz`, `_mbps`
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
+
+from common.names import BadName, check_name
 
 ArrivalKind = Literal["constant", "poisson", "onoff", "trace"]
 FaultKind = Literal["kill_device", "kill_server", "cut_link", "packet_loss"]
@@ -29,6 +32,43 @@ def _check(cond: bool, what: str) -> None:
         raise ScenarioError(what)
 
 
+# Documented ranges (docs/security.md): wide enough for any experiment this testbed can run,
+# narrow enough that a typo cannot ask for a day of arrivals at a GHz.
+MAX_DURATION_S: Final = 86_400.0
+MAX_RATE_HZ: Final = 1_000.0
+"""Samples per second of one device; also what a device's report may claim at most."""
+MAX_DEVICES: Final = 10_000
+"""Hard bound of `devices.count`; the harness also checks what the host's memory can hold."""
+MAX_MS: Final = 600_000.0
+"""Latencies, delays, timeouts and SLOs: at most ten minutes."""
+MAX_FAULTS: Final = 1_000
+
+
+def _name(value: object, what: str, extra: str = "") -> None:
+    try:
+        check_name(value, what, extra)
+    except BadName as exc:
+        raise ScenarioError(str(exc)) from None
+
+
+def _in(value: float, low: float, high: float, what: str, *, open_low: bool = False) -> None:
+    """`value` is finite and in [low, high] (or (low, high] with `open_low`)."""
+    ok = math.isfinite(value) and (value > low if open_low else value >= low) and value <= high
+    _check(ok, f"{what} must be in {'(' if open_low else '['}{low:g}, {high:g}] "
+               f"(got {value!r})")
+
+
+def _finite(obj: object) -> None:
+    """Every float field of a config dataclass (and every float in its tuples) is finite: TOML
+    and the CLI both accept inf and nan, which no field means."""
+    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, f.name)
+        items = value if isinstance(value, tuple) else (value,)
+        flat = [x for item in items for x in (item if isinstance(item, tuple) else (item,))]
+        _check(all(math.isfinite(x) for x in flat if isinstance(x, float)),
+               f"{f.name} must be a finite number (got {value!r})")
+
+
 @dataclass(frozen=True, slots=True)
 class LinkSpec:
     """One direction of a device's emulated network link."""
@@ -46,10 +86,12 @@ class LinkSpec:
     """Retransmission timeout (Linux's minimum is 200 ms)."""
 
     def __post_init__(self) -> None:
-        _check(self.delay_ms >= 0 and self.jitter_ms >= 0, "link delays must be >= 0")
-        _check(self.bandwidth_mbps > 0, f"bandwidth_mbps must be > 0 (got {self.bandwidth_mbps})")
+        _finite(self)
+        _in(self.delay_ms, 0, MAX_MS, "link delay_ms")
+        _in(self.jitter_ms, 0, MAX_MS, "link jitter_ms")
+        _in(self.bandwidth_mbps, 0, 1e6, "bandwidth_mbps", open_low=True)
         _check(0 <= self.loss < 1, f"link loss must be in [0, 1) (got {self.loss})")
-        _check(self.rto_ms > 0, f"rto_ms must be > 0 (got {self.rto_ms})")
+        _in(self.rto_ms, 0, MAX_MS, "rto_ms", open_low=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,13 +121,17 @@ class TierSpec:
         return self.ensemble or (self.model,)
 
     def __post_init__(self) -> None:
+        _finite(self)
+        _name(self.model, "tier model")
+        for member in self.ensemble:
+            _name(member, "tier ensemble model")
         _check(self.rule in typing.get_args(ForwardingRuleName),
                f"tier rule must be one of {typing.get_args(ForwardingRuleName)} "
                f"(got {self.rule!r})")
         _check(self.rule != "agreement" or len(self.members) >= 2,
                "rule 'agreement' needs an ensemble of at least 2 models")
-        _check(self.compute_ms > 0, f"compute_ms must be > 0 (got {self.compute_ms})")
-        _check(self.compute_jitter >= 0, "compute_jitter must be >= 0")
+        _in(self.compute_ms, 0, MAX_MS, "compute_ms", open_low=True)
+        _in(self.compute_jitter, 0, 10, "compute_jitter")
         _check(self.threshold is None or 0 <= self.threshold <= 1,
                f"threshold must be in [0, 1] (got {self.threshold})")
 
@@ -144,13 +190,15 @@ class DevicesConfig:
     """How long a crashed device stays down before the harness restarts it."""
 
     def __post_init__(self) -> None:
-        _check(self.count >= 0, f"devices.count must be >= 0 (got {self.count})")
-        _check(self.restart_delay_s >= 0, "devices.restart_delay_s must be >= 0")
-        _check(self.rate_hz > 0, f"devices.rate_hz must be > 0 (got {self.rate_hz})")
+        _finite(self)
+        _check(0 <= self.count <= MAX_DEVICES,
+               f"devices.count must be in [0, {MAX_DEVICES}] (got {self.count})")
+        _in(self.restart_delay_s, 0, MAX_DURATION_S, "devices.restart_delay_s")
+        _in(self.rate_hz, 0, MAX_RATE_HZ, "devices.rate_hz", open_low=True)
         _check(self.arrival in typing.get_args(ArrivalKind),
                f"devices.arrival must be one of {typing.get_args(ArrivalKind)}")
-        _check(self.burst_on_s > 0 and self.burst_off_s >= 0,
-               "devices.burst_on_s must be > 0 and burst_off_s >= 0")
+        _in(self.burst_on_s, 0, MAX_DURATION_S, "devices.burst_on_s", open_low=True)
+        _in(self.burst_off_s, 0, MAX_DURATION_S, "devices.burst_off_s")
         _check(self.arrival != "trace" or bool(self.trace_points),
                "devices.arrival = 'trace' needs devices.trace (a CSV of t_s,rate_hz) or "
                "devices.trace_points")
@@ -158,14 +206,19 @@ class DevicesConfig:
         _check(times == sorted(times) and (not times or times[0] <= 0)
                and all(r >= 0 for _, r in self.trace_points),
                "trace: t_s must start at 0 and increase, rates must be >= 0")
-        _check(self.trace_scale > 0, "devices.trace_scale must be > 0")
+        _in(self.trace_scale, 0, MAX_RATE_HZ, "devices.trace_scale", open_low=True)
+        _check(all(t <= MAX_DURATION_S and r * self.trace_scale <= MAX_RATE_HZ
+                   for t, r in self.trace_points),
+               f"trace: times must be <= {MAX_DURATION_S:g} s and scaled rates <= "
+               f"{MAX_RATE_HZ:g} Hz")
+        _check(len(self.trace_points) <= 100_000, "trace: at most 100000 points")
         times = [p.at_s for p in self.phases]
         _check(all(t >= 0 for t in times) and times == sorted(set(times)),
                "devices.phases must have distinct at_s >= 0 in increasing order")
         _check(all(0 <= p.count <= self.count for p in self.phases),
                f"devices.phases counts must be in [0, devices.count = {self.count}]")
-        _check(self.reply_timeout_ms > 0, "devices.reply_timeout_ms must be > 0")
-        _check(self.report_interval_s > 0, "devices.report_interval_s must be > 0")
+        _in(self.reply_timeout_ms, 0, MAX_MS, "devices.reply_timeout_ms", open_low=True)
+        _in(self.report_interval_s, 0, 60, "devices.report_interval_s", open_low=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,24 +273,31 @@ class ServerConfig:
     slow_client_backlog: int = 1024
 
     def __post_init__(self) -> None:
+        _finite(self)
         _check(0 <= self.port < 65536, f"server.port out of range (got {self.port})")
-        _check(self.max_batch_size >= 1, "server.max_batch_size must be >= 1")
-        _check(self.max_queue_delay_us >= 0, "server.max_queue_delay_us must be >= 0")
+        for i, model in enumerate((*((self.heavy_model,) if self.heavy_model else ()),
+                                   *self.heavy_models, *self.ensemble, *self.profiles)):
+            _name(model, f"server model [{i}]")
+        _check(1 <= self.max_batch_size <= 4096, "server.max_batch_size must be in [1, 4096]")
+        _check(0 <= self.max_queue_delay_us <= 10_000_000,
+               "server.max_queue_delay_us must be in [0, 10000000]")
+        _check(self.max_queue_size <= 1_000_000, "server.max_queue_size must be <= 1000000")
         _check(self.max_queue_size >= self.max_batch_size,
                f"server.max_queue_size ({self.max_queue_size}) must be >= max_batch_size "
                f"({self.max_batch_size})")
-        _check(self.batch_base_ms >= 0 and self.batch_per_sample_ms >= 0,
-               "server batch profile must be >= 0")
-        _check(self.intra_op_threads >= 1, "server.intra_op_threads must be >= 1")
+        _in(self.batch_base_ms, 0, MAX_MS, "server.batch_base_ms")
+        _in(self.batch_per_sample_ms, 0, MAX_MS, "server.batch_per_sample_ms")
+        _check(1 <= self.intra_op_threads <= 256, "server.intra_op_threads must be in [1, 256]")
         _check(not self.ensemble or len(self.ensemble) >= 2,
                "server.ensemble needs at least 2 models")
         _check(0 < self.ensemble_theta <= 1, "server.ensemble_theta must be in (0, 1]")
         _check(0 <= self.exit_threshold <= 1, "server.exit_threshold must be in [0, 1]")
         _check(not (self.ensemble and self.heavy_models),
                "server.ensemble and server.heavy_models (model switching) do not combine")
-        _check(self.control_interval_s > 0, "server.control_interval_s must be > 0")
-        _check(self.slow_client_stall_s > 0 and self.slow_client_backlog >= 1,
-               "server slow-client limits must be > 0")
+        _in(self.control_interval_s, 0, 60, "server.control_interval_s", open_low=True)
+        _in(self.slow_client_stall_s, 0, 3600, "server.slow_client_stall_s", open_low=True)
+        _check(1 <= self.slow_client_backlog <= 1_000_000,
+               "server.slow_client_backlog must be in [1, 1000000]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,11 +326,21 @@ class FaultSpec:
     every_s: float | None = None
 
     def __post_init__(self) -> None:
-        _check(self.at_s >= 0, f"fault at_s must be >= 0 (got {self.at_s})")
-        _check(self.restart_after_s is None or self.restart_after_s >= 0,
-               "fault restart_after_s must be >= 0")
-        _check(self.count >= 1, f"fault count must be >= 1 (got {self.count})")
-        _check(self.every_s is None or self.every_s > 0, "fault every_s must be > 0")
+        _finite(self)
+        _check(self.kind in typing.get_args(FaultKind),
+               f"fault kind must be one of {typing.get_args(FaultKind)} (got {self.kind!r})")
+        _in(self.at_s, 0, MAX_DURATION_S, "fault at_s")
+        _in(self.duration_s, 0, MAX_DURATION_S, "fault duration_s")
+        if self.restart_after_s is not None:
+            _in(self.restart_after_s, 0, MAX_DURATION_S, "fault restart_after_s")
+        _check(1 <= self.count <= MAX_DEVICES, f"fault count must be in [1, {MAX_DEVICES}] "
+                                               f"(got {self.count})")
+        if self.every_s is not None:
+            _in(self.every_s, 0, MAX_DURATION_S, "fault every_s", open_low=True)
+        for device in self.devices:
+            _name(device, "fault device")
+        if self.tier is not None:
+            _name(self.tier, "fault tier")
         if self.kind in ("cut_link", "packet_loss"):
             _check(self.duration_s > 0, f"{self.kind} needs duration_s > 0")
         if self.kind == "packet_loss":
@@ -311,9 +381,19 @@ class IdnNode:
     here, piecewise constant; empty: their rate is constant."""
 
     def __post_init__(self) -> None:
-        _check(self.memory_kb >= 0 and self.speed > 0 and self.link_ms >= 0,
-               f"idn node {self.name}: memory_kb >= 0, speed > 0, link_ms >= 0")
-        _check(self.devices >= 0, f"idn node {self.name}: devices share must be >= 0")
+        _name(self.name, "idn node name")
+        _name(self.tier, f"idn node {self.name}: tier")
+        if self.parent is not None:
+            _name(self.parent, f"idn node {self.name}: parent")
+        _finite(self)
+        _check(0 <= self.memory_kb <= 1e9 and 0 < self.speed <= 1000
+               and 0 <= self.link_ms <= MAX_MS,
+               f"idn node {self.name}: memory_kb in [0, 1e9], speed in (0, 1000], link_ms in "
+               f"[0, {MAX_MS:g}]")
+        _check(0 <= self.devices <= 1e6, f"idn node {self.name}: devices share must be >= 0")
+        _check(all(0 <= t <= MAX_DURATION_S and 0 <= m <= 1000 for t, m in self.trace),
+               f"idn node {self.name}: trace times in [0, {MAX_DURATION_S:g}] s and "
+               "multipliers in [0, 1000]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,8 +414,12 @@ class IdnConfig:
     """A model a node loads serves only after this long (emulated loading time)."""
 
     def __post_init__(self) -> None:
+        _finite(self)
+        for model in self.catalog:
+            _name(model, "idn catalog model")
         if not self.nodes:
             return
+        _check(len(self.nodes) <= 64, "an idn has at most 64 nodes")
         names = [n.name for n in self.nodes]
         _check(len(set(names)) == len(names), "idn node names must be unique")
         roots = [n for n in self.nodes if n.parent is None]
@@ -344,8 +428,9 @@ class IdnConfig:
             _check(n.parent is None or n.parent in names,
                    f"idn node {n.name}: parent {n.parent!r} is not a node")
         _check(sum(n.devices for n in self.nodes) > 0, "idn: no node has devices attached")
-        _check(self.alpha_ms >= 0 and self.slot_s > 0 and self.eta > 0 and self.load_s >= 0,
-               "idn: alpha_ms >= 0, slot_s > 0, eta > 0, load_s >= 0")
+        _check(0 <= self.alpha_ms <= 1e9 and 0 < self.slot_s <= MAX_DURATION_S
+               and 0 < self.eta <= 1e3 and 0 <= self.load_s <= MAX_DURATION_S,
+               "idn: alpha_ms in [0, 1e9], slot_s > 0, eta in (0, 1000], load_s >= 0")
         for n in self.nodes:  # no cycles: every path reaches the root
             seen, cur = set(), n
             while cur.parent is not None:
@@ -373,6 +458,9 @@ class PolicyConfig:
     params: dict[str, Any] = field(default_factory=dict)
     """Policy-specific knobs, checked by the policy's own config class."""
 
+    def __post_init__(self) -> None:
+        _name(self.name, "policy name", extra="+")
+
 
 @dataclass(frozen=True, slots=True)
 class ScenarioConfig:
@@ -393,11 +481,18 @@ class ScenarioConfig:
     """Axes of `testbed sweep` (see testbed.sweep); a single run ignores them."""
 
     def __post_init__(self) -> None:
-        _check(self.duration_s > 0, f"duration_s must be > 0 (got {self.duration_s})")
+        _name(self.name, "scenario name")
+        _finite(self)
+        _in(self.duration_s, 0, MAX_DURATION_S, "duration_s", open_low=True)
         _check(not (self.idn.nodes and self.faults),
                "faults are not supported in an idn run (they target the one server)")
-        _check(self.slo_ms > 0, f"slo_ms must be > 0 (got {self.slo_ms})")
+        _in(self.slo_ms, 0, MAX_MS, "slo_ms", open_low=True)
+        _check(0 <= self.seed < 2**63, f"seed must be in [0, 2**63) (got {self.seed})")
         _check(bool(self.tiers), "at least one tier is needed")
+        _check(len(self.tiers) <= 64, "at most 64 tiers")
+        for tier in self.tiers:
+            _name(tier, "tier name")
+        _check(len(self.faults) <= MAX_FAULTS, f"at most {MAX_FAULTS} faults")
         parse_mix(self.devices.mix, tuple(self.tiers))
         for i, fault in enumerate(self.faults):
             _check(fault.tier is None or fault.tier in self.tiers,

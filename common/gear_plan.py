@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.files import MIB, read_text
+
 PLAN_VERSION = 1
 
 
@@ -71,8 +73,8 @@ class GearPlan:
 
 def read_plan(path: str | Path) -> GearPlan:
     try:
-        return GearPlan.from_dict(json.loads(Path(path).read_text()))
-    except (OSError, json.JSONDecodeError, TypeError, KeyError) as exc:
+        return GearPlan.from_dict(json.loads(read_text(path, 16 * MIB, "gear plan")))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ValueError(f"cannot read gear plan {path}: {exc}") from None
 
 

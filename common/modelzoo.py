@@ -15,7 +15,14 @@ from typing import Any
 
 import numpy as np
 
+from common.files import MIB, InputFileError, check_regular, read_text
+from common.names import is_name, shown
+
 EMBEDDED_ZOO = Path(__file__).resolve().parent / "zoo"
+MAX_INDEX_BYTES = 4 * MIB
+"""zoo.json and each model card."""
+MAX_MODEL_BYTES = 4 * 1024 * MIB
+"""A model file or the dataset."""
 
 
 class ZooError(LookupError):
@@ -44,24 +51,49 @@ class Zoo:
     def heavy(self) -> str:
         return str(self.index["heavy"])
 
+    @property
+    def models(self) -> frozenset[str]:
+        """The models the zoo's index lists: the only names `card` looks up."""
+        listed = self.index.get("models")
+        if isinstance(listed, list):
+            named = [*listed, self.index.get("heavy"), self.index.get("early_exit"),
+                     *self.index.get("heavy_variants", ()),
+                     *dict(self.index.get("tiers", {})).values(),
+                     *(m for ms in dict(self.index.get("ensembles", {})).values() for m in ms)]
+            return frozenset(m for m in named if is_name(m))
+        # An index without a list: the cards beside it (found by listing, never by joining).
+        return frozenset(p.stem for p in self.root.glob("*.json")
+                         if p.name != "zoo.json" and is_name(p.stem))
+
     def card(self, model: str) -> dict[str, Any]:
-        path = self.root / f"{model}.json"
-        if not path.is_file():
-            raise ZooError(f"model {model!r} has no card in {self.root}")
-        card: dict[str, Any] = json.loads(path.read_text())
+        if model not in self.models:
+            raise ZooError(f"model {shown(model)} is not in the zoo {self.root}")
+        try:
+            card = json.loads(read_text(self.root / f"{model}.json", MAX_INDEX_BYTES,
+                                        "model card"))
+        except (InputFileError, json.JSONDecodeError) as exc:
+            raise ZooError(f"model {model}: {exc}") from None
+        if not isinstance(card, dict):
+            raise ZooError(f"model {model}: its card is not a JSON object")
         return card
 
     def model_path(self, model: str) -> Path:
         card = self.card(model)
         if "file" not in card:
             raise ZooError(f"model {model!r} is not a single file (its card lists {sorted(card)})")
-        path: Path = self.root / card["file"]
-        if not path.is_file():
-            raise ZooError(f"model file {path} is missing")
-        return path
+        return self.file(card["file"], f"model {model}")
+
+    def file(self, name: object, what: str) -> Path:
+        """A file the index or a card names: a regular file directly in the zoo's folder."""
+        if not is_name(name):
+            raise ZooError(f"{what}: file {shown(name)} must be a plain file name in the zoo")
+        try:
+            return check_regular(self.root / str(name), MAX_MODEL_BYTES, what)
+        except InputFileError as exc:
+            raise ZooError(str(exc)) from None
 
     def dataset(self, split: str = "test") -> Dataset:
-        return _load_dataset(self.root / self.index["dataset"]["file"], split)
+        return _load_dataset(self.file(self.index["dataset"]["file"], "dataset"), split)
 
 
 @cache
@@ -82,7 +114,13 @@ def open_zoo(root: str | Path | None = None) -> Zoo:
     index_path = base / "zoo.json"
     if not index_path.is_file():
         raise ZooError(f"{base} is not a model zoo (no zoo.json)")
-    return Zoo(root=base, index=json.loads(index_path.read_text()))
+    try:
+        index = json.loads(read_text(index_path, MAX_INDEX_BYTES, "zoo index"))
+    except (InputFileError, json.JSONDecodeError) as exc:
+        raise ZooError(f"{base}: {exc}") from None
+    if not isinstance(index, dict):
+        raise ZooError(f"{index_path} is not a JSON object")
+    return Zoo(root=base, index=index)
 
 
 def open_session(path: Path, intra_op_threads: int = 1, inter_op_threads: int = 1) -> Any:

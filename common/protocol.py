@@ -14,6 +14,8 @@ from typing import Any, Final
 
 import msgpack
 
+from common.names import BadName, check_name, shown
+
 PROTOCOL_VERSION: Final = 1
 MAX_MESSAGE_BYTES: Final = 1 << 20
 """Largest frame a peer may send; the server refuses bigger ones before decoding."""
@@ -188,7 +190,7 @@ _REQUIRED: Final[dict[type, frozenset[str]]] = {
     Threshold: frozenset({"value", "epoch"}),
     Error: frozenset({"code", "reason"}),
 }
-MAX_ID_LEN: Final = 128
+MAX_TOKEN_LEN: Final = 512
 MAX_DIMS: Final = 8
 
 
@@ -216,18 +218,19 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
     try:
         body = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=MAX_MESSAGE_BYTES)
     except Exception as exc:  # msgpack raises many unrelated types on garbage
-        raise ProtocolError(ErrorCode.MALFORMED, f"not valid msgpack: {exc}") from None
+        raise ProtocolError(ErrorCode.MALFORMED, f"not valid msgpack: {str(exc)[:80]}") from None
     if not isinstance(body, dict):
         raise ProtocolError(ErrorCode.MALFORMED, "message must be a msgpack map")
     kind = body.pop("type", None)
     cls = _TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r}")
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {shown(kind)}")
     schema = _SCHEMA[cls]
     keys = body.keys()
     if not keys <= schema.keys():  # set differences only on the error path: this one is hot
         raise ProtocolError(ErrorCode.MALFORMED,
-                            f"{kind}: unknown fields {sorted(keys - schema.keys())}")
+                            f"{kind}: unknown fields "
+                            f"{shown(sorted(map(str, keys - schema.keys())))}")
     if not keys >= _REQUIRED[cls]:
         raise ProtocolError(ErrorCode.MALFORMED,
                             f"{kind}: missing fields {sorted(_REQUIRED[cls] - keys)}")
@@ -249,13 +252,16 @@ def _check_shape(shape: list[Any]) -> tuple[int, ...]:
         isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_MESSAGE_BYTES
         for d in shape
     ):
-        raise ProtocolError(ErrorCode.BAD_TENSOR, f"invalid shape {shape!r}")
+        raise ProtocolError(ErrorCode.BAD_TENSOR, f"invalid shape {shown(shape)}")
     return tuple(shape)
 
 
 def _check_hello(body: dict[str, Any]) -> None:
+    """Ids, tier and model become metric labels, log fields and (on devices) file names."""
     for name in ("device_id", "tier", "model"):
-        value = body[name]
-        if not value or len(value) > MAX_ID_LEN or not value.isprintable():
-            raise ProtocolError(ErrorCode.MALFORMED, f"hello.{name} must be 1-{MAX_ID_LEN} "
-                                "printable characters")
+        try:
+            check_name(body[name], f"hello.{name}")
+        except BadName as exc:
+            raise ProtocolError(ErrorCode.MALFORMED, str(exc)) from None
+    if len(body.get("token", "")) > MAX_TOKEN_LEN:
+        raise ProtocolError(ErrorCode.MALFORMED, f"hello.token longer than {MAX_TOKEN_LEN}")

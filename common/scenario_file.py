@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
+import math
 import tomllib
 import types
 import typing
@@ -13,6 +15,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from common.config import ScenarioConfig, ScenarioError, TierSpec, default_tiers
+from common.files import MIB, InputFileError, read_text
+
+MAX_SCENARIO_BYTES = 1 * MIB
+MAX_TRACE_BYTES = 16 * MIB
 
 
 def _check(cond: bool, what: str) -> None:
@@ -21,16 +27,19 @@ def _check(cond: bool, what: str) -> None:
 
 
 def load_trace(path: str | Path) -> tuple[tuple[float, float], ...]:
-    """(t_s, rate_hz) points of a trace CSV with the header `t_s,rate_hz`."""
+    """(t_s, rate_hz) points of a trace CSV with the header `t_s,rate_hz`: a regular file of at
+    most `MAX_TRACE_BYTES`."""
     try:
-        with Path(path).open(newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as exc:
-        raise ScenarioError(f"trace {path}: {exc}") from None
+        rows = list(csv.DictReader(io.StringIO(read_text(path, MAX_TRACE_BYTES, "trace"),
+                                               newline="")))
+    except (InputFileError, csv.Error) as exc:
+        raise ScenarioError(str(exc)) from None
     try:
         points = tuple((float(r["t_s"]), float(r["rate_hz"])) for r in rows)
     except (KeyError, TypeError, ValueError):
         raise ScenarioError(f"trace {path}: needs columns t_s,rate_hz with numbers") from None
+    _check(all(math.isfinite(t) and math.isfinite(r) for t, r in points),
+           f"trace {path}: t_s and rate_hz must be finite numbers")
     _check(bool(points), f"trace {path} has no rows")
     times = [t for t, _ in points]
     _check(times == sorted(times) and times[0] <= 0 and all(r >= 0 for _, r in points),
@@ -43,8 +52,10 @@ def load_scenario(path: str | Path) -> ScenarioConfig:
     the file."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        data = tomllib.loads(read_text(path, MAX_SCENARIO_BYTES, "scenario"))
+    except InputFileError as exc:
+        raise ScenarioError(str(exc)) from None
+    except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: {exc}") from None
     devices = data.get("devices")
     if isinstance(devices, dict) and isinstance(devices.get("trace"), str):

@@ -44,9 +44,12 @@ class ServerConnection:
         """Connect and say hello; return the server's welcome."""
         if self._session is None:
             self._session = aiohttp.ClientSession()
+        # The token goes in the upgrade request too: the server authenticates it before it
+        # reads a frame, and only then accepts frames larger than a hello.
+        headers = {"Authorization": f"Bearer {self._hello.token}"} if self._hello.token else {}
         ws = await self._session.ws_connect(self._url, max_msg_size=wire.MAX_MESSAGE_BYTES,
                                             timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
-                                            heartbeat=None, autoping=True)
+                                            heartbeat=None, autoping=True, headers=headers)
         try:
             await ws.send_bytes(wire.encode(self._hello))
             msg = await ws.receive(timeout=HANDSHAKE_TIMEOUT_S)

@@ -24,6 +24,7 @@ import numpy as np
 
 from common import protocol as wire
 from common.config import DeviceSpec
+from common.files import run_path
 from common.modelzoo import open_zoo
 from common.records import GeneratedJournal, RecordWriter, SampleRecord, Source, file_stem
 from emulated_devices.arrivals import arrival_times
@@ -112,9 +113,12 @@ class Device:
         self._conn = ServerConnection(server_url, wire.Hello(
             device_id=spec.device_id, tier=spec.tier, model=spec.spec.model, token=token))
         stem = file_stem(spec.device_id, spec.incarnation)
-        self._writer = RecordWriter(out_dir / "samples" / f"{stem}.csv") if out_dir else None
-        self._journal = GeneratedJournal(out_dir / "samples" / f"{stem}.gen") if out_dir else None
-        self._outcome_path = out_dir / "devices" / f"{stem}.json" if out_dir else None
+        self._writer = RecordWriter(run_path(out_dir, "samples", stem, suffix=".csv")) \
+            if out_dir else None
+        self._journal = GeneratedJournal(run_path(out_dir, "samples", stem, suffix=".gen")) \
+            if out_dir else None
+        self._outcome_path = run_path(out_dir, "devices", stem, suffix=".json") \
+            if out_dir else None
         self.threshold = spec.spec.threshold if spec.spec.threshold is not None else 1.0
         self.epoch = -1
         self._pending: dict[int, Pending] = {}

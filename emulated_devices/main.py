@@ -16,7 +16,9 @@ from typing import Any
 
 from common.child_process import die_with_parent, leave_interrupts_to_parent
 from common.config import ScenarioConfig, device_specs
+from common.files import resolve_token
 from common.logsetup import configure_logging
+from common.names import check_name
 from common.scenario_file import load_scenario
 from emulated_devices.device import Device, RegistrationFailed
 from emulated_devices.loop_probe import precise_loop
@@ -97,23 +99,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--index", type=int, default=0, help="seeds this device's streams")
     parser.add_argument("--duration", type=float, default=None)
     parser.add_argument("--rate-hz", type=float, default=None)
-    parser.add_argument("--token", default="")
+    parser.add_argument("--token", default=None,
+                        help="the server's token (visible in ps: prefer TESTBED_TOKEN or "
+                             "--token-file)")
+    parser.add_argument("--token-file", type=Path, default=None,
+                        help="read the token from this file")
     parser.add_argument("--out", type=Path, default=None, help="write records here")
     args = parser.parse_args(argv)
-    cfg = load_scenario(args.scenario) if args.scenario else ScenarioConfig()
-    if args.tier not in cfg.tiers:
-        parser.error(f"unknown tier {args.tier!r}; known: {sorted(cfg.tiers)}")
-    devices = dataclasses.replace(cfg.devices, count=1, mix=":".join(
-        "1" if t == args.tier else "0" for t in cfg.tiers),
-        rate_hz=args.rate_hz or cfg.devices.rate_hz)
-    cfg = dataclasses.replace(cfg, devices=devices, duration_s=args.duration or cfg.duration_s)
-    spec = dataclasses.replace(device_specs(cfg)[0], index=args.index,
-                               device_id=args.device_id or f"{args.tier}-manual-{args.index}")
+    try:
+        token = resolve_token(args.token, args.token_file)
+        check_name(args.tier, "--tier")
+        device_id = check_name(args.device_id or f"{args.tier}-manual-{args.index}",
+                               "--device-id")
+        cfg = load_scenario(args.scenario) if args.scenario else ScenarioConfig()
+        if args.tier not in cfg.tiers:
+            parser.error(f"unknown tier {args.tier!r}; known: {sorted(cfg.tiers)}")
+        devices = dataclasses.replace(cfg.devices, count=1, mix=":".join(
+            "1" if t == args.tier else "0" for t in cfg.tiers),
+            rate_hz=args.rate_hz or cfg.devices.rate_hz)
+        cfg = dataclasses.replace(cfg, devices=devices,
+                                  duration_s=args.duration or cfg.duration_s)
+    except (ValueError, OSError) as exc:  # bad names, scenario, numbers or token file
+        parser.error(str(exc))
+    spec = dataclasses.replace(device_specs(cfg)[0], index=args.index, device_id=device_id)
     configure_logging("INFO", f"device {spec.device_id}")
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
-        device = Device(spec, args.server, token=args.token, out_dir=args.out)
+        device = Device(spec, args.server, token=token, out_dir=args.out)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, device.stop)
         await device.wait_registered(REGISTER_TIMEOUT_S)

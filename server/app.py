@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from common import protocol as wire
 from common.batch_profiles import BatchProfile, heavy_model_names, profile_for
@@ -21,21 +22,23 @@ from server.control import Controller
 from server.early_exit.batcher import EarlyExitBatcher
 from server.early_exit.model import StagedModel
 from server.early_exit.stages import StageScheduler
+from server.guard import ConnectionGuard, host_limits
 from server.heavy_model import AgreementTier, HeavyModel, ServedModel
 from server.idn.node import IdnNodeRuntime
 from server.request_queue import RequestQueue
-from server.runtime import RUNTIME, SETTINGS, Runtime, ServerSettings
+from server.runtime import GUARD, RUNTIME, SETTINGS, Runtime, ServerSettings
 from server.scheduling import make_policy
 from server.stats import ServerStats
 
 log = logging.getLogger(__name__)
 
 
-def make_app(settings: ServerSettings) -> web.Application:
+def make_app(settings: ServerSettings, guard: ConnectionGuard | None = None) -> web.Application:
     # Validate the policy before anything starts, so a bad scenario fails fast and clearly.
     make_policy(settings.policy.name, settings.policy.params)
-    app = web.Application(client_max_size=wire.MAX_MESSAGE_BYTES)
+    app = web.Application(client_max_size=wire.MAX_MESSAGE_BYTES, middlewares=[_started])
     app[SETTINGS] = settings
+    app[GUARD] = guard or ConnectionGuard(host_limits())
     app.cleanup_ctx.append(_runtime)
     app.on_shutdown.append(ingress.close_sockets)
     app.router.add_get("/v1/devices/{device_id}", ingress.device_socket)
@@ -44,6 +47,15 @@ def make_app(settings: ServerSettings) -> web.Application:
     app.router.add_get("/v1/status", ingress.status)
     app.router.add_get("/metrics", ingress.metrics)
     return app
+
+
+@web.middleware
+async def _started(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A request whose headers have arrived is no longer a pending connection; a device socket
+    stays pending until its hello (ingress marks it)."""
+    if not request.path.startswith("/v1/devices/"):
+        request.app[GUARD].started(request.transport)
+    return await handler(request)
 
 
 async def _runtime(app: web.Application) -> AsyncIterator[None]:

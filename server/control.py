@@ -11,13 +11,14 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from common import protocol as wire
 from common.events import EventLog
+from server.report_check import ReportTotals, check_report
 from server.scheduling.base import (
     DeviceInfo,
     DeviceState,
@@ -50,6 +51,8 @@ class DeviceSession:
     report_at: float = 0.0
     reports: int = 0
     fresh: bool = False
+    totals: ReportTotals = field(default_factory=ReportTotals)
+    refused_reports: int = 0
 
 
 class Controller:
@@ -85,15 +88,24 @@ class Controller:
         if self.sessions.pop(device_id, None) is not None:
             self.policy.leave(device_id, now)
             self.stats.devices.set(len(self.sessions))
+            self.stats.on_device_left(device_id)
             self.events.emit("leave", device=device_id)
 
-    def on_report(self, device_id: str, report: wire.Report, now: float) -> None:
+    def on_report(self, device_id: str, report: wire.Report, now: float) -> str | None:
+        """Keep a device's report for the next step; a physically impossible one is refused
+        (the reason is returned, and the policy never sees it)."""
         session = self.sessions.get(device_id)
-        if session is not None:
-            session.report = report
-            session.report_at = now
-            session.reports += 1
-            session.fresh = True
+        if session is None:
+            return None
+        problem = check_report(report, session.totals)
+        if problem is not None:
+            session.refused_reports += 1
+            return problem
+        session.report = report
+        session.report_at = now
+        session.reports += 1
+        session.fresh = True
+        return None
 
     def step(self, now: float, server: ServerWindow, heavy_model: str = "",
              heavy_options: Mapping[str, HeavyOption] | None = None) -> PolicyDecision:
@@ -137,7 +149,7 @@ class Controller:
         return {
             "devices": {dev: {"tier": s.info.tier, "model": s.info.model,
                               "threshold": round(s.threshold, 4), "epoch": s.epoch,
-                              "reports": s.reports}
+                              "reports": s.reports, "refused_reports": s.refused_reports}
                         for dev, s in sorted(self.sessions.items())},
             "policy": self.policy.name,
             "steps": self.steps,

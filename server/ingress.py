@@ -16,15 +16,23 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from common import protocol as wire
+from common.names import RULE, is_name
 from server.admission import AdmissionRefused
 from server.control import DuplicateDevice
 from server.request_queue import Request
-from server.runtime import RUNTIME, Runtime
+from server.runtime import GUARD, RUNTIME, Runtime
 from server.tensors import sample_from_infer
 
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 10.0
+PREAUTH_FRAME_BYTES = 4 * 1024
+"""Largest frame of a device socket whose upgrade request did not carry the token: enough for
+a hello (and the embedded zoo's samples), so an unauthenticated peer costs a few KiB at most."""
+HTTP_BODY_TIMEOUT_S = 10.0
+"""A `POST /v1/infer` body must arrive within this long (a trickled body holds a socket)."""
+MAX_REASON_CHARS = 200
+"""Error replies carry at most this much text: never an echo of a large input."""
 DEFAULT_DEADLINE_MS = 10_000.0
 """Budget of a request that names none, so nothing waits in the queue forever."""
 MSGPACK = "application/msgpack"
@@ -93,9 +101,17 @@ class Outbox:
 async def device_socket(request: web.Request) -> web.StreamResponse:
     rt = request.app[RUNTIME]
     path_id = request.match_info["device_id"]
-    # Frames up to 4x the limit are read and refused with an `error` (TOO_LARGE) by `decode`;
-    # beyond that aiohttp closes the socket with 1009 (message too big) without buffering it.
-    ws = web.WebSocketResponse(max_msg_size=4 * wire.MAX_MESSAGE_BYTES, autoping=True)
+    if not is_name(path_id):
+        rt.stats.on_protocol_error("malformed")
+        return _http_error(wire.ErrorCode.MALFORMED, f"the device id in the URL must be a name "
+                                                     f"({RULE})")
+    # With the token in the upgrade request, frames up to 4x the limit are read and refused
+    # with an `error` (TOO_LARGE) by `decode`; beyond that aiohttp closes the socket with 1009
+    # (message too big) without buffering it. Without it, a frame may hold a hello at most
+    # until the hello has authenticated the device (and the session keeps that limit).
+    token_ok = _authorized(request, rt.settings.token)
+    ws = web.WebSocketResponse(max_msg_size=4 * wire.MAX_MESSAGE_BYTES if token_ok
+                               else PREAUTH_FRAME_BYTES, autoping=True)
     await ws.prepare(request)
     rt.sockets.add(ws)
     cfg = rt.settings.server
@@ -111,9 +127,10 @@ async def device_socket(request: web.Request) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
     device_id: str | None = None
     try:
-        hello = await _handshake(rt, ws, path_id)
+        hello = await _handshake(rt, ws, path_id, token_ok)
         if hello is None:
             return ws
+        request.app[GUARD].started(request.transport)
         info = rt.device_info(hello)
         try:
             welcome = rt.controller.join(info, outbox.send, loop.time())
@@ -147,7 +164,8 @@ async def close_sockets(app: web.Application) -> None:
                            for ws in list(rt.sockets)), return_exceptions=True)
 
 
-async def _handshake(rt: Runtime, ws: web.WebSocketResponse, path_id: str) -> wire.Hello | None:
+async def _handshake(rt: Runtime, ws: web.WebSocketResponse, path_id: str,
+                     token_ok: bool) -> wire.Hello | None:
     try:
         frame = await ws.receive(timeout=HELLO_TIMEOUT_S)
     except TimeoutError:
@@ -179,7 +197,8 @@ async def _handshake(rt: Runtime, ws: web.WebSocketResponse, path_id: str) -> wi
                       f"hello.device_id {msg.device_id!r} does not match the URL {path_id!r}")
         return None
     expected = rt.settings.token
-    if expected and not hmac.compare_digest(msg.token.encode(), expected.encode()):
+    if expected and not token_ok and not hmac.compare_digest(msg.token.encode(),
+                                                             expected.encode()):
         await _refuse(rt, ws, wire.ErrorCode.UNAUTHORIZED, "bad or missing token")
         return None
     return msg
@@ -204,7 +223,10 @@ def _on_frame(rt: Runtime, device_id: str, data: bytes, outbox: Outbox,
                       lambda res: outbox.send(wire.encode(res)))
         _admit(rt, req)
     elif isinstance(msg, wire.Report):
-        rt.controller.on_report(device_id, msg, loop.time())
+        problem = rt.controller.on_report(device_id, msg, loop.time())
+        if problem is not None:
+            _error(rt, outbox, wire.ErrorCode.MALFORMED, f"report refused: {problem}",
+                   counted_as="bad_report")
     else:
         _error(rt, outbox, wire.ErrorCode.UNKNOWN_TYPE,
                f"{msg.TYPE} is not a device message after hello")
@@ -223,16 +245,22 @@ def _admit(rt: Runtime, req: Request) -> None:
 
 
 def _error(rt: Runtime, outbox: Outbox, code: wire.ErrorCode, reason: str,
-           sample_id: int | None = None) -> None:
-    rt.stats.on_protocol_error(code.name.lower())
-    outbox.send(wire.encode(wire.Error(code=int(code), reason=reason, sample_id=sample_id)))
+           sample_id: int | None = None, counted_as: str = "") -> None:
+    rt.stats.on_protocol_error(counted_as or code.name.lower())
+    outbox.send(wire.encode(wire.Error(code=int(code), reason=_short(reason),
+                                       sample_id=sample_id)))
 
 
 async def _refuse(rt: Runtime, ws: web.WebSocketResponse, code: wire.ErrorCode,
                   reason: str) -> None:
     rt.stats.on_protocol_error(code.name.lower())
+    reason = _short(reason)
     await ws.send_bytes(wire.encode(wire.Error(code=int(code), reason=reason)))
     await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=_close_message(reason))
+
+
+def _short(reason: str) -> str:
+    return reason if len(reason) <= MAX_REASON_CHARS else reason[:MAX_REASON_CHARS] + "..."
 
 
 def _close_message(reason: str) -> bytes:
@@ -245,6 +273,7 @@ def _close_message(reason: str) -> bytes:
 
 
 def _http_error(code: wire.ErrorCode, reason: str) -> web.Response:
+    reason = _short(reason)
     return web.Response(status=wire.HTTP_STATUS[code], content_type=MSGPACK,
                         body=wire.encode(wire.Error(code=int(code), reason=reason)),
                         headers={"X-Error-Reason": reason[:200].encode("ascii", "replace")
@@ -269,10 +298,15 @@ async def http_infer(request: web.Request) -> web.Response:
         rt.stats.on_protocol_error("too_large")
         return _http_error(wire.ErrorCode.TOO_LARGE, "request body too large")
     try:
-        body = await request.read()
+        async with asyncio.timeout(HTTP_BODY_TIMEOUT_S):
+            body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         rt.stats.on_protocol_error("too_large")
         return _http_error(wire.ErrorCode.TOO_LARGE, "request body too large")
+    except TimeoutError:
+        rt.stats.on_protocol_error("body_timeout")
+        return _http_error(wire.ErrorCode.MALFORMED,
+                           f"request body not received within {HTTP_BODY_TIMEOUT_S:.0f} s")
     try:
         msg = wire.decode(body)
         if not isinstance(msg, wire.Infer):
@@ -304,12 +338,25 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
+def _may_read(request: web.Request, rt: Runtime) -> bool:
+    """`/v1/status` and `/metrics` list device ids and load: the token's holders only, unless
+    the server was started with `--public-metrics`."""
+    return rt.settings.public_metrics or _authorized(request, rt.settings.token)
+
+
 async def status(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
-    return web.Response(text=json.dumps(rt.status(), indent=2), content_type="application/json")
+    if not _may_read(request, rt):
+        rt.stats.on_protocol_error("unauthorized")
+        return web.json_response({"error": "bad or missing bearer token"}, status=401)
+    body = {**rt.status(), "connections": request.app[GUARD].status()}
+    return web.Response(text=json.dumps(body, indent=2), content_type="application/json")
 
 
 async def metrics(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
+    if not _may_read(request, rt):
+        rt.stats.on_protocol_error("unauthorized")
+        return web.Response(status=401, text="bad or missing bearer token\n")
     return web.Response(body=generate_latest(rt.stats.registry),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})

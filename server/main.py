@@ -17,10 +17,12 @@ from aiohttp import web
 
 from common.child_process import die_with_parent, leave_interrupts_to_parent
 from common.config import ScenarioConfig
+from common.files import resolve_token, run_path
 from common.logsetup import configure_logging
 from common.scenario_file import load_scenario
 from server.app import make_app
-from server.runtime import RUNTIME, ServerSettings
+from server.guard import GuardedSite
+from server.runtime import GUARD, RUNTIME, ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +32,13 @@ async def serve(settings: ServerSettings, on_listening: Callable[[str], None],
                 ) -> None:
     """Listen until `stop` is set, then shut down gracefully (sockets closed, queue answered)."""
     app = make_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0)
+    # Idle keep-alive connections go after 15 s (aiohttp's default is 75); the guard closes
+    # those that never finish their first request's headers.
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0,
+                           keepalive_timeout=15.0)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.server.host, settings.server.port)
+        site = GuardedSite(runner, settings.server.host, settings.server.port, app[GUARD])
         await site.start()
         host, port = runner.addresses[0][:2]
         on_listening(f"http://{host}:{port}")
@@ -62,8 +67,9 @@ def _child(scenario: ScenarioConfig, token: str, run_dir: str, control: Connecti
     leave_interrupts_to_parent()
     out = Path(run_dir)
     stem = f"node-{idn_node}" if idn_node else "server"
-    configure_logging("INFO", stem, out / "logs" / f"{stem}.log")
-    settings = ServerSettings.from_scenario(scenario, token, out / f"events.{stem}.jsonl",
+    configure_logging("INFO", stem, run_path(out, "logs", stem, suffix=".log"))
+    settings = ServerSettings.from_scenario(scenario, token,
+                                            run_path(out, f"events.{stem}", suffix=".jsonl"),
                                             idn_node=idn_node, parent_url=parent_url)
 
     async def main() -> None:
@@ -101,11 +107,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--policy", default=None)
     parser.add_argument("--slo-ms", type=float, default=None)
-    parser.add_argument("--token", default="")
+    parser.add_argument("--token", default=None,
+                        help="token devices must present (visible in ps: prefer the "
+                             "TESTBED_TOKEN environment variable or --token-file)")
+    parser.add_argument("--token-file", type=Path, default=None,
+                        help="read the token from this file")
+    parser.add_argument("--public-metrics", action="store_true",
+                        help="serve /v1/status and /metrics without the token")
     parser.add_argument("--events", type=Path, default=None, help="write events (JSON lines)")
     args = parser.parse_args(argv)
-    settings = settings_from_args(args)
+    try:
+        settings = settings_from_args(args)
+    except (ValueError, OSError) as exc:  # a bad scenario, number or token file
+        parser.error(str(exc))
     configure_logging("INFO", "server")
+    if args.token and argv is None:
+        log.warning("--token is visible to other users of this host (ps); prefer "
+                    "TESTBED_TOKEN or --token-file")
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
@@ -127,4 +145,6 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     policy = dataclasses.replace(cfg.policy, name=args.policy) if args.policy else cfg.policy
     cfg = dataclasses.replace(cfg, server=server, policy=policy,
                               slo_ms=args.slo_ms if args.slo_ms else cfg.slo_ms)
-    return ServerSettings.from_scenario(cfg, args.token, args.events)
+    settings = ServerSettings.from_scenario(cfg, resolve_token(args.token, args.token_file),
+                                            args.events)
+    return dataclasses.replace(settings, public_metrics=args.public_metrics)

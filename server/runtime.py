@@ -21,6 +21,7 @@ from common.events import EventLog
 from common.modelzoo import Zoo, ZooError
 from server.batcher import Batcher
 from server.control import Controller, every
+from server.guard import ConnectionGuard
 from server.heavy_model import ServedModel
 from server.idn.node import IdnNodeRuntime
 from server.scheduling.base import (
@@ -52,6 +53,8 @@ class ServerSettings:
     parent_url: str = ""
     """The IDN parent's URL (not for the repository)."""
     seed: int = 0
+    public_metrics: bool = False
+    """Serve /v1/status and /metrics without the token (they list device ids and load)."""
 
     @classmethod
     def from_scenario(cls, cfg: ScenarioConfig, token: str = "",
@@ -187,3 +190,4 @@ class Runtime:
 
 RUNTIME = web.AppKey("runtime", Runtime)
 SETTINGS = web.AppKey("settings", ServerSettings)
+GUARD = web.AppKey("guard", ConnectionGuard)

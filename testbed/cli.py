@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,7 @@ import typer
 from rich.console import Console
 
 from common.config import ScenarioConfig, ScenarioError
+from common.files import TOKEN_ENV
 from common.scenario_file import load_scenario
 from testbed.console import LiveProgress, SweepProgress, print_plan, print_summary
 from testbed.orchestrator import RunError, default_run_dir, run_scenario
@@ -29,6 +31,9 @@ SloMs = Annotated[float | None, typer.Option("--slo-ms", help="end-to-end latenc
 Mix = Annotated[str | None, typer.Option(help="ratio of low:mid:high devices, e.g. 1:1:1")]
 Seed = Annotated[int | None, typer.Option(help="seed of arrivals, data order and jitter")]
 Out = Annotated[Path | None, typer.Option(help="run folder (default runs/<time>-<name>...)")]
+Token = Annotated[str | None, typer.Option(
+    envvar=TOKEN_ENV, help=f"the token devices present (or set {TOKEN_ENV})")]
+TokenFile = Annotated[Path | None, typer.Option(help="read the token from this file")]
 
 
 def apply_overrides(cfg: ScenarioConfig, *, devices: int | None = None,
@@ -251,17 +256,33 @@ def server(host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1"
            slo_ms: SloMs = None,
            scenario: Annotated[Path | None, typer.Option(help="server settings from a file")]
            = None,
-           token: Annotated[str, typer.Option(envvar="TESTBED_TOKEN",
-                                              help="token devices must present")] = "") -> None:
+           token: Token = None, token_file: TokenFile = None,
+           public_metrics: Annotated[bool, typer.Option(
+               "--public-metrics", help="serve /v1/status and /metrics without the token")]
+           = False) -> None:
     """Run the server alone; it prints the URL it listens on."""
-    argv = ["--host", host, "--port", str(port), "--policy", policy, "--token", token]
+    argv = ["--host", host, "--port", str(port), "--policy", policy]
+    argv += _token_args(token, token_file)
     if slo_ms is not None:
         argv += ["--slo-ms", str(slo_ms)]
     if scenario is not None:
         argv += ["--scenario", str(scenario)]
+    if public_metrics:
+        argv.append("--public-metrics")
     from server.main import main
 
     main(argv)
+
+
+def _token_args(token: str | None, token_file: Path | None) -> list[str]:
+    """The token for `python -m server`/`emulated_devices`, passed in-process (not through
+    this process's command line, which `ps` shows)."""
+    if token and not token_file and os.environ.get(TOKEN_ENV) != token:
+        console.print("[yellow]warning:[/yellow] --token is visible to other users of this "
+                      f"host (ps); prefer {TOKEN_ENV} or --token-file")
+    if token_file is not None:
+        return ["--token-file", str(token_file)]
+    return ["--token", token] if token else []
 
 
 @app.command()
@@ -272,12 +293,13 @@ def device(server: Annotated[str, typer.Option("--server", help="server URL")],
            index: Annotated[int, typer.Option(help="seeds this device's streams")] = 0,
            duration: Duration = None,
            rate_hz: Annotated[float | None, typer.Option(help="samples per second")] = None,
-           token: Annotated[str, typer.Option(envvar="TESTBED_TOKEN")] = "",
+           token: Token = None, token_file: TokenFile = None,
            out: Annotated[Path | None, typer.Option(help="write records here")] = None,
            scenario: Annotated[Path | None, typer.Option(help="tiers from a file")] = None,
            ) -> None:
     """Run one device by hand against a running server."""
-    argv = ["--server", server, "--tier", tier, "--index", str(index), "--token", token]
+    argv = ["--server", server, "--tier", tier, "--index", str(index),
+            *_token_args(token, token_file)]
     for flag, value in (("--device-id", device_id), ("--duration", duration),
                         ("--rate-hz", rate_hz), ("--out", out), ("--scenario", scenario)):
         if value is not None:

@@ -12,10 +12,12 @@ from typing import Any
 import psutil
 
 
-def fetch_status(url: str, timeout_s: float = 0.5) -> dict[str, Any] | None:
-    """GET /v1/status, or None if the server does not answer in time."""
+def fetch_status(url: str, token: str = "", timeout_s: float = 0.5) -> dict[str, Any] | None:
+    """GET /v1/status (with the run's token), or None if the server does not answer in time."""
+    request = urllib.request.Request(f"{url}/v1/status", headers={
+        "Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(f"{url}/v1/status", timeout=timeout_s) as resp:
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
             status: dict[str, Any] = json.load(resp)
     except (OSError, ValueError):
         return None

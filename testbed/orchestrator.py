@@ -15,6 +15,7 @@ import logging
 import multiprocessing as mp
 import multiprocessing.forkserver
 import multiprocessing.spawn
+import os
 import secrets
 import signal
 import threading
@@ -40,6 +41,7 @@ from testbed.versions import collect_versions
 
 log = logging.getLogger(__name__)
 
+TOKEN_FILE = ".token"
 SERVER_START_TIMEOUT_S = 60.0
 REGISTER_TIMEOUT_S = 60.0
 START_LEAD_S = 0.3
@@ -127,6 +129,8 @@ class _Run:
     spans: dict[str, tuple[Interval, ...]]
     """When each device is connected (run time); see `testbed.timeline.activity`."""
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    """The run's token: devices present it, the harness reads the server's status with it;
+    also in the run folder's `.token` (mode 0600) for tools that watch a live run."""
     server: Child | None = None
     server_url: str = ""
     server_statuses: list[dict[str, Any]] = field(default_factory=list)
@@ -150,6 +154,13 @@ class _Run:
     def children(self) -> list[Child]:
         return ([self.server] if self.server else []) + list(self.nodes.values()) + \
             list(self.devices.values()) + self.retired
+
+
+def write_token(path: Path, token: str) -> None:
+    """Readable by the run's owner only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
 
 
 def default_run_dir(cfg: ScenarioConfig, root: Path = Path("runs")) -> Path:
@@ -178,11 +189,13 @@ def run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None =
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
     _start_forkserver()
+    token = secrets.token_urlsafe(24)
+    write_token(run_dir / TOKEN_FILE, token)
     run = _Run(cfg, run_dir, EventLog(run_dir / "events.harness.jsonl", "harness"),
                progress or _Quiet(), ctx, plan, {s.device_id: s for s in specs if spans[
                    s.device_id]}, spans,
                agenda=sorted([*plan.actions, *(dataclasses.replace(
-                   a, at_s=max(0.0, a.at_s - SPAWN_LEAD_S)) for a in joins)]))
+                   a, at_s=max(0.0, a.at_s - SPAWN_LEAD_S)) for a in joins)]), token=token)
     run.events.emit("run_start", scenario=cfg.name, policy=cfg.policy.name,
                     devices=cfg.devices.count, faults_planned=plan.injected)
     previous_sigint = signal.getsignal(signal.SIGINT)
@@ -459,7 +472,8 @@ def _act(run: _Run, action: Action, t: float) -> None:
         if server is None or not server.proc.is_alive():
             run.events.emit("fault_skipped", fault=action.kind, reason="server not running")
             return
-        run.server_statuses[-1] = fetch_status(run.server_url) or run.server_statuses[-1]
+        run.server_statuses[-1] = fetch_status(run.server_url, run.token) \
+            or run.server_statuses[-1]
         run.events.emit("fault", fault=action.kind, signal=action.signal)
         run.events.emit("server_kill", incarnation=server.incarnation)
         server.killed = True
@@ -554,7 +568,7 @@ def _log_exits(run: _Run) -> None:
 def _live_status(run: _Run) -> dict[str, Any] | None:
     if run.server is None or not run.server.proc.is_alive():
         return {"connected": 0, "queue": "-", "server_down": True}
-    status = fetch_status(run.server_url)
+    status = fetch_status(run.server_url, run.token)
     if status is None:
         return None
     run.server_statuses[-1] = status

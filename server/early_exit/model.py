@@ -18,7 +18,8 @@ class StagedModel:
         stages = self.card.get("stages")
         if not stages:
             raise ZooError(f"model {name!r} has no stages (not an early-exit model)")
-        self._sessions = [open_session(zoo.root / st["file"], intra_op_threads, 1)
+        self._sessions = [open_session(zoo.file(st["file"], f"{name} stage"),
+                                       intra_op_threads, 1)
                           for st in stages]
         self._inputs = [s.get_inputs()[0].name for s in self._sessions]
         self._outputs = [[o.name for o in s.get_outputs()] for s in self._sessions]

@@ -5,6 +5,7 @@ nothing crashes; a well-behaved device on the same server keeps being served."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 
 from common import protocol as wire
 from common.config import PolicyConfig, ServerConfig
+from server.ingress import PREAUTH_FRAME_BYTES
 from server.runtime import ServerSettings
 from tests.integration.live_server import server_in_thread
 
@@ -185,10 +187,11 @@ class TestHttpFuzz:
 
 class TestLimits:
     async def test_frames_over_the_limit(self, url: str) -> None:
-        """A frame over MAX_MESSAGE_BYTES gets TOO_LARGE and the session goes on; one so big
-        that reading it would be a risk is cut off with close code 1009 (message too big)."""
+        """With the token in the upgrade request, a frame over MAX_MESSAGE_BYTES gets TOO_LARGE
+        and the session goes on; one so big that reading it would be a risk is cut off with
+        close code 1009 (message too big)."""
         async with aiohttp.ClientSession() as s:
-            ws = await s.ws_connect(f"{url}/v1/devices/big-1")
+            ws = await s.ws_connect(f"{url}/v1/devices/big-1", headers=AUTH)
             await ws.send_bytes(hello("big-1"))
             await receive(ws)
             await ws.send_bytes(b"\x00" * (wire.MAX_MESSAGE_BYTES + 1))
@@ -208,6 +211,25 @@ class TestLimits:
                     assert closing.data == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
             await ws.close()
             await served(s, url, "after-big")
+
+    async def test_without_the_token_in_the_upgrade_frames_stay_hello_sized(
+            self, url: str) -> None:
+        """Authenticated by its hello only, a session never gets frames over a few KiB: a
+        larger one is refused by its declared length, before any of it is buffered."""
+        async with aiohttp.ClientSession() as s:
+            ws = await s.ws_connect(f"{url}/v1/devices/small-1")
+            await ws.send_bytes(hello("small-1"))
+            assert isinstance(await receive(ws), wire.Welcome)
+            await ws.send_bytes(infer(2))  # a sample of the embedded zoo fits
+            assert isinstance(await receive(ws), wire.Result)
+            with contextlib.suppress(ConnectionError):
+                await ws.send_bytes(b"\x00" * (PREAUTH_FRAME_BYTES + 1))
+            closing = await ws.receive(timeout=10)
+            assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                                    aiohttp.WSMsgType.ERROR)
+            if closing.type == aiohttp.WSMsgType.CLOSE:
+                assert closing.data == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+            await served(s, url, "after-small")
 
     async def test_huge_declared_shape_is_refused_cheaply(self, url: str) -> None:
         body = {"type": "infer", "sample_id": 4, "dtype": "float32",
@@ -251,7 +273,7 @@ class TestLimits:
                     break
             await ws.close()
             await served(good, url, "good-neighbour")
-            async with good.get(f"{url}/metrics") as r:
+            async with good.get(f"{url}/metrics", headers=AUTH) as r:
                 metrics = await r.text()
             assert cut_off, "the slow client was never cut off"
             assert "testbed_server_slow_client_aborts_total 1.0" in metrics

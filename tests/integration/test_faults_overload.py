@@ -180,6 +180,7 @@ class _Monitor:
                              "the server")
         url, server = listening["url"], psutil.Process(listening["pid"])
         clock = wait_for(lambda: harness_event(self.run_dir, "run_clock"), 60, "the run")
+        auth = {"Authorization": f"Bearer {(self.run_dir / '.token').read_text().strip()}"}
         n = 0
         while not self.stop.is_set() and server.is_running():
             t0 = time.monotonic()
@@ -188,9 +189,11 @@ class _Monitor:
                     assert r.status == 200
                 self.health_ms.append((time.monotonic() - t0) * 1e3)
                 if n % 3 == 0:
-                    with urllib.request.urlopen(f"{url}/v1/status", timeout=2) as r:
+                    with urllib.request.urlopen(urllib.request.Request(
+                            f"{url}/v1/status", headers=auth), timeout=2) as r:
                         self.queue.append(json.load(r)["queue"]["length"])
-                    with urllib.request.urlopen(f"{url}/metrics", timeout=2) as r:
+                    with urllib.request.urlopen(urllib.request.Request(
+                            f"{url}/metrics", headers=auth), timeout=2) as r:
                         self.metrics = r.read().decode()
                     self.rss_mb.append((time.time() - clock["start_at"],
                                         server.memory_info().rss / 2**20))

@@ -122,7 +122,7 @@ class TestWebSocket:
                 fallback=0, threshold=0.8, mean_light_confidence=0.8, light_ms_mean=15.0)))
             await ws.send_bytes(infer(3))  # ordered after the report on the same socket
             await receive(ws)
-            async with s.get(f"{server_url}/v1/status") as r:
+            async with s.get(f"{server_url}/v1/status", headers=AUTH) as r:
                 status = await r.json()
             assert status["devices"]["mid-t1"]["reports"] == 1
             await ws.close()
@@ -159,9 +159,9 @@ class TestHttp:
                 assert r.status == 200
             async with s.post(f"{server_url}/v1/infer", data=b"\xc1", headers=AUTH) as r:
                 assert r.status == 400
-            async with s.get(f"{server_url}/metrics") as r:
+            async with s.get(f"{server_url}/metrics", headers=AUTH) as r:
                 text = await r.text()
-            async with s.get(f"{server_url}/v1/status") as r:
+            async with s.get(f"{server_url}/v1/status", headers=AUTH) as r:
                 status = await r.json()
         assert 'testbed_server_requests_total{outcome="ok"} 1.0' in text
         assert 'testbed_server_protocol_errors_total{code="malformed"} 1.0' in text

@@ -44,7 +44,7 @@ class TestFaultConfig:
         ({"kind": "explode", "at_s": 1}, "faults[0].kind"),
         ({"kind": "cut_link", "at_s": 1}, "duration_s > 0"),
         ({"kind": "packet_loss", "at_s": 1, "duration_s": 2, "loss": 1.5}, "0 < loss < 1"),
-        ({"kind": "kill_device", "at_s": -1}, "at_s must be >= 0"),
+        ({"kind": "kill_device", "at_s": -1}, "at_s must be in [0"),
         ({"kind": "kill_device", "at_s": 1, "tier": "huge"}, "unknown tier"),
         ({"kind": "kill_device", "at_s": 1, "devices": "low-000"}, "must be a list"),
         ({"kind": "kill_device", "at_s": 1, "when": 3}, "unknown keys"),
