@@ -479,9 +479,15 @@ class ScenarioConfig:
     """An inference delivery network of server processes instead of one server."""
     sweep: dict[str, Any] = field(default_factory=dict)
     """Axes of `testbed sweep` (see testbed.sweep); a single run ignores them."""
+    max_fault_fallback: float | None = None
+    """Largest share of generated samples that may fall back for a cause that is not load (a
+    lost connection, a failed model, an error reply) before the run counts as failed (non-zero
+    exit). None: 0.05, or no limit when the scenario plans faults."""
 
     def __post_init__(self) -> None:
         _name(self.name, "scenario name")
+        if self.max_fault_fallback is not None:
+            _in(self.max_fault_fallback, 0, 1, "max_fault_fallback")
         _finite(self)
         _in(self.duration_s, 0, MAX_DURATION_S, "duration_s", open_low=True)
         _check(not (self.idn.nodes and self.faults),

@@ -2,33 +2,52 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
 from typing import IO, Any
 
+from common.files import DiskFull
+
 
 class EventLog:
-    """Appends `{"t": epoch_s, "source": ..., "kind": ..., ...}` lines; a None path discards."""
+    """Appends `{"t": epoch_s, "source": ..., "kind": ..., ...}` lines; a None path discards.
+
+    Events are a record, not a control path: a write the disk refuses does not raise (a
+    server must go on serving); the log stops, and `failure` says why for whoever checks."""
 
     def __init__(self, path: Path | None, source: str) -> None:
         self.source = source
+        self.path = path
         self._file: IO[str] | None = None
+        self.failure: DiskFull | None = None
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = path.open("a")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = path.open("a")
+            except OSError as exc:
+                self._failed(exc)
 
     def emit(self, kind: str, **fields: Any) -> None:
         if self._file is None:
             return
         line = {"t": round(time.time(), 6), "source": self.source, "kind": kind, **fields}
-        self._file.write(json.dumps(line, separators=(",", ":")) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(line, separators=(",", ":")) + "\n")
+            self._file.flush()
+        except OSError as exc:
+            self._failed(exc)
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):
+                self._file.close()
             self._file = None
+
+    def _failed(self, exc: OSError) -> None:
+        self.failure = DiskFull(self.path or "events", exc)
+        self.close()
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ still working on, so the harness can account for all of them.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -16,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final, Literal
+
+from common.files import as_disk_full
 
 Source = Literal["light", "heavy", "fallback", "rejected"]
 SOURCES: Final = ("light", "heavy", "fallback", "rejected")
@@ -107,23 +110,31 @@ def file_stem(device_id: str, incarnation: int) -> str:
 
 class RecordWriter:
     """Writes each record to the OS as it is written (line buffering), so a process killed
-    without warning loses no finished row; at 10 samples/s a write per row costs nothing."""
+    without warning loses no finished row; at 10 samples/s a write per row costs nothing.
+    A write the disk refuses raises `DiskFull` naming the file."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._file: IO[str] = path.open("w", newline="", buffering=1)
-        self._csv = csv.writer(self._file, lineterminator="\n")
-        self._csv.writerow(FIELDS)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file: IO[str] = path.open("w", newline="", buffering=1)
+            self._csv = csv.writer(self._file, lineterminator="\n")
+            self._csv.writerow(FIELDS)
+        except OSError as exc:
+            raise as_disk_full(exc, path) from exc
         self.count = 0
 
     def write(self, rec: SampleRecord) -> None:
-        self._csv.writerow(format_row(rec))
+        try:
+            self._csv.writerow(format_row(rec))
+        except OSError as exc:
+            raise as_disk_full(exc, self.path) from exc
         self.count += 1
 
     def close(self) -> None:
         if not self._file.closed:
-            self._file.close()
+            with contextlib.suppress(OSError):  # a full disk: what was written stays
+                self._file.close()
 
 
 class GeneratedJournal:
@@ -131,11 +142,18 @@ class GeneratedJournal:
     crash, those without a record were in flight and are counted as aborted, not lost."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[bytes] = path.open("wb", buffering=0)
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file: IO[bytes] = path.open("wb", buffering=0)
+        except OSError as exc:
+            raise as_disk_full(exc, path) from exc
 
     def started(self, sample_id: int) -> None:
-        self._file.write(b"%d\n" % sample_id)
+        try:
+            self._file.write(b"%d\n" % sample_id)
+        except OSError as exc:
+            raise as_disk_full(exc, self.path) from exc
 
     def close(self) -> None:
         if not self._file.closed:

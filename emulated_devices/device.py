@@ -24,7 +24,7 @@ import numpy as np
 
 from common import protocol as wire
 from common.config import DeviceSpec
-from common.files import run_path
+from common.files import as_disk_full, run_path
 from common.modelzoo import open_zoo
 from common.records import GeneratedJournal, RecordWriter, SampleRecord, Source, file_stem
 from emulated_devices.arrivals import arrival_times
@@ -134,6 +134,8 @@ class Device:
         """When the light model's current (emulated) computation ends."""
         self._next_arrival: tuple[int, asyncio.TimerHandle] | None = None
         self._arrivals_done: asyncio.Future[None] | None = None
+        self._write_error: OSError | None = None
+        """The first record write the disk refused: the device stops, and `run` raises it."""
         self._closing = False
         self._t0 = 0.0
         self._wall0 = 0.0
@@ -209,6 +211,8 @@ class Device:
             await asyncio.gather(reporter, sender, return_exceptions=True)
             await self._send_report()
             await self._close()
+        if self._write_error is not None:
+            raise self._write_error
         return self.outcome()
 
     def stop(self) -> None:
@@ -247,8 +251,11 @@ class Device:
         if self._journal is not None:
             self._journal.close()
         if self._outcome_path is not None:
-            self._outcome_path.parent.mkdir(parents=True, exist_ok=True)
-            self._outcome_path.write_text(json.dumps(self.outcome().to_dict()))
+            try:
+                self._outcome_path.parent.mkdir(parents=True, exist_ok=True)
+                self._outcome_path.write_text(json.dumps(self.outcome().to_dict()))
+            except OSError as exc:  # the records already written still count
+                self._refused(as_disk_full(exc, self._outcome_path))
 
     def _impair_links(self, offset_s: float) -> None:
         """Scenario link faults, given in run time, on this device's clock (this process
@@ -459,8 +466,21 @@ class Device:
         rec.slo_met = rec.latency_ms <= self.spec.slo_ms
         self._sources[source] += 1
         self._window.on_answered(source, rec.slo_met, already_missed=pending.slo_counted)
-        if self._writer is not None:
-            self._writer.write(rec)
+        if self._writer is not None and self._write_error is None:
+            try:
+                self._writer.write(rec)
+            except OSError as exc:  # in a callback, where raising would only be logged
+                self._refused(exc)
+
+    def _refused(self, exc: OSError) -> None:
+        """The disk refused a record: stop generating and end the run with the error (the
+        samples in flight are still answered; their rows cannot be written)."""
+        if self._write_error is None:
+            self._write_error = exc
+            log.error("%s; stopping", exc)
+            self.stop()
+            if self._arrivals_done is not None and not self._arrivals_done.done():
+                self._arrivals_done.set_exception(exc)
 
     # --- connection, control messages and reports -----------------------------------------
 

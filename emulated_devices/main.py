@@ -16,7 +16,7 @@ from typing import Any
 
 from common.child_process import die_with_parent, leave_interrupts_to_parent
 from common.config import ScenarioConfig, device_specs
-from common.files import resolve_token
+from common.files import DiskFull, resolve_token
 from common.logsetup import configure_logging
 from common.names import check_name
 from common.scenario_file import load_scenario
@@ -43,6 +43,10 @@ def device_process(spec: Any, server_url: str, token: str, run_dir: str,
     try:
         with asyncio.Runner(loop_factory=precise_loop) as runner:
             runner.run(_controlled(spec, server_url, token, out, control, wait_for_server))
+    except DiskFull as exc:
+        _send(control, {"event": "error", "device_id": spec.device_id, "reason": str(exc),
+                        "disk_full": True})
+        raise SystemExit(1) from exc
     except Exception as exc:
         log.exception("device failed")
         _send(control, {"event": "error", "device_id": spec.device_id, "reason": repr(exc)})

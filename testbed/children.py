@@ -27,6 +27,8 @@ class Child:
     done: dict[str, Any] | None = None
     error: str | None = None
     exit_logged: bool = False
+    disk_full: bool = False
+    """Its error is a write the disk refused: the run must stop, not the device be restarted."""
     killed: bool = False
     """The harness killed it on purpose (a fault), so its exit is not a crash."""
     restart_planned: bool = False
@@ -71,6 +73,7 @@ def _handle(child: Child, msg: dict[str, Any]) -> None:
         child.done = msg["outcome"]
     elif event == "error":
         child.error = msg.get("reason", "unknown error")
+        child.disk_full = bool(msg.get("disk_full"))
 
 
 def recv(child: Child, timeout: float) -> dict[str, Any] | None:

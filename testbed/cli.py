@@ -6,7 +6,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,6 +17,7 @@ from common.scenario_file import load_scenario
 from testbed.console import LiveProgress, SweepProgress, print_plan, print_summary
 from testbed.orchestrator import RunError, default_run_dir, run_scenario
 from testbed.results.collect import collect
+from testbed.verdict import EXIT_BAD_INPUT, EXIT_FAILED, exit_code, last_line
 
 app = typer.Typer(help="Emulated edge devices + one shared batching server + cascade schedulers.",
                   no_args_is_help=True, add_completion=False)
@@ -34,12 +35,18 @@ Out = Annotated[Path | None, typer.Option(help="run folder (default runs/<time>-
 Token = Annotated[str | None, typer.Option(
     envvar=TOKEN_ENV, help=f"the token devices present (or set {TOKEN_ENV})")]
 TokenFile = Annotated[Path | None, typer.Option(help="read the token from this file")]
+MaxFaultFallback = Annotated[float | None, typer.Option(
+    help="largest share of samples that may fall back for a non-load cause (default 0.05; "
+         "no limit when the scenario plans faults)")]
+Force = Annotated[bool, typer.Option("--force", help="run even if the host's memory looks "
+                                                     "too small for the devices")]
 
 
 def apply_overrides(cfg: ScenarioConfig, *, devices: int | None = None,
                     policy: str | None = None, duration: float | None = None,
                     slo_ms: float | None = None, mix: str | None = None,
-                    seed: int | None = None) -> ScenarioConfig:
+                    seed: int | None = None,
+                    max_fault_fallback: float | None = None) -> ScenarioConfig:
     """Command-line options over a scenario; re-validated as a whole."""
     dev = cfg.devices
     if devices is not None:
@@ -57,25 +64,29 @@ def apply_overrides(cfg: ScenarioConfig, *, devices: int | None = None,
         changes["slo_ms"] = slo_ms
     if seed is not None:
         changes["seed"] = seed
+    if max_fault_fallback is not None:
+        changes["max_fault_fallback"] = max_fault_fallback
     return dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
 
 
-def _execute(cfg: ScenarioConfig, out: Path | None) -> None:
+def _execute(cfg: ScenarioConfig, out: Path | None, force: bool = False) -> None:
     _check_policy(cfg.policy.name)
     run_dir = out or default_run_dir(cfg)
     try:
         with LiveProgress(console) as progress:
-            result = run_scenario(cfg, run_dir, progress)
+            result = run_scenario(cfg, run_dir, progress, force=force)
     except RunError as exc:
         console.print(f"[red]run failed:[/red] {exc}")
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     print_summary(result.summary, console)
     console.print(f"run folder: {result.run_dir}")
-    if result.summary["samples"]["lost"]:
-        console.print(f"[red]{result.summary['samples']['lost']} samples lost[/red]")
-        raise typer.Exit(1)
+    problems = result.summary["run"].get("problems", [])
+    code = exit_code(problems, result.interrupted)
     if result.interrupted:
-        raise typer.Exit(130)
+        console.print("[yellow]interrupted[/yellow]: the numbers cover the run until Ctrl-C")
+    if problems:
+        console.print(f"[red]{last_line(problems)}[/red]", soft_wrap=True)
+    raise typer.Exit(code)
 
 
 def _check_policy(name: str) -> None:
@@ -89,30 +100,36 @@ def _check_policy(name: str) -> None:
 @app.command()
 def up(devices: Annotated[int, typer.Option(help="number of device processes")] = 40,
        policy: Policy = None, duration: Duration = None, slo_ms: SloMs = None, mix: Mix = None,
-       seed: Seed = None, out: Out = None) -> None:
-    """Start the server and N devices on the default heterogeneous scenario, run, summarise."""
+       seed: Seed = None, out: Out = None, max_fault_fallback: MaxFaultFallback = None,
+       force: Force = False) -> None:
+    """Start the server and N devices on the default heterogeneous scenario, run, summarise.
+    Exits 0 when the run did what was asked, 1 when it did not (the reason is the last line),
+    2 on a bad option, 130 on Ctrl-C."""
     try:
         cfg = apply_overrides(ScenarioConfig(), devices=devices, policy=policy,
-                              duration=duration, slo_ms=slo_ms, mix=mix, seed=seed)
+                              duration=duration, slo_ms=slo_ms, mix=mix, seed=seed,
+                              max_fault_fallback=max_fault_fallback)
     except ScenarioError as exc:
         console.print(f"[red]bad option:[/red] {exc}")
-        raise typer.Exit(2) from None
-    _execute(cfg, out)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    _execute(cfg, out, force)
 
 
 @app.command()
 def run(scenario: Annotated[Path, typer.Argument(help="scenario TOML file")],
         devices: Annotated[int | None, typer.Option(help="override the device count")] = None,
         policy: Policy = None, duration: Duration = None, slo_ms: SloMs = None,
-        mix: Mix = None, seed: Seed = None, out: Out = None) -> None:
-    """Run a scenario file (options override its values)."""
+        mix: Mix = None, seed: Seed = None, out: Out = None,
+        max_fault_fallback: MaxFaultFallback = None, force: Force = False) -> None:
+    """Run a scenario file (options override its values); exit codes as for `up`."""
     try:
         cfg = apply_overrides(load_scenario(scenario), devices=devices, policy=policy,
-                              duration=duration, slo_ms=slo_ms, mix=mix, seed=seed)
+                              duration=duration, slo_ms=slo_ms, mix=mix, seed=seed,
+                              max_fault_fallback=max_fault_fallback)
     except ScenarioError as exc:
         console.print(f"[red]bad scenario:[/red] {exc}")
-        raise typer.Exit(2) from None
-    _execute(cfg, out)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    _execute(cfg, out, force)
 
 
 @app.command()
@@ -146,16 +163,26 @@ def sweep(scenario: Annotated[Path, typer.Argument(help="scenario TOML file with
             console.print(f"  {point.name}")
         return
     with SweepProgress(console) as progress:
-        outcome = run_sweep(points, axes, sweep_dir,
-                            lambda cfg, run_dir: run_scenario(cfg, run_dir).summary,
-                            progress.update)
+        troubled: dict[str, list[str]] = {}
+
+        def run_one(cfg: ScenarioConfig, run_dir: Path) -> dict[str, Any]:
+            summary = run_scenario(cfg, run_dir).summary
+            if summary["run"].get("problems"):
+                troubled[run_dir.name] = summary["run"]["problems"]
+            return summary
+
+        outcome = run_sweep(points, axes, sweep_dir, run_one, progress.update)
     console.print(f"ran {len(outcome.ran)}, skipped {len(outcome.skipped)} already done, "
                   f"failed {len(outcome.failed)}; index: {sweep_dir / 'index.csv'}")
     for name, error in outcome.failed.items():
         console.print(f"[red]{name}:[/red] {error}")
+    for name, problems in troubled.items():
+        console.print(f"[red]{name}:[/red] {'; '.join(problems)}")
     console.print(f"figures: testbed report {sweep_dir}")
-    if outcome.failed:
-        raise typer.Exit(1)
+    if outcome.failed or troubled:
+        console.print(f"[red]sweep failed: {len(outcome.failed)} runs could not run, "
+                      f"{len(troubled)} runs did not do what their scenario asked[/red]")
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()
@@ -228,6 +255,9 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder or a sweep
         paths = run_figures(run_dir, summary, run_dir / "figures")
         md = run_markdown(summary, paths, run_dir / "report.md")
         console.print(f"figures: {run_dir / 'figures'}; table: {md}")
+    problems = run.get("problems") or []
+    if problems:
+        console.print(f"[red]{last_line(problems)}[/red]", soft_wrap=True)
 
 
 def _report_sweep(sweep_dir: Path) -> None:

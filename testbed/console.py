@@ -79,12 +79,16 @@ def summary_tables(summary: dict[str, Any]) -> Group:
         notes.add_row("server shed", ", ".join(f"{c} {n:.0f}" for c, n in sorted(shed.items())),
                       "", "", "", "")
     faults = summary.get("faults") or {}
-    if faults.get("injected") or faults.get("device_crashes") or faults.get("server_crashes"):
+    if faults.get("injected"):
         notes.add_row("faults injected", str(faults.get("injected", 0)),
                       "device kills / restarts",
                       f"{faults.get('device_kill', 0)} / {faults.get('device_restart', 0)}",
                       "server kills / restarts",
                       f"{faults.get('server_kill', 0)} / {faults.get('server_restart', 0)}")
+    if faults.get("device_crashes") or faults.get("server_crashes"):
+        notes.add_row("[red]unplanned crashes[/red]", "", "devices",
+                      str(faults.get("device_crashes", 0)), "server deaths",
+                      str(faults.get("server_crashes", 0)))
     return Group(head, tiers, notes)
 
 

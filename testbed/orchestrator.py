@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+import psutil
 import tomli_w
 
-from common.config import DeviceSpec, ScenarioConfig, device_specs
+from common.config import DeviceSpec, ScenarioConfig, ScenarioError, device_specs
 from common.events import EventLog
+from common.files import as_disk_full, is_disk_error
 from common.scenario_file import scenario_to_dict
 from testbed import launch
 from testbed.children import Child, poll, reap, recv, send, spawn
@@ -53,6 +55,10 @@ MIN_RESTART_LEFT_S = 1.0
 """A device is not restarted with less than this much of the run left."""
 SPAWN_LEAD_S = 1.5
 """A device that joins mid-run is started this long before it is due, to be ready in time."""
+DEVICE_MEMORY_MB = 40
+"""Unique memory of one device process, with room to spare (USS ~10-20 MB: docs/density.md)."""
+BASE_MEMORY_MB = 1024
+"""The harness, the server and the forkserver's shared pages."""
 PRELOAD = ["__main__", "testbed.launch", "emulated_devices.main", "emulated_devices.preload",
            "server.main"]
 """Imported once by the forkserver. `__main__` is there because multiprocessing otherwise
@@ -149,6 +155,8 @@ class _Run:
     resources: dict[str, Any] = field(default_factory=dict)
     startup_s: float | None = None
     interrupted: bool = False
+    disk_full: str = ""
+    """Why the run stopped early: "disk full while writing <file>"."""
     ctrl_c: _CtrlC = field(default_factory=_CtrlC)
 
     def children(self) -> list[Child]:
@@ -168,11 +176,25 @@ def default_run_dir(cfg: ScenarioConfig, root: Path = Path("runs")) -> Path:
     return root / f"{stamp}-{cfg.name}-{cfg.policy.name}-{cfg.devices.count}dev"
 
 
-def run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None = None) -> RunResult:
+def run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None = None, *,
+                 force: bool = False) -> RunResult:
     """Run one scenario end to end and write its run folder. Ctrl-C stops it cleanly: devices
-    stop generating, every sample already generated is answered, records are flushed."""
+    stop generating, every sample already generated is answered, records are flushed. A full
+    disk stops it the same way, and the summary says so."""
+    if not force:
+        check_host_memory(cfg.devices.count)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise RunError(f"{run_dir} exists and is not empty")
+    try:
+        return _run_scenario(cfg, run_dir, progress)
+    except OSError as exc:  # the harness's own writes before the run could start
+        if is_disk_error(exc):
+            raise RunError(str(as_disk_full(exc, getattr(exc, "path", None)
+                                            or exc.filename or run_dir))) from None
+        raise
+
+
+def _run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None) -> RunResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         cfg = prepare(cfg, run_dir)
@@ -180,7 +202,10 @@ def run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None =
         raise RunError(f"cannot prepare the run: {exc}") from None
     t_begin = time.monotonic()  # start-up counts from here: planning is not start-up
     specs = device_specs(cfg)
-    plan = plan_faults(cfg, [(s.device_id, s.tier) for s in specs])
+    try:
+        plan = plan_faults(cfg, [(s.device_id, s.tier) for s in specs])
+    except ScenarioError as exc:
+        raise RunError(f"bad scenario: {exc}") from None
     specs = [dataclasses.replace(s, link_faults=plan.links.get(s.device_id, ())) for s in specs]
     spans = dict(zip([s.device_id for s in specs], activity(cfg), strict=True))
     joins = join_actions(list(spans), list(spans.values()))
@@ -227,10 +252,22 @@ def run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None =
     if run.node_statuses:
         server["idn_nodes"] = {name: {k: st.get(k) for k in ("idn", "totals")}
                                for name, st in run.node_statuses.items()}
+    disk_full = run.disk_full or (str(run.events.failure) if run.events.failure else "")
     facts = RunFacts(interrupted=run.interrupted, startup_s=run.startup_s,
-                     resources=run.resources, server=server)
+                     resources=run.resources, server=server, disk_full=disk_full)
     summary = collect(run_dir, facts, cfg)
     return RunResult(run_dir, summary, run.interrupted)
+
+
+def check_host_memory(devices: int) -> None:
+    """Refuse a device count the host's free memory cannot hold (each device process needs
+    about `DEVICE_MEMORY_MB` of its own, on top of the pages the forkserver shares)."""
+    available_mb = psutil.virtual_memory().available / 2**20
+    need_mb = BASE_MEMORY_MB + devices * DEVICE_MEMORY_MB
+    if need_mb > available_mb:
+        raise RunError(f"{devices} devices need about {need_mb / 1024:.1f} GiB of memory and "
+                       f"this host has {available_mb / 1024:.1f} GiB available; fewer "
+                       "devices, or --force to try anyway")
 
 
 def _start_forkserver() -> None:
@@ -362,6 +399,13 @@ def _run_devices(run: _Run) -> None:
         children = list(run.devices.values()) + ([run.server] if run.server else [])
         poll(children, 0.2)
         run.ctrl_c.check()
+        full = _disk_full(run)
+        if full:
+            run.disk_full = full
+            run.events.emit("disk_full", detail=full)
+            run.progress.phase(f"{full}: stopping the run (what was written is kept)")
+            _stop_devices(run)
+            break
         for child in run.devices.values():
             if child.ready and not child.started:
                 _start(run, child)
@@ -376,6 +420,15 @@ def _run_devices(run: _Run) -> None:
         run.progress.running(min(max(t, 0.0), duration), duration, live)
     if not sampled:
         run.resources = _sample_resources(run)
+
+
+def _disk_full(run: _Run) -> str:
+    """Why the run must stop for its disk: a device or the harness's event log could not
+    write ("" while all is well)."""
+    for child in [*run.devices.values(), *run.retired]:
+        if child.disk_full and child.error:
+            return child.error
+    return str(run.events.failure) if run.events.failure else ""
 
 
 def _stop_devices(run: _Run) -> None:
@@ -536,7 +589,8 @@ def _watch_crashes(run: _Run, t: float) -> None:
     _log_exits(run)
     for device_id, child in run.devices.items():
         if child.exit_logged and not child.killed and child.done is None \
-                and run.cfg.devices.restart_dead and not child.restart_planned:
+                and run.cfg.devices.restart_dead and not child.restart_planned \
+                and not child.disk_full:
             child.restart_planned = True
             _schedule(run, Action(t + run.cfg.devices.restart_delay_s, "restart_device",
                                   device_id))
@@ -562,7 +616,7 @@ def _log_exits(run: _Run) -> None:
             child.exit_logged = True
             run.events.emit("device_exit", device=child.name, incarnation=child.incarnation,
                             exitcode=child.proc.exitcode, planned=child.killed,
-                            error=child.error)
+                            error=child.error, disk_full=child.disk_full)
 
 
 def _live_status(run: _Run) -> dict[str, Any] | None:

@@ -16,12 +16,14 @@ from typing import Any
 
 from common.config import ScenarioConfig, device_specs
 from common.events import read_events
+from common.files import DiskFull, write_whole
 from common.modelzoo import open_zoo
 from common.records import SampleRecord, read_journal, read_records
 from common.scenario_file import load_scenario
 from testbed.results.metrics import DeviceTally, summarize
 from testbed.results.series import idn_summary
 from testbed.timeline import activity
+from testbed.verdict import fault_fallback_limit, run_problems
 
 FAULT_EVENTS = ("device_kill", "device_restart", "server_kill", "server_restart", "link_down")
 EVENT_FILES = ("events.harness.jsonl", "events.server.jsonl")
@@ -35,6 +37,8 @@ class RunFacts:
     startup_s: float | None = None
     resources: dict[str, Any] = field(default_factory=dict)
     server: dict[str, Any] = field(default_factory=dict)
+    disk_full: str = ""
+    """"disk full while writing <file>" when the run stopped for it."""
 
 
 @dataclass
@@ -53,15 +57,18 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
     cfg = cfg or load_scenario(run_dir / "scenario.toml")
     tiers = {s.device_id: s.tier for s in device_specs(cfg)}
     incs, torn = _read_incarnations(run_dir, tiers)
-    merge_events(run_dir)
-    events = read_events(run_dir / "events.jsonl")
+    facts = facts or RunFacts()
+    try:
+        events = merge_events(run_dir)
+    except DiskFull as exc:  # the parts stay on disk; the summary can still be built
+        facts.disk_full = facts.disk_full or str(exc)
+        events = _read_event_parts(run_dir)
     kinds = Counter(e.get("kind") for e in events)
     exited = {(str(e.get("device")), int(e.get("incarnation", 0))) for e in events
               if e.get("kind") == "device_exit"}
     tallies, records, unexplained, lost_in_clean = _tally(incs, exited)
     summary = summarize(records, tallies, slo_ms=cfg.slo_ms, duration_s=cfg.duration_s,
                         tier_order=tuple(cfg.tiers))
-    facts = facts or RunFacts()
     interrupted = facts.interrupted or "interrupted" in kinds
     harness_ended = "run_end" in kinds
     expected = {dev for dev, spans in zip(tiers, activity(cfg), strict=True) if spans}
@@ -84,15 +91,23 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
     faults = {kind: kinds.get(kind, 0) for kind in FAULT_EVENTS}
     faults["injected"] = sum(e.get("kind") == "fault" for e in events)
     faults["device_crashes"] = sum(e.get("kind") == "device_exit" and not e.get("planned")
-                                   for e in events)
+                                   and not e.get("disk_full") for e in events)
     faults["server_crashes"] = sum(e.get("kind") == "server_exit" and not e.get("planned")
                                    for e in events)
+    if facts.disk_full:
+        status["disk_full"] = facts.disk_full
     out = {**meta, **summary, "run": status, "faults": faults, "server": facts.server,
            "resources": facts.resources}
     if cfg.idn.nodes:
         out["idn"] = {"policy": cfg.idn.policy, **idn_summary(records, cfg.idn.alpha_ms,
                                                               *model_accuracies(cfg))}
-    (run_dir / "summary.json").write_text(json.dumps(out, indent=2))
+    limit = fault_fallback_limit(cfg.max_fault_fallback, bool(cfg.faults))
+    status["problems"] = run_problems(out, limit)
+    try:
+        write_whole(run_dir / "summary.json", json.dumps(out, indent=2))
+    except DiskFull as exc:  # the summary is still returned (and printed), just not saved
+        status["disk_full"] = status.get("disk_full") or str(exc)
+        status["problems"] = run_problems(out, limit)
     return out
 
 
@@ -167,20 +182,32 @@ def _tally(incs: dict[tuple[str, int], _Incarnation], exited: set[tuple[str, int
     return tallies, records, unexplained, lost_in_clean
 
 
-def merge_events(run_dir: Path) -> None:
-    """One events.jsonl in time order from the harness's and the server's files."""
-    parts = [run_dir / name for name in EVENT_FILES] + \
+def _event_parts(run_dir: Path) -> list[Path]:
+    return [run_dir / name for name in EVENT_FILES] + \
         sorted(run_dir.glob("events.node-*.jsonl"))  # IDN nodes
-    if not any(p.is_file() for p in parts):
-        return
-    merged = run_dir / "events.jsonl"
-    events = read_events(merged) + [e for p in parts for e in read_events(p)]
+
+
+def _read_event_parts(run_dir: Path) -> list[dict[str, Any]]:
+    events = read_events(run_dir / "events.jsonl") + \
+        [e for p in _event_parts(run_dir) for e in read_events(p)]
     events.sort(key=lambda e: e.get("t", 0))
-    with merged.open("w") as f:
-        for e in events:
-            f.write(json.dumps(e, separators=(",", ":")) + "\n")
+    return events
+
+
+def merge_events(run_dir: Path) -> list[dict[str, Any]]:
+    """One events.jsonl in time order from the harness's and the server's files; returns the
+    events. `DiskFull` if it cannot be written (the parts are then left as they are)."""
+    parts = _event_parts(run_dir)
+    merged = run_dir / "events.jsonl"
+    if not any(p.is_file() for p in parts):
+        return read_events(merged)
+    events = _read_event_parts(run_dir)
+    # Whole or not at all: the parts are removed only once the merge is safely on disk, so a
+    # full disk leaves them (and any earlier events.jsonl) as they were.
+    write_whole(merged, "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events))
     for p in parts:
         p.unlink(missing_ok=True)
+    return events
 
 
 def model_accuracies(cfg: ScenarioConfig) -> tuple[dict[str, float], dict[str, float]]:

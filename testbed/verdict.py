@@ -1,0 +1,80 @@
+"""Did a run do what its scenario asked? Pure: a summary (and what the scenario planned) in,
+the run's problems out. Any problem makes `testbed up`/`run` exit non-zero and is printed last.
+
+A run fails when samples were lost, when none was generated, when a device or the server
+died without the scenario asking for it, or when more samples than the scenario allows fell
+back for a cause that is not load (a lost connection, a failed model, an error reply, a
+server shutting down): those are the testbed failing, not the system under test shedding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+NON_LOAD_CAUSES: Final = ("disconnected", "failed", "error", "shutdown")
+"""Fallback causes that say something broke; timeout, expired, queue_full and admission are
+how an overloaded cascade sheds, which is what experiments measure."""
+DEFAULT_MAX_FAULT_FALLBACK: Final = 0.05
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+"""The run ran but did not do what the scenario asked (a problem below)."""
+EXIT_BAD_INPUT: Final = 2
+"""The scenario or an option is invalid, or the run could not start."""
+EXIT_INTERRUPTED: Final = 130
+
+
+def fault_fallback_limit(configured: float | None, faults_planned: bool) -> float | None:
+    """The share of non-load fallbacks a run may have: as configured; by default 5 %, or no
+    limit when the scenario plans faults (its kills and cuts cause exactly these)."""
+    if configured is not None:
+        return configured
+    return None if faults_planned else DEFAULT_MAX_FAULT_FALLBACK
+
+
+def run_problems(summary: Mapping[str, Any], max_fault_fallback: float | None) -> list[str]:
+    """What went wrong in a run, one short sentence each; empty for a run that did what its
+    scenario asked. An interrupted run is judged on what it did before Ctrl-C."""
+    problems = []
+    samples = summary.get("samples") or {}
+    generated = int(samples.get("generated") or 0)
+    faults = summary.get("faults") or {}
+    run = summary.get("run") or {}
+    if generated == 0:
+        problems.append("no sample was generated")
+    if samples.get("lost"):
+        problems.append(f"{samples['lost']} samples were lost (generated, never answered)")
+    crashes = int(faults.get("device_crashes") or 0)
+    if crashes:
+        problems.append(f"{crashes} device process{'es' if crashes > 1 else ''} crashed "
+                        "without a planned fault (logs/devices.log)")
+    deaths = int(faults.get("server_crashes") or 0)
+    if deaths:
+        problems.append(f"the server died {deaths} time{'s' if deaths > 1 else ''} without a "
+                        "planned fault (logs/server.log)")
+    silent = len(run.get("devices_without_outcome") or ())
+    if silent and not run.get("interrupted"):
+        problems.append(f"{silent} device process{'es' if silent > 1 else ''} left no outcome")
+    causes = samples.get("causes") or {}
+    broken = {c: int(causes.get(c) or 0) for c in NON_LOAD_CAUSES if causes.get(c)}
+    if generated and max_fault_fallback is not None:
+        share = sum(broken.values()) / generated
+        if share > max_fault_fallback:
+            detail = ", ".join(f"{c} {n}" for c, n in broken.items())
+            problems.append(f"{share:.1%} of samples fell back for a non-load cause ({detail}); "
+                            f"the limit is {max_fault_fallback:.1%} (max_fault_fallback)")
+    if run.get("disk_full"):
+        problems.append(str(run["disk_full"]))
+    return problems
+
+
+def exit_code(problems: list[str], interrupted: bool) -> int:
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def last_line(problems: list[str]) -> str:
+    """The one line a failed run ends with."""
+    return "run failed: " + "; ".join(problems)
