@@ -271,6 +271,16 @@ class ServerConfig:
     """A device socket whose replies have been stuck this long, with more than
     `slow_client_backlog` waiting, is closed instead of buffered without end."""
     slow_client_backlog: int = 1024
+    max_connections: int = 1024
+    """Connections the server holds at once (lowered to what its open-file limit allows);
+    past it a client gets 503 at once."""
+    max_connections_per_peer: int = 512
+    """From one address (a testbed's devices all come from 127.0.0.1)."""
+    max_pending_connections: int = 128
+    """Connections that have not yet sent a whole request (or a device its hello); when full,
+    the one waiting longest is closed."""
+    header_timeout_s: float = 10.0
+    """A connection must send its first request's headers (a device its hello) this soon."""
 
     def __post_init__(self) -> None:
         _finite(self)
@@ -282,6 +292,12 @@ class ServerConfig:
         _check(0 <= self.max_queue_delay_us <= 10_000_000,
                "server.max_queue_delay_us must be in [0, 10000000]")
         _check(self.max_queue_size <= 1_000_000, "server.max_queue_size must be <= 1000000")
+        for model, prof in self.profiles.items():
+            _check(isinstance(prof, dict) and set(prof) == {"base_ms", "per_sample_ms"}
+                   and all(isinstance(v, int | float) and not isinstance(v, bool)
+                           and math.isfinite(v) and 0 <= v <= MAX_MS for v in prof.values()),
+                   f"server.profiles.{model} must be {{base_ms = .., per_sample_ms = ..}} "
+                   f"with numbers in [0, {MAX_MS:g}]")
         _check(self.max_queue_size >= self.max_batch_size,
                f"server.max_queue_size ({self.max_queue_size}) must be >= max_batch_size "
                f"({self.max_batch_size})")
@@ -298,6 +314,11 @@ class ServerConfig:
         _in(self.slow_client_stall_s, 0, 3600, "server.slow_client_stall_s", open_low=True)
         _check(1 <= self.slow_client_backlog <= 1_000_000,
                "server.slow_client_backlog must be in [1, 1000000]")
+        _check(1 <= self.max_pending_connections <= self.max_connections <= 1_000_000
+               and 1 <= self.max_connections_per_peer <= self.max_connections,
+               "server connection limits need 1 <= max_pending_connections, "
+               "max_connections_per_peer <= max_connections <= 1000000")
+        _in(self.header_timeout_s, 0, 3600, "server.header_timeout_s", open_low=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -541,8 +562,8 @@ def parse_mix(mix: str, tiers: tuple[str, ...]) -> dict[str, float]:
         raise ScenarioError(f"mix {mix!r} must be numbers separated by ':'") from None
     _check(len(weights) == len(tiers),
            f"mix {mix!r} has {len(weights)} parts but there are {len(tiers)} tiers {tiers}")
-    _check(all(w >= 0 for w in weights) and sum(weights) > 0,
-           f"mix {mix!r} needs non-negative weights with a positive sum")
+    _check(all(math.isfinite(w) and w >= 0 for w in weights) and sum(weights) > 0,
+           f"mix {mix!r} needs finite non-negative weights with a positive sum")
     return dict(zip(tiers, weights, strict=True))
 
 

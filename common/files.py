@@ -44,6 +44,9 @@ class DiskFull(OSError):
             else os.strerror(cause.errno or errno.EIO).lower()
         super().__init__(cause.errno, f"{what} while writing {self.path}")
 
+    def __str__(self) -> str:
+        return str(self.strerror)
+
 
 def is_disk_error(exc: BaseException) -> bool:
     return isinstance(exc, DiskFull) or (isinstance(exc, OSError) and exc.errno in DISK_ERRORS)

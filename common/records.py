@@ -115,14 +115,18 @@ class RecordWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.count = 0
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._file: IO[str] = path.open("w", newline="", buffering=1)
-            self._csv = csv.writer(self._file, lineterminator="\n")
-            self._csv.writerow(FIELDS)
         except OSError as exc:
             raise as_disk_full(exc, path) from exc
-        self.count = 0
+        self._csv = csv.writer(self._file, lineterminator="\n")
+        try:
+            self._csv.writerow(FIELDS)
+        except OSError as exc:
+            self.close()
+            raise as_disk_full(exc, path) from exc
 
     def write(self, rec: SampleRecord) -> None:
         try:

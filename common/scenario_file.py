@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from common.config import ScenarioConfig, ScenarioError, TierSpec, default_tiers
 from common.files import MIB, InputFileError, read_text
+from common.names import shown
 
 MAX_SCENARIO_BYTES = 1 * MIB
 MAX_TRACE_BYTES = 16 * MIB
@@ -121,7 +122,10 @@ def _build(cls: type, data: Any, where: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
-    _check(not unknown, f"{where or 'scenario'}: unknown keys {sorted(unknown)}")
+    _check(not unknown, f"{where or 'scenario'}: unknown keys {shown(sorted(map(str, unknown)))}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    _check(not missing, f"{where or 'scenario'}: missing keys {missing}")
     kwargs = {}
     for key, value in data.items():
         here = f"{where}.{key}" if where else key
@@ -148,8 +152,12 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return dict(value)
     if origin is tuple:
         _check(isinstance(value, (list, tuple)), f"{where} must be a list")
-        item = typing.get_args(hint)[0]
-        return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        _check(len(value) == len(args), f"{where} must be a list of {len(args)} items")
+        return tuple(_convert(a, v, f"{where}[{i}]")
+                     for i, (a, v) in enumerate(zip(args, value, strict=True)))
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, where)  # type: ignore[arg-type]
     if hint is float:

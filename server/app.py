@@ -18,6 +18,7 @@ from server import ingress
 from server.admission import Admission
 from server.batch_policy import BatchPolicy
 from server.batcher import Batcher
+from server.connection_limits import Limits
 from server.control import Controller
 from server.early_exit.batcher import EarlyExitBatcher
 from server.early_exit.model import StagedModel
@@ -38,7 +39,10 @@ def make_app(settings: ServerSettings, guard: ConnectionGuard | None = None) -> 
     make_policy(settings.policy.name, settings.policy.params)
     app = web.Application(client_max_size=wire.MAX_MESSAGE_BYTES, middlewares=[_started])
     app[SETTINGS] = settings
-    app[GUARD] = guard or ConnectionGuard(host_limits())
+    cfg = settings.server
+    app[GUARD] = guard or ConnectionGuard(host_limits(Limits(
+        cfg.max_connections, cfg.max_connections_per_peer, cfg.max_pending_connections,
+        cfg.header_timeout_s)))
     app.cleanup_ctx.append(_runtime)
     app.on_shutdown.append(ingress.close_sockets)
     app.router.add_get("/v1/devices/{device_id}", ingress.device_socket)

@@ -5,6 +5,7 @@ errors to wire `Error` messages and HTTP statuses; a bad message never ends the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -25,7 +26,6 @@ from server.tensors import sample_from_infer
 
 log = logging.getLogger(__name__)
 
-HELLO_TIMEOUT_S = 10.0
 PREAUTH_FRAME_BYTES = 4 * 1024
 """Largest frame of a device socket whose upgrade request did not carry the token: enough for
 a hello (and the embedded zoo's samples), so an unauthenticated peer costs a few KiB at most."""
@@ -112,7 +112,10 @@ async def device_socket(request: web.Request) -> web.StreamResponse:
     token_ok = _authorized(request, rt.settings.token)
     ws = web.WebSocketResponse(max_msg_size=4 * wire.MAX_MESSAGE_BYTES if token_ok
                                else PREAUTH_FRAME_BYTES, autoping=True)
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except ConnectionError:  # gone before the upgrade (it gave up, or the guard evicted it)
+        return web.Response(status=400, text="connection lost before the upgrade\n")
     rt.sockets.add(ws)
     cfg = rt.settings.server
 
@@ -167,15 +170,15 @@ async def close_sockets(app: web.Application) -> None:
 async def _handshake(rt: Runtime, ws: web.WebSocketResponse, path_id: str,
                      token_ok: bool) -> wire.Hello | None:
     try:
-        frame = await ws.receive(timeout=HELLO_TIMEOUT_S)
+        frame = await ws.receive(timeout=rt.settings.server.header_timeout_s)
     except TimeoutError:
         await _refuse(rt, ws, wire.ErrorCode.MALFORMED, "no hello within "
-                      f"{HELLO_TIMEOUT_S:.0f} s")
+                      f"{rt.settings.server.header_timeout_s:g} s")
         return None
     if frame.type != aiohttp.WSMsgType.BINARY:
         if frame.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
-                          aiohttp.WSMsgType.CLOSING):
-            return None
+                          aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR):
+            return None  # gone, or cut off by aiohttp (a frame over the limit: 1009)
         await _refuse(rt, ws, wire.ErrorCode.MALFORMED, "first frame must be a binary hello")
         return None
     try:
@@ -255,8 +258,10 @@ async def _refuse(rt: Runtime, ws: web.WebSocketResponse, code: wire.ErrorCode,
                   reason: str) -> None:
     rt.stats.on_protocol_error(code.name.lower())
     reason = _short(reason)
-    await ws.send_bytes(wire.encode(wire.Error(code=int(code), reason=reason)))
-    await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=_close_message(reason))
+    with contextlib.suppress(ConnectionError):  # the peer may be gone already
+        await ws.send_bytes(wire.encode(wire.Error(code=int(code), reason=reason)))
+        await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION,
+                       message=_close_message(reason))
 
 
 def _short(reason: str) -> str:

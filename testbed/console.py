@@ -86,7 +86,7 @@ def summary_tables(summary: dict[str, Any]) -> Group:
                       "server kills / restarts",
                       f"{faults.get('server_kill', 0)} / {faults.get('server_restart', 0)}")
     if faults.get("device_crashes") or faults.get("server_crashes"):
-        notes.add_row("[red]unplanned crashes[/red]", "", "devices",
+        notes.add_row("[red]unplanned[/red]", "", "device crashes",
                       str(faults.get("device_crashes", 0)), "server deaths",
                       str(faults.get("server_crashes", 0)))
     return Group(head, tiers, notes)

@@ -79,7 +79,7 @@ class TestCommands:
             d, fake_summary(server_crashes=1, device_crashes=2)))
         res = runner.invoke(cli.app, ["up", "--out", str(tmp_path / "r")])
         last = res.output.strip().splitlines()[-1]
-        assert res.exit_code == 1 and "unplanned crashes" in res.output
+        assert res.exit_code == 1 and "server deaths" in res.output
         assert "2 device processes crashed" in last and "the server died 1 time" in last
 
     def test_an_interrupted_run_exits_130(self, monkeypatch: pytest.MonkeyPatch,
