@@ -271,12 +271,12 @@ class ServerConfig:
     """A device socket whose replies have been stuck this long, with more than
     `slow_client_backlog` waiting, is closed instead of buffered without end."""
     slow_client_backlog: int = 1024
-    max_connections: int = 1024
+    max_connections: int = 4096
     """Connections the server holds at once (lowered to what its open-file limit allows);
     past it a client gets 503 at once."""
-    max_connections_per_peer: int = 512
+    max_connections_per_peer: int = 2048
     """From one address (a testbed's devices all come from 127.0.0.1)."""
-    max_pending_connections: int = 128
+    max_pending_connections: int = 512
     """Connections that have not yet sent a whole request (or a device its hello); when full,
     the one waiting longest is closed."""
     header_timeout_s: float = 10.0

@@ -20,10 +20,10 @@ Conn = TypeVar("Conn", bound=Hashable)
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    max_connections: int = 1024
-    max_per_peer: int = 512
+    max_connections: int = 4096
+    max_per_peer: int = 2048
     """Devices of one testbed all come from 127.0.0.1: this bounds a peer, not a device."""
-    max_pending: int = 128
+    max_pending: int = 512
     """Connections that have not sent a whole request yet (headers, or a WebSocket hello)."""
     header_timeout_s: float = 10.0
 

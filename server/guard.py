@@ -11,6 +11,7 @@ device has said hello) takes a connection off the pending list.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from typing import Any
@@ -142,7 +143,16 @@ def host_limits(limits: Limits | None = None) -> Limits:
     import resource
 
     limits = limits or Limits()
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = limits.max_connections + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < want and (hard == resource.RLIM_INFINITY
+                                                           or hard > soft):
+        # Raise our own soft limit as far as the hard one allows (as nginx does), so that a
+        # laptop's default of 1024 does not cap a run of many devices.
+        soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return limits
     room = max(int(soft) - FD_RESERVE, 8)

@@ -144,7 +144,7 @@ class TestBeforeAuthentication:
             results = await asyncio.gather(*(attack() for _ in range(300)),
                                            return_exceptions=True)
             # Refused by the frame's declared length (a close frame, or a reset while sending),
-            # or evicted before the upgrade when 128 unauthenticated sockets were pending.
+            # or evicted before the upgrade when too many unauthenticated sockets were pending.
             refused = [r for r in results if r is True or isinstance(
                 r, ConnectionError | asyncio.IncompleteReadError)]
             assert len(refused) == 300, [r for r in results if r is not True][:3]
