@@ -115,6 +115,9 @@ class TierSpec:
     rule: ForwardingRuleName = "confidence"
     """confidence | margin | entropy (of `model`'s output) | agreement (of the ensemble's
     votes: keep the majority answer iff its share of the members >= the threshold)."""
+    rate_hz: float | None = None
+    """Mean samples per second of this tier's devices; None takes `devices.rate_hz` (a camera
+    and a phone need not see frames at the same rate)."""
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -132,6 +135,8 @@ class TierSpec:
                "rule 'agreement' needs an ensemble of at least 2 models")
         _in(self.compute_ms, 0, MAX_MS, "compute_ms", open_low=True)
         _in(self.compute_jitter, 0, 10, "compute_jitter")
+        if self.rate_hz is not None:
+            _in(self.rate_hz, 0, MAX_RATE_HZ, "tier rate_hz", open_low=True)
         _check(self.threshold is None or 0 <= self.threshold <= 1,
                f"threshold must be in [0, 1] (got {self.threshold})")
 
@@ -592,9 +597,9 @@ def device_specs(cfg: ScenarioConfig) -> list[DeviceSpec]:
     trace = tuple((t, r * dev.trace_scale) for t, r in dev.trace_points)
     specs = [
         DeviceSpec(device_id=f"{tier}-{i:03d}", index=i, tier=tier, spec=cfg.tiers[tier],
-                   rate_hz=dev.rate_hz, arrival=dev.arrival, burst_on_s=dev.burst_on_s,
-                   burst_off_s=dev.burst_off_s, trace_points=trace, seed=cfg.seed,
-                   slo_ms=cfg.slo_ms, duration_s=cfg.duration_s,
+                   rate_hz=cfg.tiers[tier].rate_hz or dev.rate_hz, arrival=dev.arrival,
+                   burst_on_s=dev.burst_on_s, burst_off_s=dev.burst_off_s,
+                   trace_points=trace, seed=cfg.seed, slo_ms=cfg.slo_ms, duration_s=cfg.duration_s,
                    reply_timeout_ms=cfg.devices.reply_timeout_ms,
                    report_interval_s=cfg.devices.report_interval_s, zoo=cfg.zoo)
         for i, tier in enumerate(tiers)

@@ -14,7 +14,13 @@ from rich.console import Console
 from common.config import ScenarioConfig, ScenarioError
 from common.files import TOKEN_ENV
 from common.scenario_file import load_scenario
-from testbed.console import LiveProgress, SweepProgress, print_plan, print_summary
+from testbed.console import (
+    LiveProgress,
+    SweepProgress,
+    claims_table,
+    print_plan,
+    print_summary,
+)
 from testbed.orchestrator import RunError, default_run_dir, run_scenario
 from testbed.results.collect import collect
 from testbed.verdict import EXIT_BAD_INPUT, EXIT_FAILED, exit_code, last_line
@@ -182,6 +188,58 @@ def sweep(scenario: Annotated[Path, typer.Argument(help="scenario TOML file with
     if outcome.failed or troubled:
         console.print(f"[red]sweep failed: {len(outcome.failed)} runs could not run, "
                       f"{len(troubled)} runs did not do what their scenario asked[/red]")
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def claims(quick: Annotated[bool, typer.Option(
+               "--quick", help="shorter runs (the whole set in under 25 min on 2 cores)")]
+           = False,
+           seeds: Annotated[int, typer.Option(help="seeds 1..N for both arms of every claim "
+                                                   "(at least 3)")] = 3,
+           only: Annotated[list[str] | None, typer.Option(
+               help="run only these claims (repeat the option)")] = None,
+           out: Annotated[Path | None, typer.Option(
+               help="runs go here (default runs/claims/quick or runs/claims/full); finished "
+                    "runs are reused")] = None,
+           dry_run: Annotated[bool, typer.Option("--dry-run", help="list the runs only")]
+           = False) -> None:
+    """Run each paper's headline claim the way the paper tests it: both arms on the same seeds,
+    a paired 95 % interval, the paper's number beside ours and a verdict (docs/claims.md). The
+    last line is one JSON object: {"claims": [{"id", "paper", "measured", "ci95", "unit",
+    "direction", "holds", ...}]}."""
+    from testbed.claims.catalog import Catalog
+    from testbed.claims.runner import claims_json, judge, plan, run_all
+
+    if seeds < 3:
+        console.print("[red]--seeds must be at least 3[/red]: an effect is claimed only over "
+                      ">= 3 seeds")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    catalog = Catalog()
+    try:
+        chosen = catalog.select([i for o in only or [] for i in o.split(",") if i])
+        seed_list = list(range(1, seeds + 1))
+        folder = out or Path("runs") / "claims" / ("quick" if quick else "full")
+        jobs = plan(chosen, seed_list, folder, catalog.quick, quick)
+    except (KeyError, ScenarioError) as exc:
+        console.print(f"[red]bad claims:[/red] {exc}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    todo = jobs.todo
+    console.print(f"{len(chosen)} claims, {len(jobs.jobs)} runs ({len(todo)} to do, "
+                  f"{sum(j.cfg.duration_s for j in todo) / 60:.1f} min of arrivals) -> {folder}")
+    if dry_run:
+        for job in todo:
+            console.print(f"  {job.run_dir}")
+        return
+    with SweepProgress(console) as progress:
+        failed = run_all(jobs, lambda cfg, run_dir: run_scenario(cfg, run_dir).summary,
+                         lambda done, total, what, eta: progress.update(done, total, what, eta))
+    verdicts = judge(chosen, jobs, seed_list)
+    console.print(claims_table(verdicts))
+    for run_dir, error in failed.items():
+        console.print(f"[red]{run_dir}:[/red] {error}")
+    print(claims_json(verdicts), flush=True)
+    if failed:
         raise typer.Exit(EXIT_FAILED)
 
 

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from common.gear_plan import GearPlan
+from testbed.claims.runner import Verdict
 from testbed.sweep import SweepPoint
 
 
@@ -173,12 +174,13 @@ class SweepProgress:
     def __exit__(self, *exc: object) -> None:
         self._bar.__exit__(None, None, None)
 
-    def update(self, done: int, total: int, point: SweepPoint | None,
+    def update(self, done: int, total: int, point: SweepPoint | str | None,
                eta_s: float | None) -> None:
         if self._task is None:
             self._task = self._bar.add_task("sweep", total=total, eta="?", point="")
         eta = "-" if eta_s is None else f"{int(eta_s // 60)}:{int(eta_s % 60):02d}"
-        label = ", ".join(f"{k}={v}" for k, v in point.labels.items()) if point else "done"
+        label = point if isinstance(point, str) else \
+            ", ".join(f"{k}={v}" for k, v in point.labels.items()) if point else "done"
         self._bar.update(self._task, completed=done, eta=eta, point=label)
 
 
@@ -205,3 +207,24 @@ def print_plan(plan: GearPlan, console: Console | None = None) -> None:
     console.print(table)
     console.print(f"{meta.get('pareto_points', '?')} cascades on the Pareto front, profiles "
                   f"{meta.get('profiled', '?')}, planned in {meta.get('planning_s', '?')} s")
+
+
+def claims_table(verdicts: list[Verdict]) -> Table:
+    """Claim, the paper's number, ours with its 95 % interval over seeds, and the verdict."""
+    table = Table(title="the papers' claims (paired over seeds, 95 % t interval)",
+                  header_style="bold")
+    for col, justify in (("claim", "left"), ("paper", "right"), ("measured", "right"),
+                         ("95 % CI", "right"), ("seeds", "right"), ("verdict", "left")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for v in verdicts:
+        c, e = v.claim, v.effect
+        if e is None:
+            table.add_row(c.id, c.paper_text, "-", "-", "0", f"[red]error[/red] {v.error}")
+            continue
+        digits = ".2f" if c.unit == "x" else ".1f"
+        verdict = "[green]holds[/green]" if v.holds else "[red]does not hold[/red]"
+        if v.holds and v.at_paper is False:
+            verdict += " (below the paper's number)"
+        table.add_row(c.id, c.paper_text, f"{e.measured:{digits}} {c.unit}",
+                      f"[{e.low:{digits}}, {e.high:{digits}}]", str(e.n), verdict)
+    return table

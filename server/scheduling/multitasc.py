@@ -39,6 +39,9 @@ class _Track:
     threshold: float
     gain: float
     horizon: ReportHorizon
+    on_time: float = 1.0
+    """Smoothed share of this device's forwarded samples answered within the SLO: what its
+    link and compute leave of its latency budget (1 until its reports say otherwise)."""
 
 
 def marginal_gain(curve: tuple[CurvePoint, ...], threshold: float, light_accuracy: float | None,
@@ -72,11 +75,18 @@ class MultiTASCPolicy:
         "max_threshold": 1.0,
         "group_by": "tier",
         "start": "initial",
+        "on_time_gain": 0.3,
+        "on_time_relax": 0.02,
     }
     """`group_by` pools SLO satisfaction per "tier" (robust: many samples per window) or uses
     each "device" alone. `start` = "initial" begins from each device's initial threshold, "max"
     from `max_threshold`. Steps are threshold units per control interval; `queue_high` is in
-    batches of `max_batch_size`, `queue_ms_high` a fraction of the SLO."""
+    batches of `max_batch_size`, `queue_ms_high` a fraction of the SLO.
+
+    A device's weight is its marginal accuracy gain (model card) times the smoothed share of
+    its forwarded samples that came back within the SLO, learnt from its reports
+    (`on_time_gain`: smoothing; `on_time_relax`: drift back towards 1 while it forwards too
+    little to tell, so a device is tried again)."""
 
     def __init__(self, params: Mapping[str, Any] | None = None) -> None:
         self.p = check_params(self.name, params or {}, self.DEFAULTS)
@@ -111,7 +121,9 @@ class MultiTASCPolicy:
         # a batch while some group misses the SLO; otherwise a group below target is limited by
         # its own latency budget, and only that group should forward less.
         self.congested = queued or (waiting and worst is not None and worst < target)
-        gains = {dev: t.gain for dev, t in self._devices.items()}
+        # A device's forwards are worth their accuracy gain (its model card) times the share
+        # that comes back in time (its link and compute budget, from its reports).
+        gains = {dev: max(t.gain * t.on_time, 0.05 * t.gain) for dev, t in self._devices.items()}
         g_min, g_max = min(gains.values()), max(gains.values())
         out: dict[str, float] = {}
         for dev, track in self._devices.items():
@@ -157,6 +169,12 @@ class MultiTASCPolicy:
                 continue
             track.threshold = state.threshold
             track.horizon.observe(state, view.now)
+            w = state.window
+            if state.fresh and w is not None and w.forwarded >= 3:
+                seen = min(max(1.0 - w.slo_missed / w.forwarded, 0.0), 1.0)
+                track.on_time += self.p["on_time_gain"] * (seen - track.on_time)
+            elif state.fresh:
+                track.on_time += self.p["on_time_relax"] * (1.0 - track.on_time)
 
     def _clamp(self, value: float) -> float:
         return clamp(value, self.p["min_threshold"], self.p["max_threshold"])

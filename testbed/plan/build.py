@@ -13,7 +13,7 @@ import numpy as np
 
 from common.batch_profiles import BatchProfile, heavy_model_names, profile_for
 from common.cascade_math import agreement_levels, cascade_curve, vote
-from common.config import ScenarioConfig, TierSpec, parse_mix
+from common.config import ScenarioConfig, TierSpec, device_specs, parse_mix
 from common.gear_plan import GearPlan
 from common.modelzoo import Zoo, open_session, open_zoo, to_model_input
 from testbed.plan.planner import PlanInputs, TierCurve, pareto_front, plan_gears
@@ -37,8 +37,10 @@ def heavy_models(cfg: ScenarioConfig, zoo: Zoo) -> list[str]:
 
 
 def tier_weights(cfg: ScenarioConfig) -> dict[str, float]:
-    """Each tier's share of the generated samples (devices share one rate); empty tiers out."""
-    weights = parse_mix(cfg.devices.mix, tuple(cfg.tiers))
+    """Each tier's share of the generated samples (its devices times their rate); empty tiers
+    out."""
+    weights = {t: w * (cfg.tiers[t].rate_hz or cfg.devices.rate_hz)
+               for t, w in parse_mix(cfg.devices.mix, tuple(cfg.tiers)).items()}
     total = sum(weights.values())
     return {t: w / total for t, w in weights.items() if w > 0}
 
@@ -71,12 +73,10 @@ def device_p95_ms(spec: TierSpec) -> float:
 
 def peak_rps(cfg: ScenarioConfig) -> float:
     d = cfg.devices
-    rate = d.rate_hz
-    if d.arrival == "onoff":
-        rate *= (d.burst_on_s + d.burst_off_s) / d.burst_on_s
-    elif d.arrival == "trace":
-        rate = max(r for _, r in d.trace_points) * d.trace_scale
-    return d.count * rate
+    if d.arrival == "trace":
+        return d.count * max(r for _, r in d.trace_points) * d.trace_scale
+    burst = (d.burst_on_s + d.burst_off_s) / d.burst_on_s if d.arrival == "onoff" else 1.0
+    return sum(s.rate_hz for s in device_specs(cfg)) * burst
 
 
 def measured_profile(zoo: Zoo, model: str, sizes: tuple[int, ...] = (1, 8, 32)) -> BatchProfile:

@@ -65,14 +65,16 @@ def group_stats(records: Sequence[SampleRecord], generated: int, slo_ms: float,
     """Counts, rates and latency of one group (a device, a tier, or the whole run)."""
     counts = {s: 0 for s in SOURCES}
     causes = dict.fromkeys(CAUSES, 0)
-    correct = forwarded = met = 0
+    correct = forwarded = met = on_time = 0
     for r in records:
         counts[r.source] += 1
         if r.cause:
             causes[r.cause] = causes.get(r.cause, 0) + 1
         correct += r.correct
         forwarded += r.forwarded
-        met += r.latency_ms <= slo_ms
+        in_time = r.latency_ms <= slo_ms
+        met += in_time
+        on_time += in_time and r.correct
     completed = len(records)
     return {
         "samples": {"generated": generated, "completed": completed, "aborted": aborted,
@@ -80,6 +82,7 @@ def group_stats(records: Sequence[SampleRecord], generated: int, slo_ms: float,
                     "causes": {c: n for c, n in causes.items() if n}},
         "slo_satisfaction": _ratio(met, generated),
         "accuracy": _ratio(correct, completed),
+        "accuracy_at_slo": _ratio(on_time, generated),
         "forward_rate": _ratio(forwarded, generated),
         "latency_ms": latency_summary([r.latency_ms for r in records]),
     }
@@ -132,6 +135,7 @@ def summarize(records: Iterable[SampleRecord], devices: Sequence[DeviceTally], *
         "samples": overall["samples"],
         "slo_satisfaction": overall["slo_satisfaction"],
         "accuracy": overall["accuracy"],
+        "accuracy_at_slo": overall["accuracy_at_slo"],
         "throughput_sps": round(n / duration_s, 3) if duration_s > 0 else None,
         "forward_rate": overall["forward_rate"],
         "latency_ms": overall["latency_ms"],

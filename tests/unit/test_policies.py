@@ -50,11 +50,29 @@ class TestMultiTASC:
         """A building queue means the server is the bottleneck: all shed, and the device whose
         forwarded samples gain least from the heavy model (strong light model) sheds most."""
         p = MultiTASCPolicy()
-        thr = run_steps(p, 3, {"low-000": (5, 15), "high-001": (18, 2)},
+        thr = run_steps(p, 3, {"low-000": (16, 4), "high-001": (16, 4)},
                         server(queue_len=40, mean_queue_ms=60))
         assert p.congested
         assert thr["low-000"] < 0.8 and thr["high-001"] < 0.8
         assert 0.8 - thr["high-001"] > 0.8 - thr["low-000"]
+
+    def test_a_device_whose_forwards_come_back_late_sheds_first_and_grows_last(self) -> None:
+        """Two devices with the same model: the one whose forwarded samples miss the SLO (a
+        slow link) is worth less to forward to, under congestion and with room alike."""
+        slow, fast = device("low-slow", "low", gain=0.3), device("low-fast", "low", gain=0.3)
+        for srv, congested in ((server(queue_len=40, mean_queue_ms=60), True),
+                               (server(), False)):
+            p = MultiTASCPolicy({"group_by": "device", "min_decided": 1000})
+            thr = {d.device_id: p.join(d, 0.0) for d in (slow, fast)}
+            for k in range(3):
+                v = view(0.5 * (k + 1), {
+                    "low-slow": (slow, thr["low-slow"], window(10, 10, thr["low-slow"])),
+                    "low-fast": (fast, thr["low-fast"], window(20, 0, thr["low-fast"]))}, srv)
+                thr.update(p.step(v).thresholds)
+            if congested:  # both shed; the slow one more
+                assert thr["low-slow"] < thr["low-fast"] < 0.8
+            else:  # both grow; the fast one more
+                assert thr["low-fast"] > thr["low-slow"] > 0.8
 
     def test_room_raises_everyone_weak_devices_most(self) -> None:
         p = MultiTASCPolicy()

@@ -1,0 +1,144 @@
+"""The papers' headline claims: what each compares, how it is measured, the paper's number.
+
+A claim names a scenario of `scenarios/claims/` whose `[sweep]` holds its arms as named
+variants (and maybe more axes, e.g. device counts); the runner runs every point of it at each
+seed. A claim's metric reads one arm's summaries at one seed (keyed by the point's labels
+other than the variant, "" when there are none) and returns a number; the effect per seed is
+the method's number against the baseline's (or against a fixed reference), oriented as the
+paper states it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from testbed.claims.stats import Direction, Kind
+
+Summary = Mapping[str, Any]
+Metric = Callable[[Mapping[str, Summary]], float]
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    statement: str
+    """What the paper claims, in one line."""
+    paper: float | None
+    """The paper's number in this claim's unit (its conservative end); None: no number."""
+    paper_text: str
+    unit: str
+    """pp (percentage points of a rate), pt (points of accuracy), x (a ratio), %."""
+    kind: Kind
+    direction: Direction
+    """The side of "no effect" the paper claims the effect lies on."""
+    scenario: str
+    """File name in scenarios/claims/."""
+    method: str
+    """The method's variant name in the scenario's [sweep]."""
+    baseline: str | None
+    """The baseline's variant name; None when the method is held against `reference`."""
+    metric: Metric
+    reference: float = 0.0
+    scale: float = 1.0
+    """Differences are multiplied by it (100: fractions to pp/pt)."""
+    invert: bool = False
+    """For ratios: baseline / method (a cost or a latency "x times lower")."""
+    points: tuple[str, ...] | None = None
+    """The scenario's points (labels other than the arm) this claim reads; None: all. Points
+    no claim reads are not run."""
+    note: str = ""
+
+    def effect_inputs(self, method: float, baseline: float | None) -> tuple[float, float]:
+        """(numerator or minuend, denominator or subtrahend) as `stats.paired_effects` wants."""
+        other = self.reference if baseline is None else baseline
+        return (other, method) if self.invert else (method, other)
+
+
+def field_at(name: str, point: str = "") -> Metric:
+    """A summary field (dotted path) at one point of the arm."""
+    def metric(arm: Mapping[str, Summary]) -> float:
+        return _get(arm[point], name)
+    return metric
+
+
+def worst(name: str) -> Metric:
+    """The lowest value of a summary field over every point of the arm."""
+    def metric(arm: Mapping[str, Summary]) -> float:
+        return min(_get(s, name) for s in arm.values())
+    return metric
+
+
+def _get(summary: Summary, path: str) -> float:
+    value: Any = summary
+    for key in path.split("."):
+        value = value[key]
+    return float(value)
+
+
+TARGET = 0.95
+"""The SLO-satisfaction target of the MultiTASC policies (their `target` default)."""
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("multitasc-vs-static",
+          "MultiTASC beats static-threshold cascades on SLO satisfaction, heterogeneous "
+          "fleet of 40 devices", 20.0, "+20-25 pp", "pp", "difference", "higher",
+          "multitasc-40.toml", "multitasc", "static", field_at("slo_satisfaction"),
+          scale=100.0),
+    Claim("multitasc-accuracy-at-slo",
+          "...while sustaining high accuracy: accuracy counting only answers given by the SLO",
+          None, "sustains high accuracy", "pt", "difference", "higher",
+          "multitasc-40.toml", "multitasc", "static", field_at("accuracy_at_slo"),
+          scale=100.0),
+    Claim("multitasc-heterogeneity",
+          "MultiTASC's gain comes from considering device heterogeneity: against a "
+          "heterogeneity-blind adaptive scheduler in a strongly heterogeneous fleet",
+          None, "its thesis", "pt", "difference", "higher",
+          "multitasc-heterogeneity.toml", "multitasc", "uniform-aimd",
+          field_at("accuracy_at_slo"), scale=100.0),
+    Claim("multitasc-pp-100-devices",
+          "MultiTASC++ keeps its target SLO satisfaction from 40 to 100 devices (worst point "
+          "minus the target)", 0.0, "at or above target up to 100 devices", "pp",
+          "difference", "higher", "multitasc-pp-100-devices.toml", "multitasc-pp", None,
+          worst("slo_satisfaction"), reference=TARGET, scale=100.0),
+    Claim("multitasc-pp-vs-multitasc-100",
+          "MultiTASC++ vs MultiTASC at 100 devices (SLO satisfaction)", None,
+          "consistently maintains the target", "pp", "difference", "higher",
+          "multitasc-pp-100-devices.toml", "multitasc-pp", "multitasc",
+          field_at("slo_satisfaction", "devices=100"), scale=100.0, points=("devices=100",)),
+    Claim("multitasc-pp-changing-load",
+          "MultiTASC++ vs MultiTASC under surges and devices joining and leaving (SLO "
+          "satisfaction)", None, "continuous adaptation keeps the target", "pp",
+          "difference", "higher", "multitasc-pp-changing-load.toml", "multitasc-pp",
+          "multitasc", field_at("slo_satisfaction"), scale=100.0),
+    Claim("multitasc-pp-changing-load-accuracy",
+          "...with the highest available accuracy (same runs, accuracy)", None,
+          "highest available accuracy", "pt", "difference", "higher",
+          "multitasc-pp-changing-load.toml", "multitasc-pp", "multitasc",
+          field_at("accuracy"), scale=100.0),
+)
+"""Every claim `testbed claims` runs, in the order of its table."""
+
+QUICK: dict[str, dict[str, Any]] = {
+    "multitasc-40.toml": {"duration_s": 15.0},
+    "multitasc-heterogeneity.toml": {"duration_s": 15.0},
+    "multitasc-pp-100-devices.toml": {"duration_s": 12.0},
+    "multitasc-pp-changing-load.toml": {},
+}
+"""Scenario fields replaced in `--quick` mode, per scenario (shorter runs, same design)."""
+
+
+@dataclass
+class Catalog:
+    claims: list[Claim] = field(default_factory=lambda: list(CLAIMS))
+    quick: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(QUICK))
+
+    def select(self, ids: list[str] | None) -> list[Claim]:
+        if not ids:
+            return list(self.claims)
+        known = {c.id: c for c in self.claims}
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            raise KeyError(f"unknown claims {unknown}; known: {sorted(known)}")
+        return [known[i] for i in ids]
