@@ -252,8 +252,10 @@ class ServerConfig:
     exit_threshold: float = 0.9
     """early-exit: a sample leaves at a stage whose exit's top-1 probability is >= this."""
     stage_scheduler: StagePolicyName = "slack"
-    """early-exit: "slack" (exit-aware deadline slack, preemptive between stages), "edf" (the
-    same, blind to exits) or "fcfs" (run each batch to completion)."""
+    """early-exit: "slack" (exit-aware and preemptive: runs only samples that can still be in
+    time at an exit they may take; the stage batch letting most samples leave per second,
+    unless another batch would miss its slack), "edf" (least slack, blind to exits) or "fcfs"
+    (run each batch to completion)."""
     max_batch_size: int = 32
     max_queue_delay_us: int = 2000
     """How long the first request of a batch may wait for more (Triton semantics)."""

@@ -49,12 +49,11 @@ class EarlyExitBatcher(Batcher):
         while True:
             now = self._loop.time()
             self._expire_parked(now)
-            queues: list[list[Waiting]] = [
-                [Waiting(r.arrival, r.deadline)
-                 for r in self.queue.peek(self.scheduler.max_batch_size)]]
             for stage in self.parked[1:]:
                 stage.sort(key=lambda p: p.req.deadline)
-                queues.append([Waiting(p.req.arrival, p.req.deadline) for p in stage])
+            queues = [[Waiting(r.arrival, r.deadline) for r in self._stage0_view()]]
+            queues += [[Waiting(p.req.arrival, p.req.deadline) for p in stage]
+                       for stage in self.parked[1:]]
             decision = self.scheduler.decide(now, queues)
             if isinstance(decision, Idle):
                 await self._wait(None)
@@ -63,14 +62,31 @@ class EarlyExitBatcher(Batcher):
             elif isinstance(decision, RunStage):
                 await self._run_stage(decision, now)
 
+    def _stage0_view(self) -> list[Request]:
+        """What waits for stage 0, oldest first: the requests a stage-0 batch skipped (they
+        could not make their deadline then), then the oldest batch's worth of the queue."""
+        return [p.req for p in self.parked[0]] + \
+            self.queue.peek(self.scheduler.max_batch_size)
+
+    def _take_stage0(self, picks: tuple[int, ...]) -> list[Request]:
+        """Cut the picked positions of `_stage0_view()`; the ones skipped before the last
+        pick leave the queue for `parked[0]`, where they wait for their deadline in order."""
+        held = self.parked[0]
+        chosen = set(picks)
+        fresh = self._cut(max(picks) + 1 - len(held)) if max(picks) >= len(held) else []
+        view = [p.req for p in held] + fresh
+        self.parked[0] = [Parked(r, r.x, 0.0) for i, r in enumerate(view) if i not in chosen]
+        return [view[i] for i in picks]
+
     async def _run_stage(self, d: RunStage, now: float) -> None:
         if d.stage == 0:
-            reqs = self._cut(d.size)
+            reqs = self._take_stage0(d.picks)
             items = [Parked(r, r.x, now) for r in reqs]
             x = model_input([r.x for r in reqs])
         else:
-            items, self.parked[d.stage] = (self.parked[d.stage][:d.size],
-                                           self.parked[d.stage][d.size:])
+            queue, chosen = self.parked[d.stage], set(d.picks)
+            items = [queue[i] for i in d.picks]
+            self.parked[d.stage] = [p for i, p in enumerate(queue) if i not in chosen]
             x = np.stack([p.act for p in items])
         start = self._loop.time()
         profile = self.staged.stage_profiles[d.stage] if self.staged.stage_profiles else None
