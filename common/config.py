@@ -436,8 +436,8 @@ class IdnConfig:
     """Cost of serving = latency (ms) + alpha_ms * (1 - accuracy)."""
     slot_s: float = 2.0
     eta: float = 1.0
-    """Mirror-ascent step; gains are scaled by the slot's largest, so exp(eta) is the most a
-    model's weight can grow in one slot."""
+    """Mirror-ascent step; gains per kB are scaled by the largest seen so far, so exp(eta) is
+    the most a weight can grow in one slot."""
     load_s: float = 0.5
     """A model a node loads serves only after this long (emulated loading time)."""
 

@@ -28,7 +28,7 @@ from server.admission import Admission, AdmissionRefused
 from server.batch_policy import BatchPolicy
 from server.batcher import Batcher
 from server.heavy_model import HeavyModel
-from server.idn.alloc import CatalogModel, MirrorAscent, Seen, greedy, model_gains
+from server.idn.alloc import CatalogModel, Demand, MirrorAscent, Seen, greedy
 from server.idn.routing import Option, choose, expected_infer_ms, serving_cost_ms
 from server.request_queue import Request, RequestQueue
 from server.stats import ServerStats
@@ -36,6 +36,8 @@ from server.tensors import model_input
 
 log = logging.getLogger(__name__)
 EWMA = 0.2
+PROBE_S = 0.5
+"""A node that has sent nothing up for this long sends the next request up (a probe)."""
 
 
 @dataclass
@@ -97,6 +99,7 @@ class IdnNodeRuntime:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop = asyncio.get_running_loop()
+        self._sent_up = self._loop.time()
 
     # --- serving ----------------------------------------------------------------------------
 
@@ -106,7 +109,8 @@ class IdnNodeRuntime:
                                              self.idn.alpha_ms),
                           len(h.batcher.queue) < 2 * h.batcher.policy.max_batch_size)
                    for m, h in self.held.items() if h.accepting]
-        model = choose(options, self.upstream_ms)
+        now = self._loop.time()
+        model = choose(options, self.upstream_ms, probe=now - self._sent_up >= PROBE_S)
         if model is not None:
             try:
                 self._serve_here(req, model)
@@ -116,6 +120,7 @@ class IdnNodeRuntime:
                     raise
         if self.is_root:
             raise AdmissionRefused("no_model", "the repository holds no model yet")
+        self._sent_up = now
         self._spawn(self._forward(req))
 
     def _infer_ms(self, h: _Held) -> float:
@@ -191,9 +196,12 @@ class IdnNodeRuntime:
             await asyncio.sleep(self.idn.slot_s)
             seen, self.seen = self.seen, []
             counts, self.counts = self.counts, _Counts()
-            gains = model_gains(seen, list(self.specs.values()), self.idn.alpha_ms,
-                                self.idn.slot_s) if not self.is_root else {}
-            target = set(self.catalog) if self.is_root else self._decide(gains)
+            gains: dict[str, float] = {}
+            if self.is_root:
+                target = set(self.catalog)
+            else:
+                target, gains = self._decide(Demand.of(seen, list(self.specs.values()),
+                                                       self.idn.alpha_ms, self.idn.slot_s))
             await self._apply(target)
             self.events.emit("idn_slot", node=self.name, policy=self.idn.policy,
                              held=sorted(target), requests=len(seen),
@@ -209,18 +217,23 @@ class IdnNodeRuntime:
             return self.allocator.update({})
         return set()
 
-    def _decide(self, gains: dict[str, float]) -> set[str]:
+    def _decide(self, demand: Demand) -> tuple[set[str], dict[str, float]]:
+        """The models to hold next, and the gains behind the choice (for the event): INFIDA's
+        subgradient at y, or each model's gain alone for the greedy ones."""
         policy = self.idn.policy
-        if policy == "cloud-only":
-            return set()
         if policy == "idn":
             assert self.allocator is not None
-            return self.allocator.update(gains)
+            grad = demand.subgradient(self.allocator.y)
+            return self.allocator.update(grad), grad
+        alone = {m: demand.gain({m}) for m in self.catalog}
+        if policy == "cloud-only":
+            return set(), alone
         if policy == "greedy-static":
-            if self._frozen is None and any(g > 0 for g in gains.values()):
-                self._frozen = greedy(gains, self.sizes, self.cfg.memory_kb)
-            return self._frozen or set()
-        return greedy(gains, self.sizes, self.cfg.memory_kb)
+            if self._frozen is None and any(g > 0 for g in alone.values()):
+                self._frozen = greedy(demand, self.sizes, self.cfg.memory_kb)
+            return self._frozen or set(), alone
+        held = [m for m, h in self.held.items() if h.accepting]
+        return greedy(demand, self.sizes, self.cfg.memory_kb, held), alone
 
     async def _apply(self, target: set[str]) -> None:
         for m in [m for m in self.held if m not in target and self.held[m].accepting]:

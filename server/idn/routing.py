@@ -25,14 +25,18 @@ def serving_cost_ms(path_ms: float, infer_ms: float, accuracy: float, alpha_ms: 
     return 2.0 * path_ms + infer_ms + alpha_ms * (1.0 - accuracy)
 
 
-def choose(options: Sequence[Option], upstream_cost_ms: float | None) -> str | None:
+def choose(options: Sequence[Option], upstream_cost_ms: float | None,
+           probe: bool = False) -> str | None:
     """The model to serve with here, or None to send the request up. `upstream_cost_ms` is
-    None at the repository, which serves with its cheapest model even when all are busy."""
+    None at the repository, which serves with its cheapest model even when all are busy.
+    `probe`: nothing went up for a while, so this request does, whatever the costs: a node
+    learns what upstream costs only from replies, and an estimate nobody refreshes would
+    keep it serving locally after the nodes above have become cheaper."""
     usable = [o for o in options if o.has_room]
     if upstream_cost_ms is None:
         pool = usable or list(options)
         return min(pool, key=lambda o: o.cost_ms).model if pool else None
-    if not usable:
+    if probe or not usable:
         return None
     best = min(usable, key=lambda o: o.cost_ms)
     return best.model if best.cost_ms <= upstream_cost_ms else None

@@ -99,8 +99,10 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
     out = {**meta, **summary, "run": status, "faults": faults, "server": facts.server,
            "resources": facts.resources}
     if cfg.idn.nodes:
-        out["idn"] = {"policy": cfg.idn.policy, **idn_summary(records, cfg.idn.alpha_ms,
-                                                              *model_accuracies(cfg))}
+        run_start = next((float(e["start_at"]) for e in events
+                          if e.get("kind") == "run_clock"), None)
+        out["idn"] = {"policy": cfg.idn.policy, **idn_summary(
+            records, cfg.idn.alpha_ms, *model_accuracies(cfg), run_start=run_start)}
     limit = fault_fallback_limit(cfg.max_fault_fallback, bool(cfg.faults))
     status["problems"] = run_problems(out, limit)
     try:

@@ -182,8 +182,14 @@ def running_mean_per_second(records: Iterable[SampleRecord], values: Iterable[fl
     return out
 
 
+IDN_WARMUP_S = 5.0
+"""Answers to samples scheduled before this run time are left out of `mean_cost_steady_ms`:
+the policies start from different allocations (greedy from none, INFIDA from its y0)."""
+
+
 def idn_summary(records: Sequence[SampleRecord], alpha_ms: float, accuracy: dict[str, float],
-                light_accuracy: dict[str, float]) -> dict[str, Any]:
+                light_accuracy: dict[str, float], run_start: float | None = None,
+                warmup_s: float = IDN_WARMUP_S) -> dict[str, Any]:
     by_node: dict[str, int] = defaultdict(int)
     by_model: dict[str, int] = defaultdict(int)
     costs = [serving_cost_ms(r, alpha_ms, accuracy, light_accuracy) for r in records]
@@ -195,8 +201,12 @@ def idn_summary(records: Sequence[SampleRecord], alpha_ms: float, accuracy: dict
     finite = [c for c in costs if c == c]
     expected_acc = [accuracy.get(r.heavy_model.rsplit("/", 1)[-1], 0.0) if r.source == "heavy"
                     else light_accuracy.get(r.tier, 0.0) for r in records]
+    steady = [c for r, c in zip(records, costs, strict=True)
+              if c == c and run_start is not None and r.wall_epoch_s - run_start >= warmup_s]
     return {"alpha_ms": alpha_ms,
             "mean_cost_ms": round(float(np.mean(finite)), 3) if finite else None,
+            "mean_cost_steady_ms": round(float(np.mean(steady)), 3) if steady else None,
+            "warmup_s": warmup_s,
             "expected_inaccuracy": round(1 - float(np.mean(expected_acc)), 5)
             if expected_acc else None,
             "served_by_node": dict(sorted(by_node.items())),
