@@ -225,6 +225,8 @@ def claims_table(verdicts: list[Verdict]) -> Table:
         verdict = "[green]holds[/green]" if v.holds else "[red]does not hold[/red]"
         if v.holds and v.at_paper is False:
             verdict += " (below the paper's number)"
+        if v.invalid:
+            verdict += f" (not comparable at {len(v.invalid)} seeds: {v.invalid[0]})"
         table.add_row(c.id, c.paper_text, f"{e.measured:{digits}} {c.unit}",
                       f"[{e.low:{digits}}, {e.high:{digits}}]", str(e.n), verdict)
     return table

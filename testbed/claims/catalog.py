@@ -18,6 +18,9 @@ from testbed.claims.stats import Direction, Kind
 
 Summary = Mapping[str, Any]
 Metric = Callable[[Mapping[str, Summary]], float]
+Check = Callable[[Mapping[str, Summary], Mapping[str, Summary]], str | None]
+"""(method's summaries, baseline's summaries) at one seed -> why the comparison is not valid
+there (e.g. the arms are not at equal accuracy), or None."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,9 @@ class Claim:
     """Differences are multiplied by it (100: fractions to pp/pt)."""
     invert: bool = False
     """For ratios: baseline / method (a cost or a latency "x times lower")."""
+    check: Check | None = None
+    """A condition the paper's comparison needs at every seed (equal accuracy, the SLO met);
+    a seed that fails it makes the claim not hold, with the reason."""
     points: tuple[str, ...] | None = None
     """The scenario's points (labels other than the arm) this claim reads; None: all. Points
     no claim reads are not run."""
@@ -79,6 +85,38 @@ def tail_slo(arm: Mapping[str, Summary]) -> float:
     met = sum(d["latency_ms"]["p95"] is not None and float(d["latency_ms"]["p95"]) <= slo
               for d in devices)
     return met / len(devices)
+
+
+def answered_by_share(model: str) -> Metric:
+    """The share of generated samples that the server model `model` finally answered."""
+    def metric(arm: Mapping[str, Summary]) -> float:
+        s = arm[""]
+        return float(s["answered_by"].get(model, 0)) / float(s["samples"]["generated"])
+    return metric
+
+
+def cost_per_1000(arm: Mapping[str, Summary]) -> float:
+    """Provisioned accelerator-seconds per 1,000 samples: one server process is one emulated
+    accelerator for the whole run (an arm with 1/k of the devices is one of k replicas)."""
+    s = arm[""]
+    return 1000.0 * float(s["duration_s"]) / float(s["samples"]["generated"])
+
+
+def equal_accuracy(tolerance: float, slo: bool = False, clean: bool = False) -> Check:
+    """The method is within `tolerance` of the baseline's accuracy; with `slo`, both arms' p95
+    meet the SLO; with `clean`, no sample fell back or was rejected in either arm."""
+    def check(method: Mapping[str, Summary], baseline: Mapping[str, Summary]) -> str | None:
+        m, b = method[""], baseline[""]
+        if float(m["accuracy"]) < float(b["accuracy"]) - tolerance:
+            return (f"accuracy {float(m['accuracy']):.4f} is more than {tolerance:.3f} below "
+                    f"the baseline's {float(b['accuracy']):.4f}")
+        for name, s in (("method", m), ("baseline", b)):
+            if slo and float(s["latency_ms"]["p95"]) > float(s["slo_ms"]):
+                return f"the {name}'s p95 {float(s['latency_ms']['p95']):.0f} ms misses the SLO"
+            if clean and s["samples"]["fallback"] + s["samples"]["rejected"]:
+                return f"the {name} had fallbacks or rejections"
+        return None
+    return check
 
 
 def _get(summary: Summary, path: str) -> float:
@@ -133,6 +171,18 @@ CLAIMS: tuple[Claim, ...] = (
           "highest available accuracy", "pt", "difference", "higher",
           "multitasc-pp-changing-load.toml", "multitasc-pp", "multitasc",
           field_at("accuracy"), scale=100.0),
+    Claim("cascadeserve-cost",
+          "CascadeServe's gears serve at lower cost than the best single-model deployment, "
+          "at the same accuracy and p95 within the SLO (provisioned accelerator-seconds per "
+          "1,000 samples)", 2.0, "2-3x", "x", "ratio", "higher", "cascadeserve-cost.toml",
+          "gears", "single-cnn-x2", cost_per_1000, invert=True,
+          check=equal_accuracy(0.005, slo=True)),
+    Claim("coe-communication",
+          "Agreement-based cascades of ensembles send far fewer samples to the cloud than "
+          "sending everything there, without sacrificing accuracy", 14.0, "up to 14x", "x",
+          "ratio", "higher", "coe-communication.toml", "agreement", "cloud-only",
+          answered_by_share("heavy-cnn-xl"), invert=True,
+          check=equal_accuracy(0.005, clean=True)),
     Claim("infida-vs-greedy",
           "INFIDA's allocation beats greedy heuristics of similar complexity (time-averaged "
           "cost after a 5 s warm-up, greedy / INFIDA)", None,
@@ -157,6 +207,8 @@ QUICK: dict[str, dict[str, Any]] = {
     "multitasc-pp-changing-load.toml": {},
     "fluid-batching-exit-aware.toml": {"duration_s": 20.0},
     "infida-vs-greedy.toml": {"duration_s": 30.0},
+    "coe-communication.toml": {"duration_s": 15.0},
+    "cascadeserve-cost.toml": {"duration_s": 12.0},
 }
 """Scenario fields replaced in `--quick` mode, per scenario (shorter runs, same design)."""
 

@@ -49,6 +49,8 @@ class Verdict:
     holds: bool = False
     at_paper: bool | None = None
     error: str = ""
+    invalid: list[str] = field(default_factory=list)
+    """Seeds where the comparison the paper makes is not valid (e.g. unequal accuracy)."""
     method_values: tuple[float, ...] = ()
     baseline_values: tuple[float, ...] = ()
 
@@ -63,6 +65,8 @@ class Verdict:
         }
         if self.error:
             out["error"] = self.error
+        if self.invalid:
+            out["invalid"] = self.invalid
         return out
 
 
@@ -137,15 +141,20 @@ def judge(claims: list[Claim], p: Plan, seeds: list[int]) -> list[Verdict]:
     for claim in claims:
         v = Verdict(claim)
         try:
-            method = [claim.metric(_arm(p, claim.scenario, claim.method, s)) for s in seeds]
-            baseline = [claim.metric(_arm(p, claim.scenario, claim.baseline, s))
-                        for s in seeds] if claim.baseline else [claim.reference] * len(seeds)
+            arms = [(_arm(p, claim.scenario, claim.method, s),
+                     _arm(p, claim.scenario, claim.baseline, s) if claim.baseline else None)
+                    for s in seeds]
+            method = [claim.metric(m) for m, _ in arms]
+            baseline = [claim.metric(b) if b is not None else claim.reference for _, b in arms]
+            if claim.check is not None:
+                v.invalid = [f"seed {s}: {why}" for s, (m, b) in zip(seeds, arms, strict=True)
+                             if b is not None and (why := claim.check(m, b))]
             pairs = [claim.effect_inputs(m, b if claim.baseline else None)
                      for m, b in zip(method, baseline, strict=True)]
             effects = paired_effects([a for a, _ in pairs], [b for _, b in pairs],
                                      claim.kind, claim.scale)
             v.effect = interval(effects, claim.kind)
-            v.holds = holds(v.effect, claim.kind, claim.direction)
+            v.holds = holds(v.effect, claim.kind, claim.direction) and not v.invalid
             v.at_paper = at_paper_number(v.effect, claim.paper, claim.direction)
             v.method_values, v.baseline_values = tuple(method), tuple(baseline)
         except (KeyError, ValueError, OSError) as exc:

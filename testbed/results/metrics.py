@@ -142,6 +142,7 @@ def summarize(records: Iterable[SampleRecord], devices: Sequence[DeviceTally], *
         "per_tier": per_tier,
         "per_device": per_device,
         "communication": _communication(devices, sum(generated.values())),
+        "answered_by": _answered_by(all_records),
         "emulation": {
             "compute_overrun_fraction": _ratio(sum(r.overrun for r in all_records), n) or 0.0,
             "start_lag_ms": latency_summary([r.start_lag_ms for r in all_records]),
@@ -149,6 +150,16 @@ def summarize(records: Iterable[SampleRecord], devices: Sequence[DeviceTally], *
             "late_replies": sum(d.late_replies for d in devices),
         },
     }
+
+
+def _answered_by(records: Sequence[SampleRecord]) -> dict[str, int]:
+    """Heavy answers by the server model that gave them (an agreement tier's own answers are
+    named `agreement(...)`, escalated ones by its final model): what reached which tier."""
+    counts: dict[str, int] = {}
+    for r in records:
+        if r.source == "heavy":
+            counts[r.heavy_model] = counts.get(r.heavy_model, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _communication(devices: Sequence[DeviceTally], generated: int) -> dict[str, Any]:

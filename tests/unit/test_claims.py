@@ -136,6 +136,23 @@ class TestRunner:
         assert set(line["claims"][0]) >= {"id", "paper", "measured", "ci95", "unit",
                                           "direction", "holds"}
 
+    def test_a_seed_where_the_comparison_is_not_valid_means_the_claim_does_not_hold(
+            self, tmp_path: Path) -> None:
+        claim = Claim("fair", "", 2.0, "2x", "x", "ratio", "higher", "two.toml", "fast",
+                      "slow", field_at("cost", "devices=10"), invert=True,
+                      points=("devices=10",),
+                      check=lambda m, b: "unequal" if m["devices=10"]["accuracy"] < 0.9
+                      else None)
+        p = plan([claim], [1, 2, 3], tmp_path / "out", {}, quick_mode=False,
+                 scenarios=self.scenario(tmp_path))
+        for job in p.jobs:
+            write_run(job.run_dir, cost=10.0 if job.arm == "fast" else 30.0,
+                      accuracy=0.8 if job.seed == 2 else 0.95)
+        (verdict,) = judge([claim], p, [1, 2, 3])
+        assert verdict.effect is not None and verdict.effect.measured == pytest.approx(3.0)
+        assert not verdict.holds and verdict.invalid == ["seed 2: unequal"]
+        assert json.loads(claims_json([verdict]))["claims"][0]["invalid"] == ["seed 2: unequal"]
+
     def test_an_unfinished_run_makes_an_error_not_a_number(self, tmp_path: Path) -> None:
         p = plan(self.claims()[:1], [1, 2, 3], tmp_path / "out", {}, quick_mode=False,
                  scenarios=self.scenario(tmp_path))
