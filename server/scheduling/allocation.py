@@ -9,6 +9,7 @@ concave pieces). Policies use it to compare heavy models and to seed thresholds.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -89,3 +90,56 @@ def allocate(demands: Sequence[Demand], capacity_sps: float) -> Allocation:
     return Allocation(
         thresholds={dev: hulls[dev][level[dev]].threshold for dev in hulls},
         accuracy=acc / total_rate if total_rate > 0 else 0.0, load_sps=load)
+
+
+def forward_rate_at(curve: Sequence[CurvePoint], threshold: float) -> float:
+    """The share of a device's samples a threshold forwards, interpolated on its validation
+    curve (points in increasing threshold, as the cards list them): what the server will
+    receive from the device before any report says so."""
+    if not curve:
+        return 0.0
+    k = bisect.bisect_left(curve, threshold, key=lambda p: p.threshold)
+    if k == 0:
+        return curve[0].forward_rate
+    if k == len(curve):
+        return curve[-1].forward_rate
+    lo, hi = curve[k - 1], curve[k]
+    span = hi.threshold - lo.threshold
+    frac = (threshold - lo.threshold) / span if span > 0 else 1.0
+    return lo.forward_rate + frac * (hi.forward_rate - lo.forward_rate)
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """One device as a source of server load: its sample rate, curve, threshold, and how
+    strongly a shared scaling acts on it (`weight`, 1 = average)."""
+
+    device_id: str
+    rate_hz: float
+    curve: tuple[CurvePoint, ...]
+    threshold: float
+    weight: float = 1.0
+
+
+def expected_load(flows: Sequence[Flow], scale: float = 1.0) -> float:
+    """Forwarded samples per second when every threshold is multiplied by `scale ** weight`."""
+    return sum(f.rate_hz * forward_rate_at(f.curve, f.threshold * scale ** f.weight)
+               for f in flows)
+
+
+def scale_to_load(flows: Sequence[Flow], budget_sps: float, iterations: int = 30
+                  ) -> tuple[float, dict[str, float]]:
+    """The largest common factor s in [0, 1] such that scaling each threshold by `s ** weight`
+    keeps the expected load within `budget_sps`, and the thresholds it gives. Devices with a
+    larger weight (heavier senders, smaller accuracy gain) are scaled down more. Bisection:
+    the load only grows with s."""
+    if expected_load(flows) <= budget_sps:
+        return 1.0, {f.device_id: f.threshold for f in flows}
+    lo, hi = 0.0, 1.0
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        if expected_load(flows, mid) <= budget_sps:
+            lo = mid
+        else:
+            hi = mid
+    return lo, {f.device_id: f.threshold * lo ** f.weight for f in flows}
