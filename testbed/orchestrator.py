@@ -612,10 +612,14 @@ def _log_exits(run: _Run) -> None:
     for child in list(run.devices.values()) + run.retired:
         if child.name == "server" or child.exit_logged:
             continue
-        if not child.proc.is_alive() and child.done is None:
+        if child.proc.is_alive() or child.done is not None:
+            continue
+        poll([child], 0)  # its `done` may still be in the pipe: it exited just after sending
+        if child.done is None:
             child.exit_logged = True
             run.events.emit("device_exit", device=child.name, incarnation=child.incarnation,
                             exitcode=child.proc.exitcode, planned=child.killed,
+                            clean=child.proc.exitcode == 0 and not child.error,
                             error=child.error, disk_full=child.disk_full)
 
 

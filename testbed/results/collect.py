@@ -91,7 +91,8 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
     faults = {kind: kinds.get(kind, 0) for kind in FAULT_EVENTS}
     faults["injected"] = sum(e.get("kind") == "fault" for e in events)
     faults["device_crashes"] = sum(e.get("kind") == "device_exit" and not e.get("planned")
-                                   and not e.get("disk_full") for e in events)
+                                   and not e.get("disk_full") and not e.get("clean")
+                                   for e in events)
     faults["server_crashes"] = sum(e.get("kind") == "server_exit" and not e.get("planned")
                                    for e in events)
     if facts.disk_full:
