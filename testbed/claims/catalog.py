@@ -203,7 +203,7 @@ CLAIMS: tuple[Claim, ...] = (
 QUICK: dict[str, dict[str, Any]] = {
     "multitasc-40.toml": {"duration_s": 15.0},
     "multitasc-heterogeneity.toml": {"duration_s": 15.0},
-    "multitasc-pp-100-devices.toml": {"duration_s": 12.0},
+    "multitasc-pp-100-devices.toml": {"duration_s": 20.0},
     "multitasc-pp-changing-load.toml": {},
     "fluid-batching-exit-aware.toml": {"duration_s": 20.0},
     "infida-vs-greedy.toml": {"duration_s": 30.0},
