@@ -231,9 +231,20 @@ def claims(quick: Annotated[bool, typer.Option(
         for job in todo:
             console.print(f"  {job.run_dir}")
         return
-    with SweepProgress(console) as progress:
-        failed = run_all(jobs, lambda cfg, run_dir: run_scenario(cfg, run_dir).summary,
-                         lambda done, total, what, eta: progress.update(done, total, what, eta))
+    def run_one(cfg: ScenarioConfig, run_dir: Path) -> dict[str, Any]:
+        result = run_scenario(cfg, run_dir)
+        if result.interrupted:  # Ctrl-C stopped this run cleanly: stop the claims too
+            raise KeyboardInterrupt
+        return result.summary
+
+    try:
+        with SweepProgress(console) as progress:
+            failed = run_all(jobs, run_one, lambda done, total, what, eta:
+                             progress.update(done, total, what, eta))
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]: finished runs are kept; run the same "
+                      "command again to go on")
+        raise typer.Exit(130) from None
     verdicts = judge(chosen, jobs, seed_list)
     console.print(claims_table(verdicts))
     for run_dir, error in failed.items():
