@@ -77,7 +77,34 @@ class Plan:
 
     @property
     def todo(self) -> list[Job]:
-        return [j for j in self.jobs if not is_complete(j.run_dir)]
+        """Runs not finished, and runs whose emulation was not faithful (run them again)."""
+        return [j for j in self.jobs
+                if not is_complete(j.run_dir) or unfaithful(_summary(j.run_dir)) is not None]
+
+
+MAX_OVERRUN = 0.01
+"""The share of light-model computations that overran their emulated time (docs/density.md)."""
+MAX_LAG_SHARE_OF_SLO = 0.10
+"""A device's event-loop lag p99 above 10 % of the SLO means the host, not the system under
+test, decided the latencies (another job took the cores): such a run measures nothing."""
+
+
+def unfaithful(summary: dict[str, Any]) -> str | None:
+    """Why a finished run's emulation cannot be trusted, or None."""
+    emulation = summary.get("emulation") or {}
+    overrun = float(emulation.get("compute_overrun_fraction") or 0.0)
+    lag = (emulation.get("loop_lag_ms") or {}).get("p99")
+    bound = MAX_LAG_SHARE_OF_SLO * float(summary.get("slo_ms") or 0.0)
+    if overrun > MAX_OVERRUN:
+        return f"host overloaded (compute overrun {overrun:.1%} > {MAX_OVERRUN:.0%})"
+    if lag is not None and bound > 0 and float(lag) > bound:
+        return f"host overloaded (loop lag p99 {float(lag):.0f} ms > {bound:.0f} ms)"
+    return None
+
+
+def _summary(run_dir: Path) -> dict[str, Any]:
+    summary: dict[str, Any] = json.loads((run_dir / "summary.json").read_text())
+    return summary
 
 
 def plan(claims: list[Claim], seeds: list[int], out: Path, quick: dict[str, dict[str, Any]],
@@ -147,9 +174,14 @@ def judge(claims: list[Claim], p: Plan, seeds: list[int]) -> list[Verdict]:
                     for s in seeds]
             method = [claim.metric(m) for m, _ in arms]
             baseline = [claim.metric(b) if b is not None else claim.reference for _, b in arms]
-            if claim.check is not None:
-                v.invalid = [f"seed {s}: {why}" for s, (m, b) in zip(seeds, arms, strict=True)
-                             if b is not None and (why := claim.check(m, b))]
+            for seed, (m, b) in zip(seeds, arms, strict=True):
+                why = next((f"{why} in a run, run the claims again"
+                            for arm in (m, b or {}) for summary in arm.values()
+                            if (why := unfaithful(summary))), None)
+                if why is None and b is not None and claim.check is not None:
+                    why = claim.check(m, b)
+                if why:
+                    v.invalid.append(f"seed {seed}: {why}")
             pairs = [claim.effect_inputs(m, b if claim.baseline else None)
                      for m, b in zip(method, baseline, strict=True)]
             effects = paired_effects([a for a, _ in pairs], [b for _, b in pairs],
@@ -171,7 +203,7 @@ def _arm(p: Plan, scenario: str, arm: str, seed: int) -> dict[str, dict[str, Any
         if job.scenario == scenario and job.arm == arm and job.seed == seed:
             if not is_complete(job.run_dir):
                 raise ValueError(f"run {job.run_dir} did not finish")
-            out[job.point] = json.loads((job.run_dir / "summary.json").read_text())
+            out[job.point] = _summary(job.run_dir)
     if not out:
         raise KeyError(f"{scenario} has no arm {arm!r}")
     return out

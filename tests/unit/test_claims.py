@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from testbed.claims.catalog import CLAIMS, Catalog, Claim, field_at, worst
-from testbed.claims.runner import claims_json, claims_markdown, judge, plan, write_results
+from testbed.claims.runner import (
+    claims_json,
+    claims_markdown,
+    judge,
+    plan,
+    unfaithful,
+    write_results,
+)
 from testbed.claims.stats import (
     Effect,
     at_paper_number,
@@ -173,6 +180,21 @@ class TestRunner:
                             "**holds (below the paper's number)** |")
         assert claims_markdown(verdicts) == "\n".join(table) + "\n"
 
+    def test_a_run_the_host_disturbed_is_run_again_and_meanwhile_not_counted(
+            self, tmp_path: Path) -> None:
+        p = plan(self.claims()[:1], [1, 2, 3], tmp_path / "out", {}, quick_mode=False,
+                 scenarios=self.scenario(tmp_path))
+        for job in p.jobs:
+            lag = 250.0 if (job.arm, job.seed, job.point) == ("slow", 3, "devices=10") else 2.0
+            write_run(job.run_dir, slo_ms=150, slo_satisfaction=0.95 if job.arm == "fast"
+                      else 0.9, emulation={"compute_overrun_fraction": 0.0,
+                                           "loop_lag_ms": {"p99": lag}})
+        assert [(j.arm, j.seed, j.point) for j in p.todo] == [("slow", 3, "devices=10")]
+        (verdict,) = judge(self.claims()[:1], p, [1, 2, 3])
+        assert verdict.effect is not None and not verdict.holds
+        assert verdict.invalid == ["seed 3: host overloaded (loop lag p99 250 ms > 15 ms) in a "
+                                   "run, run the claims again"]
+
     def test_an_unfinished_run_makes_an_error_not_a_number(self, tmp_path: Path) -> None:
         p = plan(self.claims()[:1], [1, 2, 3], tmp_path / "out", {}, quick_mode=False,
                  scenarios=self.scenario(tmp_path))
@@ -196,3 +218,17 @@ class TestCatalog:
         assert len(ids) == len(set(ids))
         with pytest.raises(KeyError, match="unknown claims"):
             Catalog().select(["no-such-claim"])
+
+
+@pytest.mark.parametrize(("emulation", "slo_ms", "why"), [
+    ({"compute_overrun_fraction": 0.0, "loop_lag_ms": {"p99": 14.9}}, 150, None),
+    ({"compute_overrun_fraction": 0.0, "loop_lag_ms": {"p99": 15.1}}, 150, "loop lag p99 15 ms"),
+    ({"compute_overrun_fraction": 0.0, "loop_lag_ms": {"p99": 40.0}}, 500, None),
+    ({"compute_overrun_fraction": 0.011, "loop_lag_ms": {"p99": 1.0}}, 150, "overrun 1.1%"),
+    ({}, 150, None),  # runs without devices' figures (none recorded) are not judged
+    ({"compute_overrun_fraction": None, "loop_lag_ms": None}, 150, None),
+])
+def test_a_run_is_faithful_when_the_host_kept_up(emulation: dict[str, object], slo_ms: float,
+                                                 why: str | None) -> None:
+    got = unfaithful({"slo_ms": slo_ms, "emulation": emulation})
+    assert got is None if why is None else (got is not None and why in got)
