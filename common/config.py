@@ -14,7 +14,7 @@ from typing import Any, Final, Literal
 from common.names import BadName, check_name
 
 ArrivalKind = Literal["constant", "poisson", "onoff", "trace"]
-FaultKind = Literal["kill_device", "kill_server", "cut_link", "packet_loss"]
+FaultKind = Literal["kill_device", "kill_server", "cut_link", "packet_loss", "kill_node"]
 AdmissionMode = Literal["bound", "deadline"]
 ForwardingRuleName = Literal["confidence", "margin", "entropy", "agreement"]
 ServerMode = Literal["whole", "early-exit"]
@@ -352,6 +352,8 @@ class FaultSpec:
     signal: Literal["kill", "term"] = "kill"
     """kill_*: SIGKILL (a crash: nothing is flushed) or SIGTERM (a clean stop)."""
     every_s: float | None = None
+    node: str | None = None
+    """kill_node (cluster runs only): the node whose agent is killed, with its devices."""
 
     def __post_init__(self) -> None:
         _finite(self)
@@ -369,6 +371,10 @@ class FaultSpec:
             _name(device, "fault device")
         if self.tier is not None:
             _name(self.tier, "fault tier")
+        if self.node is not None:
+            _name(self.node, "fault node")
+        _check((self.kind == "kill_node") == (self.node is not None),
+               "a kill_node fault needs node = \"<name>\" (and only kill_node takes a node)")
         if self.kind in ("cut_link", "packet_loss"):
             _check(self.duration_s > 0, f"{self.kind} needs duration_s > 0")
         if self.kind == "packet_loss":
@@ -480,6 +486,62 @@ class IdnConfig:
         return 0.0 if not below else below[0].link_ms + self.depth_ms(below[0].name)
 
 
+RAY_LOCAL_MAX_NODES: Final = 16
+
+
+def check_ray_address(address: str) -> str:
+    """`address` if Ray can be asked for it: "auto" (the cluster this host has joined),
+    "ray://host:port" (Ray Client), "local:N" (a throwaway cluster of N nodes on this host)
+    or "" (no cluster: the local harness)."""
+    if address in ("", "auto"):
+        return address
+    if address.startswith("local:"):
+        n = address.removeprefix("local:")
+        _check(n.isascii() and n.isdigit() and 1 <= int(n) <= RAY_LOCAL_MAX_NODES,
+               f"ray address local:N needs N in [1, {RAY_LOCAL_MAX_NODES}] (got {address!r})")
+        return address
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    ok = address.startswith("ray://") and sep == ":" and port.isascii() and port.isdigit() \
+        and 0 < int(port) < 65536 and bool(host) and len(address) <= 260 \
+        and all(c.isascii() and (c.isalnum() or c in ".-[]:") for c in host)
+    _check(ok, "ray address must be auto, local:N or ray://host:port (got "
+               f"{address[:60]!r})")
+    return address
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterNodes:
+    """Which Ray nodes take the devices of some tiers (`[[cluster.nodes]]`)."""
+
+    resource: str
+    """Selector: a Ray node resource the nodes have (`ray start --resources='{"boards": 8}'`)."""
+    tiers: tuple[str, ...] = ()
+    """The tiers whose devices go to those nodes (spread evenly over them)."""
+
+    def __post_init__(self) -> None:
+        _name(self.resource, "cluster.nodes resource")
+        for tier in self.tiers:
+            _name(tier, "cluster.nodes tier")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """A run spread over a Ray cluster (`[cluster]`; `--ray` overrides `ray`)."""
+
+    ray: str = ""
+    """"" runs on this host alone; else see `check_ray_address`."""
+    server_node: str = ""
+    """The node of the server: a node name or a node resource; "" is the head node."""
+    nodes: tuple[ClusterNodes, ...] = ()
+    """Tier selectors; tiers no selector names are spread over every node."""
+
+    def __post_init__(self) -> None:
+        check_ray_address(self.ray)
+        if self.server_node:
+            _name(self.server_node, "cluster.server_node")
+        _check(len(self.nodes) <= 1000, "at most 1000 cluster.nodes")
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
     name: str = "multitasc"
@@ -505,6 +567,8 @@ class ScenarioConfig:
     faults: tuple[FaultSpec, ...] = ()
     idn: IdnConfig = field(default_factory=IdnConfig)
     """An inference delivery network of server processes instead of one server."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """Where the processes run: this host (default) or the nodes of a Ray cluster."""
     sweep: dict[str, Any] = field(default_factory=dict)
     """Axes of `testbed sweep` (see testbed.sweep); a single run ignores them."""
     max_fault_fallback: float | None = None
@@ -531,6 +595,9 @@ class ScenarioConfig:
         for i, fault in enumerate(self.faults):
             _check(fault.tier is None or fault.tier in self.tiers,
                    f"faults[{i}]: unknown tier {fault.tier!r}")
+        for i, sel in enumerate(self.cluster.nodes):
+            unknown = sorted(set(sel.tiers) - set(self.tiers))
+            _check(not unknown, f"cluster.nodes[{i}]: unknown tiers {unknown}")
 
 
 @dataclass(frozen=True, slots=True)

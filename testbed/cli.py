@@ -46,6 +46,10 @@ MaxFaultFallback = Annotated[float | None, typer.Option(
          "no limit when the scenario plans faults)")]
 Force = Annotated[bool, typer.Option("--force", help="run even if the host's memory looks "
                                                      "too small for the devices")]
+Ray = Annotated[str | None, typer.Option(
+    "--ray", help="spread the run over a Ray cluster: auto, ray://host:port, or local:N (a "
+                  "throwaway cluster of N nodes on this host); needs the 'ray' extra "
+                  "(docs/cluster.md)")]
 
 
 def apply_overrides(cfg: ScenarioConfig, *, devices: int | None = None,
@@ -75,12 +79,14 @@ def apply_overrides(cfg: ScenarioConfig, *, devices: int | None = None,
     return dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
 
 
-def _execute(cfg: ScenarioConfig, out: Path | None, force: bool = False) -> None:
+def _execute(cfg: ScenarioConfig, out: Path | None, force: bool = False,
+             ray: str | None = None) -> None:
     _check_policy(cfg.policy.name)
+    address = _ray_address(cfg, ray)
     run_dir = out or default_run_dir(cfg)
     try:
         with LiveProgress(console) as progress:
-            result = run_scenario(cfg, run_dir, progress, force=force)
+            result = _run_one(cfg, run_dir, progress, force, address)
     except RunError as exc:
         console.print(f"[red]run failed:[/red] {exc}")
         raise typer.Exit(EXIT_BAD_INPUT) from None
@@ -95,6 +101,28 @@ def _execute(cfg: ScenarioConfig, out: Path | None, force: bool = False) -> None
     raise typer.Exit(code)
 
 
+def _ray_address(cfg: ScenarioConfig, ray: str | None) -> str:
+    """`--ray`, else the scenario's `[cluster] ray`; "" runs on this host."""
+    from common.config import check_ray_address
+
+    address = cfg.cluster.ray if ray is None else ray
+    try:
+        return check_ray_address(address)
+    except ScenarioError as exc:
+        console.print(f"[red]bad option:[/red] {exc}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def _run_one(cfg: ScenarioConfig, run_dir: Path, progress: Any = None, force: bool = False,
+             address: str = "") -> Any:
+    """One run, on this host or (with a Ray address) over a cluster."""
+    if not address:
+        return run_scenario(cfg, run_dir, progress, force=force)
+    from testbed.cluster.driver import run_on_cluster
+
+    return run_on_cluster(cfg, run_dir, address, progress)
+
+
 def _check_policy(name: str) -> None:
     from server.scheduling import POLICIES as policies  # the pure policies only, no aiohttp
 
@@ -107,7 +135,7 @@ def _check_policy(name: str) -> None:
 def up(devices: Annotated[int, typer.Option(help="number of device processes")] = 40,
        policy: Policy = None, duration: Duration = None, slo_ms: SloMs = None, mix: Mix = None,
        seed: Seed = None, out: Out = None, max_fault_fallback: MaxFaultFallback = None,
-       force: Force = False) -> None:
+       force: Force = False, ray: Ray = None) -> None:
     """Start the server and N devices on the default heterogeneous scenario, run, summarise.
     Exits 0 when the run did what was asked, 1 when it did not (the reason is the last line),
     2 on a bad option, 130 on Ctrl-C."""
@@ -118,7 +146,7 @@ def up(devices: Annotated[int, typer.Option(help="number of device processes")] 
     except ScenarioError as exc:
         console.print(f"[red]bad option:[/red] {exc}")
         raise typer.Exit(EXIT_BAD_INPUT) from None
-    _execute(cfg, out, force)
+    _execute(cfg, out, force, ray)
 
 
 @app.command()
@@ -126,7 +154,8 @@ def run(scenario: Annotated[Path, typer.Argument(help="scenario TOML file")],
         devices: Annotated[int | None, typer.Option(help="override the device count")] = None,
         policy: Policy = None, duration: Duration = None, slo_ms: SloMs = None,
         mix: Mix = None, seed: Seed = None, out: Out = None,
-        max_fault_fallback: MaxFaultFallback = None, force: Force = False) -> None:
+        max_fault_fallback: MaxFaultFallback = None, force: Force = False,
+        ray: Ray = None) -> None:
     """Run a scenario file (options override its values); exit codes as for `up`."""
     try:
         cfg = apply_overrides(load_scenario(scenario), devices=devices, policy=policy,
@@ -135,7 +164,7 @@ def run(scenario: Annotated[Path, typer.Argument(help="scenario TOML file")],
     except ScenarioError as exc:
         console.print(f"[red]bad scenario:[/red] {exc}")
         raise typer.Exit(EXIT_BAD_INPUT) from None
-    _execute(cfg, out, force)
+    _execute(cfg, out, force, ray)
 
 
 @app.command()
@@ -143,7 +172,7 @@ def sweep(scenario: Annotated[Path, typer.Argument(help="scenario TOML file with
           out: Annotated[Path | None, typer.Option(
               help="sweep folder (default runs/sweep-<name>); reused to resume")] = None,
           dry_run: Annotated[bool, typer.Option("--dry-run", help="list the runs only")]
-          = False) -> None:
+          = False, ray: Ray = None) -> None:
     """Run every combination of the scenario's [sweep] axes, one after another. Resumable:
     run it again with the same --out and finished runs are skipped."""
     from testbed.sweep import expand, parse_axes, run_sweep
@@ -160,6 +189,7 @@ def sweep(scenario: Annotated[Path, typer.Argument(help="scenario TOML file with
         raise typer.Exit(2)
     for point in points:
         _check_policy(point.cfg.policy.name)
+    address = _ray_address(base, ray)
     sweep_dir = out or Path("runs") / f"sweep-{base.name}"
     total_s = sum(p.cfg.duration_s for p in points)
     console.print(f"{len(points)} runs ({' x '.join(f'{a.name}[{len(a.values)}]' for a in axes)})"
@@ -172,7 +202,7 @@ def sweep(scenario: Annotated[Path, typer.Argument(help="scenario TOML file with
         troubled: dict[str, list[str]] = {}
 
         def run_one(cfg: ScenarioConfig, run_dir: Path) -> dict[str, Any]:
-            summary = run_scenario(cfg, run_dir).summary
+            summary: dict[str, Any] = _run_one(cfg, run_dir, address=address).summary
             if summary["run"].get("problems"):
                 troubled[run_dir.name] = summary["run"]["problems"]
             return summary

@@ -27,7 +27,8 @@ class FaultPlan:
     @property
     def injected(self) -> int:
         """Faults injected: every kill and every link window counts once."""
-        return sum(a.kind in ("kill_device", "kill_server", "link_down") for a in self.actions)
+        return sum(a.kind in ("kill_device", "kill_server", "kill_node", "link_down")
+                   for a in self.actions)
 
 
 def occurrences(fault: FaultSpec, duration_s: float) -> list[float]:
@@ -64,6 +65,9 @@ def plan_faults(cfg: ScenarioConfig, devices: Sequence[tuple[str, str]]) -> Faul
     for i, fault in enumerate(cfg.faults):
         where = f"faults[{i}] ({fault.kind})"
         for k, at in enumerate(occurrences(fault, end)):
+            if fault.kind == "kill_node":  # a cluster run checks the name against its nodes
+                actions.append(FaultAction(at, "kill_node", str(fault.node), fault.signal, i))
+                continue
             if fault.kind == "kill_server":
                 actions.append(FaultAction(at, "kill_server", signal=fault.signal, fault=i))
                 if fault.restart_after_s is not None and at + fault.restart_after_s < end:

@@ -206,6 +206,8 @@ def _run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None)
         plan = plan_faults(cfg, [(s.device_id, s.tier) for s in specs])
     except ScenarioError as exc:
         raise RunError(f"bad scenario: {exc}") from None
+    if any(a.kind == "kill_node" for a in plan.actions):
+        raise RunError("bad scenario: kill_node faults need a cluster run (--ray)")
     specs = [dataclasses.replace(s, link_faults=plan.links.get(s.device_id, ())) for s in specs]
     spans = dict(zip([s.device_id for s in specs], activity(cfg), strict=True))
     joins = join_actions(list(spans), list(spans.values()))

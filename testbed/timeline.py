@@ -9,7 +9,7 @@ from typing import Literal
 from common.config import ScenarioConfig
 
 ActionKind = Literal["kill_device", "restart_device", "kill_server", "restart_server",
-                     "link_down", "link_up", "join_device"]
+                     "link_down", "link_up", "join_device", "kill_node"]
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -18,7 +18,7 @@ class Action:
     """Run time at which the harness acts."""
     kind: ActionKind
     target: str = ""
-    """A device id; empty for the server."""
+    """A device id; a node name for kill_node; empty for the server."""
     signal: str = "kill"
     fault: int = -1
     """Index of the scenario fault this comes from (-1: not a fault)."""
