@@ -58,7 +58,7 @@ class NodeAgent:
         self.node = node
         self.dir = Path(tempfile.mkdtemp(prefix=f"testbed-{run_name}-{node}-"))
         """The node's part of the run folder; shipped to the driver, removed at shutdown."""
-        multiprocessing.spawn.get_preparation_data = _without_main(  # type: ignore[assignment]
+        multiprocessing.spawn.get_preparation_data = _without_main(
             multiprocessing.spawn.get_preparation_data)
         self.ctx = mp.get_context("forkserver")
         self.ctx.set_forkserver_preload(AGENT_PRELOAD)

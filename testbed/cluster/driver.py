@@ -16,6 +16,7 @@ learns of them (up to one poll late). docs/cluster.md has the details.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -489,10 +490,8 @@ def _shutdown_agents(run: _ClusterRun) -> None:
     for node, chunks in _call_all(run, "shutdown", timeout=30.0).items():
         _write_chunks(run, node, chunks)
     for agent in run.agents.values():
-        try:
+        with contextlib.suppress(Exception):  # already gone with its node
             run.session.ray.kill(agent, no_restart=True)
-        except Exception:  # already gone with its node  # noqa: BLE001, S110
-            pass
 
 
 def _resources(run: _ClusterRun) -> dict[str, Any]:

@@ -16,6 +16,8 @@ LOCAL_NODE_OBJECT_STORE_BYTES = 80 * 2**20
 """Per node of a `local:N` cluster: the run ships little through Ray's object store, and
 Ray's default (30 % of memory per node) would reserve most of a small host."""
 AGENT_START_TIMEOUT_S = 60.0
+LOCAL_IP = "127.0.0.1"
+"""A `local:N` cluster (its nodes, the server, the devices' traffic) stays on loopback."""
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
 """No usage report leaves the host; workers' lines are not folded together."""
 
@@ -63,7 +65,7 @@ class RaySession:
             else:
                 session.local = start_local_cluster(n)
                 ray.init(address=session.local.address, log_to_driver=False,
-                         logging_level="WARNING")
+                         logging_level="WARNING", _node_ip_address=LOCAL_IP)
             session.refresh()
         except BaseException:
             session.close()
@@ -103,7 +105,7 @@ def start_local_cluster(n: int) -> Any:
     from ray.cluster_utils import Cluster
 
     common = {"num_cpus": 1, "object_store_memory": LOCAL_NODE_OBJECT_STORE_BYTES,
-              "node_ip_address": "127.0.0.1"}
+              "node_ip_address": LOCAL_IP}
     cluster = Cluster(initialize_head=True, head_node_args={
         **common, "include_dashboard": False,
         "resources": {f"{NAME_RESOURCE_PREFIX}head": 1}})
