@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from common.config import ScenarioConfig, ScenarioError
 from common.files import TOKEN_ENV
@@ -88,7 +89,7 @@ def _execute(cfg: ScenarioConfig, out: Path | None, force: bool = False,
         with LiveProgress(console) as progress:
             result = _run_one(cfg, run_dir, progress, force, address)
     except RunError as exc:
-        console.print(f"[red]run failed:[/red] {exc}")
+        console.print(f"[red]run failed:[/red] {escape(str(exc))}")
         raise typer.Exit(EXIT_BAD_INPUT) from None
     print_summary(result.summary, console)
     console.print(f"run folder: {result.run_dir}")

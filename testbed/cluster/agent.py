@@ -29,7 +29,7 @@ import psutil
 from common.config import DeviceSpec, ScenarioConfig
 from testbed import launch
 from testbed.children import Child, poll, reap, recv, send, spawn
-from testbed.cluster.shipping import Chunk, Tail
+from testbed.cluster.shipping import Tail
 from testbed.observe import sample_resources
 
 AGENT_PRELOAD = ["testbed.launch", "emulated_devices.main", "emulated_devices.preload",
@@ -186,17 +186,18 @@ class NodeAgent:
         out["device_cpu_s"] = round(cpu, 3)
         return out
 
-    def shutdown(self) -> list[Chunk]:
-        """End every child (terminate, then kill), ship the rest of the files, remove the
-        scratch folder."""
+    def shutdown(self) -> dict[str, Any]:
+        """End every child (terminate, then kill), then answer as `poll` does with every
+        remaining byte of the files, and remove the scratch folder."""
         children = [*self.devices.values(), *self.retired,
                     *([self.server] if self.server else [])]
+        poll(children, 0)  # `done`s still in the pipes
         reap(children)
-        chunks: list[Chunk] = []
+        answer = self.poll(final=True)
         while more := self.tail.chunks(final=True):
-            chunks += more
+            answer["chunks"] += more
         shutil.rmtree(self.dir, ignore_errors=True)
-        return chunks
+        return answer
 
 
 def _state(child: Child) -> dict[str, Any]:

@@ -87,6 +87,7 @@ class _Device:
     error: str | None = None
     disk_full: bool = False
     alive: bool = True
+    exitcode: int | None = None
     killed: bool = False
     exit_logged: bool = False
     restart_planned: bool = False
@@ -415,6 +416,7 @@ def _run_devices(run: _ClusterRun) -> None:
     duration = run.cfg.duration_s
     hard_stop = run.start_at + duration + run.cfg.devices.reply_timeout_ms / 1e3 + DRAIN_GRACE_S
     sampled = False
+    last_status = 0.0
     live: dict[str, Any] = {}
     run.progress.phase("running")
     while True:
@@ -432,7 +434,9 @@ def _run_devices(run: _ClusterRun) -> None:
         _poll(run)
         _start_ready(run)
         _watch_crashes(run, t)
-        live = _live_status(run) or live
+        if now - last_status >= 1.0:
+            last_status = now
+            live = _live_status(run) or live
         live["done_devices"] = sum(d.done is not None for d in run.devices.values())
         if not sampled and t >= 0.6 * duration:
             sampled = True
@@ -458,7 +462,7 @@ def _take(run: _ClusterRun, node: str, answer: dict[str, Any]) -> None:
             continue
         dev.ready, dev.done, dev.error = state["ready"], state["done"], state["error"]
         dev.disk_full, dev.alive = state["disk_full"], state["alive"]
-        dev.pid = state["pid"]
+        dev.pid, dev.exitcode = state["pid"], state["exitcode"]
     server = answer.get("server")
     if node == run.server_node.name and server is not None:
         run.server_alive = server["alive"]
@@ -487,8 +491,8 @@ def _stop_devices(run: _ClusterRun) -> None:
 
 def _shutdown_agents(run: _ClusterRun) -> None:
     """Every agent ends its children and ships the rest of its files; then it is killed."""
-    for node, chunks in _call_all(run, "shutdown", timeout=30.0).items():
-        _write_chunks(run, node, chunks)
+    for node, answer in _call_all(run, "shutdown", timeout=30.0).items():
+        _take(run, node, answer)
     for agent in run.agents.values():
         with contextlib.suppress(Exception):  # already gone with its node
             run.session.ray.kill(agent, no_restart=True)
@@ -641,7 +645,8 @@ def _log_exits(run: _ClusterRun) -> None:
         lost = dev.node in run.lost_nodes
         run.events.emit("device_exit", device=dev.spec.device_id,
                         incarnation=dev.spec.incarnation, node=dev.node,
-                        planned=dev.killed, clean=not lost and not dev.error and not dev.killed,
+                        exitcode=dev.exitcode, planned=dev.killed,
+                        clean=not lost and dev.exitcode == 0 and not dev.error,
                         error=dev.error or ("node lost" if lost else None),
                         disk_full=dev.disk_full)
 
