@@ -288,7 +288,7 @@ def _start_agents(run: _ClusterRun) -> None:
     if missing:
         raise RunError(f"node agents did not start on {', '.join(missing)}")
     for name, info in infos.items():
-        run.events.emit("agent_started", node=name, **info)
+        run.events.emit("agent_started", **{**info, "node": name})
 
 
 def _node_lost(run: _ClusterRun, node: str, why: str) -> None:
