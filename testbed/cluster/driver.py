@@ -358,7 +358,8 @@ def _spawn(run: _ClusterRun, jobs: list[tuple[DeviceSpec, Interval, bool]]) -> N
         run.devices[spec.device_id] = _Device(spec, node, interval)
         by_node.setdefault(node, []).append((spec, run.server_url, run.token, wait, interval))
     for node, node_jobs in by_node.items():
-        pids = _call(run, node, "spawn_devices", node_jobs) or {}
+        pids = _call(run, node, "spawn_devices", node_jobs,
+                     timeout=AGENT_START_TIMEOUT_S) or {}
         for device_id, pid in pids.items():
             run.devices[device_id].pid = pid
 
