@@ -26,8 +26,15 @@ class RayMissing(RuntimeError):
     """`--ray` without Ray installed."""
 
 
-def import_ray() -> Any:
-    for key, value in RAY_ENV.items():
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+"""For `local:N`: Ray's switch for a single-host cluster. Without it Ray replaces 127.0.0.1 by
+the host's interface address wherever it resolves one (the GCS address the driver dials, the
+node IPs), so the cluster's traffic would leave loopback; with it every address stays
+127.0.0.1. Read when Ray is imported, and inherited by the processes the cluster starts."""
+
+
+def import_ray(local: bool = False) -> Any:
+    for key, value in {**RAY_ENV, **(LOOPBACK_ENV if local else {})}.items():
         os.environ.setdefault(key, value)
     try:
         import ray
@@ -55,8 +62,8 @@ class RaySession:
 
     @classmethod
     def open(cls, address: str) -> RaySession:
-        ray = import_ray()
         n = local_nodes(address)
+        ray = import_ray(local=n is not None)
         session = cls(ray, address)
         try:
             if n is None:
