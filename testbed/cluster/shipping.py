@@ -90,6 +90,9 @@ class Tail:
                     return None
                 self.sent[rel] = len(data)
                 return Chunk(rel, 0, data, whole=True)
+            if size == 0 and final and rel not in self.sent:
+                self.sent[rel] = 0
+                return Chunk(rel, 0, b"")  # an empty log still exists in the run folder
             if size <= done:
                 return None
             with path.open("rb") as f:

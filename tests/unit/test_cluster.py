@@ -210,6 +210,17 @@ class TestShipping:
         assert tail.chunks() == [] and tail.chunks(final=True) == []
         assert not (run / "devices" / ".mid-001.json.x.tmp").exists()
 
+    def test_empty_files_arrive_at_the_end(self, tmp_path: Path) -> None:
+        node, run = tmp_path / "node", tmp_path / "run"
+        (node / "logs").mkdir(parents=True)
+        (node / "logs" / "devices.log").touch()
+        tail, sink = Tail(node), Sink(run)
+        assert tail.chunks() == []
+        for c in tail.chunks(final=True):
+            sink.write("n1", c)
+        assert (run / "logs" / "devices.n1.log").read_bytes() == b""
+        assert tail.chunks(final=True) == []
+
     def test_a_resent_chunk_is_idempotent_and_a_gap_is_refused(self, tmp_path: Path) -> None:
         sink = Sink(tmp_path)
         sink.write("n", Chunk("samples/a.gen", 0, b"1\n"))
