@@ -33,8 +33,10 @@ def role(p: psutil.Process, driver: int) -> str:
         parent = p.parent()
         return "forkserver" if parent and "forkserver import main" not in \
             " ".join(parent.cmdline()) else "child"  # server or device: told apart below
-    if "default_worker.py" in cmd:
+    if "NodeAgent" in cmd:  # Ray retitles an actor's worker `ray::NodeAgent...`
         return "agent"
+    if "default_worker.py" in cmd or "ray::IDLE" in cmd:
+        return "ray_idle_workers"
     return "ray"
 
 
@@ -91,8 +93,8 @@ def main() -> None:
     by_role: dict[str, float] = {}
     for pid, (r, total) in cpu.items():
         by_role[r] = by_role.get(r, 0.0) + total - begin_cpu.get(pid, total)
-    harness = sum(v for k, v in by_role.items() if k in ("driver", "ray", "agent",
-                                                         "forkserver"))
+    harness = sum(v for k, v in by_role.items() if k in ("driver", "ray", "ray_idle_workers",
+                                                         "agent", "forkserver", "gone"))
     out = {
         "devices": devices, "nodes": {n: r["devices"] for n, r in summary["nodes"].items()},
         "generated": summary["samples"]["generated"], "lost": summary["samples"]["lost"],
