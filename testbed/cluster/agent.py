@@ -38,6 +38,18 @@ AGENT_PRELOAD = ["testbed.launch", "emulated_devices.main", "emulated_devices.pr
 SERVER_START_TIMEOUT_S = 60.0
 
 
+SCRATCH = Path(tempfile.gettempdir()) / "testbed-agents"
+
+
+def remove_orphaned_scratch(root: Path) -> None:
+    """Scratch folders of agents that are gone (a killed node's: nobody else removes them),
+    named `<agent pid>-...`."""
+    for path in root.iterdir():
+        pid = path.name.partition("-")[0]
+        if path.is_dir() and pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def _without_main(original: Any) -> Any:
     """`get_preparation_data` that leaves out the parent's main module: children of a Ray
     worker must not re-run Ray's worker script as their `__mp_main__`."""
@@ -56,8 +68,12 @@ class NodeAgent:
 
     def __init__(self, node: str, run_name: str) -> None:
         self.node = node
-        self.dir = Path(tempfile.mkdtemp(prefix=f"testbed-{run_name}-{node}-"))
-        """The node's part of the run folder; shipped to the driver, removed at shutdown."""
+        SCRATCH.mkdir(parents=True, exist_ok=True)
+        remove_orphaned_scratch(SCRATCH)
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-{run_name}-{node}-",
+                                         dir=SCRATCH))
+        """The node's part of the run folder; shipped to the driver, removed at shutdown (or,
+        if the agent was killed, by the next agent on this host)."""
         multiprocessing.spawn.get_preparation_data = _without_main(
             multiprocessing.spawn.get_preparation_data)
         self.ctx = mp.get_context("forkserver")

@@ -111,9 +111,9 @@ def start_local_cluster(n: int) -> Any:
     on 127.0.0.1 only."""
     from ray.cluster_utils import Cluster
 
-    common = {"num_cpus": 1, "object_store_memory": LOCAL_NODE_OBJECT_STORE_BYTES,
-              "node_ip_address": LOCAL_IP}
-    cluster = Cluster(initialize_head=True, head_node_args={
+    common: dict[str, Any] = {"num_cpus": 1, "node_ip_address": LOCAL_IP,
+                              "object_store_memory": LOCAL_NODE_OBJECT_STORE_BYTES}
+    cluster: Any = Cluster(initialize_head=True, head_node_args={
         **common, "include_dashboard": False,
         "resources": {f"{NAME_RESOURCE_PREFIX}head": 1}})
     try:
