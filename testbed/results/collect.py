@@ -25,7 +25,8 @@ from testbed.results.series import idn_summary
 from testbed.timeline import activity
 from testbed.verdict import fault_fallback_limit, run_problems
 
-FAULT_EVENTS = ("device_kill", "device_restart", "server_kill", "server_restart", "link_down")
+FAULT_EVENTS = ("device_kill", "device_restart", "server_kill", "server_restart", "link_down",
+                "node_kill")
 EVENT_FILES = ("events.harness.jsonl", "events.server.jsonl")
 
 

@@ -137,7 +137,8 @@ def test_three_nodes_one_killed_mid_run_every_sample_accounted(tmp_path: Path) -
     assert nodes["node2"]["generated"] > 0.5 * 10 * RATE_HZ * KILL_AT_S
     kill = [e for e in events_all if e["kind"] == "node_kill"]
     assert len(kill) == 1 and kill[0]["node"] == "node2"
-    assert s["faults"]["injected"] == 1
+    assert s["faults"]["injected"] == 1 and s["faults"]["node_kill"] == 1
+    assert s["faults"]["device_crashes"] == 0
 
     # Records came from the nodes into the one run folder, logs kept per node.
     assert len(list((out / "samples").glob("*.csv"))) == DEVICES

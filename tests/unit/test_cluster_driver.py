@@ -243,6 +243,7 @@ def test_a_lost_node_aborts_only_its_devices_unfinished_samples(tmp_path: Path,
     events = read_events(out / "events.jsonl")
     kinds = [e["kind"] for e in events]
     assert kinds.count("node_kill") == 1 and kinds.count("node_lost") == 1
+    assert s["faults"]["node_kill"] == 1 and s["faults"]["injected"] == 1
     exits = [e for e in events if e["kind"] == "device_exit"]
     assert {e["node"] for e in exits} == {"node2"} and len(exits) == 3
     assert all(e["planned"] and not e["clean"] for e in exits)
