@@ -34,14 +34,13 @@ import tomli_w
 
 from common.config import DeviceSpec, ScenarioConfig, ScenarioError, device_specs
 from common.events import EventLog
-from common.files import write_whole
 from common.scenario_file import scenario_to_dict
 from testbed.cluster.placement import (
     NodeInfo,
     PlacementError,
-    node_table,
     pick_node,
     place_devices,
+    placement_event,
 )
 from testbed.cluster.ray_session import AGENT_START_TIMEOUT_S, RayMissing, RaySession
 from testbed.cluster.shipping import BadChunk, Chunk, Sink
@@ -193,6 +192,8 @@ def _run(cfg: ScenarioConfig, run_dir: Path, session: RaySession,
     run.events.emit("run_start", scenario=cfg.name, policy=cfg.policy.name,
                     devices=cfg.devices.count, faults_planned=plan.injected,
                     ray=session.address, nodes={n.name: n.ip for n in session.nodes})
+    run.events.emit("placement", **placement_event(
+        placement, {s.device_id: s.tier for s in specs}, session.nodes, server_node.name))
     previous = signal.getsignal(signal.SIGINT)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, lambda *_: _on_sigint(run))
@@ -220,9 +221,7 @@ def _run(cfg: ScenarioConfig, run_dir: Path, session: RaySession,
     facts = RunFacts(interrupted=run.interrupted, startup_s=run.startup_s,
                      resources=run.resources, server=server_facts(run.server_statuses),
                      disk_full=str(run.events.failure) if run.events.failure else "")
-    summary = collect(run_dir, facts, cfg)
-    summary["nodes"] = _node_figures(run, summary)
-    write_whole(run_dir / "summary.json", json.dumps(summary, indent=2))
+    summary = collect(run_dir, facts, cfg)  # with `nodes`, from the placement event
     return RunResult(run_dir, summary, run.interrupted)
 
 
@@ -660,23 +659,3 @@ def _live_status(run: _ClusterRun) -> dict[str, Any] | None:
         return None
     run.server_statuses[-1] = status
     return live_view(status)
-
-
-def _node_figures(run: _ClusterRun, summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """summary.json's `nodes`: per node its devices, their samples, and whether it was lost."""
-    tiers = {d: s.tier for d, s in run.specs.items()}
-    table = node_table(run.placement, tiers, run.session.nodes)
-    per_device = {d["device_id"]: d for d in summary.get("per_device", [])}
-    for name, row in table.items():
-        mine = [per_device[d] for d, n in run.placement.items() if n == name and d in per_device]
-        row["generated"] = sum(int(d["generated"]) for d in mine)
-        row["completed"] = sum(int(d["samples"]) for d in mine)
-        row["aborted"] = sum(int(d["aborted"]) for d in mine)
-        row["lost"] = sum(int(d["lost"] or 0) for d in mine)
-        slo = [d["slo_satisfaction"] * d["samples"] for d in mine
-               if d.get("slo_satisfaction") is not None]
-        row["slo_satisfaction"] = round(sum(slo) / row["completed"], 4) \
-            if row["completed"] and slo else None
-        row["server"] = name == run.server_node.name
-        row["lost_node"] = name in run.lost_nodes
-    return table

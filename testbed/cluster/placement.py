@@ -120,14 +120,37 @@ def place_devices(devices: Sequence[tuple[str, str]], nodes: Sequence[NodeInfo],
     return placement
 
 
-def node_table(placement: Mapping[str, str], tiers: Mapping[str, str],
-               nodes: Sequence[NodeInfo]) -> dict[str, dict[str, Any]]:
-    """summary.json's `nodes`: for each node that runs devices, how many of each tier."""
+def placement_event(placement: Mapping[str, str], tiers: Mapping[str, str],
+                    nodes: Sequence[NodeInfo], server: str) -> dict[str, Any]:
+    """What the run records of its placement (the `placement` event): enough to rebuild
+    summary.json's `nodes` from the run folder alone."""
+    used = set(placement.values()) | {server}
+    return {"server": server,
+            "nodes": {n.name: {"ip": n.ip, "head": n.is_head} for n in nodes if n.name in used},
+            "devices": {d: [node, tiers.get(d, "?")] for d, node in placement.items()}}
+
+
+def node_figures(placed: Mapping[str, Any], per_device: Sequence[Mapping[str, Any]],
+                 lost: set[str]) -> dict[str, dict[str, Any]]:
+    """summary.json's `nodes`: for each node that ran devices, how many of each tier, their
+    samples (generated, completed, aborted, lost, SLO satisfaction), whether it had the server
+    and whether it was lost. `placed` is a `placement_event`; `per_device` the summary's."""
+    by_id = {d["device_id"]: d for d in per_device}
     out: dict[str, dict[str, Any]] = {}
-    for node in nodes:
-        mine = [d for d, n in placement.items() if n == node.name]
+    for name, info in placed["nodes"].items():
+        mine = [(d, tier) for d, (node, tier) in placed["devices"].items() if node == name]
         if not mine:
             continue
-        out[node.name] = {"devices": len(mine), "ip": node.ip, "head": node.is_head,
-                          "tiers": dict(sorted(Counter(tiers[d] for d in mine).items()))}
+        rows = [by_id[d] for d, _ in mine if d in by_id]
+        completed = sum(int(r["samples"]) for r in rows)
+        met = sum(r["slo_satisfaction"] * r["samples"] for r in rows
+                  if r.get("slo_satisfaction") is not None)
+        out[name] = {
+            "devices": len(mine), "ip": info["ip"], "head": info["head"],
+            "tiers": dict(sorted(Counter(t for _, t in mine).items())),
+            "generated": sum(int(r["generated"]) for r in rows), "completed": completed,
+            "aborted": sum(int(r["aborted"]) for r in rows),
+            "lost": sum(int(r.get("lost") or 0) for r in rows),
+            "slo_satisfaction": round(met / completed, 4) if completed else None,
+            "server": name == placed["server"], "lost_node": name in lost}
     return out

@@ -20,6 +20,7 @@ from common.files import DiskFull, write_whole
 from common.modelzoo import open_zoo
 from common.records import SampleRecord, read_journal, read_records
 from common.scenario_file import load_scenario
+from testbed.cluster.placement import node_figures
 from testbed.results.metrics import DeviceTally, summarize
 from testbed.results.series import idn_summary
 from testbed.timeline import activity
@@ -105,6 +106,10 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
                           if e.get("kind") == "run_clock"), None)
         out["idn"] = {"policy": cfg.idn.policy, **idn_summary(
             records, cfg.idn.alpha_ms, *model_accuracies(cfg), run_start=run_start)}
+    placed = next((e for e in events if e.get("kind") == "placement"), None)
+    if placed is not None:  # a run over a Ray cluster (docs/cluster.md)
+        out["nodes"] = node_figures(placed, summary["per_device"], {
+            str(e.get("node")) for e in events if e.get("kind") == "node_lost"})
     limit = fault_fallback_limit(cfg.max_fault_fallback, bool(cfg.faults))
     status["problems"] = run_problems(out, limit)
     try:

@@ -27,9 +27,10 @@ from testbed.cluster.placement import (
     NodeInfo,
     PlacementError,
     name_nodes,
-    node_table,
+    node_figures,
     pick_node,
     place_devices,
+    placement_event,
 )
 from testbed.cluster.shipping import BadChunk, Chunk, Sink, Tail, driver_path
 from testbed.faults import plan_faults
@@ -150,18 +151,32 @@ class TestPlaceDevices:
         with pytest.raises(PlacementError):
             place_devices(devs(3, {"low": 1}), [])
 
-    def test_node_table_counts_devices_and_tiers(self) -> None:
+    def test_node_figures_from_the_placement_event(self) -> None:
         ns = nodes(("head", {}), ("node1", {}), ("idle", {"x": 1}))
-        d = devs(5, {"low": 1, "mid": 1})
-        placement = place_devices(d, ns, [ClusterNodes("x", ())])
-        table = node_table(placement, dict(d), ns)
-        assert set(table) == {"head", "node1", "idle"}
-        assert sum(row["devices"] for row in table.values()) == 5
-        table = node_table({k: v for k, v in placement.items() if v != "idle"}, dict(d), ns)
-        assert "idle" not in table
-        assert table["head"]["head"] is True
-        assert sum(sum(row["tiers"].values()) for row in table.values()) == \
-            sum(row["devices"] for row in table.values())
+        d = devs(6, {"low": 1, "mid": 1})
+        placement = place_devices(d, ns[:2])
+        event = placement_event(placement, dict(d), ns, "head")
+        assert set(event["nodes"]) == {"head", "node1"}  # idle runs nothing
+        per_device = [{"device_id": dev, "samples": 9, "generated": 10, "aborted": 1,
+                       "lost": 0, "slo_satisfaction": 0.5 if node == "node1" else 1.0}
+                      for dev, node in placement.items()]
+        table = node_figures(json.loads(json.dumps(event)), per_device, {"node1"})
+        assert table["head"] == {"devices": 3, "ip": "10.0.0.1", "head": True,
+                                 "tiers": {"low": 2, "mid": 1}, "generated": 30,
+                                 "completed": 27, "aborted": 3, "lost": 0,
+                                 "slo_satisfaction": 1.0, "server": True, "lost_node": False}
+        assert table["node1"]["lost_node"] and not table["node1"]["server"]
+        assert table["node1"]["slo_satisfaction"] == 0.5
+        assert table["node1"]["tiers"] == {"low": 1, "mid": 2}
+
+    def test_a_node_whose_devices_left_no_records_still_counts_them(self) -> None:
+        ns = nodes(("head", {}), ("node1", {}))
+        event = placement_event({"a": "node1"}, {"a": "low"}, ns, "head")
+        table = node_figures(event, [], set())
+        assert table == {"node1": {"devices": 1, "ip": "10.0.0.1", "head": False,
+                                   "tiers": {"low": 1}, "generated": 0, "completed": 0,
+                                   "aborted": 0, "lost": 0, "slo_satisfaction": None,
+                                   "server": False, "lost_node": False}}
 
 
 class TestShipping:

@@ -19,6 +19,7 @@ from common.records import GeneratedJournal, RecordWriter, SampleRecord, file_st
 from testbed.cluster import driver
 from testbed.cluster.placement import NodeInfo
 from testbed.cluster.shipping import Tail
+from testbed.results.collect import collect
 
 
 class ActorGone(Exception):
@@ -248,6 +249,8 @@ def test_a_lost_node_aborts_only_its_devices_unfinished_samples(tmp_path: Path,
     assert {e["node"] for e in exits} == {"node2"} and len(exits) == 3
     assert all(e["planned"] and not e["clean"] for e in exits)
     assert json.loads((out / "summary.json").read_text())["nodes"] == nodes
+    (out / "summary.json").unlink()  # `testbed report` rebuilds it from the folder alone
+    assert collect(out)["nodes"] == nodes
     # what was shipped is what the nodes wrote, under the local names
     lost = session.made["node2"].root
     for csv in (out / "samples").glob("*.csv"):
