@@ -87,7 +87,8 @@ def _execute(cfg: ScenarioConfig, out: Path | None, force: bool = False,
 
     def listening(url: str) -> None:
         """The URLs to scrape or watch the run; the token stays in its file."""
-        console.print(f"server: {url}  metrics: {url}/metrics  (token: {run_dir / TOKEN_FILE})")
+        console.print(f"server: {url}  metrics: {url}/metrics  (token: {run_dir / TOKEN_FILE})",
+                      soft_wrap=True)
         if view is not None:
             from testbed.dashboard.app import Target
 
@@ -125,7 +126,7 @@ def _start_dashboard(port: int, title: str) -> Any:
         console.print(f"[red]cannot serve the dashboard on 127.0.0.1:{port}:[/red] "
                       f"{exc.strerror or exc}; --dashboard-port 0 picks a free port")
         raise typer.Exit(EXIT_BAD_INPUT) from None
-    console.print(f"dashboard: {url}")
+    console.print(f"dashboard: {url}", soft_wrap=True)
     return view
 
 
@@ -477,7 +478,8 @@ def watch(url: Annotated[str, typer.Argument(
                     run_dir / "events.harness.jsonl" if run_dir is not None else None)
     try:
         why = asyncio.run(serve_view(target, port, lambda page: console.print(
-            f"dashboard: {page}  (watching {target.server_url}; Ctrl-C stops)")))
+            f"dashboard: {page}  (watching {target.server_url}; Ctrl-C stops)",
+            soft_wrap=True)))
     except WatchError as exc:
         console.print(f"[red]cannot watch:[/red] {exc}")
         raise typer.Exit(EXIT_BAD_INPUT) from None
