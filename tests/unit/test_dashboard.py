@@ -7,11 +7,13 @@ import asyncio
 import dataclasses
 import json
 import math
+import socket
 from pathlib import Path
 from typing import Any
 
 import msgpack
 from aiohttp.test_utils import TestClient, TestServer
+from typer.testing import CliRunner
 
 from common import protocol as wire
 from common.config import MAX_MS
@@ -21,6 +23,7 @@ from server.control import Controller
 from server.report_check import ReportTotals, check_report
 from server.scheduling import make_policy
 from server.stats import ServerStats
+from testbed import cli
 from testbed.dashboard.app import EventTail, Hub, make_app
 from testbed.dashboard.series import CHARTS, Timeline, columns
 from tests import helpers
@@ -258,3 +261,33 @@ class TestPageServer:
         assert rows[-1] is None  # told to stop; later rows are not queued
         hub.add(500.0, None, [])
         assert queue.empty()
+
+
+class TestCommandLine:
+    def test_watch_refuses_what_is_not_a_server_url(self) -> None:
+        for url in ("ftp://127.0.0.1:1", "127.0.0.1:8470", "http://127.0.0.1:1/v1/status"):
+            result = CliRunner().invoke(cli.app, ["watch", url, "--port", "0"])
+            assert result.exit_code == 2, result.output
+            assert "bad URL" in result.output
+
+    def test_watch_says_in_one_line_when_no_server_answers(self) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]  # bound, not listening: connections are refused
+            result = CliRunner().invoke(cli.app, ["watch", f"http://127.0.0.1:{port}",
+                                                  "--port", "0"])
+        assert result.exit_code == 2
+        assert result.output.strip().splitlines() == [
+            f"cannot watch: no server answers at http://127.0.0.1:{port}"]
+
+    def test_a_busy_dashboard_port_stops_up_before_anything_starts(self, tmp_path: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            s.listen()
+            port = s.getsockname()[1]
+            result = CliRunner().invoke(cli.app, ["up", "--devices", "2", "--dashboard",
+                                                  "--dashboard-port", str(port),
+                                                  "--out", str(tmp_path / "run")])
+        assert result.exit_code == 2, result.output
+        assert "cannot serve the dashboard" in result.output
+        assert not (tmp_path / "run").exists()
