@@ -141,7 +141,8 @@ async def _file(request: web.Request) -> web.Response:
 async def _series(request: web.Request) -> web.Response:
     """Everything so far, in column form, with the charts' titles and units."""
     hub = request.app[HUB]
-    body = {**columns(hub.timeline.rows), "title": hub.title, "models": hub.timeline.models,
+    rows = hub.timeline.rows
+    body = {**columns(rows), "title": hub.title, "last": rows[-1] if rows else None,
             "layout": [{"name": c.name, "title": c.title, "unit": c.unit, "by": c.by}
                        for c in CHARTS]}
     return web.json_response(body, dumps=_dumps)

@@ -58,7 +58,7 @@ function makePlot(chart) {
   const many = data.labels.length > 12;
   const opts = {
     title: chart.title + (chart.unit && chart.unit !== "%" ? ` (${chart.unit})` : ""),
-    width: chart.by === "server" ? 430 : 470, height: 210,
+    width: 440, height: 210,
     legend: { show: !many },
     cursor: { drag: { x: false, y: false } },
     scales: { x: { time: true },
@@ -102,6 +102,7 @@ function load(series) {
   layoutCharts(series.layout);
   for (const chart of series.layout) makePlot(chart);
   document.getElementById("title").textContent = `testbed live view: ${series.title}`;
+  if (series.last) showNow(series.last);
   showMarkers();
 }
 
