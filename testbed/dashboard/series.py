@@ -204,20 +204,16 @@ def columns(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     {"labels": [...], "data": [[...], ...]}}, "markers": [...], "tier_of": {...}}, None where
     a series has no value. The page loads this once, then appends each new row the same way
     (static/dashboard.js `append`); columns carry each label once, rows would repeat them."""
-    ts: list[float] = []
-    markers: list[dict[str, Any]] = []
+    rows = list(rows)
+    markers = [m for row in rows for m in row.get("markers", [])]
     tier_of: dict[str, str] = {}
-    charts: dict[str, dict[str, list[float | None]]] = {c.name: {} for c in CHARTS}
-    for i, row in enumerate(rows):
-        ts.append(row["t"])
-        markers += row.get("markers", [])
+    for row in rows:
         tier_of.update(row.get("tier_of", {}))
-        for name, series in charts.items():
-            values = row.get("charts", {}).get(name, {})
-            for label in values:
-                series.setdefault(label, [None] * i)
-            for label, column in series.items():
-                column.append(values.get(label))
-    return {"t": ts, "charts": {name: {"labels": list(s), "data": list(s.values())}
-                                for name, s in charts.items()},
-            "markers": markers, "tier_of": tier_of}
+    charts: dict[str, dict[str, Any]] = {}
+    for chart in CHARTS:
+        values = [row.get("charts", {}).get(chart.name, {}) for row in rows]
+        labels = list(dict.fromkeys(label for v in values for label in v))
+        charts[chart.name] = {"labels": labels,
+                              "data": [[v.get(label) for v in values] for label in labels]}
+    return {"t": [row["t"] for row in rows], "charts": charts, "markers": markers,
+            "tier_of": tier_of}
