@@ -118,12 +118,15 @@ class Timeline:
                 "heavy_model": status.get("heavy_model"), "policy": status.get("policy")}
 
     def _membership(self, t: float, now: set[str], markers: list[dict[str, Any]]) -> None:
-        """Joins and leaves after the first status (the first one's devices are the start)."""
+        """Joins and leaves after the first status (the first one's devices are the start),
+        one marker each per poll: 100 devices registering are not 100 lines."""
         if self._devices is not None:
-            for dev in sorted(now - self._devices):
-                markers.append({"t": t, "kind": "join", "text": f"{dev} joined"})
-            for dev in sorted(self._devices - now):
-                markers.append({"t": t, "kind": "leave", "text": f"{dev} left"})
+            for kind, devs in (("join", now - self._devices), ("leave", self._devices - now)):
+                if devs:
+                    names = sorted(devs)
+                    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+                    markers.append({"t": t, "kind": kind, "text": f"{', '.join(names[:3])}{more} "
+                                    f"{'joined' if kind == 'join' else 'left'}"})
         self._devices = now
 
     def _delta(self, dev: str, t: float, totals: Mapping[str, Any]) -> tuple[int, ...]:

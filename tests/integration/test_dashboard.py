@@ -39,7 +39,9 @@ class Harness:
             env={**os.environ, "COLUMNS": "250"})
         self.lines: list[str] = []
         assert self.proc.stdout is not None
-        threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
+        self._reader = threading.Thread(target=self._read, args=(self.proc.stdout,),
+                                        daemon=True)
+        self._reader.start()
 
     def _read(self, stream: IO[str]) -> None:
         for line in stream:
@@ -69,6 +71,9 @@ class Harness:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+        self._reader.join(10)  # reads to the end of the output
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def get_json(url: str) -> Any:
@@ -183,16 +188,16 @@ def test_watch_follows_a_run_already_going_and_ends_with_it(tmp_path: Path) -> N
         series: dict[str, Any] = {}
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            series = get_json(f"{page}series")
+            series = get_json(f"{page}/series")
             if len(series["t"]) >= 4 and len(series["charts"]["device.threshold"]["labels"]) == 2:
                 break
             time.sleep(0.5)  # polling the view until it holds a few polls
         with urllib.request.urlopen(page, timeout=5) as resp:
             html = resp.read().decode()
-        with urllib.request.urlopen(f"{page}static/dashboard.js", timeout=5) as resp:
+        with urllib.request.urlopen(f"{page}/static/dashboard.js", timeout=5) as resp:
             script = resp.read().decode()
         with pytest.raises(urllib.error.HTTPError):
-            urllib.request.urlopen(f"{page}static/..%2F..%2Fapp.py", timeout=5)
+            urllib.request.urlopen(f"{page}/static/..%2F..%2Fapp.py", timeout=5)
         assert run.wait(60) == 0, run.output
         assert watcher.wait(40) == 0, watcher.output  # the server went silent: the run ended
     finally:

@@ -110,12 +110,15 @@ class TestRows:
 
 
 class TestMarkers:
-    def test_joins_and_leaves_after_the_first_poll(self) -> None:
+    def test_joins_and_leaves_after_the_first_poll_one_marker_each(self) -> None:
         tl = Timeline()
         assert tl.add(0.0, status({"a": device("low", 0.5)}))["markers"] == []
         row = tl.add(1.0, status({"b": device("mid", 0.5)}))
         assert [(m["kind"], m["text"]) for m in row["markers"]] == [
             ("join", "b joined"), ("leave", "a left")]
+        many = {f"d{i}": device("low", 0.5) for i in range(5)}
+        row = tl.add(2.0, status({"b": device("mid", 0.5), **many}))
+        assert [m["text"] for m in row["markers"]] == ["d0, d1, d2 and 2 more joined"]
 
     def test_the_server_going_silent_and_coming_back(self) -> None:
         tl = Timeline()
