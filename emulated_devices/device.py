@@ -465,7 +465,8 @@ class Device:
         rec.latency_ms = ((self._loop.time() if at is None else at) - pending.t_sched) * 1e3
         rec.slo_met = rec.latency_ms <= self.spec.slo_ms
         self._sources[source] += 1
-        self._window.on_answered(source, rec.slo_met, already_missed=pending.slo_counted)
+        self._window.on_answered(source, rec.slo_met, already_missed=pending.slo_counted,
+                                 latency_ms=rec.latency_ms)
         if self._writer is not None and self._write_error is None:
             try:
                 self._writer.write(rec)

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from common.config import ScenarioConfig, ScenarioError
-from common.files import TOKEN_ENV
+from common.files import TOKEN_ENV, InputFileError, resolve_token
 from common.scenario_file import load_scenario
 from testbed.console import (
     LiveProgress,
@@ -21,7 +21,7 @@ from testbed.console import (
     print_plan,
     print_summary,
 )
-from testbed.orchestrator import RunError, default_run_dir, run_scenario
+from testbed.orchestrator import TOKEN_FILE, RunError, default_run_dir, run_scenario
 from testbed.results.collect import collect
 from testbed.verdict import EXIT_BAD_INPUT, EXIT_FAILED, exit_code, last_line
 
@@ -46,6 +46,10 @@ MaxFaultFallback = Annotated[float | None, typer.Option(
          "no limit when the scenario plans faults)")]
 Force = Annotated[bool, typer.Option("--force", help="run even if the host's memory looks "
                                                      "too small for the devices")]
+Dashboard = Annotated[bool, typer.Option(
+    "--dashboard", help="serve a live view of the run on 127.0.0.1 (docs/dashboard.md)")]
+DashboardPort = Annotated[int, typer.Option(
+    help="port of the live view (0 picks a free one)")]
 
 
 def apply_overrides(cfg: ScenarioConfig, *, devices: int | None = None,
@@ -75,15 +79,31 @@ def apply_overrides(cfg: ScenarioConfig, *, devices: int | None = None,
     return dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
 
 
-def _execute(cfg: ScenarioConfig, out: Path | None, force: bool = False) -> None:
+def _execute(cfg: ScenarioConfig, out: Path | None, force: bool = False,
+             dashboard_port: int | None = None) -> None:
     _check_policy(cfg.policy.name)
     run_dir = out or default_run_dir(cfg)
+    view = _start_dashboard(dashboard_port, cfg.name) if dashboard_port is not None else None
+
+    def listening(url: str) -> None:
+        """The URLs to scrape or watch the run; the token stays in its file."""
+        console.print(f"server: {url}  metrics: {url}/metrics  (token: {run_dir / TOKEN_FILE})",
+                      soft_wrap=True)
+        if view is not None:
+            from testbed.dashboard.app import Target
+
+            view.follow(Target(url, (run_dir / TOKEN_FILE).read_text().strip(),
+                               run_dir / "events.harness.jsonl"))
+
     try:
         with LiveProgress(console) as progress:
-            result = run_scenario(cfg, run_dir, progress, force=force)
+            result = run_scenario(cfg, run_dir, progress, force=force, on_listening=listening)
     except RunError as exc:
         console.print(f"[red]run failed:[/red] {exc}")
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    finally:
+        if view is not None:
+            view.close()
     print_summary(result.summary, console)
     console.print(f"run folder: {result.run_dir}")
     problems = result.summary["run"].get("problems", [])
@@ -93,6 +113,21 @@ def _execute(cfg: ScenarioConfig, out: Path | None, force: bool = False) -> None
     if problems:
         console.print(f"[red]{last_line(problems)}[/red]", soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _start_dashboard(port: int, title: str) -> Any:
+    """The live view, listening before the run starts so its URL is printed first."""
+    from testbed.dashboard.app import Dashboard
+
+    view = Dashboard(port, title)
+    try:
+        url = view.start()
+    except OSError as exc:
+        console.print(f"[red]cannot serve the dashboard on 127.0.0.1:{port}:[/red] "
+                      f"{exc.strerror or exc}; --dashboard-port 0 picks a free port")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    console.print(f"dashboard: {url}", soft_wrap=True)
+    return view
 
 
 def _check_policy(name: str) -> None:
@@ -107,7 +142,8 @@ def _check_policy(name: str) -> None:
 def up(devices: Annotated[int, typer.Option(help="number of device processes")] = 40,
        policy: Policy = None, duration: Duration = None, slo_ms: SloMs = None, mix: Mix = None,
        seed: Seed = None, out: Out = None, max_fault_fallback: MaxFaultFallback = None,
-       force: Force = False) -> None:
+       force: Force = False, dashboard: Dashboard = False,
+       dashboard_port: DashboardPort = 8089) -> None:
     """Start the server and N devices on the default heterogeneous scenario, run, summarise.
     Exits 0 when the run did what was asked, 1 when it did not (the reason is the last line),
     2 on a bad option, 130 on Ctrl-C."""
@@ -118,7 +154,7 @@ def up(devices: Annotated[int, typer.Option(help="number of device processes")] 
     except ScenarioError as exc:
         console.print(f"[red]bad option:[/red] {exc}")
         raise typer.Exit(EXIT_BAD_INPUT) from None
-    _execute(cfg, out, force)
+    _execute(cfg, out, force, dashboard_port if dashboard else None)
 
 
 @app.command()
@@ -126,7 +162,8 @@ def run(scenario: Annotated[Path, typer.Argument(help="scenario TOML file")],
         devices: Annotated[int | None, typer.Option(help="override the device count")] = None,
         policy: Policy = None, duration: Duration = None, slo_ms: SloMs = None,
         mix: Mix = None, seed: Seed = None, out: Out = None,
-        max_fault_fallback: MaxFaultFallback = None, force: Force = False) -> None:
+        max_fault_fallback: MaxFaultFallback = None, force: Force = False,
+        dashboard: Dashboard = False, dashboard_port: DashboardPort = 8089) -> None:
     """Run a scenario file (options override its values); exit codes as for `up`."""
     try:
         cfg = apply_overrides(load_scenario(scenario), devices=devices, policy=policy,
@@ -135,7 +172,7 @@ def run(scenario: Annotated[Path, typer.Argument(help="scenario TOML file")],
     except ScenarioError as exc:
         console.print(f"[red]bad scenario:[/red] {exc}")
         raise typer.Exit(EXIT_BAD_INPUT) from None
-    _execute(cfg, out, force)
+    _execute(cfg, out, force, dashboard_port if dashboard else None)
 
 
 @app.command()
@@ -408,3 +445,47 @@ def device(server: Annotated[str, typer.Option("--server", help="server URL")],
     from emulated_devices.main import main
 
     main(argv)
+
+
+@app.command()
+def watch(url: Annotated[str, typer.Argument(
+              help="the run's server URL, printed at the start of `up`/`run`")],
+          port: Annotated[int, typer.Option(help="port of the page (0 picks a free one)")]
+          = 8089,
+          token: Token = None, token_file: TokenFile = None,
+          run_dir: Annotated[Path | None, typer.Option(
+              help="the run's folder: its .token (unless given otherwise) and its events "
+                   "(faults as markers)")] = None) -> None:
+    """Serve a live view of a run already going, on 127.0.0.1, until its server has been
+    silent for 10 s (the run ended) or Ctrl-C. The token stays in this process."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    from testbed.dashboard.app import Target, WatchError
+    from testbed.dashboard.app import watch as serve_view
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/"):
+        console.print(f"[red]bad URL {url[:80]!r}:[/red] give the server's URL, "
+                      "e.g. http://127.0.0.1:40123")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    if token_file is None and not token and run_dir is not None:
+        token_file = run_dir / TOKEN_FILE
+    try:
+        secret = resolve_token(token, token_file)
+    except InputFileError as exc:
+        console.print(f"[red]bad token file:[/red] {exc}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    target = Target(url.rstrip("/"), secret,
+                    run_dir / "events.harness.jsonl" if run_dir is not None else None)
+    try:
+        why = asyncio.run(serve_view(target, port, lambda page: console.print(
+            f"dashboard: {page}  (watching {target.server_url}; Ctrl-C stops)",
+            soft_wrap=True)))
+    except WatchError as exc:
+        console.print(f"[red]cannot watch:[/red] {exc}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]stopped[/yellow]")
+        raise typer.Exit(130) from None
+    console.print(why)

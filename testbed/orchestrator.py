@@ -20,6 +20,7 @@ import secrets
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -177,16 +178,18 @@ def default_run_dir(cfg: ScenarioConfig, root: Path = Path("runs")) -> Path:
 
 
 def run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None = None, *,
-                 force: bool = False) -> RunResult:
+                 force: bool = False,
+                 on_listening: Callable[[str], None] | None = None) -> RunResult:
     """Run one scenario end to end and write its run folder. Ctrl-C stops it cleanly: devices
     stop generating, every sample already generated is answered, records are flushed. A full
-    disk stops it the same way, and the summary says so."""
+    disk stops it the same way, and the summary says so. `on_listening` gets the server's URL
+    as soon as it listens (the CLI prints it and points a live view at it)."""
     if not force:
         check_host_memory(cfg.devices.count)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise RunError(f"{run_dir} exists and is not empty")
     try:
-        return _run_scenario(cfg, run_dir, progress)
+        return _run_scenario(cfg, run_dir, progress, on_listening)
     except OSError as exc:  # the harness's own writes before the run could start
         if is_disk_error(exc):
             raise RunError(str(as_disk_full(exc, getattr(exc, "path", None)
@@ -194,7 +197,8 @@ def run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None =
         raise
 
 
-def _run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None) -> RunResult:
+def _run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None,
+                  on_listening: Callable[[str], None] | None = None) -> RunResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         cfg = prepare(cfg, run_dir)
@@ -228,6 +232,8 @@ def _run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None)
     try:
         try:
             _start_server(run)
+            if on_listening is not None:
+                on_listening(run.server_url)
             _start_nodes(run)
             _start_devices(run)
             run.startup_s = time.monotonic() - t_begin
