@@ -86,6 +86,11 @@ class DeviceOutcome:
     """Payload bytes of the replies."""
     loop_lag: dict[str, Any] = field(default_factory=dict)
     """How late this process's event loop ran the device's timers (`common.looplag`)."""
+    refused: dict[str, int] = field(default_factory=dict)
+    """Forwarded samples the server refused with an `error` reply, by error code (bad_tensor,
+    malformed, ...): not load, something is wrong with what this device sends."""
+    refusal: str = ""
+    """The first such refusal's reason, as the server gave it."""
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -147,9 +152,12 @@ class Device:
         self.bytes_sent = 0
         self.bytes_received = 0
         self._sources = {"light": 0, "heavy": 0, "fallback": 0, "rejected": 0}
+        self._refused: dict[str, int] = {}
+        self._refusal = ""
         self._loop = asyncio.get_running_loop()
         self._timers = TimerLag(self._loop)
-        self._infer_overhead = len(wire.encode(wire.Infer(0, "uint8", (64,), b"", 0.0))) + 8
+        self._infer_overhead = len(wire.encode(wire.Infer(
+            0, self._x.dtype.name, tuple(self._x.shape[1:]), b"", 0.0))) + 8
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -237,7 +245,8 @@ class Device:
             final_threshold=self.threshold, late_replies=self.late_replies,
             overruns=self.overruns, reconnects=max(self.reconnects, 0), sources=self._sources,
             requests_sent=self.requests_sent, bytes_sent=self.bytes_sent,
-            bytes_received=self.bytes_received, loop_lag=self._timers.hist.to_dict())
+            bytes_received=self.bytes_received, loop_lag=self._timers.hist.to_dict(),
+            refused=dict(self._refused), refusal=self._refusal)
 
     async def _close(self) -> None:
         self._closing = True
@@ -381,7 +390,8 @@ class Device:
         payload = pixels.tobytes()
         deliver_at = self._uplink.transmit(end, len(payload) + self._infer_overhead)
         reply_by = timeout_at - self._downlink.allowance_s(RESULT_BYTES)
-        msg = wire.Infer(sample_id=sid, dtype="uint8", shape=tuple(pixels.shape), data=payload,
+        msg = wire.Infer(sample_id=sid, dtype=pixels.dtype.name, shape=tuple(pixels.shape),
+                         data=payload,
                          deadline_ms=max((reply_by - deliver_at) * 1e3, 0.0))
         self._uplink_queue.append((deliver_at, sid, wire.encode(msg)))
         self._uplink_wake.set()
@@ -519,7 +529,11 @@ class Device:
             self._apply_threshold(msg.value, msg.epoch)
         elif isinstance(msg, wire.Error):
             log.warning("%s: server error %s: %s", self.spec.device_id, msg.code, msg.reason)
-            if msg.sample_id is not None:
+            if msg.sample_id is not None and msg.sample_id in self._pending:
+                code = error_name(msg.code)
+                self._refused[code] = self._refused.get(code, 0) + 1
+                self._refusal = self._refusal or "".join(
+                    c if c.isprintable() else "?" for c in f"{code}: {msg.reason}"[:240])
                 self._fail(msg.sample_id, "error")
 
     def _apply_threshold(self, value: float, epoch: int, force: bool = False) -> None:
@@ -552,6 +566,14 @@ class Device:
                 self._window.on_overdue()
         report = self._window.take(self.spec.report_interval_s, self.threshold, self.epoch)
         return wire.encode(report)
+
+
+def error_name(code: int) -> str:
+    """A wire error code as the name summaries count it by (`bad_tensor`), or `code-N`."""
+    try:
+        return wire.ErrorCode(code).name.lower()
+    except ValueError:
+        return f"code-{int(code)}"
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
