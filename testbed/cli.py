@@ -56,6 +56,9 @@ def apply_overrides(cfg: ScenarioConfig, *, devices: int | None = None,
     """Command-line options over a scenario; re-validated as a whole."""
     dev = cfg.devices
     if devices is not None:
+        if devices < 1:
+            raise ScenarioError(f"--devices must be at least 1 (got {devices}): a run without "
+                                "devices measures nothing")
         dev = dataclasses.replace(dev, count=devices)
     if mix is not None:
         dev = dataclasses.replace(dev, mix=mix)
@@ -75,12 +78,28 @@ def apply_overrides(cfg: ScenarioConfig, *, devices: int | None = None,
     return dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
 
 
-def _execute(cfg: ScenarioConfig, out: Path | None, force: bool = False) -> None:
+def _preflight(cfg: ScenarioConfig, force: bool) -> Any:
+    """Policy, host memory, zoo, models and data: everything found before a process starts
+    (exit 2 with one line)."""
+    from testbed.orchestrator import check_host_memory
+    from testbed.preflight import CheckFailed, check_scenario
+
     _check_policy(cfg.policy.name)
+    try:
+        if not force:
+            check_host_memory(cfg.devices.count)
+        return check_scenario(cfg)
+    except (CheckFailed, RunError) as exc:
+        console.print(f"[red]bad scenario:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def _execute(cfg: ScenarioConfig, out: Path | None, force: bool = False) -> None:
+    _preflight(cfg, force)
     run_dir = out or default_run_dir(cfg)
     try:
         with LiveProgress(console) as progress:
-            result = run_scenario(cfg, run_dir, progress, force=force)
+            result = run_scenario(cfg, run_dir, progress, force=force, checked=True)
     except RunError as exc:
         console.print(f"[red]run failed:[/red] {exc}")
         raise typer.Exit(EXIT_BAD_INPUT) from None
@@ -126,15 +145,26 @@ def run(scenario: Annotated[Path, typer.Argument(help="scenario TOML file")],
         devices: Annotated[int | None, typer.Option(help="override the device count")] = None,
         policy: Policy = None, duration: Duration = None, slo_ms: SloMs = None,
         mix: Mix = None, seed: Seed = None, out: Out = None,
-        max_fault_fallback: MaxFaultFallback = None, force: Force = False) -> None:
+        max_fault_fallback: MaxFaultFallback = None, force: Force = False,
+        check: Annotated[bool, typer.Option(
+            "--check", help="only check the scenario, its zoo, models, data and policy (exit "
+                            "0 or 2); start nothing, write nothing")] = False) -> None:
     """Run a scenario file (options override its values); exit codes as for `up`."""
     try:
         cfg = apply_overrides(load_scenario(scenario), devices=devices, policy=policy,
                               duration=duration, slo_ms=slo_ms, mix=mix, seed=seed,
                               max_fault_fallback=max_fault_fallback)
     except ScenarioError as exc:
-        console.print(f"[red]bad scenario:[/red] {exc}")
+        console.print(f"[red]bad scenario:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    if check:
+        checked = _preflight(cfg, force)
+        console.print(f"zoo {checked.zoo}: {checked.data}", soft_wrap=True)
+        for line in checked.lines:
+            console.print(f"  {line}", soft_wrap=True)
+        console.print(f"scenario ok: {scenario} ({cfg.devices.count} devices, policy "
+                      f"{cfg.policy.name})", soft_wrap=True)
+        return
     _execute(cfg, out, force)
 
 
