@@ -114,9 +114,10 @@ def zoo_tiers(zoo: object) -> dict[str, TierSpec]:
         index_tiers = open_zoo(str(zoo)).index.get("tiers")
     except ZooError as exc:
         raise ScenarioError(f"zoo: {exc}") from None
-    _check(isinstance(index_tiers, dict) and bool(index_tiers)
-           and all(isinstance(m, str) for m in index_tiers.values()),
-           f"zoo {zoo}: zoo.json needs `tiers`, a table of tier name -> light model")
+    if not isinstance(index_tiers, dict) or not index_tiers \
+            or not all(isinstance(m, str) for m in index_tiers.values()):
+        raise ScenarioError(f"zoo {zoo}: zoo.json needs `tiers`, a table of tier name -> "
+                            "light model")
     out = {}
     for tier, model in index_tiers.items():
         base = defaults.get(tier, defaults["mid"])

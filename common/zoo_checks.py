@@ -39,9 +39,10 @@ def check_curve(rows: object, where: str) -> None:
     """A threshold curve: rows {threshold, forward_rate, accuracy} in [0, 1], thresholds
     increasing. Empty is an error: without a curve a device would start at threshold 1.0."""
     if not isinstance(rows, list) or not rows:
-        _fail(f"{where} must be a non-empty list of {{threshold, forward_rate, accuracy}} rows")
+        raise ZooFormatError(f"{where} must be a non-empty list of rows with threshold, "
+                             "forward_rate and accuracy")
     last = -1.0
-    for i, row in enumerate(rows):  # type: ignore[union-attr]
+    for i, row in enumerate(rows):
         if not isinstance(row, Mapping) or not all(
                 _unit(row.get(k)) for k in ("threshold", "forward_rate", "accuracy")):
             _fail(f"{where}[{i}] must have threshold, forward_rate and accuracy in [0, 1]")

@@ -152,7 +152,10 @@ class Device:
         self.bytes_sent = 0
         self.bytes_received = 0
         self._sources = {"light": 0, "heavy": 0, "fallback": 0, "rejected": 0}
-        self._refused: dict[str, int] = {}
+        self._refusals: dict[str, int] = {}
+        self.last_connect_error = ""
+        self._attempt_failed = asyncio.Event()
+        """Why the last connection attempt failed (said when registering times out)."""
         self._refusal = ""
         self._loop = asyncio.get_running_loop()
         self._timers = TimerLag(self._loop)
@@ -166,23 +169,32 @@ class Device:
         if getattr(self, "_connection_task", None) is None:
             self._connection_task = asyncio.create_task(self._connection_loop())
 
-    async def wait_registered(self, timeout_s: float) -> None:
+    async def wait_registered(self, timeout_s: float, fail_fast: bool = False) -> None:
         """Start connecting and return once the server has welcomed this device; raise
         `RegistrationFailed` at once on a refusal that retrying cannot fix, TimeoutError if
-        the server stays unreachable."""
+        the server stays unreachable. `fail_fast` (a device started by hand): the first
+        failed connection attempt raises ConnectionError with its reason."""
         self.connect()
         welcomed = asyncio.create_task(self._welcomed.wait())
-        done, _ = await asyncio.wait({welcomed, self._connection_task}, timeout=timeout_s,
+        failed = asyncio.create_task(self._attempt_failed.wait())
+        waits = {welcomed, self._connection_task} | ({failed} if fail_fast else set())
+        done, _ = await asyncio.wait(waits, timeout=timeout_s,
                                     return_when=asyncio.FIRST_COMPLETED)
+        failed.cancel()
         if welcomed in done:
             return
         welcomed.cancel()
+        if failed in done and self._connection_task not in done:
+            await self._close()
+            raise ConnectionError(f"cannot connect: {self.last_connect_error}")
         if self._connection_task in done:
             await self._close()
             self._connection_task.result()  # re-raises RegistrationFailed (or a bug) as it is
             raise RegistrationFailed("the connection ended before the server welcomed us")
         await self._close()
-        raise TimeoutError(f"no welcome from the server within {timeout_s:.0f} s")
+        raise TimeoutError(f"no welcome from the server within {timeout_s:.0f} s"
+                           + (f" (last try: {self.last_connect_error})"
+                              if self.last_connect_error else ""))
 
     async def run(self, start_wall: float | None = None, run_start_wall: float | None = None,
                   end_wall: float | None = None) -> DeviceOutcome:
@@ -246,7 +258,7 @@ class Device:
             overruns=self.overruns, reconnects=max(self.reconnects, 0), sources=self._sources,
             requests_sent=self.requests_sent, bytes_sent=self.bytes_sent,
             bytes_received=self.bytes_received, loop_lag=self._timers.hist.to_dict(),
-            refused=dict(self._refused), refusal=self._refusal)
+            refused=dict(self._refusals), refusal=self._refusal)
 
     async def _close(self) -> None:
         self._closing = True
@@ -514,6 +526,8 @@ class Device:
             except (TimeoutError, OSError, ConnectionError, wire.ProtocolError,
                     RuntimeError) as exc:
                 log.debug("%s: connection failed: %r", self.spec.device_id, exc)
+                self.last_connect_error = str(exc) or type(exc).__name__
+                self._attempt_failed.set()
             self._connected.clear()
             for sid in list(self._pending):
                 self._fail(sid, "disconnected")
@@ -531,7 +545,7 @@ class Device:
             log.warning("%s: server error %s: %s", self.spec.device_id, msg.code, msg.reason)
             if msg.sample_id is not None and msg.sample_id in self._pending:
                 code = error_name(msg.code)
-                self._refused[code] = self._refused.get(code, 0) + 1
+                self._refusals[code] = self._refusals.get(code, 0) + 1
                 self._refusal = self._refusal or "".join(
                     c if c.isprintable() else "?" for c in f"{code}: {msg.reason}"[:240])
                 self._fail(msg.sample_id, "error")

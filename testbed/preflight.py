@@ -80,7 +80,7 @@ def _session_shape(zoo: Zoo, name: str, sample_shape: tuple[int, ...]) -> str:
     path = zoo.model_path(name)
     try:
         session = open_session(path, 1, 1)
-    except Exception as exc:  # onnxruntime's own error types  # noqa: BLE001
+    except Exception as exc:  # onnxruntime's own error types
         raise CheckFailed(f"model {name}: {path.name} cannot be loaded by onnxruntime "
                           f"({str(exc).splitlines()[0][:160]})") from None
     inputs, outputs = session.get_inputs(), session.get_outputs()

@@ -5,7 +5,8 @@ A run fails when samples were lost, when none was generated, when a device or th
 died without the scenario asking for it, when the server refused more than 1 % of the
 forwarded samples for a reason that is not load (`refused_forwards`), or when more samples
 than the scenario allows fell back for a cause that is not load (a lost connection, a failed
-model, an error reply, a server shutting down): those are the testbed failing, not the system under test shedding.
+model, an error reply, a server shutting down): those are the testbed failing, not the system
+under test shedding.
 """
 
 from __future__ import annotations

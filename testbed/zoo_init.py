@@ -141,7 +141,7 @@ def _open(model: ModelFile) -> Any:
         raise ZooInitError(f"model {model.name}: {model.path} is not a file")
     try:
         return open_session(model.path, 1, 1)
-    except Exception as exc:  # onnxruntime raises its own types for a bad file  # noqa: BLE001
+    except Exception as exc:  # onnxruntime raises its own types for a bad file
         raise ZooInitError(f"model {model.name}: {model.path} is not an ONNX model "
                            f"onnxruntime can run ({str(exc).splitlines()[0][:160]})") from None
 
@@ -167,7 +167,7 @@ def _measure(model: ModelFile, splits: dict[str, tuple[np.ndarray, np.ndarray]])
         raise ZooInitError(str(exc)) from None
     try:
         probs = {s: _predict(session, inputs[0].name, x) for s, (x, _) in splits.items()}
-    except Exception as exc:  # noqa: BLE001 - a model that cannot run the data
+    except Exception as exc:
         raise ZooInitError(f"model {model.name} fails on the dataset: "
                            f"{str(exc).splitlines()[0][:160]}") from None
     for p in probs.values():
