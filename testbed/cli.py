@@ -60,6 +60,9 @@ def apply_overrides(cfg: ScenarioConfig, *, devices: int | None = None,
     """Command-line options over a scenario; re-validated as a whole."""
     dev = cfg.devices
     if devices is not None:
+        if devices < 1:
+            raise ScenarioError(f"--devices must be at least 1 (got {devices}): a run without "
+                                "devices measures nothing")
         dev = dataclasses.replace(dev, count=devices)
     if mix is not None:
         dev = dataclasses.replace(dev, mix=mix)
@@ -79,9 +82,25 @@ def apply_overrides(cfg: ScenarioConfig, *, devices: int | None = None,
     return dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
 
 
+def _preflight(cfg: ScenarioConfig, force: bool) -> Any:
+    """Policy, host memory, zoo, models and data: everything found before a process starts
+    (exit 2 with one line)."""
+    from testbed.orchestrator import check_host_memory
+    from testbed.preflight import CheckFailed, check_scenario
+
+    _check_policy(cfg.policy.name)
+    try:
+        if not force:
+            check_host_memory(cfg.devices.count)
+        return check_scenario(cfg)
+    except (CheckFailed, RunError) as exc:
+        console.print(f"[red]bad scenario:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
 def _execute(cfg: ScenarioConfig, out: Path | None, force: bool = False,
              dashboard_port: int | None = None) -> None:
-    _check_policy(cfg.policy.name)
+    _preflight(cfg, force)
     run_dir = out or default_run_dir(cfg)
     view = _start_dashboard(dashboard_port, cfg.name) if dashboard_port is not None else None
 
@@ -97,7 +116,8 @@ def _execute(cfg: ScenarioConfig, out: Path | None, force: bool = False,
 
     try:
         with LiveProgress(console) as progress:
-            result = run_scenario(cfg, run_dir, progress, force=force, on_listening=listening)
+            result = run_scenario(cfg, run_dir, progress, force=force, checked=True,
+                                  on_listening=listening)
     except RunError as exc:
         console.print(f"[red]run failed:[/red] {exc}")
         raise typer.Exit(EXIT_BAD_INPUT) from None
@@ -163,15 +183,26 @@ def run(scenario: Annotated[Path, typer.Argument(help="scenario TOML file")],
         policy: Policy = None, duration: Duration = None, slo_ms: SloMs = None,
         mix: Mix = None, seed: Seed = None, out: Out = None,
         max_fault_fallback: MaxFaultFallback = None, force: Force = False,
-        dashboard: Dashboard = False, dashboard_port: DashboardPort = 8089) -> None:
+        dashboard: Dashboard = False, dashboard_port: DashboardPort = 8089,
+        check: Annotated[bool, typer.Option(
+            "--check", help="only check the scenario, its zoo, models, data and policy (exit "
+                            "0 or 2); start nothing, write nothing")] = False) -> None:
     """Run a scenario file (options override its values); exit codes as for `up`."""
     try:
         cfg = apply_overrides(load_scenario(scenario), devices=devices, policy=policy,
                               duration=duration, slo_ms=slo_ms, mix=mix, seed=seed,
                               max_fault_fallback=max_fault_fallback)
     except ScenarioError as exc:
-        console.print(f"[red]bad scenario:[/red] {exc}")
+        console.print(f"[red]bad scenario:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    if check:
+        checked = _preflight(cfg, force)
+        console.print(f"zoo {checked.zoo}: {checked.data}", soft_wrap=True)
+        for line in checked.lines:
+            console.print(f"  {line}", soft_wrap=True)
+        console.print(f"scenario ok: {scenario} ({cfg.devices.count} devices, policy "
+                      f"{cfg.policy.name})", soft_wrap=True)
+        return
     _execute(cfg, out, force, dashboard_port if dashboard else None)
 
 
@@ -385,6 +416,35 @@ def _report_sweep(sweep_dir: Path) -> None:
                         sweep_dir / "report.md")
     console.print(f"{len(points)} runs ({pending} not finished); figures: "
                   f"{sweep_dir / 'figures'}; table: {md}")
+
+
+zoo_app = typer.Typer(help="Model zoos: your own models and data (docs/zoo.md).",
+                      no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+
+
+@zoo_app.command("init")
+def zoo_init(folder: Annotated[Path, typer.Argument(help="the new zoo's folder (new or empty)")],
+             light: Annotated[list[str], typer.Option(
+                 help="a light (device) model: PATH.onnx or NAME=PATH.onnx; repeat")],
+             heavy: Annotated[list[str], typer.Option(
+                 help="a heavy (server) model, the first is the default; repeat")],
+             data: Annotated[Path, typer.Option(
+                 help=".npz with x_val, y_val, x_test, y_test (uint8 pixels or float32)")],
+             ) -> None:
+    """Build a zoo from your ONNX models and dataset: copies them, measures accuracy, the
+    threshold curves and latency on this host, and writes zoo.json and a card per model. Use
+    it with `zoo = "FOLDER"` in a scenario: each light model becomes a tier of its name."""
+    from testbed.zoo_init import ZooInitError, build_zoo
+
+    try:
+        index = build_zoo(folder, light, heavy, data)
+    except ZooInitError as exc:
+        console.print(f"[red]cannot build the zoo:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    console.print(f"zoo {folder}: tiers {', '.join(index['tiers'])}; heavy {index['heavy']}; "
+                  f"data {index['dataset']['dtype']} ({index['dataset']['classes']} classes). "
+                  f"Use it with zoo = \"{folder.resolve()}\" in a scenario.", soft_wrap=True)
 
 
 @app.command()

@@ -17,6 +17,7 @@ import multiprocessing.forkserver
 import multiprocessing.spawn
 import os
 import secrets
+import shutil
 import signal
 import threading
 import time
@@ -37,7 +38,8 @@ from testbed import launch
 from testbed.children import Child, poll, reap, recv, send, spawn
 from testbed.faults import FaultPlan, plan_faults
 from testbed.observe import fetch_status, live_view, sample_resources, server_facts
-from testbed.plan.prepare import prepare
+from testbed.plan.prepare import PLAN_FILE, prepare
+from testbed.preflight import CheckFailed, check_scenario
 from testbed.results.collect import RunFacts, collect
 from testbed.timeline import Action, Interval, activity, join_actions
 from testbed.versions import collect_versions
@@ -178,18 +180,30 @@ def default_run_dir(cfg: ScenarioConfig, root: Path = Path("runs")) -> Path:
 
 
 def run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None = None, *,
-                 force: bool = False,
+                 force: bool = False, checked: bool = False,
                  on_listening: Callable[[str], None] | None = None) -> RunResult:
     """Run one scenario end to end and write its run folder. Ctrl-C stops it cleanly: devices
     stop generating, every sample already generated is answered, records are flushed. A full
-    disk stops it the same way, and the summary says so. `on_listening` gets the server's URL
-    as soon as it listens (the CLI prints it and points a live view at it)."""
+    disk stops it the same way, and the summary says so. The scenario is checked first
+    (`testbed.preflight`, unless the caller just did: `checked`), before the folder exists.
+    `on_listening` gets the server's URL as soon as it listens (the CLI prints it and points a
+    live view at it)."""
     if not force:
         check_host_memory(cfg.devices.count)
+    if not checked:
+        try:
+            check_scenario(cfg)
+        except CheckFailed as exc:
+            raise RunError(f"bad scenario: {exc}") from None
     if run_dir.exists() and any(run_dir.iterdir()):
         raise RunError(f"{run_dir} exists and is not empty")
+    created = not run_dir.exists()
     try:
         return _run_scenario(cfg, run_dir, progress, on_listening)
+    except RunError:
+        if created and _only_prepared(run_dir):  # nothing ran: leave no half-written folder
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     except OSError as exc:  # the harness's own writes before the run could start
         if is_disk_error(exc):
             raise RunError(str(as_disk_full(exc, getattr(exc, "path", None)
@@ -263,6 +277,11 @@ def _run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None,
                      resources=run.resources, server=server, disk_full=disk_full)
     summary = collect(run_dir, facts, cfg)
     return RunResult(run_dir, summary, run.interrupted)
+
+
+def _only_prepared(run_dir: Path) -> bool:
+    """The folder holds at most what `prepare` writes (a gear plan): no process has run."""
+    return run_dir.is_dir() and all(p.name == PLAN_FILE for p in run_dir.iterdir())
 
 
 def check_host_memory(devices: int) -> None:

@@ -98,7 +98,7 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
     if facts.disk_full:
         status["disk_full"] = facts.disk_full
     out = {**meta, **summary, "run": status, "faults": faults, "server": facts.server,
-           "resources": facts.resources}
+           "resources": facts.resources, "refusals": _refusals(incs.values())}
     if cfg.idn.nodes:
         run_start = next((float(e["start_at"]) for e in events
                           if e.get("kind") == "run_clock"), None)
@@ -112,6 +112,21 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
         status["disk_full"] = status.get("disk_full") or str(exc)
         status["problems"] = run_problems(out, limit)
     return out
+
+
+def _refusals(incs: Any) -> dict[str, Any]:
+    """Forwarded samples the server refused with an `error` reply, by reason, over every
+    device process, and the first reason given (what the run's verdict quotes)."""
+    by_reason: Counter[str] = Counter()
+    first = ""
+    for inc in sorted(incs, key=lambda i: (i.device_id, i.incarnation)):
+        out = inc.outcome or {}
+        refused = out.get("refused")
+        if isinstance(refused, dict):
+            by_reason.update({str(k): int(v) for k, v in refused.items()
+                              if isinstance(v, int) and v > 0})
+        first = first or str(out.get("refusal") or "")
+    return {"by_reason": dict(sorted(by_reason.items())), "first": first}
 
 
 def _read_incarnations(run_dir: Path, tiers: dict[str, str]

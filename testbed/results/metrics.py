@@ -79,6 +79,7 @@ def group_stats(records: Sequence[SampleRecord], generated: int, slo_ms: float,
     return {
         "samples": {"generated": generated, "completed": completed, "aborted": aborted,
                     "lost": max(generated - completed - aborted, 0), **counts,
+                    "forwarded": forwarded,
                     "causes": {c: n for c, n in causes.items() if n}},
         "slo_satisfaction": _ratio(met, generated),
         "accuracy": _ratio(correct, completed),
