@@ -9,11 +9,14 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from common.gear_plan import GearPlan
 from testbed.claims.runner import Verdict
+from testbed.results.compare import Comparison
+from testbed.results.headline import FRACTIONS
 from testbed.sweep import SweepPoint
 
 
@@ -229,4 +232,27 @@ def claims_table(verdicts: list[Verdict]) -> Table:
             verdict += f" (not comparable at {len(v.invalid)} seeds: {v.invalid[0]})"
         table.add_row(c.id, c.paper_text, f"{e.measured:{digits}} {c.unit}",
                       f"[{e.low:{digits}}, {e.high:{digits}}]", str(e.n), verdict)
+    return table
+
+
+def compare_table(result: Comparison, a: str, b: str) -> Table:
+    """B - A per headline figure; shares in % (their differences in percentage points)."""
+    how = (f"paired over {len(result.pairs)} run{'s' if len(result.pairs) != 1 else ''}"
+           if result.paired else "unpaired: means of each side, no interval")
+    table = Table(title=f"B - A ({how})", caption=f"A = {escape(a)}\nB = {escape(b)}",
+                  header_style="bold")
+    for col in ("figure", "A", "B", "B - A", "95 % CI", "n"):
+        table.add_column(col, justify="left" if col == "figure" else "right")
+    for d in result.differences:
+        pct = d.metric in FRACTIONS
+        scale, unit, fmt = (100.0, " pp", ".2f") if pct else (1.0, "", ".4g")
+
+        def show(x: float | None, sign: bool = False, *, scale: float = scale,
+                 fmt: str = fmt) -> str:
+            return "-" if x is None else format(x * scale, ("+" if sign else "") + fmt)
+
+        ci = "-" if d.low is None else f"[{show(d.low, True)}, {show(d.high, True)}]"
+        table.add_row(d.metric + (" (%)" if pct else ""), show(d.a), show(d.b),
+                      show(d.diff, True) + (unit if d.diff is not None else ""),
+                      escape(ci), str(d.n))
     return table
