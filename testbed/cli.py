@@ -233,7 +233,8 @@ def sweep(scenario: Annotated[Path, typer.Argument(help="scenario TOML file with
         console.print(f"[red]bad sweep:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     if not axes:
-        console.print(f"[red]{escape(str(scenario))} has no {escape('[sweep]')} table[/red]")
+        console.print(f"[red]{escape(str(scenario))} has no {escape('[sweep]')} table[/red]",
+                      soft_wrap=True)
         raise typer.Exit(2)
     expectations = _expectations(expect)
     for point in points:

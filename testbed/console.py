@@ -149,13 +149,20 @@ class LiveProgress:
     def running(self, elapsed_s: float, duration_s: float, live: dict[str, Any]) -> None:
         if self._run_task is None:
             self._run_task = self._bar.add_task("running (s)", total=duration_s, live="")
-        text = ""
-        if live:
-            thr = live.get("mean_threshold")
-            text = (f"{live.get('connected', '?')} dev, queue {live.get('queue', '?')}, "
-                    f"{live.get('throughput_sps', 0):.0f}/{live.get('arrival_sps', 0):.0f} "
-                    f"sps, thr {'-' if thr is None else f'{thr:.2f}'}")
-        self._bar.update(self._run_task, completed=elapsed_s, live=text)
+        self._bar.update(self._run_task, completed=elapsed_s, live=escape(live_text(live)))
+
+
+def live_text(live: dict[str, Any]) -> str:
+    """The server's live numbers, each with its name (the progress line shows them)."""
+    if not live:
+        return ""
+    if live.get("server_down"):
+        return "server down"
+    thr = live.get("mean_threshold")
+    return (f"connected {live.get('connected', '?')} · server queue {live.get('queue', '?')} · "
+            f"served {live.get('throughput_sps', 0):.0f}/s of "
+            f"{live.get('arrival_sps', 0):.0f}/s arriving · "
+            f"mean threshold {'-' if thr is None else f'{thr:.2f}'}")
 
 
 class SweepProgress:
