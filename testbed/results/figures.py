@@ -92,7 +92,7 @@ def _lines(ax: Any, series: list[Series], percent: bool) -> None:
             ax.fill_between(s.x, np.asarray(s.lo) * scale, np.asarray(s.hi) * scale,
                             alpha=0.15, color=line.get_color())
     if percent:
-        ax.set_ylim(0, 100)
+        ax.set_ylim(-1.5, 101.5)  # 0-100 %, with room for the markers at either end
     xs = sorted({float(x) for s in series for x in s.x})
     if xs and all(x.is_integer() for x in xs):
         if len(xs) <= 12:
@@ -350,6 +350,7 @@ def run_figures(run_dir: Path, summary: dict[str, Any], out: Path) -> list[Path]
         axes[0].plot(t, sec["samples"], label="all answers")
         axes[0].plot(t, sec["heavy"], label="heavy answers")
         axes[0].set_ylabel("answers per second")
+        axes[0].set_ylim(bottom=0)
         axes[0].set_title(f"{summary.get('policy')}, {summary.get('devices')} devices: "
                           "per second of run time (by arrival)", fontsize=10)
         with np.errstate(invalid="ignore", divide="ignore"):
