@@ -190,26 +190,7 @@ class TestInterruptedThroughput:
     def test_collect_divides_by_the_arrivals_and_writes_one_samples_csv(
             self, tmp_path: Path) -> None:
         """A run folder as the processes leave it, interrupted 4 s into a 30 s run."""
-        cfg = ScenarioConfig(duration_s=30.0, devices=DevicesConfig(count=2))
-        (tmp_path / "scenario.toml").write_text(tomli_w.dumps(scenario_to_dict(cfg)))
-        specs = device_specs(cfg)
-        written = 0
-        for n, spec in enumerate(specs):
-            w = RecordWriter(tmp_path / "samples" / f"{spec.device_id}.csv")
-            for i in range(10 + n):
-                w.write(rec(spec.device_id, spec.tier, i))
-                written += 1
-            w.close()
-            (tmp_path / "devices").mkdir(exist_ok=True)
-            (tmp_path / "devices" / f"{spec.device_id}.json").write_text(json.dumps({
-                "device_id": spec.device_id, "tier": spec.tier, "incarnation": 0,
-                "generated": 10 + n, "final_threshold": 0.5}))
-        start = 1000.0
-        (tmp_path / "events.harness.jsonl").write_text("".join(json.dumps(e) + "\n" for e in (
-            {"t": start - 1, "source": "harness", "kind": "run_start"},
-            {"t": start - 0.3, "source": "harness", "kind": "run_clock", "start_at": start},
-            {"t": start + 4.0, "source": "harness", "kind": "interrupted"},
-            {"t": start + 6.0, "source": "harness", "kind": "run_end"})))
+        specs, written = fake_run_folder(tmp_path, interrupt_at=4.0)
         s = collect(tmp_path)
         assert s["run"]["interrupted"] and s["run"]["arrivals_s"] == 4.0
         assert s["throughput_sps"] == pytest.approx(written / 4.0)
@@ -221,6 +202,40 @@ class TestInterruptedThroughput:
         records, torn = read_records(tmp_path / "samples.csv")  # the schema's own reader
         assert torn == 0 and len(records) == written
         assert (tmp_path / "samples" / f"{specs[0].device_id}.csv").is_file()  # kept
+
+
+START = 1.7e9
+"""Run time 0 of the fake run: `rec` puts sample i at 1.7e9 + i."""
+
+
+def fake_run_folder(run: Path, interrupt_at: float | None = None,
+                    events: tuple[dict[str, Any], ...] = ()) -> tuple[list[Any], int]:
+    """A 30 s, 2-device run folder as the processes leave it (records, outcomes, events)."""
+    cfg = ScenarioConfig(duration_s=30.0, devices=DevicesConfig(count=2))
+    (run / "scenario.toml").write_text(tomli_w.dumps(scenario_to_dict(cfg)))
+    specs = device_specs(cfg)
+    written = 0
+    for n, spec in enumerate(specs):
+        w = RecordWriter(run / "samples" / f"{spec.device_id}.csv")
+        for i in range(10 + n):
+            w.write(rec(spec.device_id, spec.tier, i))
+            written += 1
+        w.close()
+        (run / "devices").mkdir(exist_ok=True)
+        (run / "devices" / f"{spec.device_id}.json").write_text(json.dumps({
+            "device_id": spec.device_id, "tier": spec.tier, "incarnation": 0,
+            "generated": 10 + n, "final_threshold": 0.5}))
+    harness = [{"t": START - 1, "kind": "run_start"},
+               {"t": START - 0.3, "kind": "run_clock", "start_at": START},
+               *events, {"t": START + 31.0, "kind": "run_end"}]
+    if interrupt_at is not None:
+        harness.append({"t": START + interrupt_at, "kind": "interrupted"})
+    server = [{"t": START - 0.5, "kind": "join", "device": sp.device_id, "tier": sp.tier,
+               "threshold": 0.8} for sp in specs]
+    for name, evs in (("harness", harness), ("server", server)):
+        (run / f"events.{name}.jsonl").write_text(
+            "".join(json.dumps({"source": name, **e}) + "\n" for e in evs))
+    return specs, written
 
 
 class TestFiguresAndLiveLine:
@@ -237,3 +252,17 @@ class TestFiguresAndLiveLine:
                         "mean threshold 0.52")
         assert live_text({"connected": 0, "queue": "-", "server_down": True}) == "server down"
         assert live_text({}) == ""
+
+
+def test_every_figure_has_an_svg_beside_it(tmp_path: Path) -> None:
+    from testbed.results.figures import run_figures
+
+    fake_run_folder(tmp_path, events=(
+        {"t": START + 3.0, "kind": "fault", "fault": "kill_device", "device": "low-000"},))
+    summary = collect(tmp_path)
+    pngs = run_figures(tmp_path, summary, tmp_path / "figures")
+    assert {p.name for p in pngs} >= {"over_time.png", "latency_cdf.png"}
+    for png in pngs:
+        assert png.with_suffix(".svg").stat().st_size > 1000
+    svg = (tmp_path / "figures" / "over_time.svg").read_text()
+    assert "answers per second" in svg and "fault" in svg
