@@ -289,7 +289,7 @@ def claims(quick: Annotated[bool, typer.Option(
            dry_run: Annotated[bool, typer.Option("--dry-run", help="list the runs only")]
            = False) -> None:
     """Run each paper's headline claim the way the paper tests it: both arms on the same seeds,
-    a paired 95 % interval, the paper's number beside ours and a verdict (testbed/claims/). The
+    a paired 95 % interval, the paper's number beside ours and a verdict (docs/claims.md). The
     last line is one JSON object: {"claims": [{"id", "paper", "measured", "ci95", "unit",
     "direction", "holds", ...}]}."""
     from testbed.claims.catalog import Catalog

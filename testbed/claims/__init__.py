@@ -2,5 +2,5 @@
 
 `catalog` says what each claim compares (a scenario of `scenarios/claims/` with two named
 arms, the metric, the paper's number), `runner` runs both arms on the same seeds and `stats`
-turns the per-seed effects into a 95 % interval and a verdict.
+turns the per-seed effects into a 95 % interval and a verdict. docs/claims.md holds a full run.
 """
