@@ -293,7 +293,7 @@ def claims(quick: Annotated[bool, typer.Option(
     last line is one JSON object: {"claims": [{"id", "paper", "measured", "ci95", "unit",
     "direction", "holds", ...}]}."""
     from testbed.claims.catalog import Catalog
-    from testbed.claims.runner import claims_json, judge, plan, run_all
+    from testbed.claims.runner import claims_json, judge, plan, run_all, write_results
 
     if seeds < 3:
         console.print("[red]--seeds must be at least 3[/red]: an effect is claimed only over "
@@ -331,6 +331,8 @@ def claims(quick: Annotated[bool, typer.Option(
         raise typer.Exit(130) from None
     verdicts = judge(chosen, jobs, seed_list)
     console.print(claims_table(verdicts))
+    write_results(folder, verdicts)
+    console.print(f"verdicts written to {folder / 'claims.md'} and {folder / 'claims.json'}")
     for run_dir, error in failed.items():
         console.print(f"[red]{escape(str(run_dir))}:[/red] {escape(error)}")
     print(claims_json(verdicts), flush=True)

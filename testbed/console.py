@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from common.gear_plan import GearPlan
-from testbed.claims.runner import Verdict
+from testbed.claims.runner import Verdict, verdict_cells
 from testbed.results.compare import Comparison
 from testbed.results.headline import FRACTIONS
 from testbed.sweep import SweepPoint
@@ -227,18 +227,11 @@ def claims_table(verdicts: list[Verdict]) -> Table:
                          ("95 % CI", "right"), ("seeds", "right"), ("verdict", "left")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for v in verdicts:
-        c, e = v.claim, v.effect
-        if e is None:
-            table.add_row(c.id, c.paper_text, "-", "-", "0", f"[red]error[/red] {v.error}")
-            continue
-        digits = ".2f" if c.unit == "x" else ".1f"
-        verdict = "[green]holds[/green]" if v.holds else "[red]does not hold[/red]"
-        if v.holds and v.at_paper is False:
-            verdict += " (below the paper's number)"
-        if v.invalid:
-            verdict += f" (not comparable at {len(v.invalid)} seeds: {v.invalid[0]})"
-        table.add_row(c.id, c.paper_text, f"{e.measured:{digits}} {c.unit}",
-                      f"[{e.low:{digits}}, {e.high:{digits}}]", str(e.n), verdict)
+        *cells, verdict = verdict_cells(v)
+        head, sep, rest = verdict.partition(" (")
+        style = "green" if v.holds else "red"
+        table.add_row(*(escape(x) for x in cells),
+                      f"[{style}]{escape(head)}[/{style}]" + escape(sep + rest))
     return table
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import ScenarioConfig, ScenarioError
+from common.files import write_whole
 from common.scenario_file import load_scenario
 from testbed.claims.catalog import Claim
 from testbed.claims.stats import Effect, at_paper_number, holds, interval, paired_effects
@@ -179,3 +180,37 @@ def _arm(p: Plan, scenario: str, arm: str, seed: int) -> dict[str, dict[str, Any
 def claims_json(verdicts: list[Verdict]) -> str:
     """The one-line result: `{"claims": [...]}`."""
     return json.dumps({"claims": [v.to_json() for v in verdicts]}, separators=(",", ":"))
+
+
+def verdict_cells(v: Verdict) -> tuple[str, str, str, str, str, str]:
+    """(claim, paper, measured, 95 % CI, seeds, verdict) as plain text, for every table."""
+    c, e = v.claim, v.effect
+    if e is None:
+        return c.id, c.paper_text, "-", "-", "0", f"error: {v.error}"
+    digits = ".2f" if c.unit == "x" else ".1f"
+    verdict = "holds" if v.holds else "does not hold"
+    if v.holds and v.at_paper is False:
+        verdict += " (below the paper's number)"
+    if v.invalid:
+        verdict += f" (not comparable at {len(v.invalid)} seeds: {v.invalid[0]})"
+    return (c.id, c.paper_text, f"{e.measured:{digits}} {c.unit}",
+            f"[{e.low:{digits}}, {e.high:{digits}}]", str(e.n), verdict)
+
+
+def claims_markdown(verdicts: list[Verdict]) -> str:
+    """The table as Markdown, for docs/claims.md and the claims folder."""
+    lines = ["| claim | paper | measured | 95 % CI | seeds | verdict |",
+             "|---|---|---|---|---|---|"]
+    for v in verdicts:
+        cells = [cell.replace("|", "\\|") for cell in verdict_cells(v)]
+        if v.holds:
+            cells[5] = f"**{cells[5]}**"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(folder: Path, verdicts: list[Verdict]) -> None:
+    """claims.json and claims.md beside the runs, so the verdicts outlive the terminal."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_whole(folder / "claims.json", claims_json(verdicts) + "\n")
+    write_whole(folder / "claims.md", claims_markdown(verdicts))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from testbed.claims.catalog import CLAIMS, Catalog, Claim, field_at, worst
-from testbed.claims.runner import claims_json, judge, plan
+from testbed.claims.runner import claims_json, claims_markdown, judge, plan, write_results
 from testbed.claims.stats import (
     Effect,
     at_paper_number,
@@ -152,6 +152,26 @@ class TestRunner:
         assert verdict.effect is not None and verdict.effect.measured == pytest.approx(3.0)
         assert not verdict.holds and verdict.invalid == ["seed 2: unequal"]
         assert json.loads(claims_json([verdict]))["claims"][0]["invalid"] == ["seed 2: unequal"]
+
+    def test_the_verdicts_are_written_beside_the_runs_as_json_and_markdown(
+            self, tmp_path: Path) -> None:
+        p = plan(self.claims(), [1, 2, 3], tmp_path / "out", {}, quick_mode=False,
+                 scenarios=self.scenario(tmp_path))
+        for job in p.jobs:
+            write_run(job.run_dir, slo_satisfaction=0.95 if job.arm == "fast" else 0.9,
+                      cost=10.0 if job.arm == "fast" else 15.0)
+        verdicts = judge(self.claims(), p, [1, 2, 3])
+        verdicts[0].effect = None  # as if its runs had not finished
+        verdicts[0].error, verdicts[0].holds = "a|b", False
+        write_results(tmp_path / "out", verdicts)
+        assert json.loads((tmp_path / "out" / "claims.json").read_text()) == \
+            json.loads(claims_json(verdicts))
+        table = (tmp_path / "out" / "claims.md").read_text().splitlines()
+        assert table[0].startswith("| claim |") and len(table) == 2 + len(verdicts)
+        assert table[2] == "| diff | +1 pp | - | - | 0 | error: a\\|b |"  # a | in a cell escaped
+        assert table[4] == ("| cost | 2x | 1.50 x | [1.50, 1.50] | 3 | "
+                            "**holds (below the paper's number)** |")
+        assert claims_markdown(verdicts) == "\n".join(table) + "\n"
 
     def test_an_unfinished_run_makes_an_error_not_a_number(self, tmp_path: Path) -> None:
         p = plan(self.claims()[:1], [1, 2, 3], tmp_path / "out", {}, quick_mode=False,
