@@ -57,9 +57,10 @@ AsJson = Annotated[bool, typer.Option(
     "--json", help="print the summary (summary.json's content) as JSON on stdout, last; "
                    "everything else goes to stderr")]
 Expect = Annotated[list[str] | None, typer.Option(
-    "--expect", help="a check the run must pass, METRIC OP NUMBER (OP: >= <= > < ==), e.g. "
-                     "\"slo_satisfaction>=0.9\" or \"latency_ms.p95<=150\"; repeatable; a failed "
-                     "one makes the command exit 1")]
+    "--expect", metavar="CHECK",
+    help="a check the run must pass, METRIC OP NUMBER (OP: >= <= > < ==), e.g. "
+         "\"slo_satisfaction>=0.9\" or \"latency_ms.p95<=150\"; repeatable; a failed one "
+         "makes the command exit 1")]
 
 
 def _version(show: bool) -> None:
