@@ -159,7 +159,7 @@ def live_text(live: dict[str, Any]) -> str:
     if live.get("server_down"):
         return "server down"
     thr = live.get("mean_threshold")
-    return (f"connected {live.get('connected', '?')} · server queue {live.get('queue', '?')} · "
+    return (f"connected {live.get('connected', '?')} · queue {live.get('queue', '?')} · "
             f"served {live.get('throughput_sps', 0):.0f}/s of "
             f"{live.get('arrival_sps', 0):.0f}/s arriving · "
             f"mean threshold {'-' if thr is None else f'{thr:.2f}'}")

@@ -248,7 +248,7 @@ class TestFiguresAndLiveLine:
     def test_the_live_line_names_its_numbers(self) -> None:
         text = live_text({"connected": 12, "queue": 3, "throughput_sps": 40.2,
                           "arrival_sps": 42.0, "mean_threshold": 0.523})
-        assert text == ("connected 12 · server queue 3 · served 40/s of 42/s arriving · "
+        assert text == ("connected 12 · queue 3 · served 40/s of 42/s arriving · "
                         "mean threshold 0.52")
         assert live_text({"connected": 0, "queue": "-", "server_down": True}) == "server down"
         assert live_text({}) == ""
