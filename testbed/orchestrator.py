@@ -59,7 +59,7 @@ MIN_RESTART_LEFT_S = 1.0
 SPAWN_LEAD_S = 1.5
 """A device that joins mid-run is started this long before it is due, to be ready in time."""
 DEVICE_MEMORY_MB = 40
-"""Unique memory of one device process, with room to spare (USS ~10-20 MB: docs/density.md)."""
+"""Unique memory of one device process, with room to spare (USS ~10 MB: docs/density.md)."""
 BASE_MEMORY_MB = 1024
 """The harness, the server and the forkserver's shared pages."""
 PRELOAD = ["__main__", "testbed.launch", "emulated_devices.main", "emulated_devices.preload",

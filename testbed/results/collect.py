@@ -8,7 +8,11 @@ partial.
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
+import os
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,11 +20,11 @@ from typing import Any
 
 from common.config import ScenarioConfig, device_specs
 from common.events import read_events
-from common.files import DiskFull, write_whole
+from common.files import DiskFull, as_disk_full, run_path, write_whole
 from common.modelzoo import open_zoo
-from common.records import SampleRecord, read_journal, read_records
+from common.records import FIELDS, SampleRecord, format_row, read_journal, read_records
 from common.scenario_file import load_scenario
-from testbed.results.metrics import DeviceTally, summarize
+from testbed.results.metrics import DeviceTally, arrivals_s, summarize
 from testbed.results.series import idn_summary
 from testbed.timeline import activity
 from testbed.verdict import fault_fallback_limit, run_problems
@@ -67,7 +71,8 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
     exited = {(str(e.get("device")), int(e.get("incarnation", 0))) for e in events
               if e.get("kind") == "device_exit"}
     tallies, records, unexplained, lost_in_clean = _tally(incs, exited)
-    summary = summarize(records, tallies, slo_ms=cfg.slo_ms, duration_s=cfg.duration_s,
+    arrived_s = arrivals_s(events, cfg.duration_s)
+    summary = summarize(records, tallies, slo_ms=cfg.slo_ms, duration_s=arrived_s,
                         tier_order=tuple(cfg.tiers))
     interrupted = facts.interrupted or "interrupted" in kinds
     harness_ended = "run_end" in kinds
@@ -85,6 +90,7 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
         "harness_ended": harness_ended,
         "devices_without_outcome": unexplained + missing,
         "torn_rows": torn,
+        "arrivals_s": round(arrived_s, 3),
         "samples_lost_by_clean_processes": lost_in_clean,
         "startup_s": round(facts.startup_s, 3) if facts.startup_s is not None else None,
     }
@@ -104,6 +110,11 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
                           if e.get("kind") == "run_clock"), None)
         out["idn"] = {"policy": cfg.idn.policy, **idn_summary(
             records, cfg.idn.alpha_ms, *model_accuracies(cfg), run_start=run_start)}
+    try:
+        write_samples(run_path(run_dir, "samples", suffix=".csv"), records)
+    except DiskFull as exc:  # the per-device files still hold every record
+        facts.disk_full = facts.disk_full or str(exc)
+        status["disk_full"] = facts.disk_full
     limit = fault_fallback_limit(cfg.max_fault_fallback, bool(cfg.faults))
     status["problems"] = run_problems(out, limit)
     try:
@@ -127,6 +138,27 @@ def _refusals(incs: Any) -> dict[str, Any]:
                               if isinstance(v, int) and v > 0})
         first = first or str(out.get("refusal") or "")
     return {"by_reason": dict(sorted(by_reason.items())), "first": first}
+
+
+def write_samples(path: Path, records: list[SampleRecord]) -> None:
+    """Every device's records in one CSV (`device_id` is a column), for one `pandas.read_csv`.
+    Written beside the per-device files, which stay: those are the crash-safe record; this is
+    a copy made once at the end, whole or not at all (a temporary file, then a rename)."""
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(FIELDS)
+            writer.writerows(format_row(r) for r in records)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        raise as_disk_full(exc, path) from exc
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def _read_incarnations(run_dir: Path, tiers: dict[str, str]

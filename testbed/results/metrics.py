@@ -153,6 +153,28 @@ def summarize(records: Iterable[SampleRecord], devices: Sequence[DeviceTally], *
     }
 
 
+STOP_EVENTS = ("interrupted", "disk_full")
+"""Harness events after which devices generate nothing more."""
+
+
+def arrivals_s(events: Iterable[Mapping[str, Any]], planned_s: float) -> float:
+    """Seconds during which samples arrived: the planned duration, or, when Ctrl-C or a full
+    disk stopped the run early, the time from run time 0 (`run_clock`) to that stop. A
+    throughput over the planned duration would understate an interrupted run's."""
+    start = stop = None
+    for e in events:
+        if e.get("kind") == "run_clock" and start is None:
+            start = float(e["start_at"])
+        elif e.get("kind") in STOP_EVENTS and e.get("source", "harness") == "harness" \
+                and stop is None:
+            stop = float(e["t"])
+    if stop is None:
+        return planned_s
+    if start is None:  # stopped while starting: nothing arrived
+        return 0.0
+    return min(max(stop - start, 0.0), planned_s)
+
+
 def _answered_by(records: Sequence[SampleRecord]) -> dict[str, int]:
     """Heavy answers by the server model that gave them (an agreement tier's own answers are
     named `agreement(...)`, escalated ones by its final model): what reached which tier."""
