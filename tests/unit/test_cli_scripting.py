@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from common.config import ScenarioConfig
@@ -156,6 +157,8 @@ class TestText:
 
         sink = io.StringIO()
         monkeypatch.setattr(cli, "run_scenario", run)
-        monkeypatch.setattr(cli.console, "file", sink)
+        # a console of its own: setting `file` on the shared one would pin it, after the test,
+        # to whatever stream was current (the next CliRunner would see nothing)
+        monkeypatch.setattr(cli, "console", Console(file=sink, emoji=False))
         runner.invoke(cli.app, ["up", "--out", str(tmp_path / "r")])
         assert f"run folder: {tmp_path / 'r'}" in printed[0].replace("\n", "")
