@@ -48,7 +48,7 @@ def shown(value: object, limit: int = 40) -> str:
 POLICY_SPEC_MAX_LEN: Final = 200
 _IDENT: Final = "[A-Za-z_][A-Za-z0-9_]*"
 _POLICY_SPEC: Final = re.compile(f"{_IDENT}(?:\\.{_IDENT})*:{_IDENT}")
-POLICY_RULE: Final = (f"a policy name ({RULE}, or '+'), or 'package.module:Class' of at most "
+POLICY_RULE: Final = (f"a name ({RULE}, or '+'), or 'package.module:Class' of at most "
                       f"{POLICY_SPEC_MAX_LEN} characters")
 
 

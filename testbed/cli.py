@@ -5,14 +5,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.padding import Padding
+from rich.text import Text
 
-from common.config import ScenarioConfig, ScenarioError
+from common.config import PolicyConfig, ScenarioConfig, ScenarioError
 from common.files import TOKEN_ENV
+from common.names import is_policy_spec
 from common.scenario_file import load_scenario
 from testbed.console import (
     LiveProgress,
@@ -30,7 +35,8 @@ app = typer.Typer(help="Emulated edge devices + one shared batching server + cas
 console = Console()
 
 POLICY_HELP = ("scheduler: static | multitasc | multitasc++ | gears | uniform-aimd | "
-               "server-only | device-only")
+               "server-only | device-only, an installed one, or package.module:Class "
+               "(testbed policies lists them)")
 Policy = Annotated[str | None, typer.Option(help=POLICY_HELP,
                                             envvar="TESTBED_POLICY")]
 Duration = Annotated[float | None, typer.Option("--duration", help="seconds of arrivals")]
@@ -76,7 +82,7 @@ def apply_overrides(cfg: ScenarioConfig, *, devices: int | None = None,
 
 
 def _execute(cfg: ScenarioConfig, out: Path | None, force: bool = False) -> None:
-    _check_policy(cfg.policy.name)
+    _check_policy(cfg.policy)
     run_dir = out or default_run_dir(cfg)
     try:
         with LiveProgress(console) as progress:
@@ -95,12 +101,54 @@ def _execute(cfg: ScenarioConfig, out: Path | None, force: bool = False) -> None
     raise typer.Exit(code)
 
 
-def _check_policy(name: str) -> None:
-    from server.scheduling import POLICIES as policies  # the pure policies only, no aiohttp
+def _check_policy(policy: PolicyConfig) -> None:
+    """The policy resolves (built-in, entry point or `module:Class`) and its params have known
+    names and kinds, before any process starts; else one line and exit 2. Like `python -m`, a
+    spec's module is also looked for in the current folder (last, so nothing is shadowed); the
+    server process inherits this search path."""
+    from server.scheduling import PolicyError, check_policy  # pure lookup, no aiohttp
 
-    if name not in policies:
-        console.print(f"[red]unknown policy {name!r}[/red]; known: {', '.join(sorted(policies))}")
-        raise typer.Exit(2)
+    if is_policy_spec(policy.name) and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        check_policy(policy.name, policy.params)
+    except PolicyError as exc:
+        console.print(f"[red]bad policy:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+@app.command()
+def policies() -> None:
+    """List every policy a scenario may name: the built-ins and those installed packages
+    declare (entry point group `cascade_testbed.policies`), with their parameters and
+    defaults (`[policy] params`). Any `package.module:Class` subclassing `Policy` works too
+    (docs/policies.md)."""
+    from server.scheduling.plugins import available
+
+    for entry in available():
+        console.print(f"[bold]{escape(entry.name)}[/bold]  ({entry.source}, "
+                      f"{escape(entry.target)})", highlight=False)
+        if entry.error:
+            console.print(f"  [red]cannot be used:[/red] {escape(entry.error)}")
+            continue
+        params = ", ".join(f"{k} = {_toml_value(v)}" for k, v in entry.params.items())
+        for line in (entry.doc, f"params: {params or 'none'}"):
+            if line:
+                console.print(Padding(Text(line), (0, 0, 0, 2)))
+
+
+def _toml_value(value: Any) -> str:
+    """A default as it is written in a scenario file."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        inner = ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items())
+        return f"{{ {inner} }}" if inner else "{}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
 
 
 @app.command()
@@ -159,7 +207,7 @@ def sweep(scenario: Annotated[Path, typer.Argument(help="scenario TOML file with
         console.print(f"[red]{scenario} has no [sweep] table[/red]")
         raise typer.Exit(2)
     for point in points:
-        _check_policy(point.cfg.policy.name)
+        _check_policy(point.cfg.policy)
     sweep_dir = out or Path("runs") / f"sweep-{base.name}"
     total_s = sum(p.cfg.duration_s for p in points)
     console.print(f"{len(points)} runs ({' x '.join(f'{a.name}[{len(a.values)}]' for a in axes)})"
@@ -224,6 +272,8 @@ def claims(quick: Annotated[bool, typer.Option(
     except (KeyError, ScenarioError) as exc:
         console.print(f"[red]bad claims:[/red] {exc}")
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    for job in jobs.jobs:
+        _check_policy(job.cfg.policy)
     todo = jobs.todo
     console.print(f"{len(chosen)} claims, {len(jobs.jobs)} runs ({len(todo)} to do, "
                   f"{sum(j.cfg.duration_s for j in todo) / 60:.1f} min of arrivals) -> {folder}")

@@ -76,8 +76,9 @@ def load_spec(text: str) -> type:
 def check_class(cls: object, where: str) -> type:
     """`cls` is a concrete subclass of `Policy` with a usable `name` and a constructor that
     takes the params table; otherwise one line saying what is wrong."""
+    what = f"class {cls.__name__}" if isinstance(cls, type) else f"a {type(cls).__name__}"
     if not isinstance(cls, type) or Policy not in cls.__mro__ or cls is Policy:
-        raise PolicyError(f"policy {where!r}: {shown(cls)} is not a subclass of "
+        raise PolicyError(f"policy {where!r}: {what}, not a subclass of "
                           "server.scheduling.base.Policy")
     missing = [m for m in ("join", "leave", "step") if getattr(cls, m) is getattr(Policy, m)]
     if missing:
@@ -123,8 +124,8 @@ def resolve(name: str) -> type:
     installed = entry_points()
     if name in installed:
         return load_spec(installed[name])
-    raise PolicyError(f"unknown policy {name!r}; known: {', '.join(sorted({*BUILTINS, *installed}))}"
-                      " (or give 'package.module:Class')")
+    known = ", ".join(sorted({*BUILTINS, *installed}))
+    raise PolicyError(f"unknown policy {name!r}; known: {known} (or 'package.module:Class')")
 
 
 def declared_params(cls: type) -> dict[str, Any]:

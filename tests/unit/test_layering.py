@@ -8,7 +8,8 @@ inside a function, of every module of the four packages, in one process.
 The harness imports `server` and `emulated_devices` only lazily (inside a function) and only from
 its CLI and its child-process entry points, so the harness process stays light. Nothing imports
 by name at run time (`importlib.import_module`, `__import__`), which no reading of the source
-could follow, except the loader of user policies (`BY_NAME_DOOR`). The reader is scripts/import_graph.py's, which also draws the picture.
+could follow, except the loader of user policies (`BY_NAME_DOOR`).
+The reader is scripts/import_graph.py's, which also draws the picture.
 """
 
 from __future__ import annotations
