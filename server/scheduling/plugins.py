@@ -189,7 +189,8 @@ def available() -> list[PolicyEntry]:
 
 
 def _first_line(cls: type) -> str:
-    """The first sentence of the class's docstring, else of its module's."""
-    doc = inspect.getdoc(cls) or inspect.getdoc(inspect.getmodule(cls)) or ""
+    """The first sentence of the class's own docstring (not `Policy`'s), else its module's."""
+    own = cls.__dict__.get("__doc__")
+    doc = inspect.cleandoc(own) if own else inspect.getdoc(inspect.getmodule(cls)) or ""
     para = " ".join(doc.split("\n\n")[0].split())
     return para.split(". ")[0].rstrip(".")
