@@ -108,13 +108,17 @@ def _check_policy(policy: PolicyConfig) -> None:
     server process inherits this search path."""
     from server.scheduling import PolicyError, check_policy  # pure lookup, no aiohttp
 
-    if is_policy_spec(policy.name) and os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())
+    _search_cwd(policy.name)
     try:
         check_policy(policy.name, policy.params)
     except PolicyError as exc:
         console.print(f"[red]bad policy:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def _search_cwd(policy: str) -> None:
+    if is_policy_spec(policy) and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
 
 
 @app.command()
@@ -410,6 +414,7 @@ def server(host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1"
                "--public-metrics", help="serve /v1/status and /metrics without the token")]
            = False) -> None:
     """Run the server alone; it prints the URL it listens on."""
+    _search_cwd(policy)
     argv = ["--host", host, "--port", str(port), "--policy", policy]
     argv += _token_args(token, token_file)
     if slo_ms is not None:
