@@ -58,3 +58,16 @@ def test_run_uses_the_entry_point_name_and_the_params(tmp_path: Path) -> None:
     want = {dev: 0.17 if tier == "low" else 0.42 for dev, tier in tiers.items()}
     assert {"low", "mid", "high"} <= set(tiers.values())
     assert joined == want and final == want
+
+
+def test_a_value_only_the_policy_can_judge_fails_the_start_in_one_line(tmp_path: Path) -> None:
+    """Kinds are checked by the harness; a range is the constructor's to check, in the server
+    process as it starts: the run stops there with the policy's own words and exit 2."""
+    scenario = tmp_path / "bad.toml"
+    scenario.write_text('name = "bad"\nduration_s = 3\n[devices]\ncount = 2\n'
+                        '[policy]\nname = "examples.constant:ConstantPolicy"\n'
+                        'params = { threshold = 1.5 }\n')
+    res = testbed(["run", str(scenario), "--out", str(tmp_path / "bad")], tmp_path)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "threshold must be a number in [0, 1]" in res.stdout
+    assert "Traceback" not in res.stdout
