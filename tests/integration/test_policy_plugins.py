@@ -15,7 +15,7 @@ from common.events import read_events
 TESTBED = Path(sys.executable).with_name("testbed")
 
 
-def testbed(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_testbed(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200"}
     env.pop("TESTBED_POLICY", None)
     return subprocess.run([str(TESTBED), *args], cwd=cwd, env=env, capture_output=True,
@@ -26,8 +26,8 @@ def thresholds(run_dir: Path) -> tuple[dict[str, float], dict[str, float], dict[
     """(what the server gave each device when it joined, each device's last threshold as the
     device recorded it, each device's tier)."""
     summary = json.loads((run_dir / "summary.json").read_text())
-    joined = {e["device"]: e["threshold"] for e in read_events(run_dir / "events.server.jsonl")
-              if e.get("event") == "join"}
+    joined = {e["device"]: e["threshold"] for e in read_events(run_dir / "events.jsonl")
+              if e["source"] == "server" and e["kind"] == "join"}
     final = {d["device_id"]: d["final_threshold"] for d in summary["per_device"]}
     tiers = {d["device_id"]: d["tier"] for d in summary["per_device"]}
     return joined, final, tiers
@@ -35,7 +35,7 @@ def thresholds(run_dir: Path) -> tuple[dict[str, float], dict[str, float], dict[
 
 def test_up_runs_the_example_policy_by_spec(tmp_path: Path) -> None:
     run_dir = tmp_path / "by-spec"
-    res = testbed(["up", "--devices", "4", "--duration", "3", "--policy",
+    res = run_testbed(["up", "--devices", "4", "--duration", "3", "--policy",
                    "examples.constant:ConstantPolicy", "--out", str(run_dir)], tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -52,7 +52,7 @@ def test_run_uses_the_entry_point_name_and_the_params(tmp_path: Path) -> None:
                         '[policy]\nname = "constant"\n'
                         'params = { threshold = 0.42, tiers = { low = 0.17 } }\n')
     run_dir = tmp_path / "by-name"
-    res = testbed(["run", str(scenario), "--out", str(run_dir)], tmp_path)
+    res = run_testbed(["run", str(scenario), "--out", str(run_dir)], tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     joined, final, tiers = thresholds(run_dir)
     want = {dev: 0.17 if tier == "low" else 0.42 for dev, tier in tiers.items()}
@@ -67,7 +67,7 @@ def test_a_value_only_the_policy_can_judge_fails_the_start_in_one_line(tmp_path:
     scenario.write_text('name = "bad"\nduration_s = 3\n[devices]\ncount = 2\n'
                         '[policy]\nname = "examples.constant:ConstantPolicy"\n'
                         'params = { threshold = 1.5 }\n')
-    res = testbed(["run", str(scenario), "--out", str(tmp_path / "bad")], tmp_path)
+    res = run_testbed(["run", str(scenario), "--out", str(tmp_path / "bad")], tmp_path)
     assert res.returncode == 2, res.stdout + res.stderr
     assert "threshold must be a number in [0, 1]" in res.stdout
     assert "Traceback" not in res.stdout
