@@ -76,6 +76,8 @@ def load_scenario(path: str | Path) -> ScenarioConfig:
 def scenario_from_dict(data: dict[str, Any]) -> ScenarioConfig:
     """Build and check a scenario from TOML-shaped data (a trace file it names is read)."""
     data = dict(data)
+    if isinstance(data.get("policy"), str):  # `policy = "name"` is `[policy] name = "name"`
+        data["policy"] = {"name": data["policy"]}
     devices = data.get("devices")
     if isinstance(devices, dict) and isinstance(devices.get("trace"), str) \
             and not devices.get("trace_points"):

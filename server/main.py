@@ -24,7 +24,7 @@ from common.scenario_file import load_scenario
 from server.app import make_app
 from server.guard import GuardedSite
 from server.runtime import GUARD, RUNTIME, ServerSettings
-from server.scheduling import make_policy
+from server.scheduling import check_policy, make_policy
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     policy = dataclasses.replace(cfg.policy, name=args.policy) if args.policy else cfg.policy
     cfg = dataclasses.replace(cfg, server=server, policy=policy,
                               slo_ms=args.slo_ms if args.slo_ms else cfg.slo_ms)
+    check_policy(cfg.policy.name, cfg.policy.params)  # one line now, not a traceback later
     settings = ServerSettings.from_scenario(cfg, resolve_token(args.token, args.token_file),
                                             args.events)
     return dataclasses.replace(settings, public_metrics=args.public_metrics)

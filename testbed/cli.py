@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -14,9 +15,12 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.padding import Padding
+from rich.text import Text
 
-from common.config import ScenarioConfig, ScenarioError
+from common.config import PolicyConfig, ScenarioConfig, ScenarioError
 from common.files import TOKEN_ENV, InputFileError, resolve_token
+from common.names import is_policy_spec
 from common.scenario_file import load_scenario
 from testbed.console import (
     LiveProgress,
@@ -37,7 +41,8 @@ app = typer.Typer(help="Emulated edge devices + one shared batching server + cas
 console = Console(emoji=False)  # `a:b:c` stays as written (`:b:` is an emoji code)
 
 POLICY_HELP = ("scheduler: static | multitasc | multitasc++ | gears | uniform-aimd | "
-               "server-only | device-only")
+               "server-only | device-only, an installed one, or package.module:Class "
+               "(testbed policies lists them)")
 Policy = Annotated[str | None, typer.Option(help=POLICY_HELP,
                                             envvar="TESTBED_POLICY")]
 Duration = Annotated[float | None, typer.Option("--duration", help="seconds of arrivals")]
@@ -143,7 +148,7 @@ def _preflight(cfg: ScenarioConfig, force: bool) -> Any:
     from testbed.orchestrator import check_host_memory
     from testbed.preflight import CheckFailed, check_scenario
 
-    _check_policy(cfg.policy.name)
+    _check_policy(cfg.policy)
     try:
         if not force:
             check_host_memory(cfg.devices.count)
@@ -223,13 +228,58 @@ def _with_expectations(summary: dict[str, Any], expectations: list[Expectation]
     return {**summary, "run": {**run, "problems": problems}, "expectations": checks}
 
 
-def _check_policy(name: str) -> None:
-    from server.scheduling import POLICIES as policies  # the pure policies only, no aiohttp
+def _check_policy(policy: PolicyConfig) -> None:
+    """The policy resolves (built-in, entry point or `module:Class`) and its params have known
+    names and kinds, before any process starts; else one line and exit 2. Like `python -m`, a
+    spec's module is also looked for in the current folder (last, so nothing is shadowed); the
+    server process inherits this search path."""
+    from server.scheduling import PolicyError, check_policy  # pure lookup, no aiohttp
 
-    if name not in policies:
-        console.print(f"[red]unknown policy {escape(repr(name))}[/red]; known: "
-                      f"{', '.join(sorted(policies))}")
-        raise typer.Exit(2)
+    _search_cwd(policy.name)
+    try:
+        check_policy(policy.name, policy.params)
+    except PolicyError as exc:
+        console.print(f"[red]bad policy:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def _search_cwd(policy: str) -> None:
+    if is_policy_spec(policy) and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+
+
+@app.command()
+def policies() -> None:
+    """List every policy a scenario may name: the built-ins and those installed packages
+    declare (entry point group `cascade_testbed.policies`), with their parameters and
+    defaults (`[policy] params`). Any `package.module:Class` subclassing `Policy` works too
+    (docs/policies.md)."""
+    from server.scheduling.plugins import available
+
+    for entry in available():
+        console.print(f"[bold]{escape(entry.name)}[/bold]  ({entry.source}, "
+                      f"{escape(entry.target)})", highlight=False)
+        if entry.error:
+            console.print(f"  [red]cannot be used:[/red] {escape(entry.error)}")
+            continue
+        params = ", ".join(f"{k} = {_toml_value(v)}" for k, v in entry.params.items())
+        for line in (entry.doc, f"params: {params or 'none'}"):
+            if line:
+                console.print(Padding(Text(line), (0, 0, 0, 2)))
+
+
+def _toml_value(value: Any) -> str:
+    """A default as it is written in a scenario file."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        inner = ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items())
+        return f"{{ {inner} }}" if inner else "{}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
 
 
 @app.command()
@@ -311,7 +361,7 @@ def sweep(scenario: Annotated[Path, typer.Argument(help="scenario TOML file with
         raise typer.Exit(2)
     expectations = _expectations(expect)
     for point in points:
-        _check_policy(point.cfg.policy.name)
+        _check_policy(point.cfg.policy)
     sweep_dir = out or Path("runs") / f"sweep-{base.name}"
     total_s = sum(p.cfg.duration_s for p in points)
     console.print(f"{len(points)} runs ({' x '.join(f'{a.name}[{len(a.values)}]' for a in axes)})"
@@ -381,6 +431,8 @@ def claims(quick: Annotated[bool, typer.Option(
     except (KeyError, ScenarioError) as exc:
         console.print(f"[red]bad claims:[/red] {escape(str(exc))}")
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    for job in jobs.jobs:
+        _check_policy(job.cfg.policy)
     todo = jobs.todo
     console.print(f"{len(chosen)} claims, {len(jobs.jobs)} runs ({len(todo)} to do, "
                   f"{sum(j.cfg.duration_s for j in todo) / 60:.1f} min of arrivals) -> {folder}")
@@ -586,6 +638,7 @@ def server(host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1"
                "--public-metrics", help="serve /v1/status and /metrics without the token")]
            = False) -> None:
     """Run the server alone; it prints the URL it listens on."""
+    _search_cwd(policy)
     argv = ["--host", host, "--port", str(port), "--policy", policy]
     argv += _token_args(token, token_file)
     if slo_ms is not None:

@@ -33,6 +33,7 @@ import tomli_w
 from common.config import DeviceSpec, ScenarioConfig, ScenarioError, device_specs
 from common.events import EventLog
 from common.files import as_disk_full, is_disk_error
+from common.names import policy_label
 from common.scenario_file import scenario_to_dict
 from testbed import launch
 from testbed.children import Child, poll, reap, recv, send, spawn
@@ -177,7 +178,7 @@ def write_token(path: Path, token: str) -> None:
 
 def default_run_dir(cfg: ScenarioConfig, root: Path = Path("runs")) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return root / f"{stamp}-{cfg.name}-{cfg.policy.name}-{cfg.devices.count}dev"
+    return root / f"{stamp}-{cfg.name}-{policy_label(cfg.policy.name)}-{cfg.devices.count}dev"
 
 
 def run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None = None, *,
