@@ -8,11 +8,8 @@ partial.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
-import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +17,7 @@ from typing import Any
 
 from common.config import ScenarioConfig, device_specs
 from common.events import read_events
-from common.files import DiskFull, as_disk_full, run_path, write_whole
+from common.files import DiskFull, run_path, whole_file, write_whole
 from common.modelzoo import open_zoo
 from common.records import FIELDS, SampleRecord, format_row, read_journal, read_records
 from common.scenario_file import load_scenario
@@ -144,21 +141,10 @@ def write_samples(path: Path, records: list[SampleRecord]) -> None:
     """Every device's records in one CSV (`device_id` is a column), for one `pandas.read_csv`.
     Written beside the per-device files, which stay: those are the crash-safe record; this is
     a copy made once at the end, whole or not at all (a temporary file, then a rename)."""
-    tmp: str | None = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(FIELDS)
-            writer.writerows(format_row(r) for r in records)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as exc:
-        raise as_disk_full(exc, path) from exc
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+    with whole_file(path, newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(FIELDS)
+        writer.writerows(format_row(r) for r in records)
 
 
 def _read_incarnations(run_dir: Path, tiers: dict[str, str]
