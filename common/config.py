@@ -11,7 +11,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from common.names import BadName, check_name
+from common.names import BadName, check_name, check_policy_name
 
 ArrivalKind = Literal["constant", "poisson", "onoff", "trace"]
 FaultKind = Literal["kill_device", "kill_server", "cut_link", "packet_loss", "kill_node"]
@@ -549,7 +549,10 @@ class PolicyConfig:
     """Policy-specific knobs, checked by the policy's own config class."""
 
     def __post_init__(self) -> None:
-        _name(self.name, "policy name", extra="+")
+        try:
+            check_policy_name(self.name, "policy name")
+        except BadName as exc:
+            raise ScenarioError(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,9 @@ import errno
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
+from typing import Final, TextIO
 
 from common.names import check_name
 
@@ -105,14 +106,16 @@ def run_path(run_dir: Path, *parts: str, suffix: str = "") -> Path:
     return path
 
 
-def write_whole(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path` and rename it over `path`: readers see
-    the old file or the new one, never half of one. `DiskFull` if the disk refuses."""
+@contextlib.contextmanager
+def whole_file(path: Path, newline: str | None = None) -> Iterator[TextIO]:
+    """A text file that appears at `path` only once it is complete: written to a temporary
+    file beside it and renamed over it, so readers see the old file or the new one, never half
+    of one. `DiskFull` if the disk refuses."""
     tmp: str | None = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "w", newline=newline) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -123,6 +126,12 @@ def write_whole(path: Path, text: str) -> None:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def write_whole(path: Path, text: str) -> None:
+    """`text` at `path`, whole or not at all (`whole_file`)."""
+    with whole_file(path) as f:
+        f.write(text)
 
 
 TOKEN_ENV: Final = "TESTBED_TOKEN"

@@ -17,6 +17,8 @@ import numpy as np
 
 from common.files import MIB, InputFileError, check_regular, read_text
 from common.names import is_name, shown
+from common.zoo_checks import ZooFormatError, check_arrays, check_card, data_dtype
+from common.zoo_checks import to_model_input as to_model_input
 
 EMBEDDED_ZOO = Path(__file__).resolve().parent / "zoo"
 MAX_INDEX_BYTES = 4 * MIB
@@ -31,7 +33,8 @@ class ZooError(LookupError):
 
 @dataclass(frozen=True, slots=True)
 class Dataset:
-    """Samples as uint8 pixels [N, 64] and their labels; models take pixels / 255 as float32."""
+    """Samples [N, ...] and their labels, checked against the zoo's declared dtype (uint8
+    pixels, which models take / 255, or float32 features, taken as they are)."""
 
     x: np.ndarray
     y: np.ndarray
@@ -75,12 +78,17 @@ class Zoo:
             raise ZooError(f"model {model}: {exc}") from None
         if not isinstance(card, dict):
             raise ZooError(f"model {model}: its card is not a JSON object")
+        try:
+            check_card(model, card)
+        except ZooFormatError as exc:
+            raise ZooError(f"{self.root}: {exc}") from None
         return card
 
     def model_path(self, model: str) -> Path:
         card = self.card(model)
         if "file" not in card:
-            raise ZooError(f"model {model!r} is not a single file (its card lists {sorted(card)})")
+            raise ZooError(f"model {model} is not a single file (its card has no `file`; an "
+                           "early-exit model runs only on the server)")
         return self.file(card["file"], f"model {model}")
 
     def file(self, name: object, what: str) -> Path:
@@ -92,17 +100,40 @@ class Zoo:
         except InputFileError as exc:
             raise ZooError(str(exc)) from None
 
+    @property
+    def classes(self) -> int | None:
+        """Classes the index's dataset declares (labels are checked against it)."""
+        classes = self.index.get("dataset", {}).get("classes")
+        return classes if isinstance(classes, int) and not isinstance(classes, bool) else None
+
     def dataset(self, split: str = "test") -> Dataset:
-        return _load_dataset(self.file(self.index["dataset"]["file"], "dataset"), split)
+        meta = self.index.get("dataset")
+        if not isinstance(meta, dict):
+            raise ZooError(f"{self.root}/zoo.json has no dataset table")
+        try:
+            dtype = data_dtype(meta)
+        except ZooFormatError as exc:
+            raise ZooError(f"{self.root}: {exc}") from None
+        return _load_dataset(self.file(meta.get("file"), "dataset"), split, dtype, self.classes)
 
 
 @cache
-def _load_dataset(path: Path, split: str) -> Dataset:
-    """Cached: loaded once per process, or once in the forkserver for all devices."""
-    with np.load(path) as data:
-        if f"x_{split}" not in data:
-            raise ZooError(f"dataset has no split {split!r}")
-        x, y = data[f"x_{split}"], data[f"y_{split}"]
+def _load_dataset(path: Path, split: str, dtype: str, classes: int | None) -> Dataset:
+    """Cached: loaded once per process, or once in the forkserver for all devices. Checked
+    against the declared dtype and classes, so a wrong file fails here with one sentence."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if f"x_{split}" not in data or f"y_{split}" not in data:
+                raise ZooError(f"dataset {path.name} has no split {split!r} (needs arrays "
+                               f"x_{split} and y_{split}; it has {sorted(data.files)[:8]})")
+            x, y = data[f"x_{split}"], data[f"y_{split}"]
+    except (OSError, ValueError) as exc:  # not an npz, or object arrays (pickles)
+        raise ZooError(f"dataset {path.name}: cannot read it as an .npz of arrays ({exc})") \
+            from None
+    try:
+        check_arrays(x, y, dtype, classes, f"dataset {path.name} split {split}")
+    except ZooFormatError as exc:
+        raise ZooError(str(exc)) from None
     x.setflags(write=False)
     y.setflags(write=False)
     return Dataset(x=x, y=y)
@@ -138,9 +169,3 @@ def open_session(path: Path, intra_op_threads: int = 1, inter_op_threads: int = 
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def to_model_input(pixels: np.ndarray) -> np.ndarray:
-    """uint8 pixels -> the float32 input every zoo model takes."""
-    out: np.ndarray = pixels.astype(np.float32) * np.float32(1.0 / 255.0)
-    return out

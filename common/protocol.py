@@ -102,6 +102,10 @@ class Report:
     mean_light_confidence: float
     light_ms_mean: float
     epoch: int = 0
+    latency_p50_ms: float = 0.0
+    latency_p95_ms: float = 0.0
+    """End-to-end latency of the device's last answers (0: none yet); optional, for live views
+    (`testbed watch`), never read by a policy."""
     TYPE = "report"
 
 
@@ -173,7 +177,8 @@ _SCHEMA: Final[dict[type, dict[str, tuple[type, ...]]]] = {
             "deadline_ms": _NUM},
     Report: {"window_s": _NUM, "generated": (int,), "forwarded": (int,), "answered": (int,),
              "slo_met": (int,), "slo_missed": (int,), "fallback": (int,), "threshold": _NUM,
-             "mean_light_confidence": _NUM, "light_ms_mean": _NUM, "epoch": (int,)},
+             "mean_light_confidence": _NUM, "light_ms_mean": _NUM, "epoch": (int,),
+             "latency_p50_ms": _NUM, "latency_p95_ms": _NUM},
     Welcome: {"threshold": _NUM, "epoch": (int,), "config": (dict,)},
     Result: {"sample_id": (int,), "status": (int,), "prediction": (int,), "confidence": _NUM,
              "queue_us": (int,), "compute_us": (int,), "batch_size": (int,), "reason": (str,),
@@ -184,7 +189,7 @@ _SCHEMA: Final[dict[type, dict[str, tuple[type, ...]]]] = {
 _REQUIRED: Final[dict[type, frozenset[str]]] = {
     Hello: frozenset({"device_id", "tier", "model"}),
     Infer: frozenset({"sample_id", "dtype", "shape", "data"}),
-    Report: frozenset(_SCHEMA[Report]) - {"epoch"},
+    Report: frozenset(_SCHEMA[Report]) - {"epoch", "latency_p50_ms", "latency_p95_ms"},
     Welcome: frozenset({"threshold", "epoch"}),
     Result: frozenset({"sample_id"}),
     Threshold: frozenset({"value", "epoch"}),

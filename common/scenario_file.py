@@ -65,6 +65,8 @@ def load_scenario(path: str | Path) -> ScenarioConfig:
     params = policy.get("params") if isinstance(policy, dict) else None
     if isinstance(params, dict) and isinstance(params.get("plan"), str) and params["plan"]:
         params["plan"] = str((path.parent / params["plan"]).resolve())  # a gear plan file
+    if isinstance(data.get("zoo"), str) and data["zoo"]:
+        data["zoo"] = str((path.parent / data["zoo"]).resolve())  # a model zoo folder
     try:
         return scenario_from_dict(data)
     except ScenarioError as exc:
@@ -74,13 +76,15 @@ def load_scenario(path: str | Path) -> ScenarioConfig:
 def scenario_from_dict(data: dict[str, Any]) -> ScenarioConfig:
     """Build and check a scenario from TOML-shaped data (a trace file it names is read)."""
     data = dict(data)
+    if isinstance(data.get("policy"), str):  # `policy = "name"` is `[policy] name = "name"`
+        data["policy"] = {"name": data["policy"]}
     devices = data.get("devices")
     if isinstance(devices, dict) and isinstance(devices.get("trace"), str) \
             and not devices.get("trace_points"):
         data["devices"] = {**devices, "trace_points": [list(p) for p in
                                                        load_trace(devices["trace"])]}
     tiers_in = data.pop("tiers", None)
-    defaults = default_tiers()
+    defaults = zoo_tiers(data.get("zoo"))
     tiers = dict(defaults)
     if tiers_in is not None:
         _check(isinstance(tiers_in, dict), "tiers must be a table")
@@ -89,8 +93,41 @@ def scenario_from_dict(data: dict[str, Any]) -> ScenarioConfig:
         for name, spec in tiers_in.items():
             base = dataclasses.asdict(defaults[name]) if name in defaults else {}
             tiers[name] = _build(TierSpec, _merge(base, spec, f"tiers.{name}"), f"tiers.{name}")
+    devices = data.get("devices")
+    if devices is None or (isinstance(devices, dict) and "mix" not in devices):
+        # Without a mix, devices are split evenly over however many tiers there are.
+        data["devices"] = {**(devices or {}), "mix": ":".join("1" for _ in tiers)}
     cfg: ScenarioConfig = _build(ScenarioConfig, {**data, "tiers": tiers}, "")
     return cfg
+
+
+def zoo_tiers(zoo: object) -> dict[str, TierSpec]:
+    """The tiers a scenario without a [tiers] table runs: its zoo's `tiers` (zoo.json). The
+    embedded zoo's are low/mid/high (`default_tiers`); another zoo's tier named low, mid or
+    high takes that default tier's settings with the zoo's model, any other tier the `mid`
+    settings. A [tiers] table then changes or replaces these, as it does the defaults."""
+    defaults = default_tiers()
+    if zoo is None:
+        return defaults
+    _check(isinstance(zoo, str) and bool(zoo), "zoo must be the path of a model zoo folder")
+    from common.modelzoo import ZooError, open_zoo  # numpy: only for a scenario naming a zoo
+
+    try:
+        index_tiers = open_zoo(str(zoo)).index.get("tiers")
+    except ZooError as exc:
+        raise ScenarioError(f"zoo: {exc}") from None
+    if not isinstance(index_tiers, dict) or not index_tiers \
+            or not all(isinstance(m, str) for m in index_tiers.values()):
+        raise ScenarioError(f"zoo {zoo}: zoo.json needs `tiers`, a table of tier name -> "
+                            "light model")
+    out = {}
+    for tier, model in index_tiers.items():
+        base = defaults.get(tier, defaults["mid"])
+        try:
+            out[tier] = dataclasses.replace(base, model=model)
+        except ScenarioError as exc:
+            raise ScenarioError(f"zoo {zoo}: tiers.{str(tier)[:64]}: {exc}") from None
+    return out
 
 
 def scenario_to_dict(cfg: ScenarioConfig) -> dict[str, Any]:

@@ -86,6 +86,11 @@ class DeviceOutcome:
     """Payload bytes of the replies."""
     loop_lag: dict[str, Any] = field(default_factory=dict)
     """How late this process's event loop ran the device's timers (`common.looplag`)."""
+    refused: dict[str, int] = field(default_factory=dict)
+    """Forwarded samples the server refused with an `error` reply, by error code (bad_tensor,
+    malformed, ...): not load, something is wrong with what this device sends."""
+    refusal: str = ""
+    """The first such refusal's reason, as the server gave it."""
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -147,9 +152,15 @@ class Device:
         self.bytes_sent = 0
         self.bytes_received = 0
         self._sources = {"light": 0, "heavy": 0, "fallback": 0, "rejected": 0}
+        self._refusals: dict[str, int] = {}
+        self.last_connect_error = ""
+        self._attempt_failed = asyncio.Event()
+        """Why the last connection attempt failed (said when registering times out)."""
+        self._refusal = ""
         self._loop = asyncio.get_running_loop()
         self._timers = TimerLag(self._loop)
-        self._infer_overhead = len(wire.encode(wire.Infer(0, "uint8", (64,), b"", 0.0))) + 8
+        self._infer_overhead = len(wire.encode(wire.Infer(
+            0, self._x.dtype.name, tuple(self._x.shape[1:]), b"", 0.0))) + 8
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -158,23 +169,32 @@ class Device:
         if getattr(self, "_connection_task", None) is None:
             self._connection_task = asyncio.create_task(self._connection_loop())
 
-    async def wait_registered(self, timeout_s: float) -> None:
+    async def wait_registered(self, timeout_s: float, fail_fast: bool = False) -> None:
         """Start connecting and return once the server has welcomed this device; raise
         `RegistrationFailed` at once on a refusal that retrying cannot fix, TimeoutError if
-        the server stays unreachable."""
+        the server stays unreachable. `fail_fast` (a device started by hand): the first
+        failed connection attempt raises ConnectionError with its reason."""
         self.connect()
         welcomed = asyncio.create_task(self._welcomed.wait())
-        done, _ = await asyncio.wait({welcomed, self._connection_task}, timeout=timeout_s,
+        failed = asyncio.create_task(self._attempt_failed.wait())
+        waits = {welcomed, self._connection_task} | ({failed} if fail_fast else set())
+        done, _ = await asyncio.wait(waits, timeout=timeout_s,
                                     return_when=asyncio.FIRST_COMPLETED)
+        failed.cancel()
         if welcomed in done:
             return
         welcomed.cancel()
+        if failed in done and self._connection_task not in done:
+            await self._close()
+            raise ConnectionError(f"cannot connect: {self.last_connect_error}")
         if self._connection_task in done:
             await self._close()
             self._connection_task.result()  # re-raises RegistrationFailed (or a bug) as it is
             raise RegistrationFailed("the connection ended before the server welcomed us")
         await self._close()
-        raise TimeoutError(f"no welcome from the server within {timeout_s:.0f} s")
+        raise TimeoutError(f"no welcome from the server within {timeout_s:.0f} s"
+                           + (f" (last try: {self.last_connect_error})"
+                              if self.last_connect_error else ""))
 
     async def run(self, start_wall: float | None = None, run_start_wall: float | None = None,
                   end_wall: float | None = None) -> DeviceOutcome:
@@ -237,7 +257,8 @@ class Device:
             final_threshold=self.threshold, late_replies=self.late_replies,
             overruns=self.overruns, reconnects=max(self.reconnects, 0), sources=self._sources,
             requests_sent=self.requests_sent, bytes_sent=self.bytes_sent,
-            bytes_received=self.bytes_received, loop_lag=self._timers.hist.to_dict())
+            bytes_received=self.bytes_received, loop_lag=self._timers.hist.to_dict(),
+            refused=dict(self._refusals), refusal=self._refusal)
 
     async def _close(self) -> None:
         self._closing = True
@@ -381,7 +402,8 @@ class Device:
         payload = pixels.tobytes()
         deliver_at = self._uplink.transmit(end, len(payload) + self._infer_overhead)
         reply_by = timeout_at - self._downlink.allowance_s(RESULT_BYTES)
-        msg = wire.Infer(sample_id=sid, dtype="uint8", shape=tuple(pixels.shape), data=payload,
+        msg = wire.Infer(sample_id=sid, dtype=pixels.dtype.name, shape=tuple(pixels.shape),
+                         data=payload,
                          deadline_ms=max((reply_by - deliver_at) * 1e3, 0.0))
         self._uplink_queue.append((deliver_at, sid, wire.encode(msg)))
         self._uplink_wake.set()
@@ -465,7 +487,8 @@ class Device:
         rec.latency_ms = ((self._loop.time() if at is None else at) - pending.t_sched) * 1e3
         rec.slo_met = rec.latency_ms <= self.spec.slo_ms
         self._sources[source] += 1
-        self._window.on_answered(source, rec.slo_met, already_missed=pending.slo_counted)
+        self._window.on_answered(source, rec.slo_met, already_missed=pending.slo_counted,
+                                 latency_ms=rec.latency_ms)
         if self._writer is not None and self._write_error is None:
             try:
                 self._writer.write(rec)
@@ -504,6 +527,8 @@ class Device:
             except (TimeoutError, OSError, ConnectionError, wire.ProtocolError,
                     RuntimeError) as exc:
                 log.debug("%s: connection failed: %r", self.spec.device_id, exc)
+                self.last_connect_error = str(exc) or type(exc).__name__
+                self._attempt_failed.set()
             self._connected.clear()
             for sid in list(self._pending):
                 self._fail(sid, "disconnected")
@@ -519,7 +544,11 @@ class Device:
             self._apply_threshold(msg.value, msg.epoch)
         elif isinstance(msg, wire.Error):
             log.warning("%s: server error %s: %s", self.spec.device_id, msg.code, msg.reason)
-            if msg.sample_id is not None:
+            if msg.sample_id is not None and msg.sample_id in self._pending:
+                code = error_name(msg.code)
+                self._refusals[code] = self._refusals.get(code, 0) + 1
+                self._refusal = self._refusal or "".join(
+                    c if c.isprintable() else "?" for c in f"{code}: {msg.reason}"[:240])
                 self._fail(msg.sample_id, "error")
 
     def _apply_threshold(self, value: float, epoch: int, force: bool = False) -> None:
@@ -552,6 +581,14 @@ class Device:
                 self._window.on_overdue()
         report = self._window.take(self.spec.report_interval_s, self.threshold, self.epoch)
         return wire.encode(report)
+
+
+def error_name(code: int) -> str:
+    """A wire error code as the name summaries count it by (`bad_tensor`), or `code-N`."""
+    try:
+        return wire.ErrorCode(code).name.lower()
+    except ValueError:
+        return f"code-{int(code)}"
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

@@ -16,7 +16,8 @@ class LightModel:
         self._input = self._session.get_inputs()[0].name
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
-        """Class probabilities of one sample (uint8 pixels [64])."""
+        """Class probabilities of one sample (uint8 pixels or float32 features, as the zoo
+        declares)."""
         probs: np.ndarray = self._session.run(None, {self._input: to_model_input(pixels[None])})[0]
         first: np.ndarray = probs[0]
         return first

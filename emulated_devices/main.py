@@ -13,6 +13,7 @@ import sys
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from common.child_process import die_with_parent, leave_interrupts_to_parent
 from common.config import ScenarioConfig, device_specs
@@ -20,12 +21,16 @@ from common.files import DiskFull, resolve_token
 from common.logsetup import configure_logging
 from common.names import check_name
 from common.scenario_file import load_scenario
-from emulated_devices.device import Device, RegistrationFailed
+from emulated_devices.device import Device
 from emulated_devices.loop_probe import precise_loop
 
 log = logging.getLogger(__name__)
 
 REGISTER_TIMEOUT_S = 30.0
+"""A harness child: the server has just started and may be busy welcoming many devices."""
+MANUAL_REGISTER_TIMEOUT_S = 3.0
+"""`testbed device` by hand: the server is already running, or the user should hear at once
+that nothing answers there."""
 
 
 def device_process(spec: Any, server_url: str, token: str, run_dir: str,
@@ -111,20 +116,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="write records here")
     args = parser.parse_args(argv)
     try:
+        check_url(args.server)
         token = resolve_token(args.token, args.token_file)
         check_name(args.tier, "--tier")
         device_id = check_name(args.device_id or f"{args.tier}-manual-{args.index}",
                                "--device-id")
         cfg = load_scenario(args.scenario) if args.scenario else ScenarioConfig()
         if args.tier not in cfg.tiers:
-            parser.error(f"unknown tier {args.tier!r}; known: {sorted(cfg.tiers)}")
+            _fail(f"unknown tier {args.tier!r}; known: {', '.join(cfg.tiers)}")
         devices = dataclasses.replace(cfg.devices, count=1, mix=":".join(
             "1" if t == args.tier else "0" for t in cfg.tiers),
             rate_hz=args.rate_hz or cfg.devices.rate_hz)
         cfg = dataclasses.replace(cfg, devices=devices,
                                   duration_s=args.duration or cfg.duration_s)
-    except (ValueError, OSError) as exc:  # bad names, scenario, numbers or token file
-        parser.error(str(exc))
+    except (ValueError, OSError) as exc:  # bad URL, names, scenario, numbers or token file
+        _fail(str(exc))
     spec = dataclasses.replace(device_specs(cfg)[0], index=args.index, device_id=device_id)
     configure_logging("INFO", f"device {spec.device_id}")
 
@@ -133,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         device = Device(spec, args.server, token=token, out_dir=args.out)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, device.stop)
-        await device.wait_registered(REGISTER_TIMEOUT_S)
+        await device.wait_registered(MANUAL_REGISTER_TIMEOUT_S, fail_fast=True)
         print(f"{spec.device_id}: registered with {args.server}, running "
               f"{cfg.duration_s:.0f} s at {spec.rate_hz} Hz", flush=True)
         outcome = await device.run()
@@ -142,7 +148,25 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with asyncio.Runner(loop_factory=precise_loop) as runner:
             runner.run(run())
-    except TimeoutError:
-        sys.exit(f"could not register with {args.server} within {REGISTER_TIMEOUT_S:.0f} s")
-    except RegistrationFailed as exc:
-        sys.exit(f"{spec.device_id}: {exc}")
+    except TimeoutError as exc:  # could not start: exit 2, as the harness does
+        _fail(f"could not register with {args.server} within "
+              f"{MANUAL_REGISTER_TIMEOUT_S:.0f} s: {exc}")
+    except (ConnectionError, LookupError) as exc:  # refused, unreachable, or a bad model
+        _fail(f"{spec.device_id}: {args.server}: {exc}")
+
+
+def check_url(url: str) -> None:
+    """The server's URL: http(s) or ws(s), with a host (and a valid port if one is given)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        raise ValueError(f"--server {url[:80]!r} is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https", "ws", "wss") or not parts.hostname:
+        raise ValueError(f"--server {url[:80]!r} must be a URL like http://127.0.0.1:8470")
+
+
+def _fail(message: str) -> None:
+    """One line on stderr and exit 2, as for any bad input: no usage text, no traceback."""
+    print(f"python -m emulated_devices: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)

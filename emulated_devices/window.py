@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 from common import protocol as wire
+from common.config import MAX_MS
+
+LATENCY_ANSWERS = 100
+"""Reports carry latency percentiles over this many last answers: a 0.5 s window holds too
+few samples for a p95, and a live view wants a steady line."""
+
+
+def quantile(values: list[float], q: float) -> float:
+    """The `q` quantile (nearest rank, an observed value) of `values`; 0.0 when empty."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 1))  # ceil(n q), at least 1
+    return ordered[int(rank) - 1]
 
 
 @dataclass(slots=True)
@@ -17,6 +32,8 @@ class Window:
     fallback: int = 0
     conf_sum: float = 0.0
     light_ms_sum: float = 0.0
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_ANSWERS))
+    """The last answers' end-to-end latencies: kept across reports (see `LATENCY_ANSWERS`)."""
 
     def on_generated(self, confidence: float, light_ms: float) -> None:
         self.generated += 1
@@ -31,8 +48,11 @@ class Window:
         timeout fires, so the scheduler hears about overload one timeout earlier."""
         self.slo_missed += 1
 
-    def on_answered(self, source: str, slo_met: bool, already_missed: bool) -> None:
+    def on_answered(self, source: str, slo_met: bool, already_missed: bool,
+                    latency_ms: float | None = None) -> None:
         self.answered += 1
+        if latency_ms is not None and latency_ms == latency_ms:  # not NaN
+            self.latencies_ms.append(min(max(latency_ms, 0.0), MAX_MS))
         self.fallback += source in ("fallback", "rejected")
         if slo_met:
             self.slo_met += 1
@@ -42,11 +62,14 @@ class Window:
     def take(self, window_s: float, threshold: float, epoch: int) -> wire.Report:
         """The report of this window; the counters start again from zero."""
         n = self.generated
+        recent = list(self.latencies_ms)
         report = wire.Report(
             window_s=window_s, generated=n, forwarded=self.forwarded, answered=self.answered,
             slo_met=self.slo_met, slo_missed=self.slo_missed, fallback=self.fallback,
             threshold=threshold, mean_light_confidence=self.conf_sum / n if n else 0.0,
-            light_ms_mean=self.light_ms_sum / n if n else 0.0, epoch=epoch)
+            light_ms_mean=self.light_ms_sum / n if n else 0.0, epoch=epoch,
+            latency_p50_ms=round(quantile(recent, 0.5), 3),
+            latency_p95_ms=round(quantile(recent, 0.95), 3))
         self.generated = self.forwarded = self.answered = 0
         self.slo_met = self.slo_missed = self.fallback = 0
         self.conf_sum = self.light_ms_sum = 0.0

@@ -589,7 +589,7 @@ def main() -> None:
         (out / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
     base_lights = [tier[0] for tier in LIGHTS]
     index = {
-        "dataset": {"file": dataset.name, "name": "digits-noisy", "classes": 10,
+        "dataset": {"file": dataset.name, "dtype": "uint8", "name": "digits-noisy", "classes": 10,
                     "source": "sklearn.datasets.load_digits", "seed": SEED,
                     "noise_sigma": NOISE_SIGMA, "occlusion_p": OCCLUSION_P, "copies": COPIES,
                     "splits": {p: len(splits[p][1]) for p in ("val", "test")}},

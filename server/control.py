@@ -149,7 +149,8 @@ class Controller:
         return {
             "devices": {dev: {"tier": s.info.tier, "model": s.info.model,
                               "threshold": round(s.threshold, 4), "epoch": s.epoch,
-                              "reports": s.reports, "refused_reports": s.refused_reports}
+                              "reports": s.reports, "refused_reports": s.refused_reports,
+                              **_live(s)}
                         for dev, s in sorted(self.sessions.items())},
             "policy": self.policy.name,
             "steps": self.steps,
@@ -164,6 +165,18 @@ def _quantiles(values: deque[float]) -> dict[str, float]:
     p50, p99 = np.percentile(arr, [50, 99], method="inverted_cdf")
     return {"p50": round(float(p50), 1), "p99": round(float(p99), 1),
             "max": round(float(arr.max()), 1), "count": len(arr)}
+
+
+def _live(session: DeviceSession) -> dict[str, Any]:
+    """What live views read of a device (`testbed watch`): its session's running counts, which
+    a view differences over its own window (a report may fall between two polls), and the
+    latency percentiles of its last report."""
+    t, r = session.totals, session.report
+    return {"totals": {"generated": t.generated, "forwarded": t.forwarded,
+                       "answered": t.answered, "slo_met": t.slo_met,
+                       "slo_missed": t.decided - t.slo_met},
+            "latency_ms": None if r is None or not r.latency_p95_ms else
+            {"p50": r.latency_p50_ms, "p95": r.latency_p95_ms}}
 
 
 def _clamp(value: float) -> float:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -23,6 +24,7 @@ from common.scenario_file import load_scenario
 from server.app import make_app
 from server.guard import GuardedSite
 from server.runtime import GUARD, RUNTIME, ServerSettings
+from server.scheduling import check_policy, make_policy
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +120,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         settings = settings_from_args(args)
-    except (ValueError, OSError) as exc:  # a bad scenario, number or token file
-        parser.error(str(exc))
+        make_policy(settings.policy.name, settings.policy.params)  # unknown name, bad params
+    except (ValueError, OSError, LookupError) as exc:  # a bad scenario, number, token file
+        _fail(str(exc))
     configure_logging("INFO", "server")
     if args.token and argv is None:
         log.warning("--token is visible to other users of this host (ps); prefer "
@@ -132,7 +135,19 @@ def main(argv: list[str] | None = None) -> None:
             loop.add_signal_handler(sig, stop.set)
         await serve(settings, lambda url: print(f"listening on {url}", flush=True), stop)
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except OSError as exc:  # the port is taken, or the address is not this host's
+        _fail(f"cannot listen on {settings.server.host}:{settings.server.port}: "
+              f"{exc.strerror or exc}")
+    except LookupError as exc:  # a model the zoo does not have
+        _fail(str(exc))
+
+
+def _fail(message: str) -> None:
+    """One line on stderr and exit 2, as for any bad input: no usage text, no traceback."""
+    print(f"python -m server: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
@@ -145,6 +160,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     policy = dataclasses.replace(cfg.policy, name=args.policy) if args.policy else cfg.policy
     cfg = dataclasses.replace(cfg, server=server, policy=policy,
                               slo_ms=args.slo_ms if args.slo_ms else cfg.slo_ms)
+    check_policy(cfg.policy.name, cfg.policy.params)  # one line now, not a traceback later
     settings = ServerSettings.from_scenario(cfg, resolve_token(args.token, args.token_file),
                                             args.events)
     return dataclasses.replace(settings, public_metrics=args.public_metrics)

@@ -31,6 +31,7 @@ class ReportTotals:
     answered: int = 0
     decided: int = 0
     """slo_met + slo_missed"""
+    slo_met: int = 0
 
 
 def check_report(report: object, totals: ReportTotals) -> str | None:
@@ -49,7 +50,8 @@ def check_report(report: object, totals: ReportTotals) -> str | None:
     if counts["slo_met"] > counts["answered"] or counts["fallback"] > counts["answered"]:
         return "slo_met and fallback cannot exceed answered"
     for name, low, high in (("threshold", 0.0, 1.0), ("mean_light_confidence", 0.0, 1.0),
-                            ("light_ms_mean", 0.0, MAX_MS)):
+                            ("light_ms_mean", 0.0, MAX_MS), ("latency_p50_ms", 0.0, MAX_MS),
+                            ("latency_p95_ms", 0.0, MAX_MS)):
         value = getattr(r, name)
         if not (math.isfinite(value) and low <= value <= high):
             return f"{name} must be in [{low:g}, {high:g}]"
@@ -62,4 +64,5 @@ def check_report(report: object, totals: ReportTotals) -> str | None:
                 "in this session")
     totals.generated, totals.forwarded = generated, forwarded
     totals.answered, totals.decided = answered, decided
+    totals.slo_met += counts["slo_met"]
     return None

@@ -181,6 +181,8 @@ class Runtime:
             "throughput_sps": round(window.throughput, 2),
             "arrival_rate_sps": round(window.arrival_rate, 2),
             "busy_fraction": round(window.busy_fraction, 3),
+            "mean_batch_size": round(window.mean_batch_size, 2),
+            "mean_queue_ms": round(window.mean_queue_ms, 2),
             "totals": dataclasses.asdict(totals),
             "shed": dict(self.stats.shed),
             "slo_ms": self.settings.slo_ms,

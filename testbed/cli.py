@@ -2,36 +2,47 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import sys
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.padding import Padding
+from rich.text import Text
 
-from common.config import ScenarioConfig, ScenarioError
-from common.files import TOKEN_ENV
+from common.config import PolicyConfig, ScenarioConfig, ScenarioError
+from common.files import TOKEN_ENV, InputFileError, resolve_token
+from common.names import is_policy_spec
 from common.scenario_file import load_scenario
 from testbed.console import (
     LiveProgress,
     SweepProgress,
     claims_table,
+    compare_table,
     print_plan,
     print_summary,
 )
-from testbed.orchestrator import RunError, default_run_dir, run_scenario
+from testbed.orchestrator import TOKEN_FILE, RunError, default_run_dir, run_scenario
 from testbed.results.collect import collect
+from testbed.results.expect import Expectation, ExpectError, parse_all, unmet
 from testbed.verdict import EXIT_BAD_INPUT, EXIT_FAILED, exit_code, last_line
 
 app = typer.Typer(help="Emulated edge devices + one shared batching server + cascade schedulers.",
-                  no_args_is_help=True, add_completion=False)
-console = Console()
+                  no_args_is_help=True, add_completion=False,
+                  rich_markup_mode=None)  # help texts are plain: `[sweep]` stays as written
+console = Console(emoji=False)  # `a:b:c` stays as written (`:b:` is an emoji code)
 
 POLICY_HELP = ("scheduler: static | multitasc | multitasc++ | gears | uniform-aimd | "
-               "server-only | device-only")
+               "server-only | device-only, an installed one, or package.module:Class "
+               "(testbed policies lists them)")
 Policy = Annotated[str | None, typer.Option(help=POLICY_HELP,
                                             envvar="TESTBED_POLICY")]
 Duration = Annotated[float | None, typer.Option("--duration", help="seconds of arrivals")]
@@ -51,6 +62,58 @@ Ray = Annotated[str | None, typer.Option(
     "--ray", help="spread the run over a Ray cluster: auto, ray://host:port, or local:N (a "
                   "throwaway cluster of N nodes on this host); needs the 'ray' extra "
                   "(docs/cluster.md)")]
+Dashboard = Annotated[bool, typer.Option(
+    "--dashboard", help="serve a live view of the run on 127.0.0.1 (docs/dashboard.md)")]
+DashboardPort = Annotated[int, typer.Option(
+    help="port of the live view (0 picks a free one)")]
+AsJson = Annotated[bool, typer.Option(
+    "--json", help="print the summary (summary.json's content) as JSON on stdout, last; "
+                   "everything else goes to stderr")]
+Expect = Annotated[list[str] | None, typer.Option(
+    "--expect", metavar="CHECK",
+    help="a check the run must pass, METRIC OP NUMBER (OP: >= <= > < ==), e.g. "
+         "\"slo_satisfaction>=0.9\" or \"latency_ms.p95<=150\"; repeatable; a failed one "
+         "makes the command exit 1")]
+
+
+def _version(show: bool) -> None:
+    if show:
+        try:
+            print(f"testbed {version('cascade-testbed')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            print("testbed (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(show_version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="print the version and exit")]
+         = False) -> None:
+    """Emulated edge devices + one shared batching server + cascade schedulers."""
+
+
+@contextlib.contextmanager
+def _human_output(to_stderr: bool) -> Iterator[None]:
+    """With --json, tables and progress go to stderr so that stdout is the JSON alone."""
+    before = console.stderr
+    console.stderr = to_stderr or before
+    try:
+        yield
+    finally:
+        console.stderr = before
+
+
+def _expectations(texts: list[str] | None) -> list[Expectation]:
+    """Parsed before anything starts: a typo must not cost a run."""
+    try:
+        return parse_all(texts or [])
+    except ExpectError as exc:
+        console.print(f"[red]bad option:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2), flush=True)
 
 
 def apply_overrides(cfg: ScenarioConfig, *, devices: int | None = None,
@@ -61,6 +124,9 @@ def apply_overrides(cfg: ScenarioConfig, *, devices: int | None = None,
     """Command-line options over a scenario; re-validated as a whole."""
     dev = cfg.devices
     if devices is not None:
+        if devices < 1:
+            raise ScenarioError(f"--devices must be at least 1 (got {devices}): a run without "
+                                "devices measures nothing")
         dev = dataclasses.replace(dev, count=devices)
     if mix is not None:
         dev = dataclasses.replace(dev, mix=mix)
@@ -80,28 +146,6 @@ def apply_overrides(cfg: ScenarioConfig, *, devices: int | None = None,
     return dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
 
 
-def _execute(cfg: ScenarioConfig, out: Path | None, force: bool = False,
-             ray: str | None = None) -> None:
-    _check_policy(cfg.policy.name)
-    address = _ray_address(cfg, ray)
-    run_dir = out or default_run_dir(cfg)
-    try:
-        with LiveProgress(console) as progress:
-            result = _run_one(cfg, run_dir, progress, force, address)
-    except RunError as exc:
-        console.print(f"[red]run failed:[/red] {escape(str(exc))}")
-        raise typer.Exit(EXIT_BAD_INPUT) from None
-    print_summary(result.summary, console)
-    console.print(f"run folder: {result.run_dir}")
-    problems = result.summary["run"].get("problems", [])
-    code = exit_code(problems, result.interrupted)
-    if result.interrupted:
-        console.print("[yellow]interrupted[/yellow]: the numbers cover the run until Ctrl-C")
-    if problems:
-        console.print(f"[red]{last_line(problems)}[/red]", soft_wrap=True)
-    raise typer.Exit(code)
-
-
 def _ray_address(cfg: ScenarioConfig, ray: str | None) -> str:
     """`--ray`, else the scenario's `[cluster] ray`; "" runs on this host."""
     from common.config import check_ray_address
@@ -110,44 +154,184 @@ def _ray_address(cfg: ScenarioConfig, ray: str | None) -> str:
     try:
         return check_ray_address(address)
     except ScenarioError as exc:
-        console.print(f"[red]bad option:[/red] {exc}")
+        console.print(f"[red]bad option:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
 def _run_one(cfg: ScenarioConfig, run_dir: Path, progress: Any = None, force: bool = False,
-             address: str = "") -> Any:
+             address: str = "", on_listening: Any = None, checked: bool = False) -> Any:
     """One run, on this host or (with a Ray address) over a cluster."""
     if not address:
-        return run_scenario(cfg, run_dir, progress, force=force)
+        return run_scenario(cfg, run_dir, progress, force=force, checked=checked,
+                            on_listening=on_listening)
     from testbed.cluster.driver import run_on_cluster
 
-    return run_on_cluster(cfg, run_dir, address, progress)
+    return run_on_cluster(cfg, run_dir, address, progress, checked=checked,
+                          on_listening=on_listening)
 
 
-def _check_policy(name: str) -> None:
-    from server.scheduling import POLICIES as policies  # the pure policies only, no aiohttp
+def _preflight(cfg: ScenarioConfig, force: bool) -> Any:
+    """Policy, host memory, zoo, models and data: everything found before a process starts
+    (exit 2 with one line)."""
+    from testbed.orchestrator import check_host_memory
+    from testbed.preflight import CheckFailed, check_scenario
 
-    if name not in policies:
-        console.print(f"[red]unknown policy {name!r}[/red]; known: {', '.join(sorted(policies))}")
-        raise typer.Exit(2)
+    _check_policy(cfg.policy)
+    try:
+        if not force:
+            check_host_memory(cfg.devices.count)
+        return check_scenario(cfg)
+    except (CheckFailed, RunError) as exc:
+        console.print(f"[red]bad scenario:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def _execute(cfg: ScenarioConfig, out: Path | None, force: bool = False,
+             dashboard_port: int | None = None,
+             expectations: list[Expectation] | None = None, as_json: bool = False,
+             ray: str | None = None) -> None:
+    address = _ray_address(cfg, ray)
+    # On a real cluster the devices' memory is the nodes', not this host's.
+    _preflight(cfg, force or (bool(address) and not address.startswith("local:")))
+    run_dir = out or default_run_dir(cfg)
+    view = _start_dashboard(dashboard_port, cfg.name) if dashboard_port is not None else None
+    console.print(f"run folder: {escape(str(run_dir))}")
+
+    def listening(url: str) -> None:
+        """The URLs to scrape or watch the run; the token stays in its file."""
+        console.print(f"server: {url}  metrics: {url}/metrics  "
+                      f"(token: {escape(str(run_dir / TOKEN_FILE))})", soft_wrap=True)
+        if view is not None:
+            from testbed.dashboard.app import Target
+
+            view.follow(Target(url, (run_dir / TOKEN_FILE).read_text().strip(),
+                               run_dir / "events.harness.jsonl"))
+
+    try:
+        with LiveProgress(console) as progress:
+            result = _run_one(cfg, run_dir, progress, force, address, listening, checked=True)
+    except RunError as exc:
+        console.print(f"[red]run failed:[/red] {escape(str(exc))}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    finally:
+        if view is not None:
+            view.close()
+    summary = _with_expectations(result.summary, expectations or [])
+    print_summary(summary, console)
+    console.print(f"run folder: {escape(str(result.run_dir))}")
+    problems = summary["run"].get("problems", [])
+    code = exit_code(problems, result.interrupted)
+    if result.interrupted:
+        console.print("[yellow]interrupted[/yellow]: the numbers cover the run until Ctrl-C")
+    if problems:
+        console.print(f"[red]{escape(last_line(problems))}[/red]", soft_wrap=True)
+    if as_json:
+        _print_json(summary)
+    raise typer.Exit(code)
+
+
+def _start_dashboard(port: int, title: str) -> Any:
+    """The live view, listening before the run starts so its URL is printed first."""
+    from testbed.dashboard.app import Dashboard
+
+    view = Dashboard(port, title)
+    try:
+        url = view.start()
+    except OSError as exc:
+        console.print(f"[red]cannot serve the dashboard on 127.0.0.1:{port}:[/red] "
+                      f"{escape(str(exc.strerror or exc))}; --dashboard-port 0 picks a free port")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    console.print(f"dashboard: {url}", soft_wrap=True)
+    return view
+
+
+def _with_expectations(summary: dict[str, Any], expectations: list[Expectation]
+                       ) -> dict[str, Any]:
+    """The summary with the outcome of each --expect, and the unmet ones among its problems
+    (summary.json itself keeps what the run did, whatever was expected of it)."""
+    if not expectations:
+        return summary
+    run = summary.get("run") or {}
+    checks = [{"expect": e.text, "metric": e.metric, "ok": not unmet(summary, [e])}
+              for e in expectations]
+    problems = [*run.get("problems", []), *unmet(summary, expectations)]
+    return {**summary, "run": {**run, "problems": problems}, "expectations": checks}
+
+
+def _check_policy(policy: PolicyConfig) -> None:
+    """The policy resolves (built-in, entry point or `module:Class`) and its params have known
+    names and kinds, before any process starts; else one line and exit 2. Like `python -m`, a
+    spec's module is also looked for in the current folder (last, so nothing is shadowed); the
+    server process inherits this search path."""
+    from server.scheduling import PolicyError, check_policy  # pure lookup, no aiohttp
+
+    _search_cwd(policy.name)
+    try:
+        check_policy(policy.name, policy.params)
+    except PolicyError as exc:
+        console.print(f"[red]bad policy:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def _search_cwd(policy: str) -> None:
+    if is_policy_spec(policy) and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+
+
+@app.command()
+def policies() -> None:
+    """List every policy a scenario may name: the built-ins and those installed packages
+    declare (entry point group `cascade_testbed.policies`), with their parameters and
+    defaults (`[policy] params`). Any `package.module:Class` subclassing `Policy` works too
+    (docs/policies.md)."""
+    from server.scheduling.plugins import available
+
+    for entry in available():
+        console.print(f"[bold]{escape(entry.name)}[/bold]  ({entry.source}, "
+                      f"{escape(entry.target)})", highlight=False)
+        if entry.error:
+            console.print(f"  [red]cannot be used:[/red] {escape(entry.error)}")
+            continue
+        params = ", ".join(f"{k} = {_toml_value(v)}" for k, v in entry.params.items())
+        for line in (entry.doc, f"params: {params or 'none'}"):
+            if line:
+                console.print(Padding(Text(line), (0, 0, 0, 2)))
+
+
+def _toml_value(value: Any) -> str:
+    """A default as it is written in a scenario file."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        inner = ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items())
+        return f"{{ {inner} }}" if inner else "{}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
 
 
 @app.command()
 def up(devices: Annotated[int, typer.Option(help="number of device processes")] = 40,
        policy: Policy = None, duration: Duration = None, slo_ms: SloMs = None, mix: Mix = None,
        seed: Seed = None, out: Out = None, max_fault_fallback: MaxFaultFallback = None,
-       force: Force = False, ray: Ray = None) -> None:
+       force: Force = False, dashboard: Dashboard = False,
+       dashboard_port: DashboardPort = 8089, expect: Expect = None,
+       as_json: AsJson = False, ray: Ray = None) -> None:
     """Start the server and N devices on the default heterogeneous scenario, run, summarise.
     Exits 0 when the run did what was asked, 1 when it did not (the reason is the last line),
     2 on a bad option, 130 on Ctrl-C."""
-    try:
-        cfg = apply_overrides(ScenarioConfig(), devices=devices, policy=policy,
-                              duration=duration, slo_ms=slo_ms, mix=mix, seed=seed,
-                              max_fault_fallback=max_fault_fallback)
-    except ScenarioError as exc:
-        console.print(f"[red]bad option:[/red] {exc}")
-        raise typer.Exit(EXIT_BAD_INPUT) from None
-    _execute(cfg, out, force, ray)
+    with _human_output(as_json):
+        try:
+            cfg = apply_overrides(ScenarioConfig(), devices=devices, policy=policy,
+                                  duration=duration, slo_ms=slo_ms, mix=mix, seed=seed,
+                                  max_fault_fallback=max_fault_fallback)
+        except ScenarioError as exc:
+            console.print(f"[red]bad option:[/red] {escape(str(exc))}")
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        _execute(cfg, out, force, dashboard_port if dashboard else None,
+                 _expectations(expect), as_json, ray)
 
 
 @app.command()
@@ -156,16 +340,31 @@ def run(scenario: Annotated[Path, typer.Argument(help="scenario TOML file")],
         policy: Policy = None, duration: Duration = None, slo_ms: SloMs = None,
         mix: Mix = None, seed: Seed = None, out: Out = None,
         max_fault_fallback: MaxFaultFallback = None, force: Force = False,
-        ray: Ray = None) -> None:
+        dashboard: Dashboard = False, dashboard_port: DashboardPort = 8089,
+        expect: Expect = None, as_json: AsJson = False, ray: Ray = None,
+        check: Annotated[bool, typer.Option(
+            "--check", help="only check the scenario, its zoo, models, data and policy (exit "
+                            "0 or 2); start nothing, write nothing")] = False) -> None:
     """Run a scenario file (options override its values); exit codes as for `up`."""
-    try:
-        cfg = apply_overrides(load_scenario(scenario), devices=devices, policy=policy,
-                              duration=duration, slo_ms=slo_ms, mix=mix, seed=seed,
-                              max_fault_fallback=max_fault_fallback)
-    except ScenarioError as exc:
-        console.print(f"[red]bad scenario:[/red] {exc}")
-        raise typer.Exit(EXIT_BAD_INPUT) from None
-    _execute(cfg, out, force, ray)
+    with _human_output(as_json):
+        try:
+            cfg = apply_overrides(load_scenario(scenario), devices=devices, policy=policy,
+                                  duration=duration, slo_ms=slo_ms, mix=mix, seed=seed,
+                                  max_fault_fallback=max_fault_fallback)
+        except ScenarioError as exc:
+            console.print(f"[red]bad scenario:[/red] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        if check:
+            checked = _preflight(cfg, force)
+            console.print(f"zoo {escape(str(checked.zoo))}: {escape(str(checked.data))}",
+                          soft_wrap=True)
+            for line in checked.lines:
+                console.print(f"  {escape(str(line))}", soft_wrap=True)
+            console.print(f"scenario ok: {escape(str(scenario))} ({cfg.devices.count} devices, "
+                          f"policy {escape(cfg.policy.name)})", soft_wrap=True)
+            return
+        _execute(cfg, out, force, dashboard_port if dashboard else None,
+                 _expectations(expect), as_json, ray)
 
 
 @app.command()
@@ -173,28 +372,31 @@ def sweep(scenario: Annotated[Path, typer.Argument(help="scenario TOML file with
           out: Annotated[Path | None, typer.Option(
               help="sweep folder (default runs/sweep-<name>); reused to resume")] = None,
           dry_run: Annotated[bool, typer.Option("--dry-run", help="list the runs only")]
-          = False, ray: Ray = None) -> None:
+          = False, expect: Expect = None, ray: Ray = None) -> None:
     """Run every combination of the scenario's [sweep] axes, one after another. Resumable:
-    run it again with the same --out and finished runs are skipped."""
-    from testbed.sweep import expand, parse_axes, run_sweep
+    run it again with the same --out and finished runs are skipped. With --expect, every
+    finished run (resumed ones too) must pass the checks."""
+    from testbed.sweep import expand, parse_axes, run_sweep, summaries
 
     try:
         base = load_scenario(scenario)
         axes = parse_axes(base.sweep)
         points = expand(base, axes)
     except ScenarioError as exc:
-        console.print(f"[red]bad sweep:[/red] {exc}")
+        console.print(f"[red]bad sweep:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     if not axes:
-        console.print(f"[red]{scenario} has no [sweep] table[/red]")
+        console.print(f"[red]{escape(str(scenario))} has no {escape('[sweep]')} table[/red]",
+                      soft_wrap=True)
         raise typer.Exit(2)
+    expectations = _expectations(expect)
     for point in points:
-        _check_policy(point.cfg.policy.name)
+        _check_policy(point.cfg.policy)
     address = _ray_address(base, ray)
     sweep_dir = out or Path("runs") / f"sweep-{base.name}"
     total_s = sum(p.cfg.duration_s for p in points)
     console.print(f"{len(points)} runs ({' x '.join(f'{a.name}[{len(a.values)}]' for a in axes)})"
-                  f", {total_s / 60:.1f} min of arrivals -> {sweep_dir}")
+                  f", {total_s / 60:.1f} min of arrivals -> {escape(str(sweep_dir))}")
     if dry_run:
         for point in points:
             console.print(f"  {point.name}")
@@ -209,16 +411,21 @@ def sweep(scenario: Annotated[Path, typer.Argument(help="scenario TOML file with
             return summary
 
         outcome = run_sweep(points, axes, sweep_dir, run_one, progress.update)
+    for _, summary, run_dir in summaries(sweep_dir) if expectations else ():
+        missed = unmet(summary, expectations)
+        if missed:
+            troubled.setdefault(run_dir.name, []).extend(missed)
     console.print(f"ran {len(outcome.ran)}, skipped {len(outcome.skipped)} already done, "
-                  f"failed {len(outcome.failed)}; index: {sweep_dir / 'index.csv'}")
+                  f"failed {len(outcome.failed)}; index: {escape(str(sweep_dir / 'index.csv'))}")
     for name, error in outcome.failed.items():
-        console.print(f"[red]{name}:[/red] {error}")
+        console.print(f"[red]{escape(name)}:[/red] {escape(error)}")
     for name, problems in troubled.items():
-        console.print(f"[red]{name}:[/red] {'; '.join(problems)}")
-    console.print(f"figures: testbed report {sweep_dir}")
+        console.print(f"[red]{escape(name)}:[/red] {escape('; '.join(problems))}")
+    console.print(f"figures: testbed report {escape(str(sweep_dir))}")
     if outcome.failed or troubled:
         console.print(f"[red]sweep failed: {len(outcome.failed)} runs could not run, "
-                      f"{len(troubled)} runs did not do what their scenario asked[/red]")
+                      f"{len(troubled)} runs did not do what their scenario asked"
+                      f"{' or --expect required' if expectations else ''}[/red]")
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -253,14 +460,16 @@ def claims(quick: Annotated[bool, typer.Option(
         folder = out or Path("runs") / "claims" / ("quick" if quick else "full")
         jobs = plan(chosen, seed_list, folder, catalog.quick, quick)
     except (KeyError, ScenarioError) as exc:
-        console.print(f"[red]bad claims:[/red] {exc}")
+        console.print(f"[red]bad claims:[/red] {escape(str(exc))}")
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    for job in jobs.jobs:
+        _check_policy(job.cfg.policy)
     todo = jobs.todo
     console.print(f"{len(chosen)} claims, {len(jobs.jobs)} runs ({len(todo)} to do, "
                   f"{sum(j.cfg.duration_s for j in todo) / 60:.1f} min of arrivals) -> {folder}")
     if dry_run:
         for job in todo:
-            console.print(f"  {job.run_dir}")
+            console.print(f"  {escape(str(job.run_dir))}")
         return
     def run_one(cfg: ScenarioConfig, run_dir: Path) -> dict[str, Any]:
         result = run_scenario(cfg, run_dir)
@@ -281,7 +490,7 @@ def claims(quick: Annotated[bool, typer.Option(
     write_results(folder, verdicts)
     console.print(f"verdicts written to {folder / 'claims.md'} and {folder / 'claims.json'}")
     for run_dir, error in failed.items():
-        console.print(f"[red]{run_dir}:[/red] {error}")
+        console.print(f"[red]{escape(str(run_dir))}:[/red] {escape(error)}")
     print(claims_json(verdicts), flush=True)
     if failed:
         raise typer.Exit(EXIT_FAILED)
@@ -308,11 +517,11 @@ def plan(scenario: Annotated[Path, typer.Argument(help="scenario TOML file")],
         cfg = load_scenario(scenario)
         result = build_plan(cfg, PlanOptions(max_rps=max_load, no_cascade=no_cascade))
     except (ScenarioError, ValueError, LookupError) as exc:
-        console.print(f"[red]cannot plan:[/red] {exc}")
+        console.print(f"[red]cannot plan:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     write_plan(result, out)
     print_plan(result, console)
-    console.print(f"plan: {out}")
+    console.print(f"plan: {escape(str(out))}")
 
 
 @app.command()
@@ -320,20 +529,27 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder or a sweep
            devices: Annotated[bool, typer.Option("--devices",
                                                  help="also list every device")] = False,
            figures: Annotated[bool, typer.Option(help="write PNG figures and report.md")]
-           = True) -> None:
+           = True, as_json: AsJson = False) -> None:
     """Print a run's summary and write its figures; for a sweep, write the sweep's figures
     (SLO satisfaction, accuracy, throughput, forward rate vs devices, latency CDFs,
-    thresholds over time) and a Markdown table. Rebuilds a cut-short run's summary."""
+    thresholds over time) and a Markdown table. Rebuilds a cut-short run's summary. With
+    --json, the summary (of a sweep: its index) goes to stdout as JSON."""
+    with _human_output(as_json):
+        data = _report(run_dir, devices, figures)
+    if as_json:
+        _print_json(data)
+
+
+def _report(run_dir: Path, devices: bool, figures: bool) -> dict[str, Any]:
     if (run_dir / "sweep.json").is_file():
-        _report_sweep(run_dir)
-        return
+        return _report_sweep(run_dir)
     summary_path = run_dir / "summary.json"
     if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
+        summary: dict[str, Any] = json.loads(summary_path.read_text())
     elif (run_dir / "scenario.toml").is_file():
         summary = collect(run_dir)
     else:
-        console.print(f"[red]{run_dir} is not a run folder or a sweep folder[/red]")
+        console.print(f"[red]{escape(str(run_dir))} is not a run folder or a sweep folder[/red]")
         raise typer.Exit(2)
     print_summary(summary, console, per_device=devices)
     run = summary.get("run", {})
@@ -356,13 +572,15 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder or a sweep
 
         paths = run_figures(run_dir, summary, run_dir / "figures")
         md = run_markdown(summary, paths, run_dir / "report.md")
-        console.print(f"figures: {run_dir / 'figures'}; table: {md}")
+        console.print(f"figures: {escape(str(run_dir / 'figures'))}; table: "
+                      f"{escape(str(md))}")
     problems = run.get("problems") or []
     if problems:
-        console.print(f"[red]{last_line(problems)}[/red]", soft_wrap=True)
+        console.print(f"[red]{escape(last_line(problems))}[/red]", soft_wrap=True)
+    return summary
 
 
-def _report_sweep(sweep_dir: Path) -> None:
+def _report_sweep(sweep_dir: Path) -> dict[str, Any]:
     from testbed.results.figures import sweep_figures
     from testbed.results.markdown import sweep_markdown
     from testbed.sweep import load_index, summaries
@@ -372,13 +590,71 @@ def _report_sweep(sweep_dir: Path) -> None:
     points = list(summaries(sweep_dir))
     pending = sum(r["status"] != "done" for r in index["runs"])
     if not points:
-        console.print(f"[red]{sweep_dir}: no finished runs yet[/red]")
+        console.print(f"[red]{escape(str(sweep_dir))}: no finished runs yet[/red]")
         raise typer.Exit(2)
     paths = sweep_figures(points, axes, sweep_dir / "figures")
     md = sweep_markdown(f"Sweep {sweep_dir.name}", axes, points, paths,
                         sweep_dir / "report.md")
     console.print(f"{len(points)} runs ({pending} not finished); figures: "
-                  f"{sweep_dir / 'figures'}; table: {md}")
+                  f"{escape(str(sweep_dir / 'figures'))}; table: {escape(str(md))}")
+    return index
+
+
+@app.command()
+def compare(run_a: Annotated[Path, typer.Argument(
+                help="A: a run folder, or a folder of runs (a sweep, a claim arm's seed-k)")],
+            run_b: Annotated[Path, typer.Argument(help="B: the same")],
+            as_json: Annotated[bool, typer.Option(
+                "--json", help="print the comparison as JSON on stdout")] = False) -> None:
+    """How B's headline figures differ from A's (B - A). Runs are paired by seed (or by
+    sweep point); with two or more pairs each difference has a paired 95 % t interval, with
+    one run per side it is just the difference."""
+    from testbed.results.compare import compare as compare_runs
+    from testbed.results.folders import runs_in
+
+    with _human_output(as_json):
+        try:
+            side_a, side_b = runs_in(run_a), runs_in(run_b)
+        except ValueError as exc:
+            console.print(f"[red]cannot compare:[/red] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        result = compare_runs(side_a, side_b)
+        console.print(compare_table(result, str(run_a), str(run_b)))
+        for side, names in (("A", result.unpaired_a), ("B", result.unpaired_b)):
+            if result.paired and names:
+                console.print(f"[yellow]no partner in the other side[/yellow] ({side}): "
+                              f"{escape(', '.join(names))}")
+    if as_json:
+        _print_json({"a": str(run_a), "b": str(run_b), **result.to_json()})
+
+
+zoo_app = typer.Typer(help="Model zoos: your own models and data (docs/zoo.md).",
+                      no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+
+
+@zoo_app.command("init")
+def zoo_init(folder: Annotated[Path, typer.Argument(help="the new zoo's folder (new or empty)")],
+             light: Annotated[list[str], typer.Option(
+                 help="a light (device) model: PATH.onnx or NAME=PATH.onnx; repeat")],
+             heavy: Annotated[list[str], typer.Option(
+                 help="a heavy (server) model, the first is the default; repeat")],
+             data: Annotated[Path, typer.Option(
+                 help=".npz with x_val, y_val, x_test, y_test (uint8 pixels or float32)")],
+             ) -> None:
+    """Build a zoo from your ONNX models and dataset: copies them, measures accuracy, the
+    threshold curves and latency on this host, and writes zoo.json and a card per model. Use
+    it with `zoo = "FOLDER"` in a scenario: each light model becomes a tier of its name."""
+    from testbed.zoo_init import ZooInitError, build_zoo
+
+    try:
+        index = build_zoo(folder, light, heavy, data)
+    except ZooInitError as exc:
+        console.print(f"[red]cannot build the zoo:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    console.print(f"zoo {folder}: tiers {', '.join(index['tiers'])}; heavy {index['heavy']}; "
+                  f"data {index['dataset']['dtype']} ({index['dataset']['classes']} classes). "
+                  f"Use it with zoo = \"{folder.resolve()}\" in a scenario.", soft_wrap=True)
 
 
 @app.command()
@@ -393,6 +669,7 @@ def server(host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1"
                "--public-metrics", help="serve /v1/status and /metrics without the token")]
            = False) -> None:
     """Run the server alone; it prints the URL it listens on."""
+    _search_cwd(policy)
     argv = ["--host", host, "--port", str(port), "--policy", policy]
     argv += _token_args(token, token_file)
     if slo_ms is not None:
@@ -439,3 +716,47 @@ def device(server: Annotated[str, typer.Option("--server", help="server URL")],
     from emulated_devices.main import main
 
     main(argv)
+
+
+@app.command()
+def watch(url: Annotated[str, typer.Argument(
+              help="the run's server URL, printed at the start of `up`/`run`")],
+          port: Annotated[int, typer.Option(help="port of the page (0 picks a free one)")]
+          = 8089,
+          token: Token = None, token_file: TokenFile = None,
+          run_dir: Annotated[Path | None, typer.Option(
+              help="the run's folder: its .token (unless given otherwise) and its events "
+                   "(faults as markers)")] = None) -> None:
+    """Serve a live view of a run already going, on 127.0.0.1, until its server has been
+    silent for 10 s (the run ended) or Ctrl-C. The token stays in this process."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    from testbed.dashboard.app import Target, WatchError
+    from testbed.dashboard.app import watch as serve_view
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/"):
+        console.print(f"[red]bad URL {url[:80]!r}:[/red] give the server's URL, "
+                      "e.g. http://127.0.0.1:40123")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    if token_file is None and not token and run_dir is not None:
+        token_file = run_dir / TOKEN_FILE
+    try:
+        secret = resolve_token(token, token_file)
+    except InputFileError as exc:
+        console.print(f"[red]bad token file:[/red] {exc}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    target = Target(url.rstrip("/"), secret,
+                    run_dir / "events.harness.jsonl" if run_dir is not None else None)
+    try:
+        why = asyncio.run(serve_view(target, port, lambda page: console.print(
+            f"dashboard: {page}  (watching {target.server_url}; Ctrl-C stops)",
+            soft_wrap=True)))
+    except WatchError as exc:
+        console.print(f"[red]cannot watch:[/red] {exc}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]stopped[/yellow]")
+        raise typer.Exit(130) from None
+    console.print(why)

@@ -15,6 +15,8 @@ from rich.table import Table
 
 from common.gear_plan import GearPlan
 from testbed.claims.runner import Verdict, verdict_cells
+from testbed.results.compare import Comparison
+from testbed.results.headline import FRACTIONS
 from testbed.sweep import SweepPoint
 
 
@@ -147,13 +149,20 @@ class LiveProgress:
     def running(self, elapsed_s: float, duration_s: float, live: dict[str, Any]) -> None:
         if self._run_task is None:
             self._run_task = self._bar.add_task("running (s)", total=duration_s, live="")
-        text = ""
-        if live:
-            thr = live.get("mean_threshold")
-            text = (f"{live.get('connected', '?')} dev, queue {live.get('queue', '?')}, "
-                    f"{live.get('throughput_sps', 0):.0f}/{live.get('arrival_sps', 0):.0f} "
-                    f"sps, thr {'-' if thr is None else f'{thr:.2f}'}")
-        self._bar.update(self._run_task, completed=elapsed_s, live=text)
+        self._bar.update(self._run_task, completed=elapsed_s, live=escape(live_text(live)))
+
+
+def live_text(live: dict[str, Any]) -> str:
+    """The server's live numbers, each with its name (the progress line shows them)."""
+    if not live:
+        return ""
+    if live.get("server_down"):
+        return "server down"
+    thr = live.get("mean_threshold")
+    return (f"connected {live.get('connected', '?')} · queue {live.get('queue', '?')} · "
+            f"served {live.get('throughput_sps', 0):.0f}/s of "
+            f"{live.get('arrival_sps', 0):.0f}/s arriving · "
+            f"mean threshold {'-' if thr is None else f'{thr:.2f}'}")
 
 
 class SweepProgress:
@@ -223,4 +232,27 @@ def claims_table(verdicts: list[Verdict]) -> Table:
         style = "green" if v.holds else "red"
         table.add_row(*(escape(x) for x in cells),
                       f"[{style}]{escape(head)}[/{style}]" + escape(sep + rest))
+    return table
+
+
+def compare_table(result: Comparison, a: str, b: str) -> Table:
+    """B - A per headline figure; shares in % (their differences in percentage points)."""
+    how = (f"paired over {len(result.pairs)} run{'s' if len(result.pairs) != 1 else ''}"
+           if result.paired else "unpaired: means of each side, no interval")
+    table = Table(title=f"B - A ({how})", caption=f"A = {escape(a)}\nB = {escape(b)}",
+                  header_style="bold")
+    for col in ("figure", "A", "B", "B - A", "95 % CI", "n"):
+        table.add_column(col, justify="left" if col == "figure" else "right")
+    for d in result.differences:
+        pct = d.metric in FRACTIONS
+        scale, unit, fmt = (100.0, " pp", ".2f") if pct else (1.0, "", ".4g")
+
+        def show(x: float | None, sign: bool = False, *, scale: float = scale,
+                 fmt: str = fmt) -> str:
+            return "-" if x is None else format(x * scale, ("+" if sign else "") + fmt)
+
+        ci = "-" if d.low is None else f"[{show(d.low, True)}, {show(d.high, True)}]"
+        table.add_row(d.metric + (" (%)" if pct else ""), show(d.a), show(d.b),
+                      show(d.diff, True) + (unit if d.diff is not None else ""),
+                      escape(ci), str(d.n))
     return table

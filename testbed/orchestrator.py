@@ -17,9 +17,11 @@ import multiprocessing.forkserver
 import multiprocessing.spawn
 import os
 import secrets
+import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,12 +33,14 @@ import tomli_w
 from common.config import DeviceSpec, ScenarioConfig, ScenarioError, device_specs
 from common.events import EventLog
 from common.files import as_disk_full, is_disk_error
+from common.names import policy_label
 from common.scenario_file import scenario_to_dict
 from testbed import launch
 from testbed.children import Child, poll, reap, recv, send, spawn
 from testbed.faults import FaultPlan, plan_faults
 from testbed.observe import fetch_status, live_view, sample_resources, server_facts
-from testbed.plan.prepare import prepare
+from testbed.plan.prepare import PLAN_FILE, prepare
+from testbed.preflight import CheckFailed, check_scenario
 from testbed.results.collect import RunFacts, collect
 from testbed.timeline import Action, Interval, activity, join_actions
 from testbed.versions import collect_versions
@@ -55,8 +59,9 @@ MIN_RESTART_LEFT_S = 1.0
 """A device is not restarted with less than this much of the run left."""
 SPAWN_LEAD_S = 1.5
 """A device that joins mid-run is started this long before it is due, to be ready in time."""
-DEVICE_MEMORY_MB = 40
-"""Unique memory of one device process, with room to spare (USS ~10-20 MB: docs/density.md)."""
+DEVICE_MEMORY_MB = 16
+"""Unique memory of one device process with room to spare: measured USS 9.9-10.4 MB at 10 and
+100 devices (docs/density.md). 40 MB refused 1,000 devices on a 24 GiB host that holds them."""
 BASE_MEMORY_MB = 1024
 """The harness, the server and the forkserver's shared pages."""
 PRELOAD = ["__main__", "testbed.launch", "emulated_devices.main", "emulated_devices.preload",
@@ -173,20 +178,34 @@ def write_token(path: Path, token: str) -> None:
 
 def default_run_dir(cfg: ScenarioConfig, root: Path = Path("runs")) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return root / f"{stamp}-{cfg.name}-{cfg.policy.name}-{cfg.devices.count}dev"
+    return root / f"{stamp}-{cfg.name}-{policy_label(cfg.policy.name)}-{cfg.devices.count}dev"
 
 
 def run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None = None, *,
-                 force: bool = False) -> RunResult:
+                 force: bool = False, checked: bool = False,
+                 on_listening: Callable[[str], None] | None = None) -> RunResult:
     """Run one scenario end to end and write its run folder. Ctrl-C stops it cleanly: devices
     stop generating, every sample already generated is answered, records are flushed. A full
-    disk stops it the same way, and the summary says so."""
+    disk stops it the same way, and the summary says so. The scenario is checked first
+    (`testbed.preflight`, unless the caller just did: `checked`), before the folder exists.
+    `on_listening` gets the server's URL as soon as it listens (the CLI prints it and points a
+    live view at it)."""
     if not force:
         check_host_memory(cfg.devices.count)
+    if not checked:
+        try:
+            check_scenario(cfg)
+        except CheckFailed as exc:
+            raise RunError(f"bad scenario: {exc}") from None
     if run_dir.exists() and any(run_dir.iterdir()):
         raise RunError(f"{run_dir} exists and is not empty")
+    created = not run_dir.exists()
     try:
-        return _run_scenario(cfg, run_dir, progress)
+        return _run_scenario(cfg, run_dir, progress, on_listening)
+    except RunError:
+        if created and _only_prepared(run_dir):  # nothing ran: leave no half-written folder
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     except OSError as exc:  # the harness's own writes before the run could start
         if is_disk_error(exc):
             raise RunError(str(as_disk_full(exc, getattr(exc, "path", None)
@@ -194,7 +213,8 @@ def run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None =
         raise
 
 
-def _run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None) -> RunResult:
+def _run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None,
+                  on_listening: Callable[[str], None] | None = None) -> RunResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         cfg = prepare(cfg, run_dir)
@@ -230,6 +250,8 @@ def _run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None)
     try:
         try:
             _start_server(run)
+            if on_listening is not None:
+                on_listening(run.server_url)
             _start_nodes(run)
             _start_devices(run)
             run.startup_s = time.monotonic() - t_begin
@@ -259,6 +281,11 @@ def _run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None)
                      resources=run.resources, server=server, disk_full=disk_full)
     summary = collect(run_dir, facts, cfg)
     return RunResult(run_dir, summary, run.interrupted)
+
+
+def _only_prepared(run_dir: Path) -> bool:
+    """The folder holds at most what `prepare` writes (a gear plan): no process has run."""
+    return run_dir.is_dir() and all(p.name == PLAN_FILE for p in run_dir.iterdir())
 
 
 def check_host_memory(devices: int) -> None:

@@ -2,9 +2,11 @@
 the run's problems out. Any problem makes `testbed up`/`run` exit non-zero and is printed last.
 
 A run fails when samples were lost, when none was generated, when a device or the server
-died without the scenario asking for it, or when more samples than the scenario allows fell
-back for a cause that is not load (a lost connection, a failed model, an error reply, a
-server shutting down): those are the testbed failing, not the system under test shedding.
+died without the scenario asking for it, when the server refused more than 1 % of the
+forwarded samples for a reason that is not load (`refused_forwards`), or when more samples
+than the scenario allows fell back for a cause that is not load (a lost connection, a failed
+model, an error reply, a server shutting down): those are the testbed failing, not the system
+under test shedding.
 """
 
 from __future__ import annotations
@@ -16,6 +18,14 @@ NON_LOAD_CAUSES: Final = ("disconnected", "failed", "error", "shutdown")
 """Fallback causes that say something broke; timeout, expired, queue_full and admission are
 how an overloaded cascade sheds, which is what experiments measure."""
 DEFAULT_MAX_FAULT_FALLBACK: Final = 0.05
+MAX_REFUSED_FORWARDS: Final = 0.01
+"""Largest share of forwarded samples the server may refuse for a reason that is not load (a
+bad tensor, a failed model) before the run counts as failed: such refusals mean the devices
+send what the server cannot take, and the run's numbers describe a broken cascade. A share
+of forwards, not of samples: a run that forwards 3 % of its samples and has all of them
+refused is broken too."""
+LOAD_REFUSALS: Final = frozenset({"overloaded"})
+"""Error codes that are load (the server shedding), not a fault of what was sent."""
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -64,9 +74,35 @@ def run_problems(summary: Mapping[str, Any], max_fault_fallback: float | None) -
             detail = ", ".join(f"{c} {n}" for c, n in broken.items())
             problems.append(f"{share:.1%} of samples fell back for a non-load cause ({detail}); "
                             f"the limit is {max_fault_fallback:.1%} (max_fault_fallback)")
+    refused = refused_forwards(summary)
+    if refused is not None:
+        problems.append(refused)
     if run.get("disk_full"):
         problems.append(str(run["disk_full"]))
     return problems
+
+
+def refused_forwards(summary: Mapping[str, Any],
+                     limit: float = MAX_REFUSED_FORWARDS) -> str | None:
+    """The problem sentence when more than `limit` of the forwarded samples were refused by
+    the server for a non-load reason (an `error` reply: bad tensor, malformed, ...; or a
+    `failed` result: the model failed), with the counts by reason and the first reason."""
+    samples = summary.get("samples") or {}
+    forwarded = int(samples.get("forwarded") or 0)
+    refusals = summary.get("refusals") or {}
+    by_reason = {str(k): int(v) for k, v in (refusals.get("by_reason") or {}).items()
+                 if str(k) not in LOAD_REFUSALS and int(v) > 0}
+    failed = int((samples.get("causes") or {}).get("failed") or 0)
+    if failed:
+        by_reason["model_failed"] = failed
+    refused = sum(by_reason.values())
+    if not forwarded or refused / forwarded <= limit:
+        return None
+    detail = ", ".join(f"{reason} {n}" for reason, n in sorted(by_reason.items()))
+    first = str(refusals.get("first") or "")
+    return (f"the server refused {refused} of {forwarded} forwarded samples "
+            f"({refused / forwarded:.1%}, limit {limit:.0%}) for a non-load reason ({detail})"
+            + (f"; first: {first}" if first else ""))
 
 
 def exit_code(problems: list[str], interrupted: bool) -> int:

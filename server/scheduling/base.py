@@ -214,20 +214,60 @@ class PolicyError(ValueError):
 
 def check_params(policy: str, params: Mapping[str, Any],
                  known: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge scenario params over defaults, refusing unknown names and wrong kinds."""
-    unknown = set(params) - set(known)
+    """Merge scenario params over defaults, refusing unknown names and values whose kind is not
+    the default's (a number for a number, true/false for a flag, a string, a table, a list; a
+    default of None takes anything). Each refusal is one line naming the parameter and what is
+    accepted: the harness shows it as is, before any process starts."""
+    accepted = ", ".join(sorted(known)) or "none"
+    unknown = sorted(set(params) - set(known))
     if unknown:
-        raise PolicyError(f"policy {policy!r}: unknown params {sorted(unknown)}; "
-                          f"known: {sorted(known)}")
+        names = ", ".join(repr(str(k))[:42] for k in unknown[:5])
+        raise PolicyError(f"policy {policy!r}: unknown parameter{'s' if len(unknown) > 1 else ''}"
+                          f" {names}; accepted: {accepted} (defaults: testbed policies)")
     out = dict(known)
     for key, value in params.items():
         default = known[key]
-        if isinstance(default, (int, float)) and not isinstance(default, bool):
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise PolicyError(f"policy {policy!r}: {key} must be a number (got {value!r})")
-            value = type(default)(value) if isinstance(default, float) else value
-        out[key] = value
+        kind = _kind(default)
+        if kind is not None and not _is_kind(value, kind):
+            raise PolicyError(f"policy {policy!r}: parameter {key!r} must be {kind} "
+                              f"(got {_shown(value)}; default {_shown(default)})")
+        out[key] = float(value) if isinstance(default, float) else value
     return out
+
+
+def _kind(default: Any) -> str | None:
+    if default is None:
+        return None
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, (int, float)):
+        return "a number"
+    if isinstance(default, str):
+        return "a string"
+    if isinstance(default, Mapping):
+        return "a table"
+    if isinstance(default, (list, tuple)):
+        return "a list"
+    return None
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    match kind:
+        case "true or false":
+            return isinstance(value, bool)
+        case "a number":
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+        case "a string":
+            return isinstance(value, str)
+        case "a table":
+            return isinstance(value, Mapping)
+        case _:
+            return isinstance(value, (list, tuple))
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def curve_from_card(card: Mapping[str, Any]) -> tuple[CurvePoint, ...]:

@@ -7,10 +7,10 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from server.scheduling.base import DeviceInfo, PolicyDecision, SystemView, check_params
+from server.scheduling.base import DeviceInfo, Policy, PolicyDecision, SystemView, check_params
 
 
-class ServerOnlyPolicy:
+class ServerOnlyPolicy(Policy):
     """Every sample goes to the heavy model (threshold 1): the cloud-only end."""
 
     name: ClassVar[str] = "server-only"
@@ -37,7 +37,7 @@ class DeviceOnlyPolicy(ServerOnlyPolicy):
         return 0.0
 
 
-class UniformAIMDPolicy:
+class UniformAIMDPolicy(Policy):
     """One threshold for every device, moved by AIMD on the pooled SLO satisfaction: cut by
     `decrease` (multiplicative) when it is below target or the server queue builds up, raised
     by `increase` (additive) when it is `margin` above. Adapts to load like MultiTASC but treats

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 from common.gear_plan import Gear, GearPlan, read_plan
 from server.scheduling.base import (
     DeviceInfo,
+    Policy,
     PolicyDecision,
     PolicyError,
     SystemView,
@@ -26,7 +27,7 @@ from server.scheduling.base import (
 )
 
 
-class GearsPolicy:
+class GearsPolicy(Policy):
     name: ClassVar[str] = "gears"
     DEFAULTS: ClassVar[dict[str, Any]] = {
         "plan": "", "safety_factor": 1.0, "max_queue_len": 8.0, "pin_load": -1.0,

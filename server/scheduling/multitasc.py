@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 from server.scheduling.base import (
     CurvePoint,
     DeviceInfo,
+    Policy,
     PolicyDecision,
     PolicyError,
     ReportHorizon,
@@ -60,7 +61,7 @@ def marginal_gain(curve: tuple[CurvePoint, ...], threshold: float, light_accurac
     return max(1.0 - (light_accuracy if light_accuracy is not None else 0.5), 1e-3)
 
 
-class MultiTASCPolicy:
+class MultiTASCPolicy(Policy):
     name: ClassVar[str] = "multitasc"
     DEFAULTS: ClassVar[dict[str, Any]] = {
         "target": 0.95,

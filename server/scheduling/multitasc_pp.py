@@ -44,6 +44,7 @@ from server.scheduling.allocation import (
 )
 from server.scheduling.base import (
     DeviceInfo,
+    Policy,
     PolicyDecision,
     ReportHorizon,
     SystemView,
@@ -115,7 +116,7 @@ class _Switching:
     votes: deque[str] = field(default_factory=deque)
 
 
-class MultiTASCPlusPlusPolicy:
+class MultiTASCPlusPlusPolicy(Policy):
     name: ClassVar[str] = "multitasc++"
     DEFAULTS: ClassVar[dict[str, Any]] = {
         "target": 0.95,

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from server.scheduling.base import DeviceInfo, PolicyDecision, SystemView, check_params
+from server.scheduling.base import DeviceInfo, Policy, PolicyDecision, SystemView, check_params
 
 
-class StaticPolicy:
+class StaticPolicy(Policy):
     name: ClassVar[str] = "static"
     DEFAULTS: ClassVar[dict[str, Any]] = {"threshold": -1.0}
     """`threshold` >= 0 overrides every device's initial threshold."""

@@ -24,6 +24,7 @@ import secrets
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ from testbed.orchestrator import (
     write_token,
 )
 from testbed.plan.prepare import prepare
+from testbed.preflight import CheckFailed, check_scenario
 from testbed.results.collect import RunFacts, collect
 from testbed.timeline import Action, Interval, activity, join_actions
 from testbed.versions import collect_versions
@@ -132,9 +134,17 @@ class _ClusterRun:
 
 
 def run_on_cluster(cfg: ScenarioConfig, run_dir: Path, address: str,
-                   progress: Progress | None = None) -> RunResult:
+                   progress: Progress | None = None, *, checked: bool = False,
+                   on_listening: Callable[[str], None] | None = None) -> RunResult:
     """Run one scenario over the Ray cluster at `address` (see `check_ray_address`) and write
-    its run folder here. `RunError` when it cannot start (one line for the user)."""
+    its run folder here. `RunError` when it cannot start (one line for the user). The scenario
+    is checked first unless the caller just did (`checked`); `on_listening` gets the server's
+    URL when it first listens."""
+    if not checked:
+        try:
+            check_scenario(cfg)
+        except CheckFailed as exc:
+            raise RunError(f"bad scenario: {exc}") from None
     if run_dir.exists() and any(run_dir.iterdir()):
         raise RunError(f"{run_dir} exists and is not empty")
     if cfg.idn.nodes:
@@ -149,13 +159,14 @@ def run_on_cluster(cfg: ScenarioConfig, run_dir: Path, address: str,
                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
             from None
     try:
-        return _run(cfg, run_dir, session, progress)
+        return _run(cfg, run_dir, session, progress, on_listening)
     finally:
         session.close()
 
 
 def _run(cfg: ScenarioConfig, run_dir: Path, session: RaySession,
-         progress: Progress | None) -> RunResult:
+         progress: Progress | None,
+         on_listening: Callable[[str], None] | None = None) -> RunResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         cfg = prepare(cfg, run_dir)
@@ -201,6 +212,8 @@ def _run(cfg: ScenarioConfig, run_dir: Path, session: RaySession,
         try:
             _start_agents(run)
             _start_server(run)
+            if on_listening is not None:
+                on_listening(run.server_url)
             _start_devices(run)
             run.startup_s = time.monotonic() - t_begin
             run.events.emit("all_registered", startup_s=round(run.startup_s, 3))

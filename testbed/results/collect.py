@@ -8,6 +8,7 @@ partial.
 
 from __future__ import annotations
 
+import csv
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,12 +17,12 @@ from typing import Any
 
 from common.config import ScenarioConfig, device_specs
 from common.events import read_events
-from common.files import DiskFull, write_whole
+from common.files import DiskFull, run_path, whole_file, write_whole
 from common.modelzoo import open_zoo
-from common.records import SampleRecord, read_journal, read_records
+from common.records import FIELDS, SampleRecord, format_row, read_journal, read_records
 from common.scenario_file import load_scenario
 from testbed.cluster.placement import node_figures
-from testbed.results.metrics import DeviceTally, summarize
+from testbed.results.metrics import DeviceTally, arrivals_s, summarize
 from testbed.results.series import idn_summary
 from testbed.timeline import activity
 from testbed.verdict import fault_fallback_limit, run_problems
@@ -69,7 +70,8 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
     exited = {(str(e.get("device")), int(e.get("incarnation", 0))) for e in events
               if e.get("kind") == "device_exit"}
     tallies, records, unexplained, lost_in_clean = _tally(incs, exited)
-    summary = summarize(records, tallies, slo_ms=cfg.slo_ms, duration_s=cfg.duration_s,
+    arrived_s = arrivals_s(events, cfg.duration_s)
+    summary = summarize(records, tallies, slo_ms=cfg.slo_ms, duration_s=arrived_s,
                         tier_order=tuple(cfg.tiers))
     interrupted = facts.interrupted or "interrupted" in kinds
     harness_ended = "run_end" in kinds
@@ -87,6 +89,7 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
         "harness_ended": harness_ended,
         "devices_without_outcome": unexplained + missing,
         "torn_rows": torn,
+        "arrivals_s": round(arrived_s, 3),
         "samples_lost_by_clean_processes": lost_in_clean,
         "startup_s": round(facts.startup_s, 3) if facts.startup_s is not None else None,
     }
@@ -100,7 +103,7 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
     if facts.disk_full:
         status["disk_full"] = facts.disk_full
     out = {**meta, **summary, "run": status, "faults": faults, "server": facts.server,
-           "resources": facts.resources}
+           "resources": facts.resources, "refusals": _refusals(incs.values())}
     if cfg.idn.nodes:
         run_start = next((float(e["start_at"]) for e in events
                           if e.get("kind") == "run_clock"), None)
@@ -110,6 +113,11 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
     if placed is not None:  # a run over a Ray cluster (docs/cluster.md)
         out["nodes"] = node_figures(placed, summary["per_device"], {
             str(e.get("node")) for e in events if e.get("kind") == "node_lost"})
+    try:
+        write_samples(run_path(run_dir, "samples", suffix=".csv"), records)
+    except DiskFull as exc:  # the per-device files still hold every record
+        facts.disk_full = facts.disk_full or str(exc)
+        status["disk_full"] = facts.disk_full
     limit = fault_fallback_limit(cfg.max_fault_fallback, bool(cfg.faults))
     status["problems"] = run_problems(out, limit)
     try:
@@ -118,6 +126,31 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
         status["disk_full"] = status.get("disk_full") or str(exc)
         status["problems"] = run_problems(out, limit)
     return out
+
+
+def _refusals(incs: Any) -> dict[str, Any]:
+    """Forwarded samples the server refused with an `error` reply, by reason, over every
+    device process, and the first reason given (what the run's verdict quotes)."""
+    by_reason: Counter[str] = Counter()
+    first = ""
+    for inc in sorted(incs, key=lambda i: (i.device_id, i.incarnation)):
+        out = inc.outcome or {}
+        refused = out.get("refused")
+        if isinstance(refused, dict):
+            by_reason.update({str(k): int(v) for k, v in refused.items()
+                              if isinstance(v, int) and v > 0})
+        first = first or str(out.get("refusal") or "")
+    return {"by_reason": dict(sorted(by_reason.items())), "first": first}
+
+
+def write_samples(path: Path, records: list[SampleRecord]) -> None:
+    """Every device's records in one CSV (`device_id` is a column), for one `pandas.read_csv`.
+    Written beside the per-device files, which stay: those are the crash-safe record; this is
+    a copy made once at the end, whole or not at all (a temporary file, then a rename)."""
+    with whole_file(path, newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(FIELDS)
+        writer.writerows(format_row(r) for r in records)
 
 
 def _read_incarnations(run_dir: Path, tiers: dict[str, str]

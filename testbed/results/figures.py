@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # no display on a server; set before pyplot is imported
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from common.config import TIER_ORDER
 from common.events import read_events
@@ -23,6 +24,7 @@ from testbed.results.collect import model_accuracies
 from testbed.results.series import (
     Series,
     cdf,
+    fault_marks,
     gear_series,
     heavy_model_series,
     per_second,
@@ -47,14 +49,18 @@ FIG_DPI = 110
 
 def clear(out: Path) -> None:
     """Figures of an earlier report go: a figure that no longer applies must not linger."""
-    for old in out.glob("*.png"):
-        old.unlink()
+    for pattern in ("*.png", "*.svg"):
+        for old in out.glob(pattern):
+            old.unlink()
 
 
 def _save(fig: Any, path: Path) -> Path:
+    """The PNG at `path` (what report.md shows) and an SVG beside it (for papers: scales
+    without blur, and its text can be edited)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=FIG_DPI)
+    fig.savefig(path.with_suffix(".svg"))
     plt.close(fig)
     return path
 
@@ -76,6 +82,8 @@ def _panels(n: int, width: float = 5.0, height: float = 3.6) -> tuple[Any, list[
 
 
 def _lines(ax: Any, series: list[Series], percent: bool) -> None:
+    """One line per series; a share on a whole 0-100 % axis (a zoomed one makes a 1 % change
+    look like a collapse), whole-number x values as integer ticks (devices)."""
     scale = 100.0 if percent else 1.0
     for s in sorted(series, key=lambda s: s.label):
         y = np.asarray(s.y) * scale
@@ -83,7 +91,22 @@ def _lines(ax: Any, series: list[Series], percent: bool) -> None:
         if any(lo != hi for lo, hi in zip(s.lo, s.hi, strict=True)):
             ax.fill_between(s.x, np.asarray(s.lo) * scale, np.asarray(s.hi) * scale,
                             alpha=0.15, color=line.get_color())
+    if percent:
+        ax.set_ylim(-1.5, 101.5)  # 0-100 %, with room for the markers at either end
+    xs = sorted({float(x) for s in series for x in s.x})
+    if xs and all(x.is_integer() for x in xs):
+        if len(xs) <= 12:
+            ax.set_xticks(xs, [f"{x:.0f}" for x in xs])
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
+
+
+def _fault_lines(ax: Any, marks: list[tuple[float, str]]) -> None:
+    """A dotted vertical line at each injected fault, labelled once in the legend."""
+    for k, (t, _) in enumerate(marks):
+        ax.axvline(t, color="tab:red", linestyle=":", linewidth=1,
+                   label="fault" if k == 0 else None)
 
 
 TIER_COLORS = {"low": "tab:red", "mid": "tab:orange", "high": "tab:blue"}
@@ -322,18 +345,24 @@ def run_figures(run_dir: Path, summary: dict[str, Any], out: Path) -> list[Path]
     if start is not None:
         sec = per_second(records, start, summary["duration_s"], summary["slo_ms"])
         t = np.arange(len(sec["samples"]))
+        marks = fault_marks(events, start)
         fig, axes = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
-        axes[0].plot(t, sec["samples"], label="answers/s")
-        axes[0].plot(t, sec["heavy"], label="heavy answers/s")
-        axes[0].legend(fontsize=8)
-        axes[0].grid(alpha=0.3)
+        axes[0].plot(t, sec["samples"], label="all answers")
+        axes[0].plot(t, sec["heavy"], label="heavy answers")
+        axes[0].set_ylabel("answers per second")
+        axes[0].set_ylim(bottom=0)
+        axes[0].set_title(f"{summary.get('policy')}, {summary.get('devices')} devices: "
+                          "per second of run time (by arrival)", fontsize=10)
         with np.errstate(invalid="ignore", divide="ignore"):
             axes[1].plot(t, 100 * sec["slo_met"] / sec["samples"], label="SLO satisfaction")
             axes[1].plot(t, 100 * sec["forwarded"] / sec["samples"], label="forward rate")
-        axes[1].set_ylabel("%")
+        axes[1].set_ylabel("share of the second's\nsamples (%)")
+        axes[1].set_ylim(0, 102)
         axes[1].set_xlabel("run time (s)")
-        axes[1].legend(fontsize=8)
-        axes[1].grid(alpha=0.3)
+        for ax in axes:
+            _fault_lines(ax, marks)
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
         paths.append(_save(fig, out / "over_time.png"))
     return paths
 

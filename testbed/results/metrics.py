@@ -79,6 +79,7 @@ def group_stats(records: Sequence[SampleRecord], generated: int, slo_ms: float,
     return {
         "samples": {"generated": generated, "completed": completed, "aborted": aborted,
                     "lost": max(generated - completed - aborted, 0), **counts,
+                    "forwarded": forwarded,
                     "causes": {c: n for c, n in causes.items() if n}},
         "slo_satisfaction": _ratio(met, generated),
         "accuracy": _ratio(correct, completed),
@@ -150,6 +151,28 @@ def summarize(records: Iterable[SampleRecord], devices: Sequence[DeviceTally], *
             "late_replies": sum(d.late_replies for d in devices),
         },
     }
+
+
+STOP_EVENTS = ("interrupted", "disk_full")
+"""Harness events after which devices generate nothing more."""
+
+
+def arrivals_s(events: Iterable[Mapping[str, Any]], planned_s: float) -> float:
+    """Seconds during which samples arrived: the planned duration, or, when Ctrl-C or a full
+    disk stopped the run early, the time from run time 0 (`run_clock`) to that stop. A
+    throughput over the planned duration would understate an interrupted run's."""
+    start = stop = None
+    for e in events:
+        if e.get("kind") == "run_clock" and start is None:
+            start = float(e["start_at"])
+        elif e.get("kind") in STOP_EVENTS and e.get("source", "harness") == "harness" \
+                and stop is None:
+            stop = float(e["t"])
+    if stop is None:
+        return planned_s
+    if start is None:  # stopped while starting: nothing arrived
+        return 0.0
+    return min(max(stop - start, 0.0), planned_s)
 
 
 def _answered_by(records: Sequence[SampleRecord]) -> dict[str, int]:

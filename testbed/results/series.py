@@ -119,6 +119,19 @@ def per_second(records: Iterable[SampleRecord], run_start: float, duration_s: fl
     return out
 
 
+def fault_marks(events: Iterable[dict[str, Any]], run_start: float
+                ) -> list[tuple[float, str]]:
+    """(run time, what) of every injected fault (`fault` events): where figures over time
+    draw a vertical line, so a dip can be told from a fault."""
+    out = []
+    for e in events:
+        if e.get("kind") == "fault":
+            what = str(e.get("fault", "fault"))
+            target = e.get("device")
+            out.append((float(e["t"]) - run_start, f"{what} {target}" if target else what))
+    return sorted(out)
+
+
 def tradeoff_series(points: Iterable[tuple[dict[str, str], dict[str, Any]]], x_metric: str,
                     y_metric: str, line_axis: str = "policy") -> list[Series]:
     """One line per `line_axis` value through the (x_metric, y_metric) points of its runs,

@@ -134,6 +134,10 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_records(tmp_path: Path) -> None:
     s = json.loads((out / "summary.json").read_text())
     assert s["run"]["interrupted"] and s["samples"]["lost"] == 0
     assert s["samples"]["generated"] > 0
+    # Throughput is over the seconds samples arrived (until Ctrl-C), not the planned 60.
+    assert 0 < s["run"]["arrivals_s"] < 50
+    assert s["throughput_sps"] == pytest.approx(s["samples"]["completed"]
+                                                / s["run"]["arrivals_s"], rel=1e-3)
     _, alive = psutil.wait_procs(family, timeout=10)
     assert [p for p in alive if _running(p)] == []
 

@@ -103,7 +103,7 @@ class TestCommands:
         from testbed import orchestrator
 
         monkeypatch.setattr(orchestrator.psutil, "virtual_memory",
-                            lambda: type("Mem", (), {"available": 2 * 2**30})())
+                            lambda: type("Mem", (), {"available": 1 * 2**30})())
         with pytest.raises(orchestrator.RunError, match="--force"):
             orchestrator.run_scenario(ScenarioConfig(), tmp_path / "r")
         assert not (tmp_path / "r").exists()

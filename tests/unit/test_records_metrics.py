@@ -115,7 +115,7 @@ class TestMetrics:
         s = summarize(records, tallies, slo_ms=150.0, duration_s=2.0)
         assert s["samples"] == {"generated": 5, "completed": 4, "aborted": 0, "lost": 1,
                                 "light": 2, "heavy": 1, "fallback": 1, "rejected": 0,
-                                "causes": {}}
+                                "forwarded": 2, "causes": {}}
         assert s["slo_satisfaction"] == pytest.approx(3 / 5)
         assert s["accuracy"] == pytest.approx(3 / 4)
         assert s["forward_rate"] == pytest.approx(2 / 5)

@@ -1,0 +1,1 @@
+"""Worked examples of extending the testbed from outside its packages (docs/policies.md)."""
