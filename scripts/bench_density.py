@@ -64,6 +64,8 @@ class CpuMeter:
     start: tuple[float, dict[int, float]] | None = None
     end: tuple[float, dict[int, float]] | None = None
     wall: tuple[float, float] | None = None
+    slices_start: dict[int, int] = field(default_factory=dict)
+    slices_end: dict[int, int] = field(default_factory=dict)
     """Wall-clock start and end of the window: the samples scheduled in it are counted."""
 
     def phase(self, text: str) -> None:
@@ -109,13 +111,24 @@ class CpuMeter:
                 pids.update({int(p): "devices" for p in e["pids"].values()})
         return pids
 
+    def device_slices(self) -> int | None:
+        """Time slices all device processes ran in the window (schedstat): about one per
+        wake-up for a process that sleeps in between."""
+        if not self.slices_start or not self.slices_end:
+            return None
+        return sum(self.slices_end[p] - self.slices_start[p] for p, role in self.pids.items()
+                   if role == "devices" and p in self.slices_start and p in self.slices_end)
+
     def _cpu(self) -> dict[int, float]:
         """Run time per process: /proc/<pid>/schedstat (exact, ns), else psutil (ticks)."""
         out = {}
+        slices = self.slices_start if self.start is None else self.slices_end
         for pid in self.pids:
             try:
                 with open(f"/proc/{pid}/schedstat") as f:
-                    out[pid] = int(f.read().split()[0]) / 1e9
+                    run_ns, _, n = f.read().split()[:3]
+                out[pid] = int(run_ns) / 1e9
+                slices[pid] = int(n)
                 continue
             except (OSError, ValueError, IndexError):
                 pass
@@ -158,6 +171,7 @@ def measure(base: Any, count: int, duration: float, out: Path, console: Console,
     dev_cpu = meter.device_cpu_s()
     n_window = samples_in(run_dir, meter.wall) if meter.wall else 0
     cpu_per_sample = dev_cpu / n_window * 1e6 if dev_cpu is not None and n_window else None
+    slices = meter.device_slices()
     emu = s["emulation"]
     lag = emu.get("loop_lag_ms") or {}
     expected = count * cfg.devices.rate_hz * duration
@@ -177,6 +191,7 @@ def measure(base: Any, count: int, duration: float, out: Path, console: Console,
         "server_rss_mb": s["resources"]["server_rss_mb"],
         **{f"cpu_{k}_cores": v for k, v in meter.cores().items()},
         "cpu_us_per_sample": _r(cpu_per_sample),
+        "slices_per_sample": _ratio(slices, n_window),
         "floor_cpu_us_per_wakeup": _r(floor["cpu_per_wakeup_us"]),
         "cpu_vs_floor": _ratio(cpu_per_sample, floor["cpu_per_wakeup_us"]),
         "floor_lag_p50_ms": _r(floor["p50_ms"]),

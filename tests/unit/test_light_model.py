@@ -1,0 +1,23 @@
+"""The light model's in-place input gives exactly `to_model_input`'s answer."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from common.modelzoo import open_zoo, to_model_input
+from emulated_devices.light_model import LightModel, light_stage
+
+
+def test_in_place_input_matches_to_model_input() -> None:
+    zoo = open_zoo()
+    x = zoo.dataset("test").x[:20]
+    for name in zoo.tiers.values():
+        model = LightModel(zoo, name)
+        session = model._session
+        for pixels in x:
+            expected = session.run(None, {session.get_inputs()[0].name:
+                                          to_model_input(pixels[None])})[0][0]
+            assert np.array_equal(model.predict(pixels), expected)
+    ensemble = light_stage(zoo, tuple(zoo.tiers.values()))
+    shares = ensemble.predict(x[0])
+    assert np.isclose(shares.sum(), 1.0)
