@@ -139,7 +139,9 @@ class Device:
         self._pending: dict[int, Pending] = {}
         self._uplink_queue: deque[tuple[float, int | None, bytes]] = deque()
         """(delivery time, sample id or None for a report, frame) in sending order."""
-        self._uplink_wake = asyncio.Event()
+        self._uplink_timer: asyncio.TimerHandle | None = None
+        """Wakes up when the uplink's first message is delivered (None: nothing queued)."""
+        self._report_timer: asyncio.TimerHandle | None = None
         self._window = Window()
         self._connected = asyncio.Event()
         self._welcomed = asyncio.Event()
@@ -229,17 +231,19 @@ class Device:
         self._impair_links(offset)
         # A device that joins mid-run connects only shortly before it is due.
         self._loop.call_at(max(self._loop.time(), self._t0 - CONNECT_LEAD_S), self.connect)
-        reporter = asyncio.create_task(self._report_loop())
-        sender = asyncio.create_task(self._uplink_loop())
+        # Reports and uplink deliveries are timer callbacks: one turn of the loop per wake-up
+        # instead of a timer, a future and a task step.
+        self._report_timer = self._loop.call_later(spec.report_interval_s, self._on_report)
         try:
             await self._generate()
             while self._pending:
                 self._flush_if_due()
                 await self._sleep_until(self._loop.time() + 0.01, interruptible=False)
         finally:
-            reporter.cancel()
-            sender.cancel()
-            await asyncio.gather(reporter, sender, return_exceptions=True)
+            for timer in (self._report_timer, self._uplink_timer):
+                if timer is not None:
+                    timer.cancel()
+            self._report_timer = self._uplink_timer = None
             await self._send_report()
             await self._close()
         if self._write_error is not None:
@@ -439,31 +443,34 @@ class Device:
         msg = wire.Infer(sample_id=sid, dtype=pixels.dtype.name, shape=tuple(pixels.shape),
                          data=payload,
                          deadline_ms=max((reply_by - deliver_at) * 1e3, 0.0))
-        self._uplink_queue.append((deliver_at, sid, wire.encode(msg)))
-        self._uplink_wake.set()
+        self._enqueue_uplink(deliver_at, sid, wire.encode(msg))
 
-    async def _uplink_loop(self) -> None:
-        """Hand messages to the socket at their emulated delivery times, in order."""
-        while True:
-            if not self._uplink_queue:
-                self._uplink_wake.clear()
-                await self._uplink_wake.wait()
-                continue
-            deliver_at, sid, data = self._uplink_queue[0]
-            await self._sleep_until(deliver_at, interruptible=False)
-            self._uplink_queue.popleft()
+    def _enqueue_uplink(self, deliver_at: float, sid: int | None, data: bytes) -> None:
+        self._uplink_queue.append((deliver_at, sid, data))
+        if self._uplink_timer is None:
+            self._uplink_timer = self._timers.call_at(deliver_at, self._on_uplink)
+
+    def _on_uplink(self) -> None:
+        """Hand the messages due by now to the socket, in order, then wait for the next."""
+        self._uplink_timer = None
+        queue = self._uplink_queue
+        now = self._loop.time()
+        while queue and queue[0][0] <= now:
+            _, sid, data = queue.popleft()
             if sid is not None and sid not in self._pending:
                 continue  # timed out while on the link
             try:
-                await self._conn.send(data)
+                self._conn.send_nowait(data)
             except (ConnectionError, RuntimeError, OSError):
                 if sid is not None:
                     self._fail(sid, "disconnected")
-                    self._flush_if_due()
                 continue
             if sid is not None:
                 self.requests_sent += 1
                 self.bytes_sent += len(data)
+        if queue:
+            self._uplink_timer = self._timers.call_at(queue[0][0], self._on_uplink)
+        self._flush_if_due()
 
     def _on_result(self, res: wire.Result, nbytes: int) -> None:
         """A reply has reached the device's end of the socket. When the emulated downlink
@@ -595,14 +602,11 @@ class Device:
             self.threshold = min(max(float(value), 0.0), 1.0)
             self.epoch = epoch
 
-    async def _report_loop(self) -> None:
+    def _on_report(self) -> None:
         """Reports travel the emulated uplink like samples: a cut link delays them too."""
-        while True:
-            await asyncio.sleep(self.spec.report_interval_s)
-            data = self._take_report()
-            deliver_at = self._uplink.transmit(self._loop.time(), len(data))
-            self._uplink_queue.append((deliver_at, None, data))
-            self._uplink_wake.set()
+        self._report_timer = self._loop.call_later(self.spec.report_interval_s, self._on_report)
+        data = self._take_report()
+        self._enqueue_uplink(self._uplink.transmit(self._loop.time(), len(data)), None, data)
 
     async def _send_report(self) -> None:
         """The last report, sent directly as the device stops."""
