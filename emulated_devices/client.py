@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator
 
 import aiohttp
 
+from common import eager
 from common import protocol as wire
 
 log = logging.getLogger(__name__)
@@ -79,42 +79,30 @@ class ServerConnection:
 
     def send_nowait(self, data: bytes) -> None:
         """Send from a callback, without a turn of the event loop: an unpaused socket takes
-        a frame at once (aiohttp writes uncompressed frames synchronously), so the send
-        coroutine is stepped here and normally finishes. One that has to wait for the socket
-        to drain goes on in a task, and later frames queue behind it in order."""
+        a frame at once, so the send coroutine is stepped here and normally finishes
+        (`common.eager`). One that has to wait for the socket to drain goes on in a task, and
+        later frames queue behind it in order."""
         ws = self._ws
         if ws is None or ws.closed:
             raise ConnectionError("not connected")
         if self._backlog is not None:
             self._backlog.append(data)
             return
-        coro = ws.send_bytes(data)
-        try:
-            waiting = coro.send(None)
-        except StopIteration:
-            return
-        self._backlog = deque()
-        self._draining = asyncio.ensure_future(self._drain(ws, coro, waiting))
+        suspended = eager.step(ws.send_bytes(data))
+        if suspended is not None:
+            self._backlog = deque()
+            self._draining = asyncio.ensure_future(self._drain(ws, suspended))
 
     async def _drain(self, ws: aiohttp.ClientWebSocketResponse,
-                     coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+                     suspended: eager.Suspended) -> None:
         try:
-            while True:  # what a task would do with the stepped coroutine
-                if waiting is None:
-                    await asyncio.sleep(0)
-                else:
-                    await asyncio.wait([waiting])
-                try:
-                    waiting = coro.send(None)
-                except StopIteration:
-                    break
+            await suspended.finish()
             while self._backlog:
                 await ws.send_bytes(self._backlog.popleft())
         except (ConnectionError, RuntimeError, OSError) as exc:
             # The connection is going; its end fails the pending samples (`Device`).
             log.debug("send failed while draining: %r", exc)
         finally:
-            coro.close()
             if self._draining is asyncio.current_task():  # not a later connection's
                 self._backlog = None
                 self._draining = None
