@@ -250,14 +250,16 @@ def _fmt(v: Any) -> str:
     return "-" if v is None else str(v)
 
 
-def figures(rows: list[dict[str, Any]], duration: float) -> dict[str, Any]:
+def figures(rows: list[dict[str, Any]], duration: float, rate_hz: float = 10.0
+            ) -> dict[str, Any]:
     """The named figures: the largest count up to which every run held, and per-count values."""
     held = 0
     for r in rows:
         if not r["fidelity"]:
             break
         held = r["devices"]
-    out: dict[str, Any] = {"max_devices_at_10hz": held, "duration_s": duration,
+    out: dict[str, Any] = {f"max_devices_at_{rate_hz:g}hz": held, "rate_hz": rate_hz,
+                           "duration_s": duration,
                            "counts": [r["devices"] for r in rows]}
     for r in rows:
         n = r["devices"]
@@ -277,6 +279,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per count")
     parser.add_argument("--search", action="store_true",
                         help="go on upward until fidelity fails, --max or the budget")
+    parser.add_argument("--rate-hz", type=float, default=None,
+                        help="arrivals per device and second (default: the scenario's)")
     parser.add_argument("--floor-seconds", type=float, default=10.0,
                         help="seconds of the host's floor (bench_wakeup_floor --work) per count")
     parser.add_argument("--lag-bar-ms", type=float, default=None,
@@ -289,6 +293,9 @@ def main() -> None:
                         default=ROOT / "runs" / f"density-{time.strftime('%Y%m%d-%H%M%S')}")
     args = parser.parse_args()
     base = load_scenario(args.scenario)
+    if args.rate_hz is not None:
+        base = dataclasses.replace(base, devices=dataclasses.replace(base.devices,
+                                                                     rate_hz=args.rate_hz))
     console = Console(stderr=True)
     rows: list[dict[str, Any]] = []
     t0 = time.monotonic()
@@ -304,7 +311,7 @@ def main() -> None:
             break  # searching upward: the first count that fails ends it
     print_table(rows, Console(), f"{base.name}: {base.devices.rate_hz:g} Hz per device, "
                 f"{args.duration:.0f} s per count, {psutil.cpu_count()} cores")
-    print(json.dumps(figures(rows, args.duration)))
+    print(json.dumps(figures(rows, args.duration, base.devices.rate_hz)))
 
 
 if __name__ == "__main__":
