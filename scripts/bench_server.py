@@ -283,7 +283,8 @@ def saturate(url: str, server: psutil.Process, args: argparse.Namespace, base: i
     s0, c0, h0 = status(url)["totals"], _cpu_s(server), host_busy_s()
     spy = None if args.profile is None else subprocess.Popen(
         ["py-spy", "record", "--pid", str(server.pid), "--threads", "--idle", "--nonblocking",
-         "--duration", str(int(args.seconds)), "--output", str(args.profile)],
+         "--duration", str(int(args.seconds)), "--output", str(args.profile),
+         "--format", "raw" if args.profile.suffix == ".txt" else "flamegraph"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.perf_counter()
     _, _, load_cpu = drive(url, args.clients, args.seconds, args.window, None, args.procs, base)
@@ -351,7 +352,7 @@ def main() -> None:
                              "as the raw side reports its best batch size")
     parser.add_argument("--profile", type=Path, default=None,
                         help="record the server under saturation with py-spy into this SVG "
-                             "(needs `pip install py-spy`)")
+                             "(collapsed stacks if it ends in .txt; needs `pip install py-spy`)")
     parser.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_echo:
