@@ -281,6 +281,8 @@ def main() -> None:
                         help="go on upward until fidelity fails, --max or the budget")
     parser.add_argument("--rate-hz", type=float, default=None,
                         help="arrivals per device and second (default: the scenario's)")
+    parser.add_argument("--report-interval-s", type=float, default=None,
+                        help="seconds between a device's reports (default: the scenario's)")
     parser.add_argument("--floor-seconds", type=float, default=10.0,
                         help="seconds of the host's floor (bench_wakeup_floor --work) per count")
     parser.add_argument("--lag-bar-ms", type=float, default=None,
@@ -296,6 +298,9 @@ def main() -> None:
     if args.rate_hz is not None:
         base = dataclasses.replace(base, devices=dataclasses.replace(base.devices,
                                                                      rate_hz=args.rate_hz))
+    if args.report_interval_s is not None:
+        base = dataclasses.replace(base, devices=dataclasses.replace(
+            base.devices, report_interval_s=args.report_interval_s))
     console = Console(stderr=True)
     rows: list[dict[str, Any]] = []
     t0 = time.monotonic()
