@@ -126,7 +126,7 @@ class Device:
             device_id=spec.device_id, tier=spec.tier, model=spec.spec.model, token=token))
         stem = file_stem(spec.device_id, spec.incarnation)
         # Rows and journal lines are buffered and flushed within FLUSH_WITHIN_S of the first
-        # (`_flush_if_due`): two writes per sample were a tenth of a device's CPU.
+        # (`_flush_if_due`): one write per file per flush instead of two writes per sample.
         self._writer = RecordWriter(run_path(out_dir, "samples", stem, suffix=".csv"),
                                     buffered=True) if out_dir else None
         self._journal = GeneratedJournal(run_path(out_dir, "samples", stem, suffix=".gen"),
