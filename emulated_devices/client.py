@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 
 import aiohttp
 
+from common import eager
 from common import protocol as wire
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,9 @@ class ServerConnection:
         self._hello = hello
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._backlog: deque[bytes] | None = None
+        """Frames behind a send that is waiting for the socket to drain (None: no such send)."""
+        self._draining: asyncio.Task[None] | None = None
 
     @property
     def connected(self) -> bool:
@@ -42,6 +47,7 @@ class ServerConnection:
 
     async def open(self) -> wire.Welcome:
         """Connect and say hello; return the server's welcome."""
+        self._stop_draining()
         if self._session is None:
             self._session = aiohttp.ClientSession()
         # The token goes in the upgrade request too: the server authenticates it before it
@@ -71,6 +77,43 @@ class ServerConnection:
             raise ConnectionError("not connected")
         await self._ws.send_bytes(data)
 
+    def send_nowait(self, data: bytes) -> None:
+        """Send from a callback, without a turn of the event loop: an unpaused socket takes
+        a frame at once, so the send coroutine is stepped here and normally finishes
+        (`common.eager`). One that has to wait for the socket to drain goes on in a task, and
+        later frames queue behind it in order."""
+        ws = self._ws
+        if ws is None or ws.closed:
+            raise ConnectionError("not connected")
+        if self._backlog is not None:
+            self._backlog.append(data)
+            return
+        suspended = eager.step(ws.send_bytes(data))
+        if suspended is not None:
+            self._backlog = deque()
+            self._draining = asyncio.ensure_future(self._drain(ws, suspended))
+
+    async def _drain(self, ws: aiohttp.ClientWebSocketResponse,
+                     suspended: eager.Suspended) -> None:
+        try:
+            await suspended.finish()
+            while self._backlog:
+                await ws.send_bytes(self._backlog.popleft())
+        except (ConnectionError, RuntimeError, OSError) as exc:
+            # The connection is going; its end fails the pending samples (`Device`).
+            log.debug("send failed while draining: %r", exc)
+        finally:
+            if self._draining is asyncio.current_task():  # not a later connection's
+                self._backlog = None
+                self._draining = None
+
+    def _stop_draining(self) -> None:
+        """Frames still waiting for an old socket go nowhere (their samples time out)."""
+        if self._draining is not None and not self._draining.done():
+            self._draining.cancel()
+        self._draining = None
+        self._backlog = None
+
     async def messages(self) -> AsyncIterator[tuple[wire.Message, int]]:
         """Decoded server messages and their sizes until the connection closes. A malformed
         frame from the server is logged and skipped rather than ending the session."""
@@ -88,6 +131,7 @@ class ServerConnection:
         self._ws = None
 
     async def close(self) -> None:
+        self._stop_draining()
         if self._ws is not None:
             ws, self._ws = self._ws, None
             await ws.close()

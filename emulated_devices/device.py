@@ -26,7 +26,14 @@ from common import protocol as wire
 from common.config import DeviceSpec
 from common.files import as_disk_full, run_path
 from common.modelzoo import open_zoo
-from common.records import GeneratedJournal, RecordWriter, SampleRecord, Source, file_stem
+from common.records import (
+    FlushDeadline,
+    GeneratedJournal,
+    RecordWriter,
+    SampleRecord,
+    Source,
+    file_stem,
+)
 from emulated_devices.arrivals import arrival_times
 from emulated_devices.client import HandshakeRefused, ServerConnection
 from emulated_devices.emulation import ComputeProfile, Impairment, Link, pad
@@ -118,10 +125,13 @@ class Device:
         self._conn = ServerConnection(server_url, wire.Hello(
             device_id=spec.device_id, tier=spec.tier, model=spec.spec.model, token=token))
         stem = file_stem(spec.device_id, spec.incarnation)
-        self._writer = RecordWriter(run_path(out_dir, "samples", stem, suffix=".csv")) \
-            if out_dir else None
-        self._journal = GeneratedJournal(run_path(out_dir, "samples", stem, suffix=".gen")) \
-            if out_dir else None
+        # Rows and journal lines are buffered and flushed within FLUSH_WITHIN_S of the first
+        # (`_flush_if_due`): one write per file per flush instead of two writes per sample.
+        self._writer = RecordWriter(run_path(out_dir, "samples", stem, suffix=".csv"),
+                                    buffered=True) if out_dir else None
+        self._journal = GeneratedJournal(run_path(out_dir, "samples", stem, suffix=".gen"),
+                                         buffered=True) if out_dir else None
+        self._flush = FlushDeadline()
         self._outcome_path = run_path(out_dir, "devices", stem, suffix=".json") \
             if out_dir else None
         self.threshold = spec.spec.threshold if spec.spec.threshold is not None else 1.0
@@ -129,7 +139,9 @@ class Device:
         self._pending: dict[int, Pending] = {}
         self._uplink_queue: deque[tuple[float, int | None, bytes]] = deque()
         """(delivery time, sample id or None for a report, frame) in sending order."""
-        self._uplink_wake = asyncio.Event()
+        self._uplink_timer: asyncio.TimerHandle | None = None
+        """Wakes up when the uplink's first message is delivered (None: nothing queued)."""
+        self._report_timer: asyncio.TimerHandle | None = None
         self._window = Window()
         self._connected = asyncio.Event()
         self._welcomed = asyncio.Event()
@@ -219,16 +231,19 @@ class Device:
         self._impair_links(offset)
         # A device that joins mid-run connects only shortly before it is due.
         self._loop.call_at(max(self._loop.time(), self._t0 - CONNECT_LEAD_S), self.connect)
-        reporter = asyncio.create_task(self._report_loop())
-        sender = asyncio.create_task(self._uplink_loop())
+        # Reports and uplink deliveries are timer callbacks: one turn of the loop per wake-up
+        # instead of a timer, a future and a task step.
+        self._report_timer = self._loop.call_later(spec.report_interval_s, self._on_report)
         try:
             await self._generate()
             while self._pending:
+                self._flush_if_due()
                 await self._sleep_until(self._loop.time() + 0.01, interruptible=False)
         finally:
-            reporter.cancel()
-            sender.cancel()
-            await asyncio.gather(reporter, sender, return_exceptions=True)
+            for timer in (self._report_timer, self._uplink_timer):
+                if timer is not None:
+                    timer.cancel()
+            self._report_timer = self._uplink_timer = None
             await self._send_report()
             await self._close()
         if self._write_error is not None:
@@ -262,6 +277,7 @@ class Device:
 
     async def _close(self) -> None:
         self._closing = True
+        self._flush_records()
         task = getattr(self, "_connection_task", None)
         await self._conn.close()
         if task is not None and not task.done():
@@ -314,7 +330,9 @@ class Device:
         self._arrivals_done = self._loop.create_future()
         self._schedule_arrival(0)
         await self._arrivals_done
+        self._flush_if_due()
         await self._sleep_until(self._free_at, interruptible=False)  # the last computation
+        self._flush_if_due()
         # A device in a silence (bursty or trace arrivals) is still there until its end.
         await self._sleep_until(self._t0 + self._stop_rel)
 
@@ -338,6 +356,7 @@ class Device:
             self.generated += 1
             if self._journal is not None:
                 self._journal.started(i)
+                self._flush.buffered(self._loop.time())
             ready = max(t_sched, self._free_at)
             self._free_at, rec, pixels = self._process(i, t_sched, ready)
             # When the emulated computation ends is known now, and so is all that follows
@@ -345,9 +364,28 @@ class Device:
             # so it is decided now instead of waking up at its end.
             self._decide(rec, t_sched, pixels, self._free_at)
             self._schedule_arrival(i + 1)
+            self._flush_if_due()
         except Exception as exc:  # a timer callback's error would only be logged: end the run
             if self._arrivals_done is not None and not self._arrivals_done.done():
                 self._arrivals_done.set_exception(exc)
+
+    def _flush_if_due(self) -> None:
+        """Flush buffered rows and journal lines now unless the next arrival's wake-up comes
+        early enough to do it (`FlushDeadline`); called at the end of every wake-up that may
+        have buffered something."""
+        nxt = self._next_arrival
+        if self._flush.must_flush(None if nxt is None else nxt[1].when()):
+            self._flush_records()
+
+    def _flush_records(self) -> None:
+        self._flush.flushed()
+        try:
+            if self._journal is not None:
+                self._journal.flush()
+            if self._writer is not None:
+                self._writer.flush()
+        except OSError as exc:  # in a callback, where raising would only be logged
+            self._refused(exc)
 
     def _end_arrivals(self) -> None:
         if self._arrivals_done is not None and not self._arrivals_done.done():
@@ -405,23 +443,24 @@ class Device:
         msg = wire.Infer(sample_id=sid, dtype=pixels.dtype.name, shape=tuple(pixels.shape),
                          data=payload,
                          deadline_ms=max((reply_by - deliver_at) * 1e3, 0.0))
-        self._uplink_queue.append((deliver_at, sid, wire.encode(msg)))
-        self._uplink_wake.set()
+        self._enqueue_uplink(deliver_at, sid, wire.encode(msg))
 
-    async def _uplink_loop(self) -> None:
-        """Hand messages to the socket at their emulated delivery times, in order."""
-        while True:
-            if not self._uplink_queue:
-                self._uplink_wake.clear()
-                await self._uplink_wake.wait()
-                continue
-            deliver_at, sid, data = self._uplink_queue[0]
-            await self._sleep_until(deliver_at, interruptible=False)
-            self._uplink_queue.popleft()
+    def _enqueue_uplink(self, deliver_at: float, sid: int | None, data: bytes) -> None:
+        self._uplink_queue.append((deliver_at, sid, data))
+        if self._uplink_timer is None:
+            self._uplink_timer = self._timers.call_at(deliver_at, self._on_uplink)
+
+    def _on_uplink(self) -> None:
+        """Hand the messages due by now to the socket, in order, then wait for the next."""
+        self._uplink_timer = None
+        queue = self._uplink_queue
+        now = self._loop.time()
+        while queue and queue[0][0] <= now:
+            _, sid, data = queue.popleft()
             if sid is not None and sid not in self._pending:
                 continue  # timed out while on the link
             try:
-                await self._conn.send(data)
+                self._conn.send_nowait(data)
             except (ConnectionError, RuntimeError, OSError):
                 if sid is not None:
                     self._fail(sid, "disconnected")
@@ -429,6 +468,9 @@ class Device:
             if sid is not None:
                 self.requests_sent += 1
                 self.bytes_sent += len(data)
+        if queue:
+            self._uplink_timer = self._timers.call_at(queue[0][0], self._on_uplink)
+        self._flush_if_due()
 
     def _on_result(self, res: wire.Result, nbytes: int) -> None:
         """A reply has reached the device's end of the socket. When the emulated downlink
@@ -466,6 +508,7 @@ class Device:
         pending = self._pending.pop(sid, None)
         if pending is not None:
             self._finish(pending, "fallback", pending.rec.light_pred, "timeout")
+            self._flush_if_due()
 
     def _fail(self, sid: int, cause: str) -> None:
         """The server cannot answer (no connection, or it refused the sample): the light
@@ -494,6 +537,7 @@ class Device:
                 self._writer.write(rec)
             except OSError as exc:  # in a callback, where raising would only be logged
                 self._refused(exc)
+            self._flush.buffered(self._loop.time())
 
     def _refused(self, exc: OSError) -> None:
         """The disk refused a record: stop generating and end the run with the error (the
@@ -520,6 +564,7 @@ class Device:
                 self._welcomed.set()
                 async for msg, nbytes in self._conn.messages():
                     self._on_message(msg, nbytes)
+                    self._flush_if_due()
             except HandshakeRefused as exc:
                 log.error("%s: %s", self.spec.device_id, exc)
                 if exc.code in FATAL_REFUSALS:
@@ -532,6 +577,7 @@ class Device:
             self._connected.clear()
             for sid in list(self._pending):
                 self._fail(sid, "disconnected")
+            self._flush_if_due()
             if self._closing:
                 break
             await asyncio.sleep(backoff * (1 + 0.5 * float(self._compute_rng.random())))
@@ -556,14 +602,11 @@ class Device:
             self.threshold = min(max(float(value), 0.0), 1.0)
             self.epoch = epoch
 
-    async def _report_loop(self) -> None:
+    def _on_report(self) -> None:
         """Reports travel the emulated uplink like samples: a cut link delays them too."""
-        while True:
-            await asyncio.sleep(self.spec.report_interval_s)
-            data = self._take_report()
-            deliver_at = self._uplink.transmit(self._loop.time(), len(data))
-            self._uplink_queue.append((deliver_at, None, data))
-            self._uplink_wake.set()
+        self._report_timer = self._loop.call_later(self.spec.report_interval_s, self._on_report)
+        data = self._take_report()
+        self._enqueue_uplink(self._uplink.transmit(self._loop.time(), len(data)), None, data)
 
     async def _send_report(self) -> None:
         """The last report, sent directly as the device stops."""

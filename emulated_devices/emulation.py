@@ -8,6 +8,7 @@ propagation delay, jitter, a serialisation rate, packet loss and outages.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ class ComputeProfile:
 
     def sample_s(self, rng: np.random.Generator) -> float:
         """One target latency in seconds: log-normal around the median."""
-        factor = float(np.exp(rng.normal(0.0, self.jitter))) if self.jitter > 0 else 1.0
+        factor = math.exp(rng.normal(0.0, self.jitter)) if self.jitter > 0 else 1.0
         return self.median_ms * factor / 1e3
 
 

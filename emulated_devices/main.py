@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import signal
 import sys
@@ -41,6 +42,10 @@ def device_process(spec: Any, server_url: str, token: str, run_dir: str,
     restarted mid-run, which must work while the server is away), waits for `start` (a
     wall-clock time shared by all devices), stops early on `stop`, and ends with `done`.
     """
+    # Everything inherited from the forkserver (the runtime, models, dataset) goes to the
+    # collector's permanent generation: a full collection would otherwise walk, and so copy,
+    # every page holding an inherited object, making shared pages private (USS).
+    gc.freeze()
     die_with_parent()
     leave_interrupts_to_parent()
     out = Path(run_dir)

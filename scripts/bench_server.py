@@ -3,6 +3,12 @@ tight loop versus the real server's under saturation from many WebSocket clients
 disabled; the server's CPU time per request outside the model; p50/p99 at fractions of its
 capacity. Everything on 127.0.0.1; the server and the load run in separate processes.
 
+The floor for the server's cost per request is measured in the same run: a bare aiohttp
+WebSocket server that decodes each msgpack `infer` and answers it with an encoded `result` at
+once (no queue, no batcher, no model), saturated by the same load generators;
+`server_vs_echo_cpu` is the server's CPU outside the model per request over the echo's CPU per
+request (`server_vs_echo_cpu_<batch>` for each max batch size).
+
     .venv/bin/python scripts/bench_server.py [--model heavy-cnn] [--seconds 6] [--repeats 3]
         [--batches 32,64,128]
 
@@ -76,6 +82,77 @@ def start_server(model: str, max_batch: int) -> tuple[subprocess.Popen[str], str
         proc.wait(5)
         raise RuntimeError(f"server did not start: {line!r}")
     return proc, line.split("listening on", 1)[1].strip(), folder
+
+
+def echo_server() -> None:
+    """The floor: an aiohttp WebSocket + msgpack echo (`--serve-echo`). It speaks just enough
+    of the protocol for the load generators: `welcome` to a hello, a `result` per `infer`."""
+    from aiohttp import web
+
+    async def device(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=wire.MAX_MESSAGE_BYTES)
+        await ws.prepare(request)
+        async for msg in ws:
+            m = wire.decode(msg.data)
+            if isinstance(m, wire.Infer):
+                await ws.send_bytes(wire.encode(wire.Result(m.sample_id, prediction=1,
+                                                            confidence=0.5, batch_size=1)))
+            elif isinstance(m, wire.Hello):
+                await ws.send_bytes(wire.encode(wire.Welcome(threshold=1.0, epoch=0)))
+        return ws
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/v1/devices/{device}", device)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        print(f"echo listening on http://127.0.0.1:{port}", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def start_echo() -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([sys.executable, __file__, "--serve-echo"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 60)
+    line = proc.stdout.readline() if ready else ""
+    if "listening on" not in line:
+        proc.kill()
+        proc.wait(5)
+        raise RuntimeError(f"echo server did not start: {line!r}")
+    return proc, line.split("listening on", 1)[1].strip()
+
+
+@dataclass(frozen=True)
+class Echo:
+    """The echo server saturated: its CPU per round trip and its rate."""
+
+    cpu_us: float
+    rps: float
+    cores: float
+
+
+def measure_echo(args: argparse.Namespace) -> list[Echo]:
+    """Saturated intervals of the echo server (as many as the server's), lowest CPU first."""
+    proc, url = start_echo()
+    try:
+        echo = psutil.Process(proc.pid)
+        drive(url, args.clients, 1.5, args.window, None, args.procs, 0)  # warm up
+        runs = []
+        for k in range(max(args.repeats, 1)):
+            c0, t0 = _cpu_s(echo), time.perf_counter()
+            _, served, _ = drive(url, args.clients, args.seconds, args.window, None, args.procs,
+                                 1000 * (k + 1))
+            elapsed, cpu = time.perf_counter() - t0, _cpu_s(echo) - c0
+            runs.append(Echo(cpu / max(served, 1) * 1e6, served / elapsed, cpu / elapsed))
+        return sorted(runs, key=lambda r: r.cpu_us)
+    finally:
+        stop_server(proc)
 
 
 def stop_server(proc: subprocess.Popen[str]) -> None:
@@ -206,7 +283,8 @@ def saturate(url: str, server: psutil.Process, args: argparse.Namespace, base: i
     s0, c0, h0 = status(url)["totals"], _cpu_s(server), host_busy_s()
     spy = None if args.profile is None else subprocess.Popen(
         ["py-spy", "record", "--pid", str(server.pid), "--threads", "--idle", "--nonblocking",
-         "--duration", str(int(args.seconds)), "--output", str(args.profile)],
+         "--duration", str(int(args.seconds)), "--output", str(args.profile),
+         "--format", "raw" if args.profile.suffix == ".txt" else "flamegraph"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.perf_counter()
     _, _, load_cpu = drive(url, args.clients, args.seconds, args.window, None, args.procs, base)
@@ -274,14 +352,21 @@ def main() -> None:
                              "as the raw side reports its best batch size")
     parser.add_argument("--profile", type=Path, default=None,
                         help="record the server under saturation with py-spy into this SVG "
-                             "(needs `pip install py-spy`)")
+                             "(collapsed stacks if it ends in .txt; needs `pip install py-spy`)")
+    parser.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_echo:
+        echo_server()
+        return
     console = Console()
     raw_model = RawModel(args.model)
     raw = {b: raw_model.sps(b, 1.0) for b in BATCHES}
     best_b = max(raw, key=lambda b: raw[b])
     sweep = {b: measure(args, b, raw_model, best_b)
              for b in (int(v) for v in args.batches.split(","))}
+    echoes = measure_echo(args)
+    echo = echoes[len(echoes) // 2]
+    vs_echo = {b: rs[len(rs) // 2].outside_us / echo.cpu_us for b, rs in sweep.items()}
     server_b = max(sweep, key=lambda b: sweep[b][len(sweep[b]) // 2].ratio)
     runs = sweep[server_b]
     sat = runs[len(runs) // 2]
@@ -303,6 +388,10 @@ def main() -> None:
         out = sorted(r.outside_us for r in rs)
         table.add_row("  CPU outside the model per request", f"{mid.outside_us:.1f} us",
                       f"{out[0]:.1f} - {out[-1]:.1f} us")
+        table.add_row("  / the echo's CPU per request", f"{vs_echo[b]:.2f}", "")
+    table.add_row("echo (aiohttp + msgpack) CPU per request", f"{echo.cpu_us:.1f} us",
+                  f"{echoes[0].cpu_us:.1f} - {echoes[-1].cpu_us:.1f} us")
+    table.add_row("echo round trips/s; cores", f"{echo.rps:,.0f}; {echo.cores:.2f}", "")
     table.add_row(f"server / raw, each at its best batch ({server_b} / {best_b})",
                   f"{sat.ratio:.3f}", f"{runs[0].ratio:.3f} - {runs[-1].ratio:.3f}")
     table.add_row("server mean batch size, saturated", f"{sat.mean_batch:.1f}", "")
@@ -332,7 +421,10 @@ def main() -> None:
                               for r in rs] for b, rs in sweep.items()},
         "latency_ms": {f"{int(f * 100)}pct": {"p50": round(a, 2), "p99": round(b, 2)}
                        for f, (a, b) in lat.items()},
-        "clients": args.clients, "load_processes": args.procs}))
+        "clients": args.clients, "load_processes": args.procs,
+        "echo_cpu_us_per_req": round(echo.cpu_us, 1), "echo_rps": round(echo.rps),
+        "server_vs_echo_cpu": round(vs_echo[server_b], 3),
+        **{f"server_vs_echo_cpu_{b}": round(v, 3) for b, v in vs_echo.items()}}))
 
 
 if __name__ == "__main__":

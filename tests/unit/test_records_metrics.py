@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from common.records import (
+    FLUSH_WITHIN_S,
+    FlushDeadline,
     GeneratedJournal,
     RecordWriter,
     SampleRecord,
@@ -157,3 +159,57 @@ class TestWindow:
             (2, 1, 2, 1, 1, 1)
         assert r.mean_light_confidence == pytest.approx(0.7) and r.epoch == 3
         assert w.take(0.5, 0.8, 3).generated == 0
+
+
+class TestBufferedWriting:
+    def test_buffered_rows_and_lines_reach_the_file_only_at_flush(self, tmp_path: Path) -> None:
+        w = RecordWriter(tmp_path / "d.csv", buffered=True)
+        j = GeneratedJournal(tmp_path / "d.gen", buffered=True)
+        for i in range(3):
+            j.started(i)
+            w.write(rec(i=i))
+        assert read_records(tmp_path / "d.csv") == ([], 0)  # the header only
+        assert read_journal(tmp_path / "d.gen") == set()
+        w.flush()
+        j.flush()
+        assert [r.sample_id for r in read_records(tmp_path / "d.csv")[0]] == [0, 1, 2]
+        assert read_journal(tmp_path / "d.gen") == {0, 1, 2}
+        j.started(3)
+        w.write(rec(i=3))
+        w.close()
+        j.close()  # closing flushes
+        assert len(read_records(tmp_path / "d.csv")[0]) == 4 and w.count == 4
+        assert read_journal(tmp_path / "d.gen") == {0, 1, 2, 3}
+
+    def test_sigkill_keeps_every_flushed_row(self, tmp_path: Path) -> None:
+        code = (
+            "import os, signal, sys\n"
+            "from pathlib import Path\n"
+            "from tests.unit.test_records_metrics import rec\n"
+            "from common.records import GeneratedJournal, RecordWriter\n"
+            "out = Path(sys.argv[1])\n"
+            "w = RecordWriter(out / 'd.csv', buffered=True)\n"
+            "j = GeneratedJournal(out / 'd.gen', buffered=True)\n"
+            "for i in range(50):\n"
+            "    j.started(i)\n"
+            "    w.write(rec(i=i))\n"
+            "    if i == 39: w.flush(); j.flush()\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+        proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=os.getcwd(),
+                              timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+        assert len(read_records(tmp_path / "d.csv")[0]) == 40
+        assert read_journal(tmp_path / "d.gen") == set(range(40))
+
+    def test_flush_deadline(self) -> None:
+        d = FlushDeadline()
+        assert not d.must_flush(None)  # nothing buffered
+        d.buffered(10.0)
+        d.buffered(10.04)  # the first one sets the deadline
+        assert d.due == 10.0 + FLUSH_WITHIN_S
+        assert not d.must_flush(10.0 + FLUSH_WITHIN_S - 0.001)  # the next wake-up will do
+        assert d.must_flush(10.0 + FLUSH_WITHIN_S + 0.001)  # too late: now
+        assert d.must_flush(None)  # no wake-up planned: now
+        d.flushed()
+        assert d.due is None and not d.must_flush(None)
+        assert FLUSH_WITHIN_S <= 0.05  # half of the 100 ms bar is left for a late loop
