@@ -125,12 +125,14 @@ class Device:
         self._conn = ServerConnection(server_url, wire.Hello(
             device_id=spec.device_id, tier=spec.tier, model=spec.spec.model, token=token))
         stem = file_stem(spec.device_id, spec.incarnation)
-        # Rows and journal lines are buffered and flushed within FLUSH_WITHIN_S of the first
-        # (`_flush_if_due`): one write per file per flush instead of two writes per sample.
+        # Rows are buffered and flushed within FLUSH_WITHIN_S of the first (`_flush_if_due`):
+        # one write per flush instead of one per sample. The journal is written as each sample
+        # starts: it is what accounts for a killed process's samples, and a sample the harness
+        # never saw start could be neither completed nor aborted.
         self._writer = RecordWriter(run_path(out_dir, "samples", stem, suffix=".csv"),
                                     buffered=True) if out_dir else None
-        self._journal = GeneratedJournal(run_path(out_dir, "samples", stem, suffix=".gen"),
-                                         buffered=True) if out_dir else None
+        self._journal = GeneratedJournal(run_path(out_dir, "samples", stem, suffix=".gen")
+                                         ) if out_dir else None
         self._flush = FlushDeadline()
         self._outcome_path = run_path(out_dir, "devices", stem, suffix=".json") \
             if out_dir else None
