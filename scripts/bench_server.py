@@ -74,14 +74,7 @@ def start_server(model: str, max_batch: int) -> tuple[subprocess.Popen[str], str
     proc = subprocess.Popen([sys.executable, "-m", "server", "--scenario", str(scenario),
                              "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             text=True, cwd=ROOT)
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], 60)
-    line = proc.stdout.readline() if ready else ""
-    if "listening on" not in line:
-        proc.kill()
-        proc.wait(5)
-        raise RuntimeError(f"server did not start: {line!r}")
-    return proc, line.split("listening on", 1)[1].strip(), folder
+    return proc, _listening_url(proc, "server"), folder
 
 
 def echo_server() -> None:
@@ -118,14 +111,19 @@ def echo_server() -> None:
 def start_echo() -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen([sys.executable, __file__, "--serve-echo"], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    return proc, _listening_url(proc, "echo server")
+
+
+def _listening_url(proc: subprocess.Popen[str], what: str) -> str:
+    """The URL a server process prints first ("... listening on URL"), within 60 s."""
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], 60)
     line = proc.stdout.readline() if ready else ""
     if "listening on" not in line:
         proc.kill()
         proc.wait(5)
-        raise RuntimeError(f"echo server did not start: {line!r}")
-    return proc, line.split("listening on", 1)[1].strip()
+        raise RuntimeError(f"{what} did not start: {line!r}")
+    return line.split("listening on", 1)[1].strip()
 
 
 @dataclass(frozen=True)
