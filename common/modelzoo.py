@@ -8,7 +8,7 @@ the same onnxruntime threading settings.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,9 @@ class Dataset:
 class Zoo:
     root: Path
     index: dict[str, Any]
+    _cards: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False, repr=False)
+    """Cards read and checked so far: the server reads one per device that joins, and a
+    card with its calibration curves is ~17 KB of JSON."""
 
     @property
     def tiers(self) -> dict[str, str]:
@@ -69,6 +72,10 @@ class Zoo:
                          if p.name != "zoo.json" and is_name(p.stem))
 
     def card(self, model: str) -> dict[str, Any]:
+        """The model's card, read and checked once per process (callers must not change it)."""
+        known = self._cards.get(model)
+        if known is not None:
+            return known
         if model not in self.models:
             raise ZooError(f"model {shown(model)} is not in the zoo {self.root}")
         try:
@@ -82,6 +89,7 @@ class Zoo:
             check_card(model, card)
         except ZooFormatError as exc:
             raise ZooError(f"{self.root}: {exc}") from None
+        self._cards[model] = card
         return card
 
     def model_path(self, model: str) -> Path:
@@ -139,9 +147,14 @@ def _load_dataset(path: Path, split: str, dtype: str, classes: int | None) -> Da
     return Dataset(x=x, y=y)
 
 
-@cache
 def open_zoo(root: str | Path | None = None) -> Zoo:
-    base = Path(root) if root else EMBEDDED_ZOO
+    """The zoo in `root` (None: the embedded one), opened once per process and folder: the
+    forkserver opens the embedded zoo once for every device it forks."""
+    return _open_zoo(Path(root) if root else EMBEDDED_ZOO)
+
+
+@cache
+def _open_zoo(base: Path) -> Zoo:
     index_path = base / "zoo.json"
     if not index_path.is_file():
         raise ZooError(f"{base} is not a model zoo (no zoo.json)")

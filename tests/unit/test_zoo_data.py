@@ -119,6 +119,18 @@ class TestCardChecks:
         with pytest.raises(ZooError, match="light-mid"):
             open_zoo(zoo).model_path("light-mid")  # what a device loads
 
+    def test_a_zoo_is_opened_and_each_card_read_once_per_process(self, tmp_path: Path) -> None:
+        """The forkserver's embedded zoo is the devices' (a scenario's default `zoo = None` is
+        the same key), and the server reads a card once, not at every device's hello."""
+        assert open_zoo() is open_zoo(None) is open_zoo(EMBEDDED_ZOO)
+        zoo = copy_zoo(tmp_path / "z")
+        first = open_zoo(zoo).card("light-mid")
+        (zoo / "light-mid.json").write_text("not json")
+        assert open_zoo(str(zoo)).card("light-mid") is first
+        with pytest.raises(ZooError, match="light-low"):  # a broken card is not kept
+            (zoo / "light-low.json").write_text("not json")
+            open_zoo(zoo).card("light-low")
+
 
 def copy_zoo(dst: Path) -> Path:
     shutil.copytree(EMBEDDED_ZOO, dst)
