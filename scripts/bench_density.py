@@ -172,6 +172,12 @@ def measure(base: Any, count: int, duration: float, out: Path, console: Console,
     n_window = samples_in(run_dir, meter.wall) if meter.wall else 0
     cpu_per_sample = dev_cpu / n_window * 1e6 if dev_cpu is not None and n_window else None
     slices = meter.device_slices()
+    # The second floor: as many processes on the devices' event loop, waking as often per
+    # sample as the devices just did (time slices), running the model at arrivals only.
+    extra = max((slices / n_window if slices is not None and n_window else 1.0) - 1.0, 0.0)
+    console.log(f"event-loop floor: {count} processes, {extra:.2f} empty wake-ups per arrival")
+    loop_floor = bench_wakeup_floor.measure(count, floor_s, cfg.devices.rate_hz, work=True,
+                                            extra_wakeups=extra)
     emu = s["emulation"]
     lag = emu.get("loop_lag_ms") or {}
     expected = count * cfg.devices.rate_hz * duration
@@ -197,6 +203,11 @@ def measure(base: Any, count: int, duration: float, out: Path, console: Console,
         "floor_lag_p50_ms": _r(floor["p50_ms"]),
         "floor_lag_p99_ms": _r(floor["p99_ms"]),
         "lag_vs_floor": _ratio(lag.get("p99"), floor["p99_ms"]),
+        "loop_floor_cpu_us_per_sample": _r(loop_floor["cpu_per_wakeup_us"]),
+        "loop_floor_vs_floor": _ratio(loop_floor["cpu_per_wakeup_us"],
+                                      floor["cpu_per_wakeup_us"]),
+        "cpu_vs_loop_floor": _ratio(cpu_per_sample, loop_floor["cpu_per_wakeup_us"]),
+        "loop_floor_lag_p99_ms": _r(loop_floor["p99_ms"]),
         "slo_satisfaction": s["slo_satisfaction"],
         "partial": s["run"]["partial"],
         "wall_s": round(wall, 1),
@@ -266,7 +277,8 @@ def figures(rows: list[dict[str, Any]], duration: float, rate_hz: float = 10.0
         for key in ("startup_s", "overrun", "loop_lag_p99_ms", "uss_mean_mb", "uss_max_mb",
                     "lost", "cpu_devices_cores", "cpu_server_cores", "fidelity",
                     "cpu_us_per_sample", "floor_cpu_us_per_wakeup", "cpu_vs_floor",
-                    "floor_lag_p99_ms", "lag_vs_floor"):
+                    "floor_lag_p99_ms", "lag_vs_floor", "loop_floor_cpu_us_per_sample",
+                    "loop_floor_vs_floor", "cpu_vs_loop_floor", "loop_floor_lag_p99_ms"):
             out[f"{key}_{n}"] = r[key]
     return out
 

@@ -6,6 +6,13 @@ asyncio, no sockets, no server. Whatever lateness this shows, an emulated device
 which does more per wake-up, cannot beat; bench_density.py's loop-lag bar is measured
 against it (docs/density.md).
 
+`--loop` gives the second floor bench_density.py measures: the same processes on the
+devices' own event loop (`precise_loop`, timer callbacks), running the model at each arrival
+and waking `--extra-wakeups` more times per arrival for nothing (Poisson timers: what a
+device's reports, link deliveries, replies and threshold messages cost in wake-ups, with none
+of their work). It is what one asyncio process per device costs with the wake-ups the
+protocol asks for, before any of the device's own Python.
+
     flock /tmp/bench.lock .venv/bin/python scripts/bench_wakeup_floor.py [--counts 40 100 200]
 
 Prints a table and, as its last line, one JSON object with the named figures.
@@ -42,7 +49,11 @@ def _light_models() -> tuple[list[Any], np.ndarray]:
 
 
 def _sleeper(index: int, t0: float, seconds: float, rate_hz: float,
-             models: tuple[list[Any], np.ndarray] | None, out: Any) -> None:
+             models: tuple[list[Any], np.ndarray] | None, out: Any,
+             extra_wakeups: float | None = None) -> None:
+    if extra_wakeups is not None:
+        _looper(index, t0, seconds, rate_hz, models, out, extra_wakeups)
+        return
     run = None
     if models is not None:
         sessions, x = models
@@ -64,12 +75,61 @@ def _sleeper(index: int, t0: float, seconds: float, rate_hz: float,
     out.put((lags, (time.process_time() - cpu) / max(len(lags), 1)))
 
 
-def measure(count: int, seconds: float, rate_hz: float, work: bool) -> dict[str, float]:
+def _looper(index: int, t0: float, seconds: float, rate_hz: float,
+            models: tuple[list[Any], np.ndarray] | None, out: Any, extra: float) -> None:
+    """The floor on an event loop: arrivals (model run, lateness recorded) and empty wake-ups
+    at `extra` times the arrival rate, all Poisson timer callbacks on the devices' loop."""
+    from emulated_devices.loop_probe import precise_loop
+
+    loop = precise_loop()
+    run = None
+    if models is not None:
+        sessions, x = models
+        session = sessions[index % len(sessions)]
+        feed = {session.get_inputs()[0].name: x}
+
+        def run() -> None:
+            session.run(None, feed)
+    rng = random.Random(index)
+    end = t0 + seconds
+    lags: list[float] = []
+    done = loop.create_future()
+
+    def arrival(due: float) -> None:
+        lags.append(time.monotonic() - due)
+        if run is not None:
+            run()
+        nxt = due + rng.expovariate(rate_hz)
+        if nxt < end:
+            loop.call_at(loop.time() + nxt - time.monotonic(), arrival, nxt)
+        elif not done.done():
+            done.set_result(None)
+
+    def empty(due: float) -> None:
+        nxt = due + rng.expovariate(rate_hz * extra)
+        if nxt < end:
+            loop.call_at(loop.time() + nxt - time.monotonic(), empty, nxt)
+
+    time.sleep(max(t0 - time.monotonic(), 0.0))
+    cpu = time.process_time()
+    now = time.monotonic()
+    loop.call_soon(arrival, now)
+    if extra > 0:
+        loop.call_soon(empty, now)
+    loop.run_until_complete(done)
+    out.put((lags, (time.process_time() - cpu) / max(len(lags), 1)))
+
+
+def measure(count: int, seconds: float, rate_hz: float, work: bool,
+            extra_wakeups: float | None = None) -> dict[str, float]:
+    """`extra_wakeups` None: bare sleeping processes; a number: the event-loop floor with that
+    many empty wake-ups per arrival (CPU is then per arrival, lateness that of arrivals)."""
     ctx = mp.get_context("fork")  # cheap starts; the children import nothing new
     q: Any = ctx.Queue()
     models = _light_models() if work else None
     t0 = time.monotonic() + SETTLE_S + count * 0.005
-    procs = [ctx.Process(target=_sleeper, args=(i, t0, seconds, rate_hz, models, q))
+    procs = [ctx.Process(target=_sleeper,
+                         args=(i, t0, seconds, rate_hz, models, q, extra_wakeups))
              for i in range(count)]
     for p in procs:
         p.start()
@@ -89,10 +149,17 @@ def main() -> None:
     parser.add_argument("--rate-hz", type=float, default=10.0)
     parser.add_argument("--work", action="store_true",
                         help="run the light model (1 sample) at every wake-up")
+    parser.add_argument("--loop", action="store_true",
+                        help="on the devices' event loop, with --extra-wakeups")
+    parser.add_argument("--extra-wakeups", type=float, default=0.0,
+                        help="with --loop: empty wake-ups per arrival (a device at 10 Hz: ~0.8)")
     args = parser.parse_args()
-    figures = {n: measure(n, args.seconds, args.rate_hz, args.work) for n in args.counts}
+    extra = args.extra_wakeups if args.loop else None
+    figures = {n: measure(n, args.seconds, args.rate_hz, args.work, extra) for n in args.counts}
+    on_loop = f" on an event loop, {extra:g} empty wake-ups per arrival" if extra is not None \
+        else ""
     table = Table(title=f"bare processes waking at {args.rate_hz:g} Hz each"
-                        f"{' and running the light model' if args.work else ''}")
+                        f"{' and running the light model' if args.work else ''}{on_loop}")
     for col in ("processes", "wake-ups", "lateness p50 / p99 / p99.9 (ms)", "CPU per wake-up"):
         table.add_column(col, justify="right")
     for n, f in figures.items():
@@ -100,7 +167,7 @@ def main() -> None:
                       f"{f['p50_ms']:.2f} / {f['p99_ms']:.2f} / {f['p999_ms']:.2f}",
                       f"{f['cpu_per_wakeup_us']:.0f} us")
     Console().print(table)
-    print(json.dumps({"work": args.work, "rate_hz": args.rate_hz, **{
+    print(json.dumps({"work": args.work, "rate_hz": args.rate_hz, "extra_wakeups": extra, **{
         f"{k}_{n}": round(v, 3) for n, f in figures.items() for k, v in f.items()}}))
 
 
