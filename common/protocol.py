@@ -21,6 +21,8 @@ MAX_MESSAGE_BYTES: Final = 1 << 20
 """Largest frame a peer may send; the server refuses bigger ones before decoding."""
 
 ALLOWED_DTYPES: Final = frozenset({"float32", "uint8"})
+MAX_HOLD_MS: Final = 3_600_000.0
+"""Longest a receiver holds a message for its emulated link (`hold_ms`): an hour-long cut."""
 
 
 class ErrorCode(IntEnum):
@@ -84,6 +86,11 @@ class Infer:
     shape: tuple[int, ...]
     data: bytes
     deadline_ms: float = 0.0
+    hold_ms: float = 0.0
+    """The rest of the sample's time on the device's emulated uplink: the server acts on it
+    this long after receipt (the deadline counts from then). The device's link model (delay,
+    bandwidth, loss, cuts) says when a message arrives; the device sends at once instead of
+    waking up again to send at that time (a float: its size does not depend on its value)."""
     TYPE = "infer"
 
 
@@ -106,6 +113,8 @@ class Report:
     latency_p95_ms: float = 0.0
     """End-to-end latency of the device's last answers (0: none yet); optional, for live views
     (`testbed watch`), never read by a policy."""
+    hold_ms: float = 0.0
+    """As `Infer.hold_ms`: the scheduler reads the report when the emulated uplink delivers it."""
     TYPE = "report"
 
 
@@ -174,11 +183,11 @@ _SCHEMA: Final[dict[type, dict[str, tuple[type, ...]]]] = {
     Hello: {"device_id": (str,), "tier": (str,), "model": (str,), "token": (str,),
             "version": (int,)},
     Infer: {"sample_id": (int,), "dtype": (str,), "shape": (list, tuple), "data": (bytes,),
-            "deadline_ms": _NUM},
+            "deadline_ms": _NUM, "hold_ms": _NUM},
     Report: {"window_s": _NUM, "generated": (int,), "forwarded": (int,), "answered": (int,),
              "slo_met": (int,), "slo_missed": (int,), "fallback": (int,), "threshold": _NUM,
              "mean_light_confidence": _NUM, "light_ms_mean": _NUM, "epoch": (int,),
-             "latency_p50_ms": _NUM, "latency_p95_ms": _NUM},
+             "latency_p50_ms": _NUM, "latency_p95_ms": _NUM, "hold_ms": _NUM},
     Welcome: {"threshold": _NUM, "epoch": (int,), "config": (dict,)},
     Result: {"sample_id": (int,), "status": (int,), "prediction": (int,), "confidence": _NUM,
              "queue_us": (int,), "compute_us": (int,), "batch_size": (int,), "reason": (str,),
@@ -189,7 +198,8 @@ _SCHEMA: Final[dict[type, dict[str, tuple[type, ...]]]] = {
 _REQUIRED: Final[dict[type, frozenset[str]]] = {
     Hello: frozenset({"device_id", "tier", "model"}),
     Infer: frozenset({"sample_id", "dtype", "shape", "data"}),
-    Report: frozenset(_SCHEMA[Report]) - {"epoch", "latency_p50_ms", "latency_p95_ms"},
+    Report: frozenset(_SCHEMA[Report]) - {"epoch", "latency_p50_ms", "latency_p95_ms",
+                                          "hold_ms"},
     Welcome: frozenset({"threshold", "epoch"}),
     Result: frozenset({"sample_id"}),
     Threshold: frozenset({"value", "epoch"}),
@@ -245,6 +255,9 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
             raise ProtocolError(ErrorCode.MALFORMED, f"{kind}.{name} has type {kind_of.__name__}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ProtocolError(ErrorCode.MALFORMED, f"{kind}.{name} is not finite")
+    if not 0 <= body.get("hold_ms", 0) <= MAX_HOLD_MS:
+        raise ProtocolError(ErrorCode.MALFORMED, f"{kind}.hold_ms must be within 0 and "
+                                                 f"{MAX_HOLD_MS:.0f}")
     if cls is Infer:
         body["shape"] = _check_shape(body["shape"])
     elif cls is Hello:

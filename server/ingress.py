@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable
 
 import aiohttp
+import numpy as np
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -36,7 +37,44 @@ MAX_REASON_CHARS = 200
 """Error replies carry at most this much text: never an echo of a large input."""
 DEFAULT_DEADLINE_MS = 10_000.0
 """Budget of a request that names none, so nothing waits in the queue forever."""
+MAX_HELD = 4096
+"""Messages one device may have on its emulated uplink at once (`hold_ms`); an hour-long cut
+at 1 Hz. Beyond it a sample is rejected (`link_backlog`) and a report dropped, both counted."""
 MSGPACK = "application/msgpack"
+
+
+class Held:
+    """A device's messages still on its emulated uplink: sent at once with `hold_ms`, acted on
+    when the link delivers them. Held here, on the server's loop, which wakes up anyway, so
+    each device process wakes once less per message. Dropped with the connection, as a
+    dead TCP connection drops what it carried."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int = MAX_HELD) -> None:
+        self._loop = loop
+        self._limit = limit
+        self._handles: dict[int, asyncio.TimerHandle] = {}
+        self._next = 0
+
+    def hold(self, delay_s: float, deliver: Callable[..., None], *args: object) -> bool:
+        """Call `deliver(*args)` in `delay_s`; False (nothing scheduled) when full."""
+        if len(self._handles) >= self._limit:
+            return False
+        key = self._next = self._next + 1
+        self._handles[key] = self._loop.call_later(delay_s, self._deliver, key, deliver, args)
+        return True
+
+    def _deliver(self, key: int, deliver: Callable[..., None], args: tuple[object, ...]
+                 ) -> None:
+        del self._handles[key]
+        deliver(*args)
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def drop(self) -> None:
+        for handle in self._handles.values():
+            handle.cancel()
+        self._handles.clear()
 
 
 class Outbox:
@@ -154,6 +192,7 @@ async def device_socket(request: web.Request) -> web.StreamResponse:
     outbox = Outbox(ws, limit=cfg.slow_client_backlog, stall_s=cfg.slow_client_stall_s,
                     abort=abort)
     loop = asyncio.get_running_loop()
+    held = Held(loop)
     device_id: str | None = None
     try:
         hello = await _handshake(rt, ws, path_id, token_ok)
@@ -171,12 +210,13 @@ async def device_socket(request: web.Request) -> web.StreamResponse:
         outbox.send(wire.encode(welcome))
         async for frame in ws:
             if frame.type == aiohttp.WSMsgType.BINARY:
-                _on_frame(rt, device_id, frame.data, outbox, loop)
+                _on_frame(rt, device_id, frame.data, outbox, loop, held)
             elif frame.type == aiohttp.WSMsgType.TEXT:
                 _error(rt, outbox, wire.ErrorCode.MALFORMED, "binary msgpack frames only")
             elif frame.type == aiohttp.WSMsgType.ERROR:
                 log.info("device %s: socket error %s", device_id, ws.exception())
     finally:
+        held.drop()
         if device_id is not None:
             rt.controller.leave(device_id, loop.time())
         await outbox.close()
@@ -234,7 +274,7 @@ async def _handshake(rt: Runtime, ws: web.WebSocketResponse, path_id: str,
 
 
 def _on_frame(rt: Runtime, device_id: str, data: bytes, outbox: Outbox,
-              loop: asyncio.AbstractEventLoop) -> None:
+              loop: asyncio.AbstractEventLoop, held: Held | None = None) -> None:
     try:
         msg = wire.decode(data)
     except wire.ProtocolError as exc:
@@ -246,19 +286,40 @@ def _on_frame(rt: Runtime, device_id: str, data: bytes, outbox: Outbox,
         except wire.ProtocolError as exc:
             _error(rt, outbox, exc.code, exc.reason, msg.sample_id)
             return
-        now = loop.time()
-        budget_ms = msg.deadline_ms if msg.deadline_ms > 0 else DEFAULT_DEADLINE_MS
-        req = Request(device_id, msg.sample_id, x, now, now + budget_ms / 1e3,
-                      lambda res: outbox.send(wire.encode(res)))
-        _admit(rt, req)
+        if msg.hold_ms <= 0 or held is None:
+            _on_infer(rt, device_id, msg, x, outbox, loop)
+        elif not held.hold(msg.hold_ms / 1e3, _on_infer, rt, device_id, msg, x, outbox, loop):
+            rt.stats.on_rejected("link_backlog")
+            outbox.send(wire.encode(wire.Result(
+                sample_id=msg.sample_id, status=wire.ResultStatus.REJECTED,
+                reason=f"more than {MAX_HELD} messages on this device's uplink",
+                cause="link_backlog")))
     elif isinstance(msg, wire.Report):
-        problem = rt.controller.on_report(device_id, msg, loop.time())
-        if problem is not None:
-            _error(rt, outbox, wire.ErrorCode.MALFORMED, f"report refused: {problem}",
-                   counted_as="bad_report")
+        if msg.hold_ms <= 0 or held is None:
+            _on_report(rt, device_id, msg, outbox, loop)
+        elif not held.hold(msg.hold_ms / 1e3, _on_report, rt, device_id, msg, outbox, loop):
+            rt.stats.on_protocol_error("link_backlog")
     else:
         _error(rt, outbox, wire.ErrorCode.UNKNOWN_TYPE,
                f"{msg.TYPE} is not a device message after hello")
+
+
+def _on_infer(rt: Runtime, device_id: str, msg: wire.Infer, x: np.ndarray, outbox: Outbox,
+              loop: asyncio.AbstractEventLoop) -> None:
+    """A sample the device's uplink delivers now: its budget starts now."""
+    now = loop.time()
+    budget_ms = msg.deadline_ms if msg.deadline_ms > 0 else DEFAULT_DEADLINE_MS
+    req = Request(device_id, msg.sample_id, x, now, now + budget_ms / 1e3,
+                  lambda res: outbox.send(wire.encode(res)))
+    _admit(rt, req)
+
+
+def _on_report(rt: Runtime, device_id: str, msg: wire.Report, outbox: Outbox,
+               loop: asyncio.AbstractEventLoop) -> None:
+    problem = rt.controller.on_report(device_id, msg, loop.time())
+    if problem is not None:
+        _error(rt, outbox, wire.ErrorCode.MALFORMED, f"report refused: {problem}",
+               counted_as="bad_report")
 
 
 def _admit(rt: Runtime, req: Request) -> None:

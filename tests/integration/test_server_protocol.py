@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import sys
@@ -126,6 +127,55 @@ class TestWebSocket:
                 status = await r.json()
             assert status["devices"]["mid-t1"]["reports"] == 1
             await ws.close()
+
+    async def test_held_messages_are_acted_on_when_their_link_delivers_them(
+            self, server_url: str) -> None:
+        """A sample and a report sent with `hold_ms` reach the batcher and the scheduler only
+        when the emulated uplink delivers them; the sample's budget counts from then."""
+        async with aiohttp.ClientSession() as s:
+            ws, _ = await connect(s, server_url)
+            loop = asyncio.get_running_loop()
+            sent = loop.time()
+            await ws.send_bytes(wire.encode(wire.Report(
+                window_s=0.5, generated=5, forwarded=2, answered=5, slo_met=5, slo_missed=0,
+                fallback=0, threshold=0.8, mean_light_confidence=0.8, light_ms_mean=15.0,
+                hold_ms=300.0)))
+            await ws.send_bytes(infer(3, hold_ms=300.0, deadline_ms=100.0))
+            await asyncio.sleep(0.1)
+            async with s.get(f"{server_url}/v1/status", headers=AUTH) as r:
+                assert (await r.json())["devices"]["mid-t1"]["reports"] == 0  # still held
+            res = await receive(ws)
+            assert isinstance(res, wire.Result) and res.status == wire.ResultStatus.OK
+            assert loop.time() - sent >= 0.3  # held for 300 ms, then served within 100
+            async with s.get(f"{server_url}/v1/status", headers=AUTH) as r:
+                assert (await r.json())["devices"]["mid-t1"]["reports"] == 1
+            await ws.close()
+
+    async def test_a_device_s_uplink_delay_is_kept_when_the_server_holds_its_samples(
+            self, server_url: str, tmp_path: Path) -> None:
+        """A device sends a forwarded sample at once with the rest of its uplink time; the
+        answer still comes no earlier than light model + 80 ms of uplink + the downlink."""
+        from common.config import LinkSpec, ScenarioConfig, device_specs
+        from common.records import read_records
+        from emulated_devices.device import Device
+
+        cfg = ScenarioConfig()
+        low = dataclasses.replace(cfg.tiers["low"], threshold=1.0,
+                                  uplink=LinkSpec(delay_ms=80.0, jitter_ms=0.0))
+        cfg = dataclasses.replace(cfg, duration_s=1.5, tiers={**cfg.tiers, "low": low},
+                                  devices=dataclasses.replace(cfg.devices, count=1, rate_hz=10.0,
+                                                              mix="1:0:0"))
+        spec = device_specs(cfg)[0]
+        device = Device(spec, server_url, token=TOKEN, out_dir=tmp_path)
+        await device.wait_registered(10.0)
+        outcome = await device.run()
+        (path,) = (tmp_path / "samples").glob("*.csv")
+        recs, _ = read_records(path)
+        heavy = [r for r in recs if r.source == "heavy"]
+        assert outcome.requests_sent == len(recs) and len(heavy) >= len(recs) - 1 >= 5
+        floor_ms = 80.0 + low.downlink.delay_ms - 3 * low.downlink.jitter_ms
+        assert all(r.latency_ms - r.light_ms >= floor_ms for r in heavy)
+        assert all(r.latency_ms - r.light_ms < floor_ms + 100 for r in heavy)
 
 
 class TestHttp:

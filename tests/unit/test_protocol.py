@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 
 import msgpack
@@ -80,6 +81,23 @@ class TestRefusals:
     def test_nan_is_refused(self) -> None:
         raw = msgpack.packb({"type": "threshold", "value": math.nan, "epoch": 1})
         assert "finite" in _refused(raw, wire.ErrorCode.MALFORMED)
+
+    @pytest.mark.parametrize("hold", [-1.0, wire.MAX_HOLD_MS + 1, math.inf])
+    def test_a_hold_is_a_duration_within_bounds(self, hold: float) -> None:
+        for raw in (msgpack.packb({"type": "infer", "sample_id": 1, "dtype": "uint8",
+                                   "shape": [64], "data": b"", "hold_ms": hold}),
+                    wire.encode(wire.Report(window_s=0.5, generated=1, forwarded=0, answered=1,
+                                            slo_met=1, slo_missed=0, fallback=0, threshold=0.8,
+                                            mean_light_confidence=0.9, light_ms_mean=10.0,
+                                            hold_ms=hold))):
+            assert "hold_ms" in _refused(raw, wire.ErrorCode.MALFORMED)
+
+    def test_a_hold_is_optional_and_kept(self) -> None:
+        msg = wire.decode(wire.encode(wire.Infer(sample_id=1, dtype="uint8", shape=(64,),
+                                                 data=bytes(64), hold_ms=12.5)))
+        assert isinstance(msg, wire.Infer) and msg.hold_ms == 12.5
+        assert len(wire.encode(dataclasses.replace(msg, hold_ms=0.0))) == len(
+            wire.encode(msg))  # its size does not depend on its value: the device relies on it
 
     @pytest.mark.parametrize("shape", [[0], [-1, 64], [1] * 9, [2.5], [True], ["64"]])
     def test_bad_shapes(self, shape: list[object]) -> None:
