@@ -23,8 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import random
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -81,6 +84,10 @@ def _looper(index: int, t0: float, seconds: float, rate_hz: float,
     at `extra` times the arrival rate, all Poisson timer callbacks on the devices' loop."""
     from emulated_devices.loop_probe import precise_loop
 
+    # The parent holds a pipe per child started before this one; inherited, they would push
+    # this loop's own descriptors past select()'s 1,024 at a thousand processes. The result
+    # goes to a file (`out`), and the process ends with os._exit, which touches none of them.
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
     loop = precise_loop()
     run = None
     if models is not None:
@@ -117,7 +124,9 @@ def _looper(index: int, t0: float, seconds: float, rate_hz: float,
     if extra > 0:
         loop.call_soon(empty, now)
     loop.run_until_complete(done)
-    out.put((lags, (time.process_time() - cpu) / max(len(lags), 1)))
+    np.save(out / f"{index}.npy", np.append(lags, (time.process_time() - cpu)
+                                             / max(len(lags), 1)))
+    os._exit(0)
 
 
 def measure(count: int, seconds: float, rate_hz: float, work: bool,
@@ -125,17 +134,25 @@ def measure(count: int, seconds: float, rate_hz: float, work: bool,
     """`extra_wakeups` None: bare sleeping processes; a number: the event-loop floor with that
     many empty wake-ups per arrival (CPU is then per arrival, lateness that of arrivals)."""
     ctx = mp.get_context("fork")  # cheap starts; the children import nothing new
-    q: Any = ctx.Queue()
-    models = _light_models() if work else None
-    t0 = time.monotonic() + SETTLE_S + count * 0.005
-    procs = [ctx.Process(target=_sleeper,
-                         args=(i, t0, seconds, rate_hz, models, q, extra_wakeups))
-             for i in range(count)]
-    for p in procs:
-        p.start()
-    results = [q.get() for _ in procs]
-    for p in procs:
-        p.join()
+    with tempfile.TemporaryDirectory() as tmp:
+        q: Any = ctx.Queue() if extra_wakeups is None else Path(tmp)
+        models = _light_models() if work else None
+        t0 = time.monotonic() + SETTLE_S + count * 0.005
+        procs = [ctx.Process(target=_sleeper,
+                             args=(i, t0, seconds, rate_hz, models, q, extra_wakeups))
+                 for i in range(count)]
+        for p in procs:
+            p.start()
+        if extra_wakeups is None:
+            results = [q.get(timeout=SETTLE_S + count * 0.01 + seconds + 60) for _ in procs]
+        for p in procs:
+            p.join()
+        if extra_wakeups is not None:
+            failed = [p.exitcode for p in procs if p.exitcode]
+            if failed:
+                raise RuntimeError(f"{len(failed)} floor processes failed (exit {failed[0]})")
+            saved = [np.load(Path(tmp) / f"{i}.npy") for i in range(count)]
+            results = [(a[:-1], float(a[-1])) for a in saved]
     ms = np.concatenate([np.asarray(lags) for lags, _ in results]) * 1e3
     return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
             "p999_ms": float(np.percentile(ms, 99.9)), "wakeups": int(ms.size),
