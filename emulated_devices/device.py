@@ -45,7 +45,8 @@ from emulated_devices.window import Window
 log = logging.getLogger(__name__)
 
 # Independent random streams per device, so changing one knob does not reshuffle the others.
-STREAM_ARRIVALS, STREAM_COMPUTE, STREAM_UPLINK, STREAM_DOWNLINK, STREAM_DATA = range(5)
+STREAM_ARRIVALS, STREAM_COMPUTE, STREAM_UPLINK, STREAM_DOWNLINK, STREAM_DATA, STREAM_REPORTS = \
+    range(6)
 RECONNECT_BACKOFF_S = (0.05, 2.0)
 CONNECT_LEAD_S = 0.2
 """A device joining mid-run connects this long before its first sample is due."""
@@ -112,7 +113,8 @@ class Device:
         data = self._zoo.dataset("test")
         # A restarted device draws new streams; the first process keeps the original ones.
         key = [spec.seed, spec.index] + ([spec.incarnation] if spec.incarnation else [])
-        rngs = [np.random.default_rng([*key, s]) for s in range(5)]
+        rngs = [np.random.default_rng([*key, s]) for s in range(6)]
+        self._report_rng = rngs[STREAM_REPORTS]
         self._order = rngs[STREAM_DATA].permutation(len(data.y))
         self._x, self._y = data.x, data.y
         self._arrival_rng = rngs[STREAM_ARRIVALS]
@@ -141,6 +143,8 @@ class Device:
         self._pending: dict[int, Pending] = {}
         self._report_timer: asyncio.TimerHandle | None = None
         self._window = Window()
+        self._window_start = 0.0
+        """When the current report window began (loop time)."""
         self._connected = asyncio.Event()
         self._welcomed = asyncio.Event()
         self._stop_rel: float = spec.duration_s
@@ -230,8 +234,13 @@ class Device:
         # A device that joins mid-run connects only shortly before it is due.
         self._loop.call_at(max(self._loop.time(), self._t0 - CONNECT_LEAD_S), self.connect)
         # Reports are timer callbacks: one turn of the loop per wake-up instead of a timer, a
-        # future and a task step.
-        self._report_timer = self._loop.call_later(spec.report_interval_s, self._on_report)
+        # future and a task step. The first comes at a random phase of the interval: devices
+        # that start together would otherwise all report at the same instants, hundreds of
+        # processes waking at once on the host (the loop-lag p99 of 1,000 devices).
+        self._window_start = self._t0
+        self._report_timer = self._loop.call_at(
+            self._t0 + float(self._report_rng.uniform(0.0, spec.report_interval_s)),
+            self._on_report)
         try:
             await self._generate()
             while self._pending:
@@ -303,7 +312,8 @@ class Device:
         if deadline <= self._loop.time():
             return
         fut: asyncio.Future[None] = self._loop.create_future()
-        handle = self._timers.call_at(deadline, _resolve, fut)
+        # Not a `TimerLag` timer: these waits (draining, the run's end) time no sample.
+        handle = self._loop.call_at(deadline, _resolve, fut)
         if interruptible:
             self._sleep_future = fut
         try:
@@ -614,7 +624,8 @@ class Device:
             if not pending.slo_counted and now - pending.t_sched > slo_s:
                 pending.slo_counted = True
                 self._window.on_overdue()
-        return self._window.take(self.spec.report_interval_s, self.threshold, self.epoch)
+        window_s, self._window_start = max(now - self._window_start, 1e-3), now
+        return self._window.take(window_s, self.threshold, self.epoch)
 
 
 def error_name(code: int) -> str:

@@ -1,7 +1,9 @@
 """The device's timers, and how late its event loop runs them.
 
-Every device timing (arrivals, the end of a padded computation, link deliveries, reply
-timeouts) is a timer callback; when the loop runs one late, the emulation is off by as much.
+Every device timing that shapes a sample (its arrival, its reply timeout) is a timer callback;
+when the loop runs one late, the emulation is off by as much. (What follows from an arrival,
+the padded computation's end and the uplink's delivery, is computed then; waits that time no
+sample, such as draining at the run's end, are not counted.)
 `TimerLag.call_at` schedules a timer and records that lateness, so the lag measured is exactly
 the emulation's timing error, at no extra wake-up (wake-ups are most of a device's CPU; a
 separate periodic probe in 200 processes cost about a tenth of a core).

@@ -159,3 +159,32 @@ def test_rows_and_journal_lines_reach_the_os_within_100_ms(tmp_path: Path) -> No
         if r.sample_id in seen_start:
             assert seen_start[r.sample_id] - start < 0.1 + 0.01, r
     assert len(seen_row) >= len(recs) - 2
+
+
+def test_reports_begin_at_a_random_phase_and_say_the_window_they_cover(tmp_path: Path) -> None:
+    """Devices started together do not all report at the same instants (hundreds of processes
+    waking at once); each report's `window_s` is the time since the previous one."""
+
+    async def reports(index: int) -> list[tuple[float, wire.Report]]:
+        spec = dataclasses.replace(low_tier_spec(rate_hz=10.0, duration_s=1.3), index=index)
+        device = Device(spec, NO_SERVER, out_dir=tmp_path / str(index))
+        loop = asyncio.get_running_loop()
+        sent: list[tuple[float, wire.Report]] = []
+
+        def capture(data: bytes, sid: int | None) -> None:
+            msg = wire.decode(data)
+            if isinstance(msg, wire.Report):
+                sent.append((loop.time() - device._t0, msg))
+
+        device._send_now = capture  # type: ignore[method-assign]
+        await device.run()
+        return sent
+
+    runs = [run_loop(lambda i=i: reports(i)) for i in range(4)]
+    firsts = [sent[0][0] for sent in runs]
+    assert all(0 <= t < 0.5 + 0.05 for t in firsts) and len({round(t, 3) for t in firsts}) == 4
+    for sent in runs:
+        assert len(sent) >= 2
+        assert math.isclose(sent[0][1].window_s, sent[0][0], abs_tol=0.02)
+        for (t0, _), (t1, report) in itertools.pairwise(sent):
+            assert math.isclose(report.window_s, t1 - t0, abs_tol=0.02)
