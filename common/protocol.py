@@ -225,6 +225,47 @@ def encode(msg: Message) -> bytes:
     return packed
 
 
+_pack = msgpack.Packer(use_bin_type=True).pack
+
+
+class OkResults:
+    """Encodes the `ok` results of one batch to exactly the bytes `encode(Result(...))` gives.
+
+    The server answers thousands of results a second that differ only in four fields; building
+    a frozen `Result` and its dict per reply cost ~4 us, a fifth of an aiohttp echo's whole
+    round trip. The fields shared by the batch are packed once here, and a reply packs only its
+    own four values between them (a msgpack map is its header followed by key, value pairs).
+    """
+
+    __slots__ = ("_head", "_middle", "_tail")
+
+    def __init__(self, compute_us: int, batch_size: int, model: str) -> None:
+        shared = Result(sample_id=0, compute_us=compute_us, batch_size=batch_size, model=model)
+        names = (*_FIELDS[Result], "type")
+        values = {name: getattr(shared, name) for name in _FIELDS[Result]} | {"type": "result"}
+        if names[:5] != ("sample_id", "status", "prediction", "confidence", "queue_us"):
+            raise AssertionError("Result's field order changed: update OkResults")
+
+        def pairs(keys: tuple[str, ...]) -> bytes:
+            return b"".join(_pack(k) + _pack(values[k]) for k in keys)
+
+        self._head = _pack_map_header(len(names)) + _pack("sample_id")
+        self._middle = (pairs(("status",)) + _pack("prediction"), _pack("confidence"),
+                        _pack("queue_us"))
+        self._tail = pairs(names[5:])
+
+    def encode(self, sample_id: int, prediction: int, confidence: float, queue_us: int) -> bytes:
+        status_prediction, confidence_key, queue_key = self._middle
+        return b"".join((self._head, _pack(sample_id), status_prediction, _pack(prediction),
+                         confidence_key, _pack(confidence), queue_key, _pack(queue_us),
+                         self._tail))
+
+
+def _pack_map_header(n: int) -> bytes:
+    header: bytes = msgpack.Packer().pack_map_header(n)  # autoreset: returns the bytes
+    return header
+
+
 def decode(data: bytes | bytearray | memoryview) -> Message:
     """Unpack and validate one message; raise `ProtocolError` with a reason on anything else."""
     if len(data) > MAX_MESSAGE_BYTES:

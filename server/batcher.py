@@ -167,9 +167,10 @@ class Batcher:
         if target > real:
             await asyncio.sleep(target - real)
         end = self._loop.time()
-        self.stats.on_batch([start - r.arrival for r in batch], end - start,
-                            overrun=padded and real > target, model_s=real, model_cpu_s=cpu)
-        self._loop.call_soon(_answer, batch, out, running.model, start, end)
+        queue_s = start - np.fromiter([r.arrival for r in batch], np.float64, len(batch))
+        self.stats.on_batch(queue_s, end - start, overrun=padded and real > target,
+                            model_s=real, model_cpu_s=cpu)
+        self._loop.call_soon(_answer, batch, out, running.model, queue_s, end - start)
 
     # --- deadlines ------------------------------------------------------------------------
 
@@ -226,16 +227,28 @@ def _timed(clock: Callable[[], float], run: Callable[[np.ndarray], BatchOutput],
     return out, start, clock() - start, time.thread_time() - cpu
 
 
-def _answer(batch: list[Request], out: BatchOutput, model: str, start: float,
-            end: float) -> None:
-    compute_us = int((end - start) * 1e6)
+def _answer(batch: list[Request], out: BatchOutput, model: str, queue_s: np.ndarray,
+            compute_s: float) -> None:
+    """Answer a batch's requests: a device socket's (`Request.send`) with the bytes of its
+    result packed from the batch's shared fields (`wire.OkResults`), others with a `Result`."""
+    compute_us, size = int(compute_s * 1e6), len(batch)
     probs = out.probs
-    names = out.models or (model,) * len(batch)
-    for r, p, c, name in zip(batch, probs.argmax(axis=1).tolist(), probs.max(axis=1).tolist(),
-                             names, strict=True):
-        r.respond(wire.Result(sample_id=r.sample_id, prediction=p, confidence=c,
-                              queue_us=int((start - r.arrival) * 1e6), compute_us=compute_us,
-                              batch_size=len(batch), model=name))
+    predictions, confidences = probs.argmax(axis=1).tolist(), probs.max(axis=1).tolist()
+    queue_us = (queue_s * 1e6).astype(np.int64).tolist()  # truncated, as int() would
+    if out.models is None:
+        encode = wire.OkResults(compute_us, size, model).encode
+        for r, p, c, q in zip(batch, predictions, confidences, queue_us, strict=True):
+            if r.send is not None:
+                r.send(encode(r.sample_id, p, c, q))
+            else:
+                r.respond(wire.Result(sample_id=r.sample_id, prediction=p, confidence=c,
+                                      queue_us=q, compute_us=compute_us, batch_size=size,
+                                      model=model))
+        return
+    for r, p, c, q, name in zip(batch, predictions, confidences, queue_us, out.models,
+                                strict=True):
+        r.respond(wire.Result(sample_id=r.sample_id, prediction=p, confidence=c, queue_us=q,
+                              compute_us=compute_us, batch_size=size, model=name))
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

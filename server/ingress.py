@@ -127,6 +127,10 @@ class Outbox:
             self._items.append(data)
         self._wake.set()
 
+    def respond(self, res: wire.Result) -> None:
+        """A request's `respond`: the result, encoded, as any other message."""
+        self.send(wire.encode(res))
+
     async def _drain(self) -> None:
         while True:
             if self._suspended is not None:
@@ -309,8 +313,8 @@ def _on_infer(rt: Runtime, device_id: str, msg: wire.Infer, x: np.ndarray, outbo
     """A sample the device's uplink delivers now: its budget starts now."""
     now = loop.time()
     budget_ms = msg.deadline_ms if msg.deadline_ms > 0 else DEFAULT_DEADLINE_MS
-    req = Request(device_id, msg.sample_id, x, now, now + budget_ms / 1e3,
-                  lambda res: outbox.send(wire.encode(res)))
+    req = Request(device_id, msg.sample_id, x, now, now + budget_ms / 1e3, outbox.respond,
+                  outbox.send)
     _admit(rt, req)
 
 

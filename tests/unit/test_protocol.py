@@ -41,6 +41,26 @@ class TestRoundTrip:
         assert isinstance(msg, wire.Infer) and msg.shape == (1, 64) and msg.deadline_ms == 0.0
 
 
+class TestOkResults:
+    @given(sample_id=st.integers(-(2**63), 2**64 - 1), prediction=st.integers(0, 2**31),
+           confidence=st.floats(allow_nan=False, allow_infinity=False),
+           queue_us=st.integers(-(2**63), 2**63 - 1), compute_us=st.integers(0, 2**40),
+           batch_size=st.integers(1, 4096), model=st.text(max_size=40))
+    @settings(max_examples=300, deadline=None)
+    def test_same_bytes_as_encoding_a_result(self, sample_id: int, prediction: int,
+                                             confidence: float, queue_us: int, compute_us: int,
+                                             batch_size: int, model: str) -> None:
+        """The batch encoder's bytes are exactly `encode(Result(...))`'s, so a device cannot
+        tell which path answered it."""
+        fast = wire.OkResults(compute_us, batch_size, model).encode(sample_id, prediction,
+                                                                    confidence, queue_us)
+        res = wire.Result(sample_id=sample_id, prediction=prediction, confidence=confidence,
+                          queue_us=queue_us, compute_us=compute_us, batch_size=batch_size,
+                          model=model)
+        assert fast == wire.encode(res)
+        assert wire.decode(fast) == res
+
+
 def _refused(raw: bytes, code: wire.ErrorCode) -> str:
     with pytest.raises(wire.ProtocolError) as err:
         wire.decode(raw)
