@@ -56,9 +56,13 @@ class Batcher:
         called exactly once."""
         if self._closed:
             raise AdmissionRefused("shutdown", "server is shutting down")
-        self.admission.check(queued=len(self.queue), max_batch_size=self.policy.max_batch_size,
-                             busy_until=self._busy_until, now=req.arrival,
-                             deadline=req.deadline, batch_s=self.batch_s)
+        admission, queued = self.admission, len(self.queue)
+        # `check` refuses only at the bound or by the deadline estimate: below the bound in
+        # "bound" mode there is nothing to ask it (this runs once per request).
+        if queued >= admission.max_queue_size or admission.mode == "deadline":
+            admission.check(queued=queued, max_batch_size=self.policy.max_batch_size,
+                            busy_until=self._busy_until, now=req.arrival,
+                            deadline=req.deadline, batch_s=self.batch_s)
         try:
             self.queue.push(req)
         except QueueFull as exc:
