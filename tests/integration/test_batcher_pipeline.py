@@ -179,3 +179,27 @@ async def test_a_socket_request_gets_its_result_as_bytes_and_others_a_result() -
         assert res.prediction == int(expected[i].argmax())
         assert res.confidence == pytest.approx(float(expected[i].max()), rel=1e-5)
         assert res.queue_us >= 0 and res.compute_us > 0
+
+
+async def test_the_model_thread_runs_jobs_in_order_and_hands_back_results_and_errors() -> None:
+    """Jobs run one at a time, in order, off the event loop's thread; an exception reaches the
+    awaiting coroutine; a job whose awaiter gave up does not break the next ones."""
+    from server.batcher import ModelThread
+
+    worker = ModelThread(asyncio.get_running_loop(), name="test-model")
+    ran: list[tuple[int, str]] = []
+
+    def job(i: int) -> int:
+        ran.append((i, threading.current_thread().name))
+        if i == 2:
+            raise ValueError("broken batch")
+        return i * 10
+
+    futures = [worker.run(job, i) for i in range(5)]
+    futures[3].cancel()
+    assert await futures[0] == 0 and await futures[1] == 10
+    with pytest.raises(ValueError, match="broken batch"):
+        await futures[2]
+    assert await futures[4] == 40
+    worker.shutdown()
+    assert ran == [(i, "test-model") for i in range(5)]
