@@ -7,6 +7,7 @@ either returns a valid message or raises `ProtocolError`; it never raises anythi
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, fields
 from enum import IntEnum
@@ -233,37 +234,38 @@ class OkResults:
 
     The server answers thousands of results a second that differ only in four fields; building
     a frozen `Result` and its dict per reply cost ~4 us, a fifth of an aiohttp echo's whole
-    round trip. The fields shared by the batch are packed once here, and a reply packs only its
-    own four values between them (a msgpack map is its header followed by key, value pairs).
+    round trip. The fields shared by the batch are packed once (those shared by every batch of
+    a size and model, once per process), and a reply packs only its own four values between
+    them (a msgpack map is its header followed by key, value pairs, in `Result`'s field order).
     """
 
-    __slots__ = ("_head", "_middle", "_tail")
+    __slots__ = ("_tail",)
 
     def __init__(self, compute_us: int, batch_size: int, model: str) -> None:
-        shared = Result(sample_id=0, compute_us=compute_us, batch_size=batch_size, model=model)
-        names = (*_FIELDS[Result], "type")
-        values = {name: getattr(shared, name) for name in _FIELDS[Result]} | {"type": "result"}
-        if names[:5] != ("sample_id", "status", "prediction", "confidence", "queue_us"):
-            raise AssertionError("Result's field order changed: update OkResults")
-
-        def pairs(keys: tuple[str, ...]) -> bytes:
-            return b"".join(_pack(k) + _pack(values[k]) for k in keys)
-
-        self._head = _pack_map_header(len(names)) + _pack("sample_id")
-        self._middle = (pairs(("status",)) + _pack("prediction"), _pack("confidence"),
-                        _pack("queue_us"))
-        self._tail = pairs(names[5:])
+        self._tail = _pack("compute_us") + _pack(compute_us) + _ok_tail(batch_size, model)
 
     def encode(self, sample_id: int, prediction: int, confidence: float, queue_us: int) -> bytes:
-        status_prediction, confidence_key, queue_key = self._middle
-        return b"".join((self._head, _pack(sample_id), status_prediction, _pack(prediction),
-                         confidence_key, _pack(confidence), queue_key, _pack(queue_us),
+        return b"".join((_OK_HEAD, _pack(sample_id), _OK_STATUS_PREDICTION, _pack(prediction),
+                         _OK_CONFIDENCE, _pack(confidence), _OK_QUEUE, _pack(queue_us),
                          self._tail))
 
 
-def _pack_map_header(n: int) -> bytes:
-    header: bytes = msgpack.Packer().pack_map_header(n)  # autoreset: returns the bytes
-    return header
+_RESULT_KEYS: Final = (*_FIELDS[Result], "type")
+if _RESULT_KEYS[:6] != ("sample_id", "status", "prediction", "confidence", "queue_us",
+                        "compute_us"):
+    raise AssertionError("Result's field order changed: update OkResults")
+_OK_HEAD: Final = msgpack.Packer().pack_map_header(len(_RESULT_KEYS)) + _pack("sample_id")
+_OK_STATUS_PREDICTION: Final = _pack("status") + _pack(int(ResultStatus.OK)) + _pack("prediction")
+_OK_CONFIDENCE: Final = _pack("confidence")
+_OK_QUEUE: Final = _pack("queue_us")
+
+
+@functools.lru_cache(maxsize=1024)
+def _ok_tail(batch_size: int, model: str) -> bytes:
+    """The packed fields after `compute_us` of an `ok` result: its batch size, model, type."""
+    shared = Result(sample_id=0, batch_size=batch_size, model=model)
+    return b"".join(_pack(k) + _pack(getattr(shared, k) if k != "type" else Result.TYPE)
+                    for k in _RESULT_KEYS[6:])
 
 
 def decode(data: bytes | bytearray | memoryview) -> Message:
