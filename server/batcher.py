@@ -8,12 +8,14 @@ request is answered when its deadline passes, not when a batch slot frees (Trito
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -27,6 +29,54 @@ from server.stats import ServerStats
 from server.tensors import model_input
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ModelThread:
+    """The one thread the heavy model runs in: a job goes in through a queue and its outcome
+    comes back to the event loop with one `call_soon_threadsafe`.
+
+    `run_in_executor` on a `ThreadPoolExecutor` did the same through a concurrent future, its
+    condition lock and callbacks, and an asyncio future chained to it: Python work on both
+    threads per batch, and each time the model's thread needs the GIL the event loop waits.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, name: str = "heavy-model") -> None:
+        self._loop = loop
+        self._jobs: queue.SimpleQueue[tuple[asyncio.Future[Any], Callable[..., Any],
+                                            tuple[Any, ...]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """`fn(*args)` in the thread, after the jobs before it; its result or exception."""
+        fut: asyncio.Future[T] = self._loop.create_future()
+        self._jobs.put((fut, fn, args))
+        return fut
+
+    def shutdown(self) -> None:
+        """Finish the jobs queued, then end the thread."""
+        self._jobs.put(None)
+        self._thread.join()
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fut, fn, args = job
+            try:
+                outcome, failed = fn(*args), False
+            except BaseException as exc:  # handed to the awaiting coroutine
+                outcome, failed = exc, True
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                self._loop.call_soon_threadsafe(_settle, fut, outcome, failed)
+
+
+def _settle(fut: asyncio.Future[Any], outcome: Any, failed: bool) -> None:
+    if fut.done():  # cancelled while the model ran
+        return
+    if failed:
+        fut.set_exception(outcome)
+    else:
+        fut.set_result(outcome)
 
 
 class Batcher:
@@ -48,7 +98,7 @@ class Batcher:
         """Queue length at which a submission wakes the waiting batcher."""
         self._expiry: asyncio.TimerHandle | None = None
         self._expiry_at = float("inf")
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="heavy-model")
+        self._model_thread = ModelThread(self._loop)
         self._closed = False
 
     def submit(self, req: Request) -> None:
@@ -56,9 +106,13 @@ class Batcher:
         called exactly once."""
         if self._closed:
             raise AdmissionRefused("shutdown", "server is shutting down")
-        self.admission.check(queued=len(self.queue), max_batch_size=self.policy.max_batch_size,
-                             busy_until=self._busy_until, now=req.arrival,
-                             deadline=req.deadline, batch_s=self.batch_s)
+        admission, queued = self.admission, len(self.queue)
+        # `check` refuses only at the bound or by the deadline estimate: below the bound in
+        # "bound" mode there is nothing to ask it (this runs once per request).
+        if queued >= admission.max_queue_size or admission.mode == "deadline":
+            admission.check(queued=queued, max_batch_size=self.policy.max_batch_size,
+                            busy_until=self._busy_until, now=req.arrival,
+                            deadline=req.deadline, batch_s=self.batch_s)
         try:
             self.queue.push(req)
         except QueueFull as exc:
@@ -142,8 +196,8 @@ class Batcher:
         begins = max(now, self._busy_until) if behind else now
         self._busy_until = begins + self.batch_s(len(batch))
         model, profile = self.model, self.profile  # a switch mid-batch applies to the next
-        fut = self._loop.run_in_executor(self._pool, _timed, self._loop.time, model.run,
-                                         model_input([r.x for r in batch]))
+        fut = self._model_thread.run(_timed, self._loop.time, model.run,
+                                     model_input([r.x for r in batch]))
         return _Running(batch, model.name, profile, fut)
 
     async def _finish(self, running: _Running) -> None:
@@ -167,9 +221,10 @@ class Batcher:
         if target > real:
             await asyncio.sleep(target - real)
         end = self._loop.time()
-        self.stats.on_batch([start - r.arrival for r in batch], end - start,
-                            overrun=padded and real > target, model_s=real, model_cpu_s=cpu)
-        self._loop.call_soon(_answer, batch, out, running.model, start, end)
+        queue_s = start - np.fromiter([r.arrival for r in batch], np.float64, len(batch))
+        self.stats.on_batch(queue_s, end - start, overrun=padded and real > target,
+                            model_s=real, model_cpu_s=cpu)
+        self._loop.call_soon(_answer, batch, out, running.model, queue_s, end - start)
 
     # --- deadlines ------------------------------------------------------------------------
 
@@ -205,7 +260,7 @@ class Batcher:
             r.respond(wire.Result(sample_id=r.sample_id, status=wire.ResultStatus.REJECTED,
                                   reason="server shutting down", cause="shutdown"))
         self.stats.queued = 0
-        self._pool.shutdown(wait=True)
+        self._model_thread.shutdown()
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,16 +281,28 @@ def _timed(clock: Callable[[], float], run: Callable[[np.ndarray], BatchOutput],
     return out, start, clock() - start, time.thread_time() - cpu
 
 
-def _answer(batch: list[Request], out: BatchOutput, model: str, start: float,
-            end: float) -> None:
-    compute_us = int((end - start) * 1e6)
+def _answer(batch: list[Request], out: BatchOutput, model: str, queue_s: np.ndarray,
+            compute_s: float) -> None:
+    """Answer a batch's requests: a device socket's (`Request.send`) with the bytes of its
+    result packed from the batch's shared fields (`wire.OkResults`), others with a `Result`."""
+    compute_us, size = int(compute_s * 1e6), len(batch)
     probs = out.probs
-    names = out.models or (model,) * len(batch)
-    for r, p, c, name in zip(batch, probs.argmax(axis=1).tolist(), probs.max(axis=1).tolist(),
-                             names, strict=True):
-        r.respond(wire.Result(sample_id=r.sample_id, prediction=p, confidence=c,
-                              queue_us=int((start - r.arrival) * 1e6), compute_us=compute_us,
-                              batch_size=len(batch), model=name))
+    predictions, confidences = probs.argmax(axis=1).tolist(), probs.max(axis=1).tolist()
+    queue_us = (queue_s * 1e6).astype(np.int64).tolist()  # truncated, as int() would
+    if out.models is None:
+        encode = wire.OkResults(compute_us, size, model).encode
+        for r, p, c, q in zip(batch, predictions, confidences, queue_us, strict=True):
+            if r.send is not None:
+                r.send(encode(r.sample_id, p, c, q))
+            else:
+                r.respond(wire.Result(sample_id=r.sample_id, prediction=p, confidence=c,
+                                      queue_us=q, compute_us=compute_us, batch_size=size,
+                                      model=model))
+        return
+    for r, p, c, q, name in zip(batch, predictions, confidences, queue_us, out.models,
+                                strict=True):
+        r.respond(wire.Result(sample_id=r.sample_id, prediction=p, confidence=c, queue_us=q,
+                              compute_us=compute_us, batch_size=size, model=name))
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

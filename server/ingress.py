@@ -24,7 +24,7 @@ from server.admission import AdmissionRefused
 from server.control import DuplicateDevice
 from server.request_queue import Request
 from server.runtime import GUARD, RUNTIME, Runtime
-from server.tensors import sample_from_infer
+from server.tensors import sample_from_infer, sample_view
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,10 @@ class Outbox:
         else:
             self._items.append(data)
         self._wake.set()
+
+    def respond(self, res: wire.Result) -> None:
+        """A request's `respond`: the result, encoded, as any other message."""
+        self.send(wire.encode(res))
 
     async def _drain(self) -> None:
         while True:
@@ -275,6 +279,16 @@ async def _handshake(rt: Runtime, ws: web.WebSocketResponse, path_id: str,
 
 def _on_frame(rt: Runtime, device_id: str, data: bytes, outbox: Outbox,
               loop: asyncio.AbstractEventLoop, held: Held | None = None) -> None:
+    fields = wire.infer_fields(data)
+    if fields is not None:  # a device's usual message, checked without building an `Infer`
+        sample_id, dtype, shape, payload, deadline_ms, hold_ms = fields
+        try:
+            x = sample_view(dtype, shape, payload, rt.model)
+        except wire.ProtocolError as exc:
+            _error(rt, outbox, exc.code, exc.reason, sample_id)
+            return
+        _take_infer(rt, device_id, sample_id, deadline_ms, hold_ms, x, outbox, loop, held)
+        return
     try:
         msg = wire.decode(data)
     except wire.ProtocolError as exc:
@@ -286,14 +300,8 @@ def _on_frame(rt: Runtime, device_id: str, data: bytes, outbox: Outbox,
         except wire.ProtocolError as exc:
             _error(rt, outbox, exc.code, exc.reason, msg.sample_id)
             return
-        if msg.hold_ms <= 0 or held is None:
-            _on_infer(rt, device_id, msg, x, outbox, loop)
-        elif not held.hold(msg.hold_ms / 1e3, _on_infer, rt, device_id, msg, x, outbox, loop):
-            rt.stats.on_rejected("link_backlog")
-            outbox.send(wire.encode(wire.Result(
-                sample_id=msg.sample_id, status=wire.ResultStatus.REJECTED,
-                reason=f"more than {MAX_HELD} messages on this device's uplink",
-                cause="link_backlog")))
+        _take_infer(rt, device_id, msg.sample_id, msg.deadline_ms, msg.hold_ms, x, outbox,
+                    loop, held)
     elif isinstance(msg, wire.Report):
         if msg.hold_ms <= 0 or held is None:
             _on_report(rt, device_id, msg, outbox, loop)
@@ -304,14 +312,28 @@ def _on_frame(rt: Runtime, device_id: str, data: bytes, outbox: Outbox,
                f"{msg.TYPE} is not a device message after hello")
 
 
-def _on_infer(rt: Runtime, device_id: str, msg: wire.Infer, x: np.ndarray, outbox: Outbox,
-              loop: asyncio.AbstractEventLoop) -> None:
+def _take_infer(rt: Runtime, device_id: str, sample_id: int, deadline_ms: float,
+                hold_ms: float, x: np.ndarray, outbox: Outbox,
+                loop: asyncio.AbstractEventLoop, held: Held | None) -> None:
+    """A checked sample: queued now, or when its emulated uplink delivers it (`hold_ms`)."""
+    if hold_ms <= 0 or held is None:
+        _on_infer(rt, device_id, sample_id, deadline_ms, x, outbox, loop)
+    elif not held.hold(hold_ms / 1e3, _on_infer, rt, device_id, sample_id, deadline_ms, x,
+                       outbox, loop):
+        rt.stats.on_rejected("link_backlog")
+        outbox.send(wire.encode(wire.Result(
+            sample_id=sample_id, status=wire.ResultStatus.REJECTED,
+            reason=f"more than {MAX_HELD} messages on this device's uplink",
+            cause="link_backlog")))
+
+
+def _on_infer(rt: Runtime, device_id: str, sample_id: int, deadline_ms: float, x: np.ndarray,
+              outbox: Outbox, loop: asyncio.AbstractEventLoop) -> None:
     """A sample the device's uplink delivers now: its budget starts now."""
     now = loop.time()
-    budget_ms = msg.deadline_ms if msg.deadline_ms > 0 else DEFAULT_DEADLINE_MS
-    req = Request(device_id, msg.sample_id, x, now, now + budget_ms / 1e3,
-                  lambda res: outbox.send(wire.encode(res)))
-    _admit(rt, req)
+    budget_ms = deadline_ms if deadline_ms > 0 else DEFAULT_DEADLINE_MS
+    _admit(rt, Request(device_id, sample_id, x, now, now + budget_ms / 1e3, outbox.respond,
+                       outbox.send))
 
 
 def _on_report(rt: Runtime, device_id: str, msg: wire.Report, outbox: Outbox,

@@ -17,7 +17,8 @@ import numpy as np
 
 @dataclass(slots=True, eq=False)
 class Request:
-    """One queued sample. `respond` is called exactly once with the outcome."""
+    """One queued sample. It is answered exactly once: `respond` is called with the outcome,
+    or `send` with its encoded bytes."""
 
     device_id: str
     sample_id: int
@@ -25,6 +26,10 @@ class Request:
     arrival: float
     deadline: float
     respond: Callable[..., Any]
+    send: Callable[[bytes], Any] | None = None
+    """Where `respond`'s message goes, for a result already encoded (a device socket's
+    `Outbox.send`): the batcher packs a batch's results without building `Result`s. None: only
+    `respond`. Whoever wraps `respond` (to relabel a result, say) must drop this."""
     seq: int = field(default=-1)
 
 

@@ -7,9 +7,14 @@ servers can live in one test process.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from server.scheduling.base import ServerWindow
 
@@ -34,6 +39,39 @@ class _Window:
     (scripts/bench_server.py)."""
 
 
+class BatchHistogram(Collector):
+    """A Prometheus histogram observed a batch of values at a time.
+
+    `Histogram.observe` takes a lock per value: per request that was ~0.5 us of the server's
+    time. This one counts a whole batch with one `searchsorted` and is exported as the same
+    histogram (same name, buckets, `_count` and `_sum`) through the client's collector
+    interface. Used from the event loop's thread only, as the scrape is.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float],
+                 registry: CollectorRegistry) -> None:
+        self.name, self.documentation = name, documentation
+        self._bounds = np.asarray(buckets, dtype=np.float64)
+        self._counts = np.zeros(len(self._bounds) + 1, dtype=np.int64)
+        """Per bucket, not cumulative; the last one is +Inf."""
+        self._sum = 0.0
+        registry.register(self)
+
+    def observe(self, values: Sequence[float] | np.ndarray) -> None:
+        v = np.asarray(values, dtype=np.float64)
+        # A value v falls in the first bucket whose bound is >= v, as in `Histogram.observe`.
+        self._counts += np.bincount(np.searchsorted(self._bounds, v, side="left"),
+                                    minlength=len(self._counts))
+        self._sum += float(v.sum())
+
+    def collect(self) -> Iterator[Metric]:
+        cumulative = np.cumsum(self._counts).tolist()
+        les = [floatToGoString(b) for b in self._bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+        yield HistogramMetricFamily(self.name, self.documentation,
+                                    buckets=list(zip(les, cumulative, strict=True)),
+                                    sum_value=self._sum)
+
+
 class ServerStats:
     def __init__(self) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` is clutter here
@@ -54,9 +92,8 @@ class ServerStats:
                                 registry=r)
         self.batch_size = Histogram("testbed_server_batch_size", "Samples per batch.",
                                     buckets=_BATCH, registry=r)
-        self.queue_seconds = Histogram("testbed_server_queue_seconds",
-                                       "Time from receipt to batch start.", buckets=_SECONDS,
-                                       registry=r)
+        self.queue_seconds = BatchHistogram("testbed_server_queue_seconds",
+                                            "Time from receipt to batch start.", _SECONDS, r)
         self.compute_seconds = Histogram("testbed_server_compute_seconds",
                                          "Batch compute time, padded.", buckets=_SECONDS,
                                          registry=r)
@@ -123,7 +160,7 @@ class ServerStats:
     def on_protocol_error(self, code: str) -> None:
         self.protocol_errors.labels(code).inc()
 
-    def on_batch(self, queue_s: list[float], padded_s: float, overrun: bool, *,
+    def on_batch(self, queue_s: Sequence[float] | np.ndarray, padded_s: float, overrun: bool, *,
                  completed: int | None = None, size: int | None = None,
                  model_s: float = 0.0, model_cpu_s: float = 0.0) -> None:
         """A batch ran. A stage of an early-exit model runs `size` samples, of which
@@ -136,13 +173,13 @@ class ServerStats:
         self.overruns.inc(overrun)
         self.batch_size.observe(b)
         self.compute_seconds.observe(padded_s)
-        for q in queue_s:
-            self.queue_seconds.observe(q)
+        self.queue_seconds.observe(queue_s)
+        queued_s = float(np.sum(queue_s))
         for w in (self._window, self.totals):
             w.completed += n
             w.batches += 1
             w.batch_sum += b
-            w.queue_s_sum += sum(queue_s)
+            w.queue_s_sum += queued_s
             w.busy_s += padded_s
             w.model_s += model_s
             w.model_cpu_s += model_cpu_s

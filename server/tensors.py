@@ -14,7 +14,8 @@ import numpy as np
 from common import protocol as wire
 
 _SCALE = np.float32(1 / 255)
-_ITEMSIZE = {dtype: np.dtype(dtype).itemsize for dtype in wire.ALLOWED_DTYPES}
+_DTYPES = {name: np.dtype(name) for name in wire.ALLOWED_DTYPES}
+_FLOAT32 = _DTYPES["float32"]
 
 
 class TakesInput(Protocol):
@@ -26,22 +27,32 @@ class TakesInput(Protocol):
 def sample_from_infer(msg: wire.Infer, model: TakesInput) -> np.ndarray:
     """A read-only view of the sample in its wire dtype, shaped as the model's input, or
     `ProtocolError(BAD_TENSOR)` with a reason."""
-    if msg.dtype not in wire.ALLOWED_DTYPES:
+    return sample_view(msg.dtype, msg.shape, msg.data, model)
+
+
+def sample_view(dtype_name: str, shape: tuple[int, ...], data: bytes,
+                model: TakesInput) -> np.ndarray:
+    """`sample_from_infer` on an infer's fields (`wire.infer_fields`). Runs once per forwarded
+    sample: the dtype is looked up, not parsed, and a view already of the model's shape is not
+    reshaped."""
+    dtype = _DTYPES.get(dtype_name)
+    if dtype is None:
         raise wire.ProtocolError(wire.ErrorCode.BAD_TENSOR,
-                                 f"dtype {msg.dtype!r} not in {sorted(wire.ALLOWED_DTYPES)}")
-    count = math.prod(msg.shape)
+                                 f"dtype {dtype_name!r} not in {sorted(wire.ALLOWED_DTYPES)}")
+    count = shape[0] if len(shape) == 1 else math.prod(shape)
     if count != model.sample_size:
         raise wire.ProtocolError(wire.ErrorCode.BAD_TENSOR,
-                                 f"shape {list(msg.shape)} has {count} values; model "
+                                 f"shape {list(shape)} has {count} values; model "
                                  f"{model.name} takes {model.sample_size} "
                                  f"{list(model.sample_shape)}")
-    itemsize = _ITEMSIZE[msg.dtype]
-    if len(msg.data) != count * itemsize:
+    if len(data) != count * dtype.itemsize:
         raise wire.ProtocolError(wire.ErrorCode.BAD_TENSOR,
-                                 f"data has {len(msg.data)} bytes, shape and dtype need "
-                                 f"{count * itemsize}")
-    arr = np.frombuffer(msg.data, dtype=msg.dtype).reshape(model.sample_shape)
-    if msg.dtype == "float32" and not np.isfinite(arr).all():
+                                 f"data has {len(data)} bytes, shape and dtype need "
+                                 f"{count * dtype.itemsize}")
+    arr = np.frombuffer(data, dtype)  # positional: keywords cost ~0.15 us here
+    if arr.shape != model.sample_shape:
+        arr = arr.reshape(model.sample_shape)
+    if dtype is _FLOAT32 and not np.isfinite(arr).all():
         raise wire.ProtocolError(wire.ErrorCode.BAD_TENSOR, "tensor has NaN or inf values")
     return arr
 

@@ -93,8 +93,7 @@ class EarlyExitBatcher(Batcher):
         self._busy_until = start + (profile.target_s(len(items)) if profile else 0.0)
         t = time.perf_counter()
         try:
-            probs, act = await self._loop.run_in_executor(self._pool, self.staged.run_stage,
-                                                          d.stage, x)
+            probs, act = await self._model_thread.run(self.staged.run_stage, d.stage, x)
         except Exception as exc:  # a broken stage must not take the server down
             self.stats.on_failed(len(items))
             for p in items:

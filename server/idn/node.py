@@ -135,7 +135,7 @@ class IdnNodeRuntime:
         def relabel(res: wire.Result) -> None:
             respond(dataclasses.replace(res, model=label) if res.model else res)
 
-        self.held[model].batcher.submit(dataclasses.replace(req, respond=relabel))
+        self.held[model].batcher.submit(dataclasses.replace(req, respond=relabel, send=None))
         self.counts.local[model] = self.counts.local.get(model, 0) + 1
         if self.upstream_ms is not None:
             self.seen.append(Seen(self.path_ms, self.upstream_ms))

@@ -131,3 +131,75 @@ async def test_a_batch_that_fills_up_while_one_runs_is_handed_over_at_once() -> 
         await asyncio.gather(task, return_exceptions=True)
         await batcher.close()
     assert model.sizes == [32, 32, 10] and set(answers.values()) == {1}
+
+
+async def test_a_socket_request_gets_its_result_as_bytes_and_others_a_result() -> None:
+    """A request with `send` (a device socket) is answered with the encoded result and never
+    through `respond`; one without gets the `Result`; both carry the same fields."""
+    zoo = open_zoo()
+    model = HeavyModel(zoo, "heavy-cnn")
+    queue = RequestQueue(64)
+    batcher = Batcher(model, queue, BatchPolicy(8, 0.001), None, ServerStats())
+    pixels = zoo.dataset("test").x[:8]
+    expected = model.infer(pixels.astype(np.float32) / 255)
+    sent: dict[int, bytes] = {}
+    results: dict[int, wire.Result] = {}
+    done = asyncio.Event()
+
+    def count() -> None:
+        if len(sent) + len(results) == 8:
+            done.set()
+
+    def respond(res: wire.Result) -> None:
+        results[res.sample_id] = res
+        count()
+
+    def send(data: bytes) -> None:
+        res = wire.decode(data)
+        assert isinstance(res, wire.Result)
+        sent[res.sample_id] = data
+        count()
+
+    now = asyncio.get_running_loop().time()
+    for i in range(8):
+        batcher.submit(Request("dev", i, np.asarray(pixels[i], dtype=np.uint8), now, now + 30,
+                               respond, send if i % 2 else None))
+    task = asyncio.create_task(batcher.run())
+    try:
+        await asyncio.wait_for(done.wait(), 30)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await batcher.close()
+    assert sorted(sent) == [1, 3, 5, 7] and sorted(results) == [0, 2, 4, 6]
+    for i in range(8):
+        res = wire.decode(sent[i]) if i % 2 else results[i]
+        assert isinstance(res, wire.Result)
+        assert (res.status, res.batch_size, res.model) == (wire.ResultStatus.OK, 8, model.name)
+        assert res.prediction == int(expected[i].argmax())
+        assert res.confidence == pytest.approx(float(expected[i].max()), rel=1e-5)
+        assert res.queue_us >= 0 and res.compute_us > 0
+
+
+async def test_the_model_thread_runs_jobs_in_order_and_hands_back_results_and_errors() -> None:
+    """Jobs run one at a time, in order, off the event loop's thread; an exception reaches the
+    awaiting coroutine; a job whose awaiter gave up does not break the next ones."""
+    from server.batcher import ModelThread
+
+    worker = ModelThread(asyncio.get_running_loop(), name="test-model")
+    ran: list[tuple[int, str]] = []
+
+    def job(i: int) -> int:
+        ran.append((i, threading.current_thread().name))
+        if i == 2:
+            raise ValueError("broken batch")
+        return i * 10
+
+    futures = [worker.run(job, i) for i in range(5)]
+    futures[3].cancel()
+    assert await futures[0] == 0 and await futures[1] == 10
+    with pytest.raises(ValueError, match="broken batch"):
+        await futures[2]
+    assert await futures[4] == 40
+    worker.shutdown()
+    assert ran == [(i, "test-model") for i in range(5)]

@@ -41,6 +41,74 @@ class TestRoundTrip:
         assert isinstance(msg, wire.Infer) and msg.shape == (1, 64) and msg.deadline_ms == 0.0
 
 
+class TestOkResults:
+    @given(sample_id=st.integers(-(2**63), 2**64 - 1), prediction=st.integers(0, 2**31),
+           confidence=st.floats(allow_nan=False, allow_infinity=False),
+           queue_us=st.integers(-(2**63), 2**63 - 1), compute_us=st.integers(0, 2**40),
+           batch_size=st.integers(1, 4096), model=st.text(max_size=40))
+    @settings(max_examples=300, deadline=None)
+    def test_same_bytes_as_encoding_a_result(self, sample_id: int, prediction: int,
+                                             confidence: float, queue_us: int, compute_us: int,
+                                             batch_size: int, model: str) -> None:
+        """The batch encoder's bytes are exactly `encode(Result(...))`'s, so a device cannot
+        tell which path answered it."""
+        fast = wire.OkResults(compute_us, batch_size, model).encode(sample_id, prediction,
+                                                                    confidence, queue_us)
+        res = wire.Result(sample_id=sample_id, prediction=prediction, confidence=confidence,
+                          queue_us=queue_us, compute_us=compute_us, batch_size=batch_size,
+                          model=model)
+        assert fast == wire.encode(res)
+        assert wire.decode(fast) == res
+
+
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 2**21), st.floats(),
+                   st.sampled_from(["uint8", "float32", "infer", "x"]), st.binary(max_size=8),
+                   st.lists(st.one_of(st.integers(-1, 2**21), st.booleans(), st.floats()),
+                            max_size=10))
+_VALID = {"type": st.just("infer"), "sample_id": st.integers(-(2**63), 2**64 - 1),
+          "dtype": st.sampled_from(["uint8", "float32", "int8"]),
+          "shape": st.lists(st.integers(1, 2**21), max_size=8), "data": st.binary(max_size=8)}
+_NEAR_INFERS = st.tuples(
+    st.fixed_dictionaries(
+        _VALID, optional={"deadline_ms": st.one_of(st.floats(), st.integers(-5, 10**6)),
+                          "hold_ms": st.one_of(st.floats(-1, 4e6), st.integers(-1, 4 * 10**6),
+                                               st.floats())}),
+    st.dictionaries(st.sampled_from([*_VALID, "deadline_ms", "hold_ms", "extra"]), _VALUES,
+                    max_size=2),
+    st.sets(st.sampled_from(list(_VALID)), max_size=1),
+    st.booleans())
+"""Infer maps, most of them valid, some with a field of another type, missing or unknown."""
+
+
+class TestInferFields:
+    def test_a_device_infer_takes_the_fast_path(self) -> None:
+        msg = wire.Infer(sample_id=7, dtype="uint8", shape=(8, 8), data=bytes(64),
+                         deadline_ms=250.0)
+        assert wire.infer_fields(wire.encode(msg)) == (7, "uint8", (8, 8), bytes(64), 250.0,
+                                                       0.0)
+
+    @given(_NEAR_INFERS)
+    @settings(max_examples=3000, deadline=None)
+    def test_same_verdict_and_fields_as_decode(
+            self, case: tuple[dict[str, object], dict[str, object], set[str], bool]) -> None:
+        """Whatever the map, the fast path yields an infer's fields only when `decode` yields
+        that infer, and does for every infer `decode` accepts."""
+        body, changed, dropped, change = case
+        if change:
+            body = {k: v for k, v in {**body, **changed}.items() if k not in dropped}
+        raw = msgpack.packb(body)
+        fast = wire.infer_fields(raw)
+        try:
+            msg: wire.Message | None = wire.decode(raw)
+        except wire.ProtocolError:
+            msg = None
+        if isinstance(msg, wire.Infer):
+            assert fast == (msg.sample_id, msg.dtype, msg.shape, msg.data, msg.deadline_ms,
+                            msg.hold_ms)
+        else:
+            assert fast is None
+
+
 def _refused(raw: bytes, code: wire.ErrorCode) -> str:
     with pytest.raises(wire.ProtocolError) as err:
         wire.decode(raw)
