@@ -196,8 +196,9 @@ def test_watch_follows_a_run_already_going_and_ends_with_it(tmp_path: Path) -> N
             html = resp.read().decode()
         with urllib.request.urlopen(f"{page}/static/dashboard.js", timeout=5) as resp:
             script = resp.read().decode()
-        with pytest.raises(urllib.error.HTTPError):
+        with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"{page}/static/..%2F..%2Fapp.py", timeout=5)
+        refused.value.close()  # its socket, else a ResourceWarning fails a later test
         assert run.wait(60) == 0, run.output
         assert watcher.wait(40) == 0, watcher.output  # the server went silent: the run ended
     finally:
