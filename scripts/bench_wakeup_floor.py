@@ -27,6 +27,7 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,20 +52,24 @@ def _light_models() -> tuple[list[Any], np.ndarray]:
     return sessions, x
 
 
+def _model_run(index: int, models: tuple[list[Any], np.ndarray] | None
+               ) -> Callable[[], object] | None:
+    """This process's tier's model on one sample, or None (no `--work`)."""
+    if models is None:
+        return None
+    sessions, x = models
+    session = sessions[index % len(sessions)]
+    feed = {session.get_inputs()[0].name: x}
+    return lambda: session.run(None, feed)
+
+
 def _sleeper(index: int, t0: float, seconds: float, rate_hz: float,
              models: tuple[list[Any], np.ndarray] | None, out: Any,
              extra_wakeups: float | None = None) -> None:
     if extra_wakeups is not None:
         _looper(index, t0, seconds, rate_hz, models, out, extra_wakeups)
         return
-    run = None
-    if models is not None:
-        sessions, x = models
-        session = sessions[index % len(sessions)]
-        feed = {session.get_inputs()[0].name: x}
-
-        def run() -> None:
-            session.run(None, feed)
+    run = _model_run(index, models)
     rng = random.Random(index)
     time.sleep(max(t0 - time.monotonic(), 0.0))
     lags, cpu = [], time.process_time()
@@ -89,14 +94,7 @@ def _looper(index: int, t0: float, seconds: float, rate_hz: float,
     # goes to a file (`out`), and the process ends with os._exit, which touches none of them.
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))
     loop = precise_loop()
-    run = None
-    if models is not None:
-        sessions, x = models
-        session = sessions[index % len(sessions)]
-        feed = {session.get_inputs()[0].name: x}
-
-        def run() -> None:
-            session.run(None, feed)
+    run = _model_run(index, models)
     rng = random.Random(index)
     end = t0 + seconds
     lags: list[float] = []
