@@ -64,11 +64,7 @@ def _model_run(index: int, models: tuple[list[Any], np.ndarray] | None
 
 
 def _sleeper(index: int, t0: float, seconds: float, rate_hz: float,
-             models: tuple[list[Any], np.ndarray] | None, out: Any,
-             extra_wakeups: float | None = None) -> None:
-    if extra_wakeups is not None:
-        _looper(index, t0, seconds, rate_hz, models, out, extra_wakeups)
-        return
+             models: tuple[list[Any], np.ndarray] | None, out: Any) -> None:
     run = _model_run(index, models)
     rng = random.Random(index)
     time.sleep(max(t0 - time.monotonic(), 0.0))
@@ -136,7 +132,9 @@ def measure(count: int, seconds: float, rate_hz: float, work: bool,
         q: Any = ctx.Queue() if extra_wakeups is None else Path(tmp)
         models = _light_models() if work else None
         t0 = time.monotonic() + SETTLE_S + count * 0.005
-        procs = [ctx.Process(target=_sleeper,
+        procs = [ctx.Process(target=_sleeper, args=(i, t0, seconds, rate_hz, models, q))
+                 if extra_wakeups is None else
+                 ctx.Process(target=_looper,
                              args=(i, t0, seconds, rate_hz, models, q, extra_wakeups))
                  for i in range(count)]
         for p in procs:

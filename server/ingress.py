@@ -278,7 +278,7 @@ async def _handshake(rt: Runtime, ws: web.WebSocketResponse, path_id: str,
 
 
 def _on_frame(rt: Runtime, device_id: str, data: bytes, outbox: Outbox,
-              loop: asyncio.AbstractEventLoop, held: Held | None = None) -> None:
+              loop: asyncio.AbstractEventLoop, held: Held) -> None:
     fields = wire.infer_fields(data)
     if fields is not None:  # a device's usual message, checked without building an `Infer`
         sample_id, dtype, shape, payload, deadline_ms, hold_ms = fields
@@ -303,7 +303,7 @@ def _on_frame(rt: Runtime, device_id: str, data: bytes, outbox: Outbox,
         _take_infer(rt, device_id, msg.sample_id, msg.deadline_ms, msg.hold_ms, x, outbox,
                     loop, held)
     elif isinstance(msg, wire.Report):
-        if msg.hold_ms <= 0 or held is None:
+        if msg.hold_ms <= 0:
             _on_report(rt, device_id, msg, outbox, loop)
         elif not held.hold(msg.hold_ms / 1e3, _on_report, rt, device_id, msg, outbox, loop):
             rt.stats.on_protocol_error("link_backlog")
@@ -314,9 +314,9 @@ def _on_frame(rt: Runtime, device_id: str, data: bytes, outbox: Outbox,
 
 def _take_infer(rt: Runtime, device_id: str, sample_id: int, deadline_ms: float,
                 hold_ms: float, x: np.ndarray, outbox: Outbox,
-                loop: asyncio.AbstractEventLoop, held: Held | None) -> None:
+                loop: asyncio.AbstractEventLoop, held: Held) -> None:
     """A checked sample: queued now, or when its emulated uplink delivers it (`hold_ms`)."""
-    if hold_ms <= 0 or held is None:
+    if hold_ms <= 0:
         _on_infer(rt, device_id, sample_id, deadline_ms, x, outbox, loop)
     elif not held.hold(hold_ms / 1e3, _on_infer, rt, device_id, sample_id, deadline_ms, x,
                        outbox, loop):
