@@ -27,8 +27,10 @@ from testbed.console import (
     SweepProgress,
     claims_table,
     compare_table,
+    power_table,
     print_plan,
     print_summary,
+    tuning_table,
 )
 from testbed.orchestrator import TOKEN_FILE, RunError, default_run_dir, run_scenario
 from testbed.results.collect import collect
@@ -69,11 +71,28 @@ DashboardPort = Annotated[int, typer.Option(
 AsJson = Annotated[bool, typer.Option(
     "--json", help="print the summary (summary.json's content) as JSON on stdout, last; "
                    "everything else goes to stderr")]
+ReuseAny = Annotated[bool, typer.Option(
+    "--reuse-any", help="keep every finished run, even one made by other code or another "
+                        "scenario than today's (the output lists them)")]
 Expect = Annotated[list[str] | None, typer.Option(
     "--expect", metavar="CHECK",
     help="a check the run must pass, METRIC OP NUMBER (OP: >= <= > < ==), e.g. "
          "\"slo_satisfaction>=0.9\" or \"latency_ms.p95<=150\"; repeatable; a failed one "
          "makes the command exit 1")]
+
+
+def _print_reuse(stale: dict[str, str], reused_other: dict[str, str]) -> None:
+    """Say which finished runs are run again because other code or another scenario made
+    them, and which are kept anyway (--reuse-any)."""
+    if stale:
+        first, why = next(iter(stale.items()))
+        console.print(f"[yellow]{len(stale)} finished runs are run again[/yellow] (e.g. "
+                      f"{escape(first)}: {escape(why)}); --reuse-any keeps them")
+    if reused_other:
+        first, why = next(iter(reused_other.items()))
+        console.print(f"[yellow]--reuse-any: keeping {len(reused_other)} runs that other code "
+                      f"or another scenario made[/yellow] (e.g. {escape(first)}: "
+                      f"{escape(why)})")
 
 
 def _version(show: bool) -> None:
@@ -372,11 +391,12 @@ def sweep(scenario: Annotated[Path, typer.Argument(help="scenario TOML file with
           out: Annotated[Path | None, typer.Option(
               help="sweep folder (default runs/sweep-<name>); reused to resume")] = None,
           dry_run: Annotated[bool, typer.Option("--dry-run", help="list the runs only")]
-          = False, expect: Expect = None, ray: Ray = None) -> None:
+          = False, expect: Expect = None, ray: Ray = None, reuse_any: ReuseAny = False) -> None:
     """Run every combination of the scenario's [sweep] axes, one after another. Resumable:
-    run it again with the same --out and finished runs are skipped. With --expect, every
-    finished run (resumed ones too) must pass the checks."""
-    from testbed.sweep import expand, parse_axes, run_sweep, summaries
+    run it again with the same --out and finished runs are skipped, unless other code or
+    another scenario made them (--reuse-any keeps them anyway, and says so). With --expect,
+    every finished run (resumed ones too) must pass the checks."""
+    from testbed.sweep import Reuse, expand, parse_axes, partition, run_sweep, summaries
 
     try:
         base = load_scenario(scenario)
@@ -397,8 +417,11 @@ def sweep(scenario: Annotated[Path, typer.Argument(help="scenario TOML file with
     total_s = sum(p.cfg.duration_s for p in points)
     console.print(f"{len(points)} runs ({' x '.join(f'{a.name}[{len(a.values)}]' for a in axes)})"
                   f", {total_s / 60:.1f} min of arrivals -> {escape(str(sweep_dir))}")
+    reuse = Reuse(any=reuse_any)
+    todo, planned = partition(points, sweep_dir, reuse)
+    _print_reuse(planned.stale, planned.reused_other)
     if dry_run:
-        for point in points:
+        for point in todo:
             console.print(f"  {point.name}")
         return
     with SweepProgress(console) as progress:
@@ -410,7 +433,7 @@ def sweep(scenario: Annotated[Path, typer.Argument(help="scenario TOML file with
                 troubled[run_dir.name] = summary["run"]["problems"]
             return summary
 
-        outcome = run_sweep(points, axes, sweep_dir, run_one, progress.update)
+        outcome = run_sweep(points, axes, sweep_dir, run_one, progress.update, reuse)
     for _, summary, run_dir in summaries(sweep_dir) if expectations else ():
         missed = unmet(summary, expectations)
         if missed:
@@ -431,46 +454,94 @@ def sweep(scenario: Annotated[Path, typer.Argument(help="scenario TOML file with
 
 @app.command()
 def claims(quick: Annotated[bool, typer.Option(
-               "--quick", help="shorter runs (the whole set in under 25 min on 2 cores)")]
-           = False,
-           seeds: Annotated[int, typer.Option(help="seeds 1..N for both arms of every claim "
-                                                   "(at least 3)")] = 3,
+               "--quick", help="shorter runs and 3 seeds (the whole set in under 30 min on 2 "
+                               "cores): a smoke test of every design, not a result")] = False,
+           seeds: Annotated[int | None, typer.Option(
+               help="seeds 1..N for both arms of every claim (at least 3), instead of each "
+                    "claim's own count fixed in the catalog: for exploring, not for results")]
+           = None,
            only: Annotated[list[str] | None, typer.Option(
-               help="run only these claims (repeat the option)")] = None,
+               help="run only these claims (repeat the option, or a comma list)")] = None,
            out: Annotated[Path | None, typer.Option(
-               help="runs go here (default runs/claims/quick or runs/claims/full); finished "
-                    "runs are reused")] = None,
+               help="runs go here (default runs/claims/quick, runs/claims/full or, with "
+                    "--tune, runs/claims/tuning); finished runs of today's code are reused")]
+           = None,
+           tune: Annotated[bool, typer.Option(
+               "--tune", help="run the claims' tuning sweeps (scenarios/claims/tuning/) on the "
+                              "tuning seeds and write the chosen values to "
+                              "scenarios/claims/tuning/chosen.toml")] = False,
+           from_dir: Annotated[Path | None, typer.Option(
+               "--from", help="judge the runs already in this results folder; run nothing")]
+           = None,
+           reuse_any: ReuseAny = False,
            dry_run: Annotated[bool, typer.Option("--dry-run", help="list the runs only")]
            = False) -> None:
     """Run each paper's headline claim the way the paper tests it: both arms on the same seeds,
     a paired 95 % interval, the paper's number beside ours and a verdict (docs/claims.md). The
-    last line is one JSON object: {"claims": [{"id", "paper", "measured", "ci95", "unit",
-    "direction", "holds", ...}]}."""
-    from testbed.claims.catalog import Catalog
-    from testbed.claims.runner import claims_json, judge, plan, run_all, write_results
+    last line is one JSON object: {"commit", "claims": [{"id", "ci95", "unit", "direction",
+    "null", "holds", "holds_holm", "seeds", "attempts", ...}]}."""
+    from testbed.claims.catalog import QUICK_SEEDS, Catalog
+    from testbed.claims.runner import judge, plan, write_results
+    from testbed.claims.tuning import TuningError
 
-    if seeds < 3:
+    if seeds is not None and seeds < 3:
         console.print("[red]--seeds must be at least 3[/red]: an effect is claimed only over "
                       ">= 3 seeds")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    if from_dir is not None and (tune or out is not None):
+        console.print("[red]--from judges a results folder: it takes no --tune or --out[/red]")
         raise typer.Exit(EXIT_BAD_INPUT)
     catalog = Catalog()
     try:
         chosen = catalog.select([i for o in only or [] for i in o.split(",") if i])
-        seed_list = list(range(1, seeds + 1))
-        folder = out or Path("runs") / "claims" / ("quick" if quick else "full")
-        jobs = plan(chosen, seed_list, folder, catalog.quick, quick)
-    except (KeyError, ScenarioError) as exc:
-        console.print(f"[red]bad claims:[/red] {escape(str(exc))}")
+        if tune:
+            _tune(chosen, out or Path("runs") / "claims" / "tuning", reuse_any, dry_run)
+            return
+        folder = from_dir or out or Path("runs") / "claims" / ("quick" if quick else "full")
+        jobs = plan(chosen, folder, catalog.quick, quick,
+                    seeds if seeds is not None else QUICK_SEEDS if quick else None,
+                    tuned=from_dir is None)
+    except (KeyError, ScenarioError, TuningError) as exc:
+        console.print(f"[red]bad claims:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
-    for job in jobs.jobs:
+    if from_dir is None:
+        failed = _run_claim_jobs(jobs.jobs, folder, f"{len(chosen)} claims", reuse_any, dry_run)
+        if failed is None:
+            return
+    else:
+        failed = {}
+    verdicts = judge(chosen, jobs)
+    console.print(claims_table(verdicts))
+    write_results(folder, verdicts)
+    console.print(f"verdicts written to {folder / 'claims.md'} and {folder / 'claims.json'}")
+    for run_dir, error in failed.items():
+        console.print(f"[red]{escape(str(run_dir))}:[/red] {escape(error)}")
+    print((folder / "claims.json").read_text().strip(), flush=True)
+    if failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _run_claim_jobs(jobs: list[Any], folder: Path, what: str, reuse_any: bool,
+                    dry_run: bool) -> dict[Path, str] | None:
+    """Run the jobs not done yet (None after a dry run); Ctrl-C stops the set (exit 130)."""
+    from testbed.claims.jobs import run_all, todo
+    from testbed.sweep import Reuse
+
+    for job in jobs:
         _check_policy(job.cfg.policy)
-    todo = jobs.todo
-    console.print(f"{len(chosen)} claims, {len(jobs.jobs)} runs ({len(todo)} to do, "
-                  f"{sum(j.cfg.duration_s for j in todo) / 60:.1f} min of arrivals) -> {folder}")
+    reuse = Reuse(any=reuse_any)
+    work, planned = todo(jobs, reuse)
+    console.print(f"{what}, {len(jobs)} runs ({len(work)} to do, "
+                  f"{sum(t.job.cfg.duration_s for t in work) / 60:.1f} min of arrivals) -> "
+                  f"{escape(str(folder))}")
+    _print_reuse(planned.stale, planned.reused_other)
+    for run_dir, why in planned.retried.items():
+        console.print(f"[yellow]second attempt[/yellow] of {escape(run_dir)}: {escape(why)}")
     if dry_run:
-        for job in todo:
-            console.print(f"  {escape(str(job.run_dir))}")
-        return
+        for item in work:
+            console.print(f"  {escape(str(item.job.run_dir))} ({item.action})")
+        return None
+
     def run_one(cfg: ScenarioConfig, run_dir: Path) -> dict[str, Any]:
         result = run_scenario(cfg, run_dir)
         if result.interrupted:  # Ctrl-C stopped this run cleanly: stop the claims too
@@ -479,20 +550,51 @@ def claims(quick: Annotated[bool, typer.Option(
 
     try:
         with SweepProgress(console) as progress:
-            failed = run_all(jobs, run_one, lambda done, total, what, eta:
-                             progress.update(done, total, what, eta))
+            outcome = run_all(jobs, run_one, reuse, lambda done, total, what, eta:
+                              progress.update(done, total, what, eta))
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: finished runs are kept; run the same "
                       "command again to go on")
         raise typer.Exit(130) from None
-    verdicts = judge(chosen, jobs, seed_list)
-    console.print(claims_table(verdicts))
-    write_results(folder, verdicts)
-    console.print(f"verdicts written to {folder / 'claims.md'} and {folder / 'claims.json'}")
+    return outcome.failed
+
+
+def _tune(chosen: list[Any], out: Path, reuse_any: bool, dry_run: bool) -> None:
+    """`testbed claims --tune`: run the tuning sweeps of the chosen claims' scenarios, choose
+    each tuned arm's configuration, write them to chosen.toml, say how many seeds each claim
+    needs."""
+    from testbed.claims import tuning as t
+    from testbed.claims.catalog import CLAIMS
+
+    tunings, bases, jobs = [], {}, []
+    for name in dict.fromkeys(c.scenario for c in chosen):
+        tuning, base = t.tuning_for(name)
+        unequal = t.check_budgets(tuning, list(CLAIMS))
+        if unequal:
+            raise t.TuningError("unequal tuning budgets: " + "; ".join(unequal))
+        tunings.append(tuning)
+        bases[name] = base
+        jobs.append(t.plan_tuning(tuning, base, out))
+    every = [j for js in jobs for j in js]
+    failed = _run_claim_jobs(every, out, f"tuning of {len(tunings)} claim scenarios",
+                             reuse_any, dry_run)
+    if failed is None:
+        return
+    results = [t.collect(tuning, js) for tuning, js in zip(tunings, jobs, strict=True)]
+    for result in results:
+        console.print(tuning_table(result))
+    data = t.write_chosen(t.chosen_path(), [r for r in results if not r.missing],
+                          list(CLAIMS), bases)
+    console.print(power_table({c.id: data["power"][c.id] for c in CLAIMS
+                               if c.id in data.get("power", {})
+                               and c.scenario in bases}))
+    console.print(f"chosen values written to {escape(str(t.chosen_path()))}")
     for run_dir, error in failed.items():
         console.print(f"[red]{escape(str(run_dir))}:[/red] {escape(error)}")
-    print(claims_json(verdicts), flush=True)
-    if failed:
+    missing = [m for r in results for m in r.missing]
+    if failed or missing:
+        console.print(f"[red]tuning failed: {len(missing)} runs missing; their scenarios' "
+                      "values were not written[/red]")
         raise typer.Exit(EXIT_FAILED)
 
 

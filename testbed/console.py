@@ -15,6 +15,7 @@ from rich.table import Table
 
 from common.gear_plan import GearPlan
 from testbed.claims.runner import Verdict, verdict_cells
+from testbed.claims.tuning import TuningResult
 from testbed.results.compare import Comparison
 from testbed.results.headline import FRACTIONS
 from testbed.sweep import SweepPoint
@@ -228,10 +229,37 @@ def claims_table(verdicts: list[Verdict]) -> Table:
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for v in verdicts:
         *cells, verdict = verdict_cells(v)
-        head, sep, rest = verdict.partition(" (")
+        head = "holds" if v.holds else "does not hold"
         style = "green" if v.holds else "red"
         table.add_row(*(escape(x) for x in cells),
-                      f"[{style}]{escape(head)}[/{style}]" + escape(sep + rest))
+                      f"[{style}]{head}[/{style}]" + escape(verdict[len(head):]))
+    return table
+
+
+def tuning_table(result: TuningResult) -> Table:
+    """Each configuration's mean objective over the tuning seeds, and the one chosen per arm."""
+    t = result.tuning
+    table = Table(title=f"tuning/{t.file.name}: {t.objective} ({t.better} is better), seeds "
+                        f"{', '.join(map(str, t.seeds))}", header_style="bold")
+    for col in ("arm", "configuration", t.objective, "chosen", "note"):
+        table.add_column(col, justify="right" if col == t.objective else "left")
+    for arm, choice in result.choices.items():
+        for config, score in choice.scores.items():
+            mark = "[green]yes[/green]" if config == choice.config else ""
+            table.add_row(escape(arm), escape(config), f"{score:.4f}", mark,
+                          escape(choice.failing.get(config, "")))
+    return table
+
+
+def power_table(power: dict[str, dict[str, Any]]) -> Table:
+    """Per claim, its effect and spread on the tuning seeds and the seeds it needs."""
+    table = Table(title="seeds per claim from the tuning seeds' spread (80 % power)",
+                  header_style="bold")
+    for col in ("claim", "effect (tuning)", "sd", "needed", "suggested"):
+        table.add_column(col, justify="left" if col == "claim" else "right")
+    for claim, p in power.items():
+        table.add_row(escape(claim), str(p.get("effect", "-")), str(p.get("sd", "-")),
+                      str(p.get("needed_for_80pct_power", "> cap")), str(p["suggested_seeds"]))
     return table
 
 

@@ -35,7 +35,7 @@ from common.events import EventLog
 from common.files import as_disk_full, is_disk_error
 from common.names import policy_label
 from common.scenario_file import scenario_to_dict
-from testbed import launch
+from testbed import launch, provenance
 from testbed.children import Child, poll, reap, recv, send, spawn
 from testbed.faults import FaultPlan, plan_faults
 from testbed.observe import fetch_status, live_view, sample_resources, server_facts
@@ -216,6 +216,7 @@ def run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None =
 def _run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None,
                   on_listening: Callable[[str], None] | None = None) -> RunResult:
     run_dir.mkdir(parents=True, exist_ok=True)
+    provenance.write(run_dir, cfg)  # what was asked for, before the run prepares it
     try:
         cfg = prepare(cfg, run_dir)
     except (ValueError, LookupError) as exc:
@@ -284,8 +285,10 @@ def _run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None,
 
 
 def _only_prepared(run_dir: Path) -> bool:
-    """The folder holds at most what `prepare` writes (a gear plan): no process has run."""
-    return run_dir.is_dir() and all(p.name == PLAN_FILE for p in run_dir.iterdir())
+    """The folder holds at most what `prepare` writes (a gear plan) and the run's provenance:
+    no process has run."""
+    return run_dir.is_dir() and all(p.name in (PLAN_FILE, provenance.PROVENANCE_FILE)
+                                    for p in run_dir.iterdir())
 
 
 def check_host_memory(devices: int) -> None:

@@ -15,7 +15,9 @@ A `policy` axis may name variants as whole `[policy]` tables, e.g.
 Axes are scenario fields by dotted path (`server.max_batch_size`, `policy.params.target`) or
 one of the short names in `ALIASES`. Runs go one after another (so they do not disturb each
 other's timing), each into `<sweep dir>/<point name>/`, and `sweep.json` / `index.csv` list
-them. A sweep is resumable: a point whose folder holds a complete summary is not run again.
+them. A sweep is resumable: a point whose folder holds a complete summary made from the same
+resolved scenario by the same code (`testbed.provenance`) is not run again; one made by other
+code or another scenario is run again, unless the caller reuses any finished run (`reuse_any`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any
 
 from common.config import ScenarioConfig, ScenarioError
 from common.scenario_file import scenario_from_dict, scenario_to_dict
+from testbed import provenance
 
 ALIASES = {
     "devices": "devices.count", "mix": "devices.mix", "rate_hz": "devices.rate_hz",
@@ -74,6 +77,10 @@ class SweepOutcome:
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    stale: dict[str, str] = field(default_factory=dict)
+    """Finished points run again, and why their old run could not stand (other code...)."""
+    reused_other: dict[str, str] = field(default_factory=dict)
+    """Finished points kept under `reuse_any` although they could not stand, and why."""
 
 
 def parse_axes(sweep: dict[str, Any]) -> list[Axis]:
@@ -106,7 +113,7 @@ def expand(base: ScenarioConfig, axes: list[Axis]) -> list[SweepPoint]:
             value = axis.values[k]
             if axis.name == "variant":
                 _check_variant(value, axis)
-                _deep_merge(data, value)
+                deep_merge(data, value)
                 if "policy" in value:
                     whole_policy = True
             elif axis.path == "policy.name" and isinstance(value, dict):
@@ -131,10 +138,10 @@ def _check_variant(value: Any, axis: Axis) -> None:
         raise ScenarioError(f"sweep.{axis.name} values must be tables of scenario fields")
 
 
-def _deep_merge(data: dict[str, Any], over: dict[str, Any]) -> None:
+def deep_merge(data: dict[str, Any], over: dict[str, Any]) -> None:
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
-            _deep_merge(data[key], value)
+            deep_merge(data[key], value)
         else:
             data[key] = value
 
@@ -154,18 +161,53 @@ def is_complete(run_dir: Path) -> bool:
 RunFn = Callable[[ScenarioConfig, Path], dict[str, Any]]
 
 
+@dataclass
+class Reuse:
+    """Which finished runs may stand for a run about to be made: those whose provenance
+    matches today's code and the scenario about to run, or any finished run (`any`)."""
+
+    any: bool = False
+    manifest: dict[str, str] = field(default_factory=provenance.code_manifest)
+
+    def why_not(self, run_dir: Path, cfg: ScenarioConfig) -> str | None:
+        """None when `run_dir` holds a finished run that matches `cfg` and today's code."""
+        if not is_complete(run_dir):
+            return "not finished"
+        return provenance.stale(run_dir, cfg, self.manifest)
+
+
+def partition(points: list[SweepPoint], sweep_dir: Path, reuse: Reuse
+              ) -> tuple[list[SweepPoint], SweepOutcome]:
+    """The points to run, and an outcome that says which finished ones are kept, kept only
+    because of `reuse.any`, or run again because they were made by other code or scenario."""
+    outcome = SweepOutcome(sweep_dir, points)
+    todo = []
+    for p in points:
+        why = reuse.why_not(sweep_dir / p.name, p.cfg)
+        if why is None:
+            outcome.skipped.append(p.name)
+        elif why == "not finished":
+            todo.append(p)
+        elif reuse.any:
+            outcome.skipped.append(p.name)
+            outcome.reused_other[p.name] = why
+        else:
+            outcome.stale[p.name] = why
+            todo.append(p)
+    return todo, outcome
+
+
 def run_sweep(points: list[SweepPoint], axes: list[Axis], sweep_dir: Path, run: RunFn,
               on_progress: Callable[[int, int, SweepPoint | None, float | None], None]
-              = lambda *_: None) -> SweepOutcome:
-    """Run every point not already complete, one at a time; keep the index current.
+              = lambda *_: None, reuse: Reuse | None = None) -> SweepOutcome:
+    """Run every point not already complete (or made by other code, `Reuse`), one at a time;
+    keep the index current.
 
     `on_progress(done, total, running point, eta_s)` is called before each run and at the end.
     """
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    outcome = SweepOutcome(sweep_dir, points)
+    todo, outcome = partition(points, sweep_dir, reuse or Reuse())
     overheads: list[float] = []
-    todo = [p for p in points if not is_complete(sweep_dir / p.name)]
-    outcome.skipped = [p.name for p in points if p not in todo]
     done = len(outcome.skipped)
     for k, point in enumerate(todo):
         overhead = sum(overheads) / len(overheads) if overheads else 10.0
@@ -173,7 +215,7 @@ def run_sweep(points: list[SweepPoint], axes: list[Axis], sweep_dir: Path, run: 
         on_progress(done, len(points), point, eta)
         run_dir = sweep_dir / point.name
         if run_dir.exists():
-            shutil.rmtree(run_dir)  # a run cut short: start it again
+            shutil.rmtree(run_dir)  # a run cut short or made by other code: start it again
         t0 = time.monotonic()
         try:
             run(point.cfg, run_dir)

@@ -78,6 +78,7 @@ class MultiTASCPolicy(Policy):
         "start": "initial",
         "on_time_gain": 0.3,
         "on_time_relax": 0.02,
+        "heterogeneity": True,
     }
     """`group_by` pools SLO satisfaction per "tier" (robust: many samples per window) or uses
     each "device" alone. `start` = "initial" begins from each device's initial threshold, "max"
@@ -87,7 +88,11 @@ class MultiTASCPolicy(Policy):
     A device's weight is its marginal accuracy gain (model card) times the smoothed share of
     its forwarded samples that came back within the SLO, learnt from its reports
     (`on_time_gain`: smoothing; `on_time_relax`: drift back towards 1 while it forwards too
-    little to tell, so a device is tried again)."""
+    little to tell, so a device is tried again).
+
+    `heterogeneity = false` is the same control law blind to heterogeneity (the ablation of
+    claim `multitasc-heterogeneity`): every device gets the same weight and SLO satisfaction
+    is pooled over the whole fleet; each device still starts at its own initial threshold."""
 
     def __init__(self, params: Mapping[str, Any] | None = None) -> None:
         self.p = check_params(self.name, params or {}, self.DEFAULTS)
@@ -124,7 +129,8 @@ class MultiTASCPolicy(Policy):
         self.congested = queued or (waiting and worst is not None and worst < target)
         # A device's forwards are worth their accuracy gain (its model card) times the share
         # that comes back in time (its link and compute budget, from its reports).
-        gains = {dev: max(t.gain * t.on_time, 0.05 * t.gain) for dev, t in self._devices.items()}
+        gains = {dev: max(t.gain * t.on_time, 0.05 * t.gain) if self.p["heterogeneity"]
+                 else 1.0 for dev, t in self._devices.items()}
         g_min, g_max = min(gains.values()), max(gains.values())
         out: dict[str, float] = {}
         for dev, track in self._devices.items():
@@ -152,6 +158,8 @@ class MultiTASCPolicy(Policy):
                               f"busy {server.busy_fraction:.2f}, queue {server.queue_len}")
 
     def _group(self, track: _Track) -> str:
+        if not self.p["heterogeneity"]:
+            return "fleet"
         return track.info.tier if self.p["group_by"] == "tier" else track.info.device_id
 
     def _group_satisfaction(self) -> dict[str, float]:

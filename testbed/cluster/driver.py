@@ -36,6 +36,7 @@ import tomli_w
 from common.config import DeviceSpec, ScenarioConfig, ScenarioError, device_specs
 from common.events import EventLog
 from common.scenario_file import scenario_to_dict
+from testbed import provenance
 from testbed.cluster.placement import (
     NodeInfo,
     PlacementError,
@@ -168,6 +169,7 @@ def _run(cfg: ScenarioConfig, run_dir: Path, session: RaySession,
          progress: Progress | None,
          on_listening: Callable[[str], None] | None = None) -> RunResult:
     run_dir.mkdir(parents=True, exist_ok=True)
+    provenance.write(run_dir, cfg)  # what was asked for, before the run prepares it
     try:
         cfg = prepare(cfg, run_dir)
     except (ValueError, LookupError) as exc:

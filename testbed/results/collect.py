@@ -81,6 +81,7 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
         "scenario": cfg.name, "policy": cfg.policy.name, "devices": cfg.devices.count,
         "mix": cfg.devices.mix, "duration_s": cfg.duration_s, "slo_ms": cfg.slo_ms,
         "seed": cfg.seed, "rate_hz": cfg.devices.rate_hz, "arrival": cfg.devices.arrival,
+        "reply_timeout_ms": cfg.devices.reply_timeout_ms,
     }
     status = {
         "interrupted": interrupted,
