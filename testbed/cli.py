@@ -495,12 +495,13 @@ def claims(quick: Annotated[bool, typer.Option(
     try:
         chosen = catalog.select([i for o in only or [] for i in o.split(",") if i])
         if tune:
-            _tune(chosen, out or Path("runs") / "claims" / "tuning", reuse_any, dry_run)
+            _tune(catalog, chosen, out or Path("runs") / "claims" / "tuning", reuse_any,
+                  dry_run)
             return
         folder = from_dir or out or Path("runs") / "claims" / ("quick" if quick else "full")
         jobs = plan(chosen, folder, catalog.quick, quick,
                     seeds if seeds is not None else QUICK_SEEDS if quick else None,
-                    tuned=from_dir is None)
+                    catalog.scenarios, tuned=from_dir is None)
     except (KeyError, ScenarioError, TuningError) as exc:
         console.print(f"[red]bad claims:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
@@ -559,17 +560,17 @@ def _run_claim_jobs(jobs: list[Any], folder: Path, what: str, reuse_any: bool,
     return outcome.failed
 
 
-def _tune(chosen: list[Any], out: Path, reuse_any: bool, dry_run: bool) -> None:
+def _tune(catalog: Any, chosen: list[Any], out: Path, reuse_any: bool, dry_run: bool) -> None:
     """`testbed claims --tune`: run the tuning sweeps of the chosen claims' scenarios, choose
     each tuned arm's configuration, write them to chosen.toml, say how many seeds each claim
     needs."""
     from testbed.claims import tuning as t
-    from testbed.claims.catalog import CLAIMS
 
+    everything = catalog.claims
     tunings, bases, jobs = [], {}, []
     for name in dict.fromkeys(c.scenario for c in chosen):
-        tuning, base = t.tuning_for(name)
-        unequal = t.check_budgets(tuning, list(CLAIMS))
+        tuning, base = t.tuning_for(name, catalog.scenarios)
+        unequal = t.check_budgets(tuning, everything)
         if unequal:
             raise t.TuningError("unequal tuning budgets: " + "; ".join(unequal))
         tunings.append(tuning)
@@ -583,12 +584,11 @@ def _tune(chosen: list[Any], out: Path, reuse_any: bool, dry_run: bool) -> None:
     results = [t.collect(tuning, js) for tuning, js in zip(tunings, jobs, strict=True)]
     for result in results:
         console.print(tuning_table(result))
-    data = t.write_chosen(t.chosen_path(), [r for r in results if not r.missing],
-                          list(CLAIMS), bases)
-    console.print(power_table({c.id: data["power"][c.id] for c in CLAIMS
-                               if c.id in data.get("power", {})
-                               and c.scenario in bases}))
-    console.print(f"chosen values written to {escape(str(t.chosen_path()))}")
+    where = t.chosen_path(catalog.scenarios)
+    data = t.write_chosen(where, [r for r in results if not r.missing], everything, bases)
+    console.print(power_table({c.id: data["power"][c.id] for c in everything
+                               if c.id in data.get("power", {}) and c.scenario in bases}))
+    console.print(f"chosen values written to {escape(str(where))}")
     for run_dir, error in failed.items():
         console.print(f"[red]{escape(str(run_dir))}:[/red] {escape(error)}")
     missing = [m for r in results for m in r.missing]

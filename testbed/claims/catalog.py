@@ -14,10 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from testbed.claims.stats import Direction, Kind, null_value
 
+SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios" / "claims"
+"""The claim scenarios, and their tuning in `tuning/`."""
 Summary = Mapping[str, Any]
 Metric = Callable[[Mapping[str, Summary]], float]
 Check = Callable[[Mapping[str, Summary], Mapping[str, Summary]], str | None]
@@ -316,6 +319,7 @@ QUICK_SEEDS = 3
 class Catalog:
     claims: list[Claim] = field(default_factory=lambda: list(CLAIMS))
     quick: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(QUICK))
+    scenarios: Path = field(default_factory=lambda: SCENARIOS)
 
     def select(self, ids: list[str] | None) -> list[Claim]:
         if not ids:

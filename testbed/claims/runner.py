@@ -25,7 +25,7 @@ from typing import Any
 from common.config import ScenarioError
 from common.files import write_whole
 from testbed import provenance
-from testbed.claims.catalog import Claim
+from testbed.claims.catalog import SCENARIOS, Claim
 from testbed.claims.jobs import Attempt, Job, attempts, read_summary, unfaithful
 from testbed.claims.stats import (
     Effect,
@@ -36,7 +36,7 @@ from testbed.claims.stats import (
     p_value,
     paired_effects,
 )
-from testbed.claims.tuning import SCENARIOS, apply_chosen, chosen_path, read_chosen, tuning_for
+from testbed.claims.tuning import apply_chosen, chosen_path, read_chosen, tuning_for
 from testbed.sweep import SweepPoint, expand, is_complete, parse_axes
 
 

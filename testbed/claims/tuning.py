@@ -50,13 +50,11 @@ from common.files import MIB, InputFileError, read_text, write_whole
 from common.names import BadName, check_name
 from common.scenario_file import load_scenario
 from testbed import provenance
-from testbed.claims.catalog import Claim, Summary, metric_named
+from testbed.claims.catalog import SCENARIOS, Claim, Summary, metric_named
 from testbed.claims.jobs import Job, read_summary
 from testbed.claims.stats import Power, paired_effects, seeds_needed
 from testbed.sweep import deep_merge, expand, is_complete, parse_axes
 
-ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = ROOT / "scenarios" / "claims"
 UNTUNED = "as-defined"
 """The one configuration of an arm with nothing to tune."""
 KEYS = {"scenario", "seeds", "duration_s", "point", "objective", "better", "require",

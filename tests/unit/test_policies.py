@@ -81,6 +81,28 @@ class TestMultiTASC:
         assert thr["low-000"] > 0.8 and thr["high-001"] > 0.8
         assert thr["low-000"] - 0.8 > thr["high-001"] - 0.8
 
+    @pytest.mark.parametrize("srv", [server(queue_len=40, mean_queue_ms=60), server()],
+                             ids=["congested", "room"])
+    def test_blind_to_heterogeneity_every_device_moves_alike(self, srv: object) -> None:
+        """`heterogeneity = false`: the same rule with one weight for all and the fleet pooled,
+        so a weak and a strong device (and a late one) take the same steps from the same
+        start, where the aware rule sets them apart."""
+        blind = run_steps(MultiTASCPolicy({"heterogeneity": False}), 3,
+                          {"low-000": (20, 0), "high-001": (15, 5)}, srv)
+        aware = run_steps(MultiTASCPolicy(), 3, {"low-000": (20, 0), "high-001": (15, 5)}, srv)
+        assert blind["low-000"] == pytest.approx(blind["high-001"]) != 0.8
+        assert aware["low-000"] != pytest.approx(aware["high-001"])
+
+    def test_blind_to_heterogeneity_pools_the_fleet(self) -> None:
+        """One tier misses while the other has room: per tier, only the missing one sheds;
+        pooled (35 of 40 met, under target), the whole fleet sheds together."""
+        sat = {"low-000": (15, 5), "high-001": (20, 0)}
+        aware = run_steps(MultiTASCPolicy(), 1, sat, server(queue_len=0, mean_queue_ms=1.0))
+        blind = run_steps(MultiTASCPolicy({"heterogeneity": False}), 1, sat,
+                          server(queue_len=0, mean_queue_ms=1.0))
+        assert aware["low-000"] < 0.8 < aware["high-001"]
+        assert blind["low-000"] == blind["high-001"] < 0.8
+
     def test_group_below_target_without_congestion_sheds_alone(self) -> None:
         """A tier that misses its SLO while the server is not waiting is limited by its own
         latency budget: only it forwards less; the others may still grow."""

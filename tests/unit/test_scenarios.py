@@ -15,7 +15,10 @@ from server.scheduling.gears import GearsPolicy
 from testbed.faults import plan_faults
 from testbed.sweep import expand, parse_axes
 
-SCENARIOS = sorted((Path(__file__).resolve().parents[2] / "scenarios").rglob("*.toml"))
+SCENARIOS = sorted(p for p in (Path(__file__).resolve().parents[2] / "scenarios").rglob("*.toml")
+                   if p.parent.name != "tuning")
+"""Tuning files are not scenarios: tests/unit/test_claims_tuning.py checks each of their
+configurations as the scenario it makes."""
 
 
 ANY_PLAN = GearPlan(gears=(Gear("heavy-cnn", {}, 8, 0.9, 0.5, {}, 1.0),), table=(0,))
