@@ -31,10 +31,12 @@ PROVENANCE_FILE = "provenance.json"
 CODE_DIRS = ("common", "server", "emulated_devices", "testbed")
 """Folders (under the source root) whose files decide what a run measures."""
 CODE_FILES = ("pyproject.toml",)
-NOT_CODE = ("testbed/claims/", "testbed/dashboard/static/")
+NOT_CODE = ("testbed/claims/", "testbed/dashboard/static/", "testbed/cli.py",
+            "testbed/console.py")
 """Parts of the packages that judge or show runs but do not change them: the claims'
-catalog and statistics (a verdict is recomputed from the summaries on every call) and the
-live view's page."""
+catalog and statistics (a verdict is recomputed from the summaries on every call), the live
+view's page, and the command line and its console (what they make of the options is the
+resolved scenario, which the scenario hash covers)."""
 SKIPPED_PARTS = ("__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache")
 SKIPPED_SUFFIXES = (".pyc", ".pyo", ".egg-info")
 

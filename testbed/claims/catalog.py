@@ -62,8 +62,11 @@ class Claim:
     no_check: str = ""
     """Why the claim needs no `check` (every claim has one or the other)."""
     seeds: int = 5
-    """Seeds 1..seeds of a full run, fixed before it from the spread on the tuning seeds
-    (docs/claims.md, "Seeds"); `--seeds` overrides it for exploration only."""
+    """Seeds 1..seeds of a full run, fixed before it from the claim's per-seed effects on the
+    tuning seeds (`testbed claims --tune` prints the power calculation; docs/claims.md): the
+    seeds for 80 % power at the pilot's effect and spread, at least 5; where the pilot shows no
+    effect on the paper's side, the most this host's budget allows, 10. Claims that share a
+    scenario's runs share its count. `--seeds` overrides it for exploration only."""
     points: tuple[str, ...] | None = None
     """The scenario's points (labels other than the arm) this claim reads; None: all. Points
     no claim reads are not run."""
@@ -221,19 +224,19 @@ CLAIMS: tuple[Claim, ...] = (
           "MultiTASC beats static-threshold cascades on SLO satisfaction, heterogeneous "
           "fleet of 40 devices", 20.0, "+20-25 pp", "pp", "difference", "higher",
           "multitasc-40.toml", "multitasc", "static", field_at("slo_satisfaction"),
-          scale=100.0, no_check=_SUSTAINED_WHY, seeds=5),
+          scale=100.0, no_check=_SUSTAINED_WHY, seeds=10),
     Claim("multitasc-accuracy-sustained",
           "...while sustaining high accuracy: MultiTASC's accuracy is not more than 1 pt below "
           "the static cascade's (non-inferiority), both arms answering at the same reply "
           "timeout", None, "sustains high accuracy", "pt", "difference", "higher",
           "multitasc-40.toml", "multitasc", "static", field_at("accuracy"), scale=100.0,
-          null=-1.0, check=same_reply_timeout, seeds=5,
+          null=-1.0, check=same_reply_timeout, seeds=10,
           secondary=(("accuracy_at_slo", field_at("accuracy_at_slo")),)),
     Claim("multitasc-vs-tuned-static",
           "...and against a static cascade tuned to this very load (one threshold for all "
           "devices; accuracy counting only answers given by the SLO)", None, "(not claimed)",
           "pt", "difference", "higher", "multitasc-40.toml", "multitasc", "static-tuned",
-          field_at("accuracy_at_slo"), scale=100.0, paper_claim=False, seeds=5,
+          field_at("accuracy_at_slo"), scale=100.0, paper_claim=False, seeds=10,
           no_check="accuracy at the SLO counts a late answer as a wrong one, so neither arm "
                    "can buy it with latency; both arms share the fleet and reply timeout"),
     Claim("multitasc-heterogeneity",
@@ -241,7 +244,7 @@ CLAIMS: tuple[Claim, ...] = (
           "with its heterogeneity awareness off (same control law, every device alike), at "
           "equal SLO satisfaction", None, "its thesis", "pt", "difference", "higher",
           "multitasc-heterogeneity.toml", "multitasc", "multitasc-uniform",
-          field_at("accuracy"), scale=100.0, check=equal_slo(0.005), seeds=5,
+          field_at("accuracy"), scale=100.0, check=equal_slo(0.005), seeds=10,
           secondary=(("accuracy_at_slo", field_at("accuracy_at_slo")),
                      ("slo_satisfaction", field_at("slo_satisfaction")))),
     Claim("multitasc-pp-100-devices",
@@ -285,18 +288,18 @@ CLAIMS: tuple[Claim, ...] = (
           "INFIDA's allocation beats greedy heuristics of similar complexity (time-averaged "
           "cost after a 5 s warm-up, greedy / INFIDA)", None,
           "improves over greedy heuristics", "x", "ratio", "higher", "infida-vs-greedy.toml",
-          "infida", "greedy", field_at("idn.mean_cost_steady_ms"), invert=True, seeds=5,
+          "infida", "greedy", field_at("idn.mean_cost_steady_ms"), invert=True, seeds=10,
           no_check="the cost already weighs latency and inaccuracy (alpha); both arms serve "
                    "the same requests on the same tree"),
     Claim("fluid-batching-exit-aware",
           "An exit-aware preemptive scheduler lowers mean latency against an exit-blind one "
           "on the same early-exit model, at high load", 1.97, "1.97x", "x", "ratio", "higher",
           "fluid-batching-exit-aware.toml", "exit-aware", "exit-blind",
-          field_at("latency_ms.mean"), invert=True, check=equal_accuracy(0.005), seeds=5),
+          field_at("latency_ms.mean"), invert=True, check=equal_accuracy(0.005), seeds=10),
     Claim("fluid-batching-exit-aware-tail-slo",
           "...and raises tail-latency SLO satisfaction (devices whose p95 meets the SLO)",
           6.7, "6.7x", "x", "ratio", "higher", "fluid-batching-exit-aware.toml",
-          "exit-aware", "exit-blind", tail_slo, check=equal_accuracy(0.005), seeds=5),
+          "exit-aware", "exit-blind", tail_slo, check=equal_accuracy(0.005), seeds=10),
 )
 """Every claim `testbed claims` runs, in the order of its table."""
 

@@ -240,6 +240,14 @@ class TestTheCommittedFiles:
         for claim_ in CLAIMS:
             assert claim_.id in chosen["power"], claim_.id
 
+    def test_seed_counts_follow_the_power_calculation(self) -> None:
+        """Fixed in the catalog before the full run: at least what the tuning seeds' spread
+        asks for (capped at this host's budget of 10), the same for claims sharing runs."""
+        power = t.read_chosen(t.chosen_path())["power"]
+        for c in CLAIMS:
+            assert c.seeds >= min(power[c.id]["suggested_seeds"], 10), c.id
+            assert {o.seeds for o in CLAIMS if o.scenario == c.scenario} == {c.seeds}
+
     def test_a_copy_of_the_claims_folder_plans_the_same_runs(self, tmp_path: Path) -> None:
         """The digests do not depend on where the checkout is."""
         copy = tmp_path / "claims"

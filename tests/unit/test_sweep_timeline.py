@@ -10,6 +10,7 @@ import pytest
 
 from common.config import ScenarioError
 from common.scenario_file import load_scenario, scenario_from_dict
+from testbed import provenance
 from testbed.results.series import (
     cdf,
     gear_series,
@@ -66,6 +67,7 @@ class TestSweep:
             if c.seed == 2:
                 raise RuntimeError("boom")
             run_dir.mkdir(parents=True)
+            provenance.write(run_dir, c)  # as every run does: what a resumed sweep checks
             summary = {"run": {"harness_ended": True, "interrupted": False},
                        "slo_satisfaction": 0.9, "accuracy": 0.9, "throughput_sps": 1.0,
                        "forward_rate": 0.5, "latency_ms": {"p50": 1, "p95": 2, "p99": 3},
