@@ -230,6 +230,8 @@ def claims_table(verdicts: list[Verdict]) -> Table:
     for v in verdicts:
         *cells, verdict = verdict_cells(v)
         head = "holds" if v.holds else "does not hold"
+        if not verdict.startswith(head):  # an error
+            head = ""
         style = "green" if v.holds else "red"
         table.add_row(*(escape(x) for x in cells),
                       f"[{style}]{head}[/{style}]" + escape(verdict[len(head):]))

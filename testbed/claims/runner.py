@@ -177,8 +177,8 @@ def _judge_one(claim: Claim, p: Plan) -> Verdict:
     v = Verdict(claim, seeds)
     try:
         v.attempts = [a for job in _jobs(p, claim, seeds) for a in attempts(job, p.root)]
-        arms = [(_arm(p, claim.scenario, claim.method, s),
-                 _arm(p, claim.scenario, claim.baseline, s) if claim.baseline else None)
+        arms = [(_arm(p, claim, claim.method, s),
+                 _arm(p, claim, claim.baseline, s) if claim.baseline else None)
                 for s in seeds]
         method = [claim.metric(m) for m, _ in arms]
         baseline = [claim.metric(b) if b is not None else claim.reference for _, b in arms]
@@ -248,25 +248,28 @@ def _tries(p: Plan, claim: Claim, seed: int) -> int:
     return max((len(attempts(j, p.root)) for j in _jobs(p, claim, [seed])), default=0)
 
 
-def _arm(p: Plan, scenario: str, arm: str, seed: int) -> dict[str, dict[str, Any]]:
-    """One arm's summaries at one seed, by point."""
+def _arm(p: Plan, claim: Claim, arm: str, seed: int) -> dict[str, dict[str, Any]]:
+    """One arm's summaries at one seed, by point (the points the claim reads)."""
     out = {}
     for job in p.jobs:
-        if job.scenario == scenario and job.arm == arm and job.seed == seed:
+        if job.scenario == claim.scenario and job.arm == arm and job.seed == seed and (
+                claim.points is None or job.point in claim.points):
             if not is_complete(job.run_dir):
                 raise ValueError(f"run {job.run_dir} did not finish")
             out[job.point] = read_summary(job.run_dir)
     if not out:
-        raise KeyError(f"{scenario} has no arm {arm!r}")
+        raise KeyError(f"{claim.scenario} has no arm {arm!r}")
     return out
 
 
 def table_provenance(verdicts: list[Verdict]) -> dict[str, Any]:
     """The code that judged the table, and the code that made its runs."""
     made: dict[str, dict[str, Any]] = {}
+    counted: set[str] = set()
     for v in verdicts:
         for a in v.attempts:
-            if a.kept:
+            if a.kept and a.run not in counted:
+                counted.add(a.run)
                 key = str(a.provenance.get("code_hash"))
                 entry = made.setdefault(key, {"code_hash": a.provenance.get("code_hash"),
                                               "commits": [], "runs": 0})

@@ -260,6 +260,20 @@ class TestJudging:
         assert len(first["attempts"]) == 6 and all(a["reason"] == "faithful" and a["kept"]
                                                     for a in first["attempts"])
 
+    def test_a_claim_reads_only_its_points_even_where_its_method_ran_more(
+            self, tmp_path: Path) -> None:
+        """The method runs at 40 and 100 devices (another claim reads both), the baseline at
+        100 only: a claim on the 100 point and its check see that point alone."""
+        jobs = [j for j in jobs_for(tmp_path, points=("devices=40", "devices=100"))
+                if j.arm == "fast" or j.point == "devices=100"]
+        for job in jobs:
+            write_run(job.run_dir, slo_satisfaction=0.99 if job.arm == "fast" else 0.9,
+                      accuracy=0.9)
+        c = claim(metric=field_at("slo_satisfaction", "devices=100"), points=("devices=100",),
+                  check=equal_accuracy(0.01), no_check="")
+        (v,) = judge([c], Plan(jobs, tmp_path / "out", {"diff": 3}))
+        assert v.error == "" and v.holds and v.invalid == []
+
     def test_an_arm_against_itself_does_not_hold(self, tmp_path: Path) -> None:
         jobs = jobs_for(tmp_path)
         for job in jobs:
