@@ -4,10 +4,11 @@ model cards through the zoo."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
-from common.config import ServerConfig
+from common.config import AcceleratorConfig, ServerConfig
 from common.modelzoo import Zoo, ZooError
 
 REFERENCE_BATCH = "32"
@@ -16,13 +17,44 @@ REFERENCE_BATCH = "32"
 
 @dataclass(frozen=True, slots=True)
 class BatchProfile:
-    """Emulated accelerator: a batch of b takes base + per_sample * b milliseconds."""
+    """Emulated accelerator: a batch of b takes base + per_sample * b milliseconds, b padded
+    up to the smallest of `shapes` that holds it when the accelerator only runs those sizes
+    (a batch larger than every shape runs in passes of the largest)."""
 
     base_ms: float
     per_sample_ms: float
+    shapes: tuple[int, ...] = ()
 
     def target_s(self, batch_size: int) -> float:
-        return (self.base_ms + self.per_sample_ms * batch_size) / 1e3
+        if not self.shapes or batch_size <= 0:
+            return (self.base_ms + self.per_sample_ms * batch_size) / 1e3
+        largest = self.shapes[-1]
+        passes, rest = divmod(batch_size, largest)
+        total = passes * (self.base_ms + self.per_sample_ms * largest)
+        if rest:
+            padded = next(s for s in self.shapes if s >= rest)
+            total += self.base_ms + self.per_sample_ms * padded
+        return total / 1e3
+
+    def scaled(self, factor: float) -> BatchProfile:
+        """The same accelerator `factor` times slower (a share of a network, a slower node)."""
+        return BatchProfile(self.base_ms * factor, self.per_sample_ms * factor, self.shapes)
+
+
+def on_accelerator(profile: BatchProfile, acc: AcceleratorConfig) -> BatchProfile:
+    """`profile` as the accelerator `acc` runs it (its docstring says how each kind does)."""
+    if acc.kind == "conventional-npu":
+        return BatchProfile(profile.base_ms, profile.per_sample_ms, acc.batch_shapes)
+    if acc.kind == "fluid-npu":
+        return BatchProfile(profile.base_ms * acc.fixed_share, profile.per_sample_ms)
+    return profile
+
+
+def utilisation(profile: BatchProfile, batch_size: int) -> float:
+    """The share of a batch's time spent on its own samples' work (not on the fixed cost nor
+    on padding): what fluid batching raises at small batch sizes."""
+    t = profile.target_s(batch_size)
+    return profile.per_sample_ms * batch_size / 1e3 / t if t > 0 and not math.isinf(t) else 0.0
 
 
 def heavy_model_names(server: ServerConfig, zoo: Zoo) -> list[str]:

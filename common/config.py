@@ -19,7 +19,9 @@ AdmissionMode = Literal["bound", "deadline"]
 ForwardingRuleName = Literal["confidence", "margin", "entropy", "agreement"]
 ServerMode = Literal["whole", "early-exit"]
 StagePolicyName = Literal["slack", "edf", "fcfs"]
-IdnPolicyName = Literal["idn", "greedy-online", "greedy-static", "cloud-only"]
+IdnPolicyName = Literal["idn", "greedy-online", "greedy-static", "cloud-only", "coe"]
+EdgeRule = Literal["agreement", "confidence"]
+AcceleratorKind = Literal["plain", "conventional-npu", "fluid-npu"]
 TIER_ORDER = ("low", "mid", "high")
 
 
@@ -118,6 +120,13 @@ class TierSpec:
     rate_hz: float | None = None
     """Mean samples per second of this tier's devices; None takes `devices.rate_hz` (a camera
     and a phone need not see frames at the same rate)."""
+    task: str = ""
+    """The task its samples belong to (zoo.json `tasks`: the labels taken mod `label_mod`,
+    its own server models); "" the dataset's own labels. Its light answers are taken mod the
+    same, and an inference delivery network serves it with that task's models."""
+    popularity: tuple[tuple[float, float], ...] = ()
+    """The tier's rate over run time: (t_s, multiplier of its rate), piecewise constant (a
+    task whose requests come and go); empty: constant."""
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -126,6 +135,13 @@ class TierSpec:
     def __post_init__(self) -> None:
         _finite(self)
         _name(self.model, "tier model")
+        if self.task:
+            _name(self.task, "tier task")
+        _check(len(self.popularity) <= 10_000 and all(
+            0 <= t <= MAX_DURATION_S and 0 <= m <= 1000 for t, m in self.popularity)
+            and [t for t, _ in self.popularity] == sorted(t for t, _ in self.popularity),
+               f"tier popularity: increasing times in [0, {MAX_DURATION_S:g}] s, multipliers "
+               "in [0, 1000]")
         for member in self.ensemble:
             _name(member, "tier ensemble model")
         _check(self.rule in typing.get_args(ForwardingRuleName),
@@ -227,6 +243,53 @@ class DevicesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AcceleratorConfig:
+    """What the server's emulated accelerator does with a batch of b samples, on top of the
+    profile L(b) = base + per_sample * b (docs/early-exit.md, "The NPUs"):
+    "plain" runs any b at L(b); "conventional-npu" runs a network compiled for fixed batch
+    sizes, so b is padded up to the smallest compiled size that holds it (larger batches run
+    in passes of the largest); "fluid-npu" runs any b without padding (fluid batching) and its
+    stackable processing elements keep small batches from idling the array: only
+    `fixed_share` of the per-batch base cost remains."""
+
+    kind: AcceleratorKind = "plain"
+    batch_shapes: tuple[int, ...] = (8, 32)
+    """conventional-npu: the batch sizes the network was compiled for."""
+    fixed_share: float = 0.5
+    """fluid-npu: the share of the per-batch base cost that stackable PEs leave."""
+
+    def __post_init__(self) -> None:
+        _finite(self)
+        _check(bool(self.batch_shapes) and all(1 <= b <= 4096 for b in self.batch_shapes)
+               and list(self.batch_shapes) == sorted(set(self.batch_shapes)),
+               "server.accelerator.batch_shapes must be increasing sizes in [1, 4096]")
+        _in(self.fixed_share, 0, 1, "server.accelerator.fixed_share")
+
+
+@dataclass(frozen=True, slots=True)
+class AutoscaleConfig:
+    """The autoscaling rule (`server.replicas.AutoscaleRule`): every control interval, enough
+    replicas for the server's arrival rate (and backlog) at `utilization` of one replica's
+    capacity at the largest batch; up at once, down after `down_after_s`. A policy that
+    plans its own replicas (CascadeServe's gears) overrides it."""
+
+    enabled: bool = False
+    min_replicas: int = 1
+    max_replicas: int = 8
+    utilization: float = 0.7
+    down_after_s: float = 5.0
+    drain_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        _finite(self)
+        _check(1 <= self.min_replicas <= self.max_replicas <= 64,
+               "server.autoscale needs 1 <= min_replicas <= max_replicas <= 64")
+        _in(self.utilization, 0, 1, "server.autoscale.utilization", open_low=True)
+        _in(self.down_after_s, 0, 3600, "server.autoscale.down_after_s")
+        _in(self.drain_s, 0, 3600, "server.autoscale.drain_s", open_low=True)
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 0
@@ -251,6 +314,10 @@ class ServerConfig:
     confident samples leave at each exit; `stage_scheduler` picks the next stage batch)."""
     exit_threshold: float = 0.9
     """early-exit: a sample leaves at a stage whose exit's top-1 probability is >= this."""
+    target_ms: float = 0.0
+    """early-exit: the latency the stage scheduler aims each request at, from its arrival at
+    the server (a soft deadline: a request past it still runs to completion); 0: the
+    request's own deadline (its device's reply timeout), past which it expires."""
     stage_scheduler: StagePolicyName = "slack"
     """early-exit: "slack" (exit-aware and preemptive: runs only samples that can still be in
     time at an exit they may take; the stage batch letting most samples leave per second,
@@ -269,6 +336,13 @@ class ServerConfig:
     """Emulated batch latency L(b) = base + per_sample * b of the server's accelerator; the
     real model always runs and the batch is padded up to L(b)."""
     pad_compute: bool = True
+    accelerator: AcceleratorConfig = field(default_factory=AcceleratorConfig)
+    """How the emulated accelerator runs a batch: any size at L(b), or as an NPU."""
+    replicas: int = 1
+    """Replicas of the emulated accelerator, each running batches from the one queue (as a
+    Triton instance group); with `autoscale`, the count it starts with. Cost is replica-
+    seconds provisioned (`summary.cost`)."""
+    autoscale: AutoscaleConfig = field(default_factory=AutoscaleConfig)
     intra_op_threads: int = 1
     control_interval_s: float = 0.5
     """How often the scheduler policy runs."""
@@ -315,6 +389,11 @@ class ServerConfig:
                "server.ensemble needs at least 2 models")
         _check(0 < self.ensemble_theta <= 1, "server.ensemble_theta must be in (0, 1]")
         _check(0 <= self.exit_threshold <= 1, "server.exit_threshold must be in [0, 1]")
+        _in(self.target_ms, 0, MAX_MS, "server.target_ms")
+        _check(1 <= self.replicas <= 64, "server.replicas must be in [1, 64]")
+        _check(self.mode == "whole" or (self.replicas == 1 and not self.autoscale.enabled),
+               "server.replicas and server.autoscale need mode = 'whole' (an early-exit "
+               "model runs on one accelerator)")
         _check(not (self.ensemble and self.heavy_models),
                "server.ensemble and server.heavy_models (model switching) do not combine")
         _in(self.control_interval_s, 0, 60, "server.control_interval_s", open_low=True)
@@ -413,9 +492,13 @@ class IdnNode:
     trace: tuple[tuple[float, float], ...] = ()
     """Popularity over run time: (t_s, multiplier of devices.rate_hz) for the devices attached
     here, piecewise constant; empty: their rate is constant."""
+    link_mbps: float = 0.0
+    """Bandwidth of the link to the parent, each way (messages queue for it in order); 0:
+    unlimited, only `link_ms` of delay."""
 
     def __post_init__(self) -> None:
         _name(self.name, "idn node name")
+        _check(0 <= self.link_mbps <= 1e6, f"idn node {self.name}: link_mbps in [0, 1e6]")
         _name(self.tier, f"idn node {self.name}: tier")
         if self.parent is not None:
             _name(self.parent, f"idn node {self.name}: parent")
@@ -437,7 +520,9 @@ class IdnConfig:
     catalog: tuple[str, ...] = ()
     """Models nodes may load; empty: the zoo's heavy variants."""
     policy: IdnPolicyName = "idn"
-    """idn (online mirror ascent, INFIDA) | greedy-online | greedy-static | cloud-only."""
+    """idn (online mirror ascent, INFIDA) | greedy-online | greedy-static | cloud-only | coe
+    (no allocation: each node answers with its `serve` models by its rule and sends the rest
+    up; the repository serves with the catalog: a cascade of ensembles across tiers)."""
     alpha_ms: float = 1000.0
     """Cost of serving = latency (ms) + alpha_ms * (1 - accuracy)."""
     slot_s: float = 2.0
@@ -446,11 +531,23 @@ class IdnConfig:
     the most a weight can grow in one slot."""
     load_s: float = 0.5
     """A model a node loads serves only after this long (emulated loading time)."""
+    edge_serve: tuple[str, ...] = ()
+    """policy "coe": the models every node but the repository answers with, a cascade-of-
+    ensembles tier; what it does not answer goes to its parent. Empty: all goes up."""
+    edge_rule: EdgeRule = "agreement"
+    """policy "coe": "agreement" answers when the share of `edge_serve` agreeing is >=
+    `edge_theta`; "confidence" (one model) when its top-1 confidence is >= `edge_theta`."""
+    edge_theta: float = 1.0
 
     def __post_init__(self) -> None:
         _finite(self)
-        for model in self.catalog:
+        for model in (*self.catalog, *self.edge_serve):
             _name(model, "idn catalog model")
+        _check(0 <= self.edge_theta <= 1, "idn.edge_theta must be in [0, 1]")
+        _check(self.edge_rule != "agreement" or len(self.edge_serve) != 1,
+               "idn.edge_rule 'agreement' needs 2 or more models in edge_serve")
+        _check(self.edge_rule != "confidence" or len(self.edge_serve) <= 1,
+               "idn.edge_rule 'confidence' takes one model in edge_serve")
         if not self.nodes:
             return
         _check(len(self.nodes) <= 64, "an idn has at most 64 nodes")
@@ -601,6 +698,10 @@ class ScenarioConfig:
         for i, sel in enumerate(self.cluster.nodes):
             unknown = sorted(set(sel.tiers) - set(self.tiers))
             _check(not unknown, f"cluster.nodes[{i}]: unknown tiers {unknown}")
+        tasks = sorted({t.task for t in self.tiers.values() if t.task})
+        _check(not tasks or bool(self.idn.nodes),
+               f"tiers with tasks ({', '.join(tasks)}) need an inference delivery network "
+               "([idn]), whose nodes serve each task with its own models")
 
 
 @dataclass(frozen=True, slots=True)
@@ -677,14 +778,38 @@ def device_specs(cfg: ScenarioConfig) -> list[DeviceSpec]:
         for i, tier in enumerate(tiers)
     ]
     if not cfg.idn.nodes:
-        return specs
+        return [_popular(s, s.spec.popularity) for s in specs]
     access = {n.name: n for n in cfg.idn.nodes if n.devices > 0}
     nodes = assign_tiers(len(specs), {n: a.devices for n, a in access.items()})
     out = []
     for spec, name in zip(specs, nodes, strict=True):
         node = access[name]
-        if node.trace:  # the node's popularity over time drives its devices' rates
-            spec = dataclasses.replace(spec, arrival="trace", trace_points=tuple(
-                (t, m * dev.rate_hz) for t, m in node.trace))
+        # The node's popularity over time and its tier's drive its devices' rates.
+        spec = _popular(spec, multiply(node.trace, spec.spec.popularity))
         out.append(dataclasses.replace(spec, node=name))
     return out
+
+
+def _popular(spec: DeviceSpec, multipliers: tuple[tuple[float, float], ...]) -> DeviceSpec:
+    """A device whose rate follows `multipliers` of its own rate over run time."""
+    if not multipliers:
+        return spec
+    return dataclasses.replace(spec, arrival="trace", trace_points=tuple(
+        (t, m * spec.rate_hz) for t, m in multipliers))
+
+
+def multiply(a: tuple[tuple[float, float], ...], b: tuple[tuple[float, float], ...]
+             ) -> tuple[tuple[float, float], ...]:
+    """The product of two piecewise-constant functions of run time, given as (t, value)
+    steps (empty: 1 everywhere; before its first step a function is 1 too)."""
+    if not a or not b:
+        return a or b
+    def at(steps: tuple[tuple[float, float], ...], t: float) -> float:
+        value = 1.0
+        for start, v in steps:
+            if start > t:
+                break
+            value = v
+        return value
+    times = sorted({0.0, *(t for t, _ in a), *(t for t, _ in b)})
+    return tuple((t, at(a, t) * at(b, t)) for t in times)

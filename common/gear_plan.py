@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,15 @@ from typing import Any
 from common.files import MIB, read_text
 
 PLAN_VERSION = 1
+CASCADE_NAME = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]{0,63})>([A-Za-z0-9][A-Za-z0-9._-]{0,63})"
+                          r"@(0(?:\.[0-9]{1,6})?|1(?:\.0{1,6})?)")
+"""A gear's heavy model `first>final@theta`: a server-side confidence cascade of two heavy
+models (`server.heavy_model.ConfidenceTier`)."""
+
+
+def cascade_name(first: str, final: str, theta: float) -> str:
+    """The name of a server-side cascade (matches `CASCADE_NAME` for theta in [0, 1])."""
+    return f"{first}>{final}@{round(theta, 6):g}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +40,8 @@ class Gear:
     """Server time per generated sample at the largest batch (ms)."""
     p95_server_ms: float = 0.0
     """Simulated server p95 (queue + batch) at the highest load this gear serves."""
+    replicas: int = 1
+    """Replicas of the accelerator this gear provisions (the load split evenly over them)."""
 
 
 @dataclass(frozen=True)

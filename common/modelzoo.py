@@ -64,6 +64,8 @@ class Zoo:
         if isinstance(listed, list):
             named = [*listed, self.index.get("heavy"), self.index.get("early_exit"),
                      *self.index.get("heavy_variants", ()),
+                     *(m for t in self.tasks.values() if isinstance(t, dict)
+                       for m in t.get("models", ())),
                      *dict(self.index.get("tiers", {})).values(),
                      *(m for ms in dict(self.index.get("ensembles", {})).values() for m in ms)]
             return frozenset(m for m in named if is_name(m))
@@ -107,6 +109,43 @@ class Zoo:
             return check_regular(self.root / str(name), MAX_MODEL_BYTES, what)
         except InputFileError as exc:
             raise ZooError(str(exc)) from None
+
+    @property
+    def tasks(self) -> dict[str, dict[str, Any]]:
+        """Tasks on the dataset (zoo.json `tasks`): each relabels the samples as label mod
+        `label_mod` and lists its models; the dataset's own labels are the task "" (and any
+        task whose `label_mod` is the number of classes)."""
+        tasks = self.index.get("tasks")
+        return dict(tasks) if isinstance(tasks, dict) else {}
+
+    def label_mod(self, task: str) -> int | None:
+        """The modulus a task takes labels by; None for the dataset's own labels."""
+        if not task or task == self.canonical_task(""):
+            return None
+        spec = self.tasks.get(task)
+        if not isinstance(spec, dict) or not isinstance(spec.get("label_mod"), int) \
+                or spec["label_mod"] < 2:
+            raise ZooError(f"task {shown(task)} is not in the zoo {self.root} (zoo.json tasks "
+                           "with label_mod >= 2)")
+        return int(spec["label_mod"])
+
+    def task_of(self, model: str) -> str:
+        """The task a model answers: its card's `task`, else the zoo's task that lists it,
+        else the dataset's own labels (`canonical_task("")`)."""
+        task = self.card(model).get("task")
+        if isinstance(task, str) and task:
+            return task
+        listed = next((t for t, spec in self.tasks.items() if isinstance(spec, dict)
+                       and model in spec.get("models", ())), "")
+        return listed or self.canonical_task("")
+
+    def canonical_task(self, task: str) -> str:
+        """The name a task goes by: "" (the dataset's own labels) is the zoo's task whose
+        `label_mod` is the number of classes, if it has one."""
+        if task:
+            return task
+        return next((t for t, spec in self.tasks.items() if isinstance(spec, dict)
+                     and spec.get("label_mod") == self.classes), "")
 
     @property
     def classes(self) -> int | None:

@@ -116,7 +116,10 @@ class Device:
         rngs = [np.random.default_rng([*key, s]) for s in range(6)]
         self._report_rng = rngs[STREAM_REPORTS]
         self._order = rngs[STREAM_DATA].permutation(len(data.y))
-        self._x, self._y = data.x, data.y
+        self._task_mod = self._zoo.label_mod(spec.spec.task)
+        """A task's labels, and the light model's answers to it, are taken mod this."""
+        self._x = data.x
+        self._y = data.y if self._task_mod is None else data.y % self._task_mod
         self._arrival_rng = rngs[STREAM_ARRIVALS]
         self._arrivals = np.empty(0)
         self._compute = ComputeProfile(spec.spec.compute_ms, spec.spec.compute_jitter)
@@ -410,6 +413,8 @@ class Device:
         padding = pad(start, real, self._compute.sample_s(self._compute_rng))
         self.overruns += padding.overrun
         pred = int(probs.argmax())
+        if self._task_mod is not None:
+            pred %= self._task_mod
         rec = SampleRecord(
             device_id=self.spec.device_id, tier=self.spec.tier, sample_id=i,
             incarnation=self.spec.incarnation, label=int(self._y[idx]),

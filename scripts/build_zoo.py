@@ -87,16 +87,16 @@ def make_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 # ---- architectures ------------------------------------------------------------------------
 
-def mlp(hidden: list[int]) -> nn.Module:
+def mlp(hidden: list[int], classes: int = 10) -> nn.Module:
     layers: list[nn.Module] = []
     width = 64
     for h in hidden:
         layers += [nn.Linear(width, h), nn.ReLU()]
         width = h
-    return nn.Sequential(*layers, nn.Linear(width, 10))
+    return nn.Sequential(*layers, nn.Linear(width, classes))
 
 
-def cnn(c1: int = 32, c2: int = 64, fc: int = 128) -> nn.Module:
+def cnn(c1: int = 32, c2: int = 64, fc: int = 128, classes: int = 10) -> nn.Module:
     """heavy-cnn: two convolutions at 8x8, pool, one at 4x4, FC."""
     return nn.Sequential(
         nn.Unflatten(1, (1, 8, 8)),
@@ -106,11 +106,11 @@ def cnn(c1: int = 32, c2: int = 64, fc: int = 128) -> nn.Module:
         nn.Conv2d(c2, c2, 3, padding=1), nn.ReLU(),
         nn.Flatten(),
         nn.Linear(c2 * 16, fc), nn.ReLU(), nn.Dropout(0.2),
-        nn.Linear(fc, 10),
+        nn.Linear(fc, classes),
     )
 
 
-def cnn_shallow(c1: int = 32, c2: int = 64, fc: int = 64) -> nn.Module:
+def cnn_shallow(c1: int = 32, c2: int = 64, fc: int = 64, classes: int = 10) -> nn.Module:
     """heavy-cnn-lite: one convolution at 8x8, pool, one at 4x4, FC (pools before the detail)."""
     return nn.Sequential(
         nn.Unflatten(1, (1, 8, 8)),
@@ -119,7 +119,7 @@ def cnn_shallow(c1: int = 32, c2: int = 64, fc: int = 64) -> nn.Module:
         nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(),
         nn.Flatten(),
         nn.Linear(c2 * 16, fc), nn.ReLU(), nn.Dropout(0.2),
-        nn.Linear(fc, 10),
+        nn.Linear(fc, classes),
     )
 
 
@@ -222,11 +222,30 @@ EARLY_EXIT: dict[str, Any] = {
     "arch": "ee-cnn[s1: 32,48 > exit avgpool2+linear | s2: pool,80 > exit avgpool2+linear"
             " | s3: 96,pool > exit fc128]",
     "build": EarlyExitCNN, "epochs": 15, "seed": SEED, "exit_weights": EE_EXIT_WEIGHTS}
+TASKS = {"parity": 2, "mod3": 3}
+"""More tasks on the same samples, for inference delivery networks that serve several
+(docs/idn.md): the digit's parity and the digit mod 3; a task's label is the digit mod
+`label_mod`. Each has three server models of different size, accuracy and latency."""
+
+
+def _task_models(task: str, mod: int) -> list[dict[str, Any]]:
+    base = {"role": "heavy", "tier": None, "task": task, "label_mod": mod, "seed": SEED}
+    return [
+        {**base, "name": f"{task}-s", "arch": "mlp[64,64]", "epochs": 10,
+         "build": lambda: mlp([64, 64], mod)},
+        {**base, "name": f"{task}-m", "arch": "cnn[32,pool,64|64]", "epochs": 12,
+         "build": lambda: cnn_shallow(classes=mod)},
+        {**base, "name": f"{task}-l", "arch": "cnn[32,64,64|128]", "epochs": 12,
+         "build": lambda: cnn(classes=mod)},
+    ]
+
+
+TASK_SPECS = [m for task, mod in TASKS.items() for m in _task_models(task, mod)]
 DEFAULT_HEAVY = "heavy-cnn"
 # The four original models first, in their original order, then the new single-file models.
 SPECS: list[dict[str, Any]] = (
     [tier[0] for tier in LIGHTS] + [HEAVIES[1], HEAVIES[0], HEAVIES[2]]
-    + [member for tier in LIGHTS for member in tier[1:]] + [EARLY_EXIT])
+    + [member for tier in LIGHTS for member in tier[1:]] + [EARLY_EXIT] + TASK_SPECS)
 BY_NAME = {s["name"]: s for s in SPECS}
 
 
@@ -325,8 +344,9 @@ def fit(name: str, out: Path) -> dict[str, Any]:
     # Seed before building: the initial weights come from torch's global generator, which torch
     # seeds differently in every process (torch.initial_seed() changes from run to run).
     torch.manual_seed(spec["seed"])
-    model = train(spec["build"](), *_SPLITS["train"], epochs=spec["epochs"], seed=spec["seed"],
-                  exit_weights=spec.get("exit_weights"))
+    x, y = _SPLITS["train"]
+    model = train(spec["build"](), x, task_labels(spec, y), epochs=spec["epochs"],
+                  seed=spec["seed"], exit_weights=spec.get("exit_weights"))
     result: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters())}
     if spec["role"] == "early_exit":
         assert isinstance(model, EarlyExitCNN)
@@ -338,8 +358,15 @@ def fit(name: str, out: Path) -> dict[str, Any]:
     return result
 
 
-def fit_all(out: Path, jobs: int) -> dict[str, dict[str, Any]]:
-    costliest_first = sorted(SPECS, key=lambda s: -_train_cost(s))
+def task_labels(spec: dict[str, Any], y: np.ndarray) -> np.ndarray:
+    """The labels a model learns: the digit, or the digit mod its task's `label_mod`."""
+    mod = spec.get("label_mod")
+    return y if mod is None else y % mod
+
+
+def fit_all(out: Path, jobs: int, specs: list[dict[str, Any]] | None = None
+            ) -> dict[str, dict[str, Any]]:
+    costliest_first = sorted(specs or SPECS, key=lambda s: -_train_cost(s))
     names = [s["name"] for s in costliest_first]
     if jobs <= 1:
         _init_worker()
@@ -461,8 +488,10 @@ def model_card(spec: dict[str, Any], path: Path, params: int,
         "size_bytes": path.stat().st_size, "params": params,
         "input": {"name": "input", "shape": [None, 64], "dtype": "float32",
                   "scale": "uint8 pixels / 255"},
-        "output": {"name": "probs", "shape": [None, 10]},
-        "accuracy": {p: accuracy(probs[p], splits[p][1]) for p in ("val", "test")},
+        "output": {"name": "probs", "shape": [None, spec.get("label_mod", 10)]},
+        **({"task": spec["task"]} if "task" in spec else {}),
+        "accuracy": {p: accuracy(probs[p], task_labels(spec, splits[p][1]))
+                     for p in ("val", "test")},
         "latency_ms_p50": None,  # filled in by measure_latencies
         "training": {"epochs": spec["epochs"], "seed": spec["seed"],
                      "optimizer": "AdamW one-cycle", "torch": torch.__version__},
@@ -513,6 +542,46 @@ def early_exit_card(spec: dict[str, Any], out: Path, fitted: dict[str, Any],
     return card
 
 
+def task_index(heavy_variants: list[str]) -> dict[str, Any]:
+    """zoo.json's `tasks`: the digit task (the heavy variants) and the TASKS."""
+    out: dict[str, Any] = {"digit": {"label_mod": 10, "models": heavy_variants}}
+    for task, mod in TASKS.items():
+        out[task] = {"label_mod": mod,
+                     "models": [s["name"] for s in TASK_SPECS if s["task"] == task]}
+    return out
+
+
+def add_tasks(out: Path, jobs: int) -> None:
+    """Train and add the task models to an existing zoo: their ONNX files and cards, and
+    zoo.json's `tasks` and `models`; the other files stay byte for byte."""
+    t0 = time.perf_counter()
+    splits = make_splits()
+    fitted = fit_all(out, jobs, TASK_SPECS)
+    cards: dict[str, dict[str, Any]] = {}
+    for spec in TASK_SPECS:
+        path = out / f"{spec['name']}.onnx"
+        sess = session(path)
+        probs = {p: predict(sess, splits[p][0]) for p in ("val", "test")}
+        cards[spec["name"]] = model_card(spec, path, fitted[spec["name"]]["params"], probs,
+                                         splits)
+    measure_latencies(cards, out)
+    host = {"machine": platform.machine(), "processor": platform.processor() or "unknown",
+            "python": platform.python_version(), "onnxruntime": ort.__version__,
+            "threads": 1,
+            "latency": f"median of 50 runs after 10 warm-up runs, lowest of {LATENCY_ROUNDS} "
+                       "rounds through all models"}
+    for name, card in cards.items():
+        card["measured_on"] = host
+        (out / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
+    index = json.loads((out / "zoo.json").read_text())
+    index["tasks"] = task_index(list(index["heavy_variants"]))
+    index["models"] = [*index["models"],
+                       *(s["name"] for s in TASK_SPECS if s["name"] not in index["models"])]
+    (out / "zoo.json").write_text(json.dumps(index, indent=2) + "\n")
+    print("\n".join(markdown_rows(cards)))
+    print(f"task models built in {time.perf_counter() - t0:.0f} s")
+
+
 def markdown_rows(cards: dict[str, dict[str, Any]]) -> list[str]:
     rows = ["| model | role | tier | params | size | acc val | acc test | ms b1 | ms b32 |",
             "|---|---|---|---|---|---|---|---|---|"]
@@ -534,11 +603,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ZOO)
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                         help="training processes (one torch thread each); default 2")
+    parser.add_argument("--tasks-only", action="store_true",
+                        help="build only the task models (TASKS) into an existing zoo and add "
+                             "them to its zoo.json, leaving every other file as it is")
     args = parser.parse_args()
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    if args.tasks_only:
+        add_tasks(out, args.jobs)
+        return
     t0 = time.perf_counter()
     splits = make_splits()
     dataset = out / "digits-noisy.npz"
@@ -562,6 +637,7 @@ def main() -> None:
 
     measure_latencies(cards, out)
     heavy_variants = [h["name"] for h in HEAVIES]
+    tasks = task_index(heavy_variants)
     y_val = splits["val"][1]
     for spec in SPECS:
         if spec["role"] != "light":
@@ -599,6 +675,7 @@ def main() -> None:
         "heavy_variants": heavy_variants,
         "ensembles": {tier[0]["tier"]: [s["name"] for s in tier] for tier in LIGHTS},
         "early_exit": EARLY_EXIT["name"],
+        "tasks": tasks,
     }
     (out / "zoo.json").write_text(json.dumps(index, indent=2) + "\n")
 

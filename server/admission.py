@@ -23,12 +23,13 @@ class AdmissionRefused(Exception):
 
 
 def estimated_finish(queued: int, max_batch_size: int, busy_until: float, now: float,
-                     batch_s: Callable[[int], float]) -> float:
+                     batch_s: Callable[[int], float], replicas: int = 1) -> float:
     """When a request joining now would be answered at the latest, if the batcher keeps
     cutting full batches: after the running batch, the full batches queued ahead of it, and
     its own batch, counted as full too (under load, requests behind it fill it; counting it
-    by its size now was optimistic by up to L(max) - L(1) and let admitted requests expire)."""
-    ahead = queued // max_batch_size
+    by its size now was optimistic by up to L(max) - L(1) and let admitted requests expire).
+    `replicas` run batches side by side: the queue ahead drains that many times faster."""
+    ahead = queued // (max_batch_size * max(replicas, 1))
     return max(now, busy_until) + (ahead + 1) * batch_s(max_batch_size)
 
 
@@ -45,12 +46,13 @@ class Admission:
     max_queue_size: int
 
     def check(self, *, queued: int, max_batch_size: int, busy_until: float, now: float,
-              deadline: float, batch_s: Callable[[int], float]) -> None:
+              deadline: float, batch_s: Callable[[int], float], replicas: int = 1) -> None:
         """Raise `AdmissionRefused` if the request must be shed."""
         if queued >= self.max_queue_size:
             raise AdmissionRefused("queue_full", f"queue full ({queued}/{self.max_queue_size})")
         if self.mode == "deadline":
-            finish = estimated_finish(queued, max_batch_size, busy_until, now, batch_s)
+            finish = estimated_finish(queued, max_batch_size, busy_until, now, batch_s,
+                                      replicas)
             if finish + SLACK * (finish - now) > deadline:
                 raise AdmissionRefused(
                     "admission", f"would finish {1e3 * (finish - deadline):.0f} ms after its "

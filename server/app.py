@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from common import protocol as wire
-from common.batch_profiles import BatchProfile, heavy_model_names, profile_for
+from common.batch_profiles import BatchProfile, heavy_model_names, on_accelerator, profile_for
 from common.config import ServerConfig
 from common.events import EventLog
 from common.modelzoo import Zoo, open_zoo
@@ -26,6 +26,7 @@ from server.early_exit.stages import StageScheduler
 from server.guard import ConnectionGuard, host_limits
 from server.heavy_model import AgreementTier, HeavyModel, ServedModel
 from server.idn.node import IdnNodeRuntime
+from server.replicas import Autoscaler, AutoscaleRule
 from server.request_queue import RequestQueue
 from server.runtime import GUARD, RUNTIME, SETTINGS, Runtime, ServerSettings
 from server.scheduling import make_policy
@@ -84,11 +85,17 @@ async def _build(settings: ServerSettings) -> Runtime:
                             events, slo_ms=settings.slo_ms, interval_s=cfg.control_interval_s)
     rt = Runtime(settings, zoo, models, profiles, stats, batcher, controller, events,
                  asyncio.get_running_loop().time())
+    if cfg.autoscale.enabled:
+        a = cfg.autoscale
+        rt.autoscaler = Autoscaler(AutoscaleRule(a.min_replicas, a.max_replicas, a.utilization,
+                                                 a.down_after_s, a.drain_s))
     if settings.idn_node:
         rt.idn = IdnNodeRuntime(settings.idn, settings.idn_node, cfg, zoo, stats, events,
-                                settings.token, settings.parent_url, settings.seed)
+                                settings.token, settings.parent_url, settings.seed,
+                                settings.tier_tasks)
     events.emit("server_start", policy=settings.policy.name, heavy_model=default,
-                heavy_models=names, max_batch_size=cfg.max_batch_size, slo_ms=settings.slo_ms)
+                heavy_models=names, max_batch_size=cfg.max_batch_size, slo_ms=settings.slo_ms,
+                replicas=cfg.replicas, autoscale=cfg.autoscale.enabled)
     return rt
 
 
@@ -112,8 +119,8 @@ async def _load_models(cfg: ServerConfig, zoo: Zoo) -> tuple[
         await loop.run_in_executor(None, _warm_up, model)
     base = BatchProfile(cfg.batch_base_ms, cfg.batch_per_sample_ms)
     profiles: dict[str, BatchProfile | None] = {
-        n: profile_for(zoo, n, default, base, cfg.profiles) if cfg.pad_compute else None
-        for n in loaded}
+        n: on_accelerator(profile_for(zoo, n, default, base, cfg.profiles), cfg.accelerator)
+        if cfg.pad_compute else None for n in loaded}
     models: dict[str, ServedModel] = {n: loaded[n] for n in names if n not in cfg.ensemble
                                       or n == default}
     if cfg.ensemble:
@@ -134,7 +141,7 @@ def _make_batcher(cfg: ServerConfig, first: ServedModel, profile: BatchProfile |
     batching = BatchPolicy(cfg.max_batch_size, cfg.max_queue_delay_us / 1e6)
     admission = Admission(cfg.admission, cfg.max_queue_size)
     if cfg.mode != "early-exit":
-        return Batcher(first, queue, batching, profile, stats, admission)
+        return Batcher(first, queue, batching, profile, stats, admission, cfg.replicas)
     if not isinstance(first, StagedModel):
         raise ValueError(f"server.mode = 'early-exit' needs an early-exit heavy model "
                          f"(a zoo card with stages); {first.name} is not one")
@@ -143,7 +150,8 @@ def _make_batcher(cfg: ServerConfig, first: ServedModel, profile: BatchProfile |
     scheduler = StageScheduler(first.costs(cfg.exit_threshold), cfg.max_batch_size,
                                cfg.max_queue_delay_us / 1e6, cfg.stage_scheduler)
     return EarlyExitBatcher(first, queue, batching, profile, stats, admission,
-                            scheduler=scheduler, exit_threshold=cfg.exit_threshold)
+                            scheduler=scheduler, exit_threshold=cfg.exit_threshold,
+                            target_s=cfg.target_ms / 1e3)
 
 
 def _warm_up(model: ServedModel) -> None:

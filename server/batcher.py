@@ -24,6 +24,7 @@ from common.batch_profiles import BatchProfile
 from server.admission import Admission, AdmissionRefused
 from server.batch_policy import BatchPolicy, Cut, Idle, WaitUntil
 from server.heavy_model import BatchOutput, ServedModel
+from server.replicas import ReplicaLedger
 from server.request_queue import QueueFull, Request, RequestQueue
 from server.stats import ServerStats
 from server.tensors import model_input
@@ -79,10 +80,21 @@ def _settle(fut: asyncio.Future[Any], outcome: Any, failed: bool) -> None:
         fut.set_result(outcome)
 
 
+@dataclass(slots=True)
+class _Replica:
+    """A replica of the emulated accelerator beyond the first: its own model thread and
+    busy time, batches from the shared queue."""
+
+    index: int
+    thread: ModelThread
+    busy_until: float = 0.0
+    task: asyncio.Task[None] | None = None
+
+
 class Batcher:
     def __init__(self, model: ServedModel, queue: RequestQueue, policy: BatchPolicy,
                  profile: BatchProfile | None, stats: ServerStats,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None, replicas: int = 1) -> None:
         self.model = model
         self.queue = queue
         self.policy = policy
@@ -100,6 +112,35 @@ class Batcher:
         self._expiry_at = float("inf")
         self._model_thread = ModelThread(self._loop)
         self._closed = False
+        self.ledger = ReplicaLedger(max(replicas, 1), self._loop.time())
+        """Replica-seconds provisioned; replica 0 is this object's own loop and thread."""
+        self._extra: list[_Replica] = []
+        self._idle: set[asyncio.Future[None]] = set()
+        """Extra replicas waiting for work: any submission wakes them."""
+        self._scaled = asyncio.Event()
+        self._started = False
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    @property
+    def active(self) -> int:
+        """Replicas provisioned now."""
+        return self.ledger.active
+
+    def set_replicas(self, n: int) -> None:
+        """Provision `n` replicas from now on (at least 1): new ones start taking batches at
+        once, released ones finish their running batch."""
+        n = max(n, 1)
+        if n == self.ledger.active:
+            return
+        now = self._loop.time()
+        self.ledger.set(n, now, {r.index: r.busy_until for r in self._extra})
+        self.stats.on_replicas(n)
+        if self._started:
+            self._spawn_replicas()
+        self._scaled.set()
+        self._scaled = asyncio.Event()
 
     def submit(self, req: Request) -> None:
         """Queue a request or raise `AdmissionRefused`; once queued, its `respond` will be
@@ -111,8 +152,9 @@ class Batcher:
         # "bound" mode there is nothing to ask it (this runs once per request).
         if queued >= admission.max_queue_size or admission.mode == "deadline":
             admission.check(queued=queued, max_batch_size=self.policy.max_batch_size,
-                            busy_until=self._busy_until, now=req.arrival,
-                            deadline=req.deadline, batch_s=self.batch_s)
+                            busy_until=self._free_at(), now=req.arrival,
+                            deadline=req.deadline, batch_s=self.batch_s,
+                            replicas=self.ledger.active)
         try:
             self.queue.push(req)
         except QueueFull as exc:
@@ -123,6 +165,9 @@ class Batcher:
         if self._waiter is not None and len(self.queue) >= self._wake_at \
                 and not self._waiter.done():
             self._waiter.set_result(None)
+        if self._idle:
+            for fut in self._idle:
+                _resolve(fut)
 
     def use(self, model: ServedModel, profile: BatchProfile | None) -> None:
         """Run the next batches with another heavy model (the running batch finishes)."""
@@ -137,7 +182,14 @@ class Batcher:
         """Takes effect at the next batch."""
         self.policy.max_batch_size = max(1, n)
 
+    def _free_at(self) -> float:
+        """When the first provisioned replica is free (for the admission estimate)."""
+        ends = [self._busy_until, *(r.busy_until for r in self._extra[:self.ledger.active - 1])]
+        return min(ends)
+
     async def run(self) -> None:
+        self._started = True
+        self._spawn_replicas()
         while True:
             now = self._loop.time()
             decision = self.policy.decide(len(self.queue), self.queue.oldest_arrival(), now)
@@ -147,6 +199,50 @@ class Batcher:
                 await self._wait(decision.time)
             elif isinstance(decision, Cut):
                 await self._run_batches(self._cut(decision.size))
+
+    def _spawn_replicas(self) -> None:
+        """A loop (and a model thread) for every provisioned replica beyond the first."""
+        while len(self._extra) < self.ledger.active - 1:
+            index = len(self._extra) + 1
+            r = _Replica(index, ModelThread(self._loop, f"heavy-model-{index}"))
+            r.task = self._loop.create_task(self._replica_loop(r), name=f"replica-{r.index}")
+            self._extra.append(r)
+
+    async def _replica_loop(self, r: _Replica) -> None:
+        """An extra replica: while provisioned, cut batches from the shared queue and run
+        them on its own thread; when released, wait to be provisioned again."""
+        while not self._closed:
+            if r.index >= self.ledger.active:
+                await self._scaled.wait()
+                continue
+            now = self._loop.time()
+            decision = self.policy.decide(len(self.queue), self.queue.oldest_arrival(), now)
+            if isinstance(decision, Cut):
+                batch = self._cut(decision.size)
+                begins = self._loop.time()
+                r.busy_until = begins + self.batch_s(len(batch))
+                model, profile = self.model, self.profile
+                running = r.thread.run(_timed, self._loop.time, model.run,
+                                       model_input([q.x for q in batch]))
+                await self._finish(_Running(batch, model.name, profile, running))
+                continue
+            await self._idle_wait(decision.time if isinstance(decision, WaitUntil) else None)
+
+    async def _idle_wait(self, until: float | None) -> None:
+        """An extra replica sleeps until `until`, the next submission, or a change in the
+        number of replicas."""
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._idle.add(fut)
+        timer = self._loop.call_at(until, _resolve, fut) if until is not None else None
+        scaled = asyncio.ensure_future(self._scaled.wait())
+        scaled.add_done_callback(lambda _: _resolve(fut))
+        try:
+            await fut
+        finally:
+            self._idle.discard(fut)
+            scaled.cancel()
+            if timer is not None:
+                timer.cancel()
 
     def _cut(self, size: int) -> list[Request]:
         batch = self.queue.pop(size)
@@ -260,6 +356,13 @@ class Batcher:
             r.respond(wire.Result(sample_id=r.sample_id, status=wire.ResultStatus.REJECTED,
                                   reason="server shutting down", cause="shutdown"))
         self.stats.queued = 0
+        self._scaled.set()
+        for extra in self._extra:
+            if extra.task is not None:
+                extra.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await extra.task
+            extra.thread.shutdown()
         self._model_thread.shutdown()
 
 

@@ -9,7 +9,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from common.batch_profiles import BatchProfile
-from common.cascade_math import agreement_forwards, vote_shares
+from common.cascade_math import agreement_forwards, forwards, vote_shares
+from common.gear_plan import cascade_name
 from common.modelzoo import Zoo, open_session
 
 
@@ -87,6 +88,81 @@ class AgreementTier:
             total += p.target_s(size) if p else 0.0
         final = self._profiles[self.final.name]
         return total + (final.target_s(escalated) if final and escalated else 0.0)
+
+
+ESCALATE = "escalate"
+"""The model name an `EdgeTier` gives a sample it does not answer: its node sends it up."""
+
+
+class EdgeTier:
+    """A cascade-of-ensembles tier on an edge node: its models run on the batch; a sample is
+    answered when they agree (the majority's share >= theta) or, with one model under the
+    confidence rule, when its top-1 confidence is >= theta; the others are marked `ESCALATE`
+    for the node to send to its parent. Its members run one after another on the node's
+    accelerator: a batch of b takes the sum of their L(b)."""
+
+    def __init__(self, members: list[ServedModel], rule: str, theta: float,
+                 profiles: dict[str, BatchProfile | None]) -> None:
+        self.members, self.rule, self.theta = members, rule, theta
+        names = "+".join(m.name for m in members)
+        self.name = f"agreement({names})" if rule == "agreement" else names
+        self.card = members[-1].card
+        self.sample_shape, self.sample_size = members[0].sample_shape, members[0].sample_size
+        parts = [profiles.get(m.name) for m in members]
+        self.profile = None if any(p is None for p in parts) else BatchProfile(
+            sum(p.base_ms for p in parts if p), sum(p.per_sample_ms for p in parts if p))
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.run(batch).probs
+
+    def run(self, batch: np.ndarray) -> BatchOutput:
+        if self.rule == "agreement":
+            probs = vote_shares(np.stack([m.infer(batch) for m in self.members]))
+            up = np.asarray(agreement_forwards(probs.max(axis=1), self.theta))
+        else:
+            probs = self.members[0].infer(batch)
+            up = np.asarray(forwards(probs.max(axis=1), self.theta))
+        models = tuple(ESCALATE if u else self.name for u in up)
+        target = self.profile.target_s(len(batch)) if self.profile is not None else None
+        return BatchOutput(probs.astype(np.float32), models, target)
+
+
+class ConfidenceTier:
+    """A confidence cascade on the server (CascadeServe's cascades run on its GPUs): the first
+    model answers every sample of the batch; the ones whose top-1 confidence is below theta
+    go on to the final model within the same batch slot. One emulated accelerator runs both,
+    so a batch of b with e escalations takes L_first(b) + L_final(e)."""
+
+    def __init__(self, first: ServedModel, final: ServedModel, theta: float,
+                 profiles: dict[str, BatchProfile | None]) -> None:
+        self.first, self.final, self.theta = first, final, theta
+        self.name = cascade_name(first.name, final.name, theta)
+        self.card = final.card
+        self.sample_shape, self.sample_size = first.sample_shape, first.sample_size
+        self._first_profile = profiles.get(first.name)
+        self._final_profile = profiles.get(final.name)
+        parts = (self._first_profile, self._final_profile)
+        self.profile = None if parts[0] is None or parts[1] is None else BatchProfile(
+            parts[0].base_ms + parts[1].base_ms, parts[0].per_sample_ms + parts[1].per_sample_ms)
+        """The worst case (every sample escalates): what capacity and admission plan with."""
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.run(batch).probs
+
+    def run(self, batch: np.ndarray) -> BatchOutput:
+        probs = self.first.infer(batch).astype(np.float32)
+        escalate = np.asarray(forwards(probs.max(axis=1), self.theta))
+        models = [self.first.name] * len(batch)
+        n_up = int(escalate.sum())
+        if n_up:
+            probs[escalate] = self.final.infer(batch[escalate])
+            for i in np.flatnonzero(escalate):
+                models[i] = self.final.name
+        target = None
+        if self._first_profile is not None and self._final_profile is not None:
+            target = self._first_profile.target_s(len(batch)) + (
+                self._final_profile.target_s(n_up) if n_up else 0.0)
+        return BatchOutput(probs, tuple(models), target)
 
 
 class ServedModel(Protocol):

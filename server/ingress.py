@@ -347,6 +347,9 @@ def _on_report(rt: Runtime, device_id: str, msg: wire.Report, outbox: Outbox,
 def _admit(rt: Runtime, req: Request) -> None:
     try:
         if rt.idn is not None:
+            if not req.task and req.device_id != "http":  # a device's task: its tier's
+                session = rt.controller.sessions.get(req.device_id)
+                req.task = rt.idn.task_of_tier(session.info.tier if session else "")
             rt.idn.submit(req)
         else:
             rt.batcher.submit(req)
@@ -439,7 +442,11 @@ async def http_infer(request: web.Request) -> web.Response:
         if not fut.done():
             fut.set_result(res)
 
-    req = Request("http", msg.sample_id, x, now, now + budget_ms / 1e3, respond)
+    task = request.query.get("task", "")
+    if task and not is_name(task):
+        rt.stats.on_protocol_error("malformed")
+        return _http_error(wire.ErrorCode.MALFORMED, "task must be a name")
+    req = Request("http", msg.sample_id, x, now, now + budget_ms / 1e3, respond, task=task)
     _admit(rt, req)
     result = await fut
     if result.status == wire.ResultStatus.REJECTED:

@@ -31,6 +31,9 @@ class Request:
     `Outbox.send`): the batcher packs a batch's results without building `Result`s. None: only
     `respond`. Whoever wraps `respond` (to relabel a result, say) must drop this."""
     seq: int = field(default=-1)
+    task: str = ""
+    """The task the sample belongs to (an inference delivery network serves it with that
+    task's models); "" the dataset's own labels."""
 
 
 class QueueFull(Exception):

@@ -18,12 +18,14 @@ from common import protocol as wire
 from common.batch_profiles import BatchProfile
 from common.config import IdnConfig, PolicyConfig, ScenarioConfig, ServerConfig
 from common.events import EventLog
+from common.gear_plan import CASCADE_NAME
 from common.modelzoo import Zoo, ZooError
 from server.batcher import Batcher
 from server.control import Controller, every
 from server.guard import ConnectionGuard
-from server.heavy_model import ServedModel
+from server.heavy_model import ConfidenceTier, ServedModel
 from server.idn.node import IdnNodeRuntime
+from server.replicas import Autoscaler
 from server.scheduling.base import (
     DeviceInfo,
     HeavyOption,
@@ -46,6 +48,8 @@ class ServerSettings:
     """Devices must present it in `hello`; empty accepts any (for hand-run servers)."""
     tier_thresholds: dict[str, float] = field(default_factory=dict)
     """Initial thresholds the scenario sets per tier; other tiers take their card's default."""
+    tier_tasks: dict[str, str] = field(default_factory=dict)
+    """The task of each tier's devices (tiers without one: the dataset's own labels)."""
     events_path: Path | None = None
     idn: IdnConfig = field(default_factory=IdnConfig)
     idn_node: str = ""
@@ -66,6 +70,7 @@ class ServerSettings:
                    token=token, events_path=events_path,
                    tier_thresholds={t: s.threshold for t, s in cfg.tiers.items()
                                     if s.threshold is not None},
+                   tier_tasks={t: s.task for t, s in cfg.tiers.items() if s.task},
                    idn=cfg.idn, idn_node=idn_node, parent_url=parent_url, seed=cfg.seed)
 
 
@@ -84,6 +89,8 @@ class Runtime:
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
     idn: IdnNodeRuntime | None = None
     """Set when this server is a node of an inference delivery network."""
+    autoscaler: Autoscaler | None = None
+    """The shared autoscaling rule, when the scenario turns it on."""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start(self, clock: Callable[[], float]) -> None:
@@ -113,20 +120,44 @@ class Runtime:
     def server_window(self, now: float) -> ServerWindow:
         """The server over the control interval ending `now`, as the policy sees it."""
         return self.stats.take_window(now, len(self.batcher.queue), self.batcher.queue.max_size,
-                                      self.batcher.policy.max_batch_size)
+                                      self.batcher.policy.max_batch_size, self.batcher.active)
 
     def control_step(self, now: float) -> PolicyDecision:
-        decision = self.controller.step(now, self.server_window(now), self.model.name,
-                                        self.heavy_options())
-        self.apply(decision)
+        window = self.server_window(now)
+        decision = self.controller.step(now, window, self.model.name, self.heavy_options())
+        self.apply(decision, now)
+        if decision.replicas is None and self.autoscaler is not None:
+            self.autoscale(now, window)
         return decision
 
-    def apply(self, decision: PolicyDecision) -> None:
+    def apply(self, decision: PolicyDecision, now: float | None = None) -> None:
         """What a decision asks of the server beyond thresholds (the controller sends those)."""
         if decision.heavy_model:
             self.switch_model(decision.heavy_model, decision.note)
         if decision.max_batch_size is not None:
             self.batcher.set_max_batch_size(decision.max_batch_size)
+        if decision.replicas is not None:
+            self.set_replicas(decision.replicas, decision.note)
+
+    def autoscale(self, now: float, window: ServerWindow) -> None:
+        """The shared autoscaling rule: replicas for the arrival rate and backlog at the
+        target utilisation of one replica's capacity at the largest batch."""
+        assert self.autoscaler is not None
+        size = self.batcher.policy.max_batch_size
+        batch_s = self.batcher.batch_s(size)
+        capacity = size / batch_s if batch_s > 0 else float("inf")
+        wanted = self.autoscaler.rule.wanted(window.arrival_rate, window.queue_len, capacity)
+        n = self.autoscaler.decide(now, self.batcher.active, wanted)
+        self.set_replicas(n, f"autoscale: {window.arrival_rate:.0f} samples/s, queue "
+                             f"{window.queue_len}, {capacity:.0f} samples/s per replica")
+
+    def set_replicas(self, n: int, reason: str) -> None:
+        if n == self.batcher.active:
+            return
+        previous = self.batcher.active
+        self.batcher.set_replicas(n)
+        self.events.emit("replicas", previous=previous, replicas=self.batcher.active,
+                         reason=reason)
 
     @property
     def model(self) -> ServedModel:
@@ -144,14 +175,30 @@ class Runtime:
         return out
 
     def switch_model(self, name: str, reason: str) -> bool:
-        """Run `name` from the next batch on; False if it is not loaded or already running."""
-        if name not in self.models or name == self.model.name:
+        """Run `name` from the next batch on: a loaded model, or a server-side cascade of two
+        (`first>final@theta`, built on first use); False if neither, or already running."""
+        if name not in self.models:
+            tier = self._cascade(name)
+            if tier is None:
+                return False
+            self.models[name], self.profiles[name] = tier, tier.profile
+        if name == self.model.name:
             return False
         old = self.model.name
         self.batcher.use(self.models[name], self.profiles[name])
         self.stats.on_model_switch(name)
         self.events.emit("model_switch", previous=old, model=name, reason=reason)
         return True
+
+    def _cascade(self, name: str) -> ConfidenceTier | None:
+        match = CASCADE_NAME.fullmatch(name)
+        if match is None:
+            return None
+        first, final, theta = match.group(1), match.group(2), float(match.group(3))
+        plain = {n: m for n, m in self.models.items() if CASCADE_NAME.fullmatch(n) is None}
+        if first not in plain or final not in plain or first == final:
+            return None
+        return ConfidenceTier(plain[first], plain[final], theta, self.profiles)
 
     def device_info(self, hello: wire.Hello) -> DeviceInfo:
         try:
@@ -184,6 +231,9 @@ class Runtime:
             "mean_batch_size": round(window.mean_batch_size, 2),
             "mean_queue_ms": round(window.mean_queue_ms, 2),
             "totals": dataclasses.asdict(totals),
+            "replicas": {"active": self.batcher.active, "peak": self.batcher.ledger.peak,
+                         "replica_seconds": round(self.batcher.ledger.total(
+                             self.batcher.now()), 3)},
             "shed": dict(self.stats.shed),
             "slo_ms": self.settings.slo_ms,
             **({"idn": self.idn.status()} if self.idn is not None else {}),

@@ -114,6 +114,10 @@ class ServerStats:
                                  "1 for the heavy model running now.", ["model"], registry=r)
         self.threshold_updates = Counter("testbed_scheduler_threshold_updates",
                                          "Threshold messages sent.", registry=r)
+        self.replicas = Gauge("testbed_server_replicas",
+                              "Replicas of the emulated accelerator provisioned now.",
+                              registry=r)
+        self.replicas.set(1)
         self.totals = _Window()
         self.shed: dict[str, int] = {}
         """Requests not run, by cause (queue_full, admission, deadline, shutdown)."""
@@ -144,6 +148,9 @@ class ServerStats:
 
     def on_failed(self, n: int) -> None:
         self.requests.labels("failed").inc(n)
+
+    def on_replicas(self, n: int) -> None:
+        self.replicas.set(n)
 
     def on_model_switch(self, name: str) -> None:
         self.heavy_model.clear()
@@ -187,8 +194,9 @@ class ServerStats:
     # --- windows --------------------------------------------------------------------------
 
     def take_window(self, now: float, queue_len: int, max_queue_size: int,
-                    max_batch_size: int) -> ServerWindow:
-        """The window since the previous call; counters start again from zero."""
+                    max_batch_size: int, replicas: int = 1) -> ServerWindow:
+        """The window since the previous call; counters start again from zero. Busy time is
+        a share of what `replicas` replicas could have run."""
         start = self._window_start if self._window_start is not None else now
         self._window_start = now
         w, self._window = self._window, _Window()
@@ -199,4 +207,5 @@ class ServerStats:
             max_queue_size=max_queue_size,
             mean_queue_ms=1e3 * w.queue_s_sum / w.completed if w.completed else 0.0,
             mean_batch_size=w.batch_sum / w.batches if w.batches else 0.0,
-            busy_fraction=min(w.busy_s / span, 1.0), max_batch_size=max_batch_size)
+            busy_fraction=min(w.busy_s / (span * max(replicas, 1)), 1.0),
+            max_batch_size=max_batch_size, replicas=replicas)

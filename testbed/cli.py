@@ -585,7 +585,7 @@ def _tune(catalog: Any, chosen: list[Any], out: Path, reuse_any: bool, dry_run: 
     for result in results:
         console.print(tuning_table(result))
     where = t.chosen_path(catalog.scenarios)
-    data = t.write_chosen(where, [r for r in results if not r.missing], everything, bases)
+    data = t.write_chosen(where, [r for r in results if not r.missing], everything)
     console.print(power_table({c.id: data["power"][c.id] for c in everything
                                if c.id in data.get("power", {}) and c.scenario in bases}))
     console.print(f"chosen values written to {escape(str(where))}")

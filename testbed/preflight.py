@@ -56,7 +56,9 @@ def _check(cfg: ScenarioConfig) -> Checked:
             raise CheckFailed(f"{where}: model {name} is a {card.get('role')} model, not a "
                               f"{role} one")
         if name not in sessions and "file" in card:
-            sessions[name] = _session_shape(zoo, name, shape)
+            task = card.get("task", "")
+            sessions[name] = _session_shape(zoo, name, shape,
+                                            zoo.label_mod(task) if task else None)
         return card
 
     for tier, spec in cfg.tiers.items():
@@ -65,8 +67,16 @@ def _check(cfg: ScenarioConfig) -> Checked:
         out.lines.append(f"tier {tier}: {'+'.join(spec.members)} "
                          f"(input {sessions.get(spec.members[0], '?')})")
     heavies = heavy_model_names(cfg.server, zoo)
-    for name in [*heavies, *cfg.server.ensemble, *cfg.idn.catalog]:
+    for name in [*heavies, *cfg.server.ensemble, *cfg.idn.catalog, *cfg.idn.edge_serve]:
         model(name, "heavy", "server")
+    catalog = cfg.idn.catalog or tuple(zoo.index.get("heavy_variants") or [zoo.heavy])
+    served = {zoo.task_of(m) for m in catalog}
+    for tier, spec in cfg.tiers.items():
+        if spec.task:
+            zoo.label_mod(spec.task)  # a task the zoo has
+            if zoo.canonical_task(spec.task) not in served:
+                raise CheckFailed(f"tier {tier}: no model of task {spec.task} in the "
+                                  f"inference delivery network's catalog {list(catalog)}")
     base = BatchProfile(cfg.server.batch_base_ms, cfg.server.batch_per_sample_ms)
     for name in heavies:
         profile_for(zoo, name, heavies[0], base, cfg.server.profiles)
@@ -74,9 +84,10 @@ def _check(cfg: ScenarioConfig) -> Checked:
     return out
 
 
-def _session_shape(zoo: Zoo, name: str, sample_shape: tuple[int, ...]) -> str:
+def _session_shape(zoo: Zoo, name: str, sample_shape: tuple[int, ...],
+                   task_classes: int | None = None) -> str:
     """Open the model as devices and the server do; its input must take the data's samples
-    and its output have as many classes as the data has."""
+    and its output have as many classes as the data has (or as its task has)."""
     path = zoo.model_path(name)
     try:
         session = open_session(path, 1, 1)
@@ -88,7 +99,8 @@ def _session_shape(zoo: Zoo, name: str, sample_shape: tuple[int, ...]) -> str:
         raise CheckFailed(f"model {name}: needs exactly one float32 input")
     check_fits(sample_shape, inputs[0].shape, name, f"the zoo's data ({zoo.root})")
     classes = model_classes(outputs[0].shape)
-    if classes is not None and zoo.classes is not None and classes != zoo.classes:
-        raise CheckFailed(f"model {name}: outputs {classes} classes, the zoo's dataset has "
-                          f"{zoo.classes}")
+    expected = task_classes or zoo.classes
+    if classes is not None and expected is not None and classes != expected:
+        raise CheckFailed(f"model {name}: outputs {classes} classes, its "
+                          f"{'task' if task_classes else 'dataset'} has {expected}")
     return str([d if isinstance(d, int) else None for d in inputs[0].shape])

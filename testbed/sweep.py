@@ -44,6 +44,7 @@ ALIASES = {
     "admission": "server.admission", "max_batch_size": "server.max_batch_size",
     "reply_timeout": "devices.reply_timeout_ms",
     "idn_policy": "idn.policy", "alpha_ms": "idn.alpha_ms",
+    "accuracy_target": "policy.params.min_accuracy",
 }
 INDEX_FIELDS = ("slo_satisfaction", "accuracy", "throughput_sps", "forward_rate")
 LATENCY_FIELDS = ("p50", "p95", "p99")

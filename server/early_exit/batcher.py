@@ -33,11 +33,14 @@ class Parked:
 
 class EarlyExitBatcher(Batcher):
     def __init__(self, model: StagedModel, *args: object, scheduler: StageScheduler,
-                 exit_threshold: float, **kw: object) -> None:
+                 exit_threshold: float, target_s: float = 0.0, **kw: object) -> None:
         super().__init__(model, *args, **kw)  # type: ignore[arg-type]
         self.staged = model
         self.scheduler = scheduler
         self.exit_threshold = exit_threshold
+        self.target_s = target_s
+        """> 0: the scheduler aims each request at arrival + target_s (a soft deadline; it
+        still expires only at its own deadline)."""
         self.parked: list[list[Parked]] = [[] for _ in range(model.stages)]
         self.exits = [0] * model.stages
 
@@ -50,10 +53,9 @@ class EarlyExitBatcher(Batcher):
             now = self._loop.time()
             self._expire_parked(now)
             for stage in self.parked[1:]:
-                stage.sort(key=lambda p: p.req.deadline)
-            queues = [[Waiting(r.arrival, r.deadline) for r in self._stage0_view()]]
-            queues += [[Waiting(p.req.arrival, p.req.deadline) for p in stage]
-                       for stage in self.parked[1:]]
+                stage.sort(key=lambda p: self._waiting(p.req).deadline)
+            queues = [[self._waiting(r) for r in self._stage0_view()]]
+            queues += [[self._waiting(p.req) for p in stage] for stage in self.parked[1:]]
             decision = self.scheduler.decide(now, queues)
             if isinstance(decision, Idle):
                 await self._wait(None)
@@ -61,6 +63,11 @@ class EarlyExitBatcher(Batcher):
                 await self._wait(decision.time)
             elif isinstance(decision, RunStage):
                 await self._run_stage(decision, now)
+
+    def _waiting(self, req: Request) -> Waiting:
+        if self.target_s > 0:
+            return Waiting(req.arrival, min(req.deadline, req.arrival + self.target_s))
+        return Waiting(req.arrival, req.deadline)
 
     def _stage0_view(self) -> list[Request]:
         """What waits for stage 0, oldest first: the requests a stage-0 batch skipped (they

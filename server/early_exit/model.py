@@ -38,9 +38,7 @@ class StagedModel:
         """Emulate `whole` for the full network, split over stages by their measured share."""
         total = sum(self.stage_latency_ms)
         self.profile = whole
-        self.stage_profiles = tuple(BatchProfile(whole.base_ms * ms / total,
-                                                 whole.per_sample_ms * ms / total)
-                                    for ms in self.stage_latency_ms)
+        self.stage_profiles = tuple(whole.scaled(ms / total) for ms in self.stage_latency_ms)
 
     def run_stage(self, stage: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(exit probabilities, activation for the next stage or None after the last)."""

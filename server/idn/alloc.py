@@ -43,12 +43,15 @@ class CatalogModel:
     """Its inference latency at this node at a typical batch (the node's speed included)."""
     capacity_sps: float
     """What it can serve per second at this node (largest batch)."""
+    task: str = ""
+    """The task it answers: it serves only that task's requests."""
 
 
 @dataclass(frozen=True, slots=True)
 class Seen:
     path_ms: float
     alt_cost_ms: float
+    task: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,9 +77,10 @@ class Demand:
         n, k = len(alt), len(names)
         cost = np.empty((n, k))
         reach = np.zeros((n, k), dtype=bool)
+        tasks = np.array([r.task for r in rows], dtype=object)
         for j, m in enumerate(catalog):
             cost[:, j] = [serving_cost_ms(p, m.infer_ms, m.accuracy, alpha_ms) for p in path]
-            saves = cost[:, j] < alt
+            saves = (cost[:, j] < alt) & (tasks == m.task)  # a model serves its own task only
             cap = max(int(m.capacity_sps * slot_s), 1)
             reach[:, j] = saves & (np.cumsum(saves) <= cap)  # most to gain first
         return cls(alt, cost, reach, names, slot_s)

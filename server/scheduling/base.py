@@ -93,8 +93,11 @@ class ServerWindow:
     mean_queue_ms: float = 0.0
     mean_batch_size: float = 0.0
     busy_fraction: float = 0.0
-    """Share of the window the heavy model was running (padded), a load signal in [0, 1]."""
+    """Share of the window the heavy model was running (padded), a load signal in [0, 1]
+    (of all its replicas' time)."""
     max_batch_size: int = 1
+    replicas: int = 1
+    """Replicas of the accelerator provisioned at the end of the window."""
 
     @property
     def arrival_rate(self) -> float:
@@ -189,6 +192,9 @@ class PolicyDecision:
     """Switch the server to this heavy model (one of `SystemView.heavy_options`)."""
     max_batch_size: int | None = None
     """Cap the server's batches at this size from the next batch on."""
+    replicas: int | None = None
+    """Provision this many replicas of the accelerator from now on (a policy that plans its
+    own capacity, as CascadeServe's gears); None leaves it to the server's autoscaling."""
     gear: Mapping[str, Any] | None = None
     """A gear switch to record (gear policies): written to the run's events as is."""
 

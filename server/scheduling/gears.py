@@ -31,12 +31,15 @@ class GearsPolicy(Policy):
     name: ClassVar[str] = "gears"
     DEFAULTS: ClassVar[dict[str, Any]] = {
         "plan": "", "safety_factor": 1.0, "max_queue_len": 8.0, "pin_load": -1.0,
-        "smoothing_s": 1.0, "rise_s": 0.2, "no_cascade": False,
+        "smoothing_s": 1.0, "rise_s": 0.2, "no_cascade": False, "server_cascades": False,
+        "min_accuracy": -1.0, "max_replicas": 1, "fixed": False, "utilization": 0.8,
     }
     """`smoothing_s` / `rise_s`: time constants of an exponential average of the measured
     load while it falls / rises (0: the raw sum of the devices' last reports, as the paper's
-    meter): quick to follow a surge, slow to believe a lull. `no_cascade` is read by the
-    harness when it plans for a run without a plan."""
+    meter): quick to follow a surge, slow to believe a lull. `no_cascade`, `server_cascades`,
+    `min_accuracy` (>= 0: a target), `max_replicas`, `fixed` and `utilization` are read by the
+    harness when it plans for a run without a plan (`testbed.plan.build.PlanOptions`). Every
+    gear says how many replicas of the accelerator it provisions; the policy asks for them."""
 
     def __init__(self, params: Mapping[str, Any] | None = None, *,
                  plan: GearPlan | None = None) -> None:
@@ -102,9 +105,10 @@ class GearsPolicy(Policy):
                       if tier in g.thresholds}
         model = g.heavy_model if g.heavy_model != view.heavy_model else None
         note = (f"gear {self.current} at {self.load_sps:.0f} samples/s: {g.heavy_model}, "
-                f"batch {g.max_batch_size}, expected accuracy {g.accuracy:.3f}")
+                f"batch {g.max_batch_size}, {g.replicas} replica{'s' if g.replicas > 1 else ''}"
+                f", expected accuracy {g.accuracy:.3f}")
         return PolicyDecision(thresholds=thresholds, note=note, heavy_model=model,
-                              max_batch_size=g.max_batch_size,
+                              max_batch_size=g.max_batch_size, replicas=g.replicas,
                               gear={**switched, "model": g.heavy_model,
                                     "max_batch_size": g.max_batch_size,
                                     "accuracy": g.accuracy} if switched else None)

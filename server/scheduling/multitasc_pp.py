@@ -143,6 +143,7 @@ class MultiTASCPlusPlusPolicy(Policy):
         "patience": 2,
         "switch_margin": 0.005,
         "cooldown_s": 6.0,
+        "switching": True,
     }
     """Set-point: `target + margin`, raised by up to `setpoint_max` (`setpoint_step` per
     interval and error unit) while the satisfaction over `long_horizon_s` is short of target.
@@ -154,7 +155,9 @@ class MultiTASCPlusPlusPolicy(Policy):
     load-aware scaling and the model comparison; growth is up to `up_speed_max` times faster
     when the load is far below that. Switches need a gain of `switch_margin` (accuracy) for
     `patience` checks and `cooldown_s`. `utilization` 0.7 was chosen on tuning seeds over 0.8
-    (docs/multitasc.md)."""
+    (docs/multitasc.md). `switching = false` keeps the running heavy model whatever else the
+    server holds: the continuous adaptation alone (the ablation of claim
+    `multitasc-pp-changing-load-no-switching`)."""
 
     def __init__(self, params: Mapping[str, Any] | None = None) -> None:
         self.p = check_params(self.name, params or {}, self.DEFAULTS)
@@ -332,7 +335,7 @@ class MultiTASCPlusPlusPolicy(Policy):
         when the running model cannot carry the current load and another can."""
         p, sw = self.p, self._switch
         current = view.heavy_model
-        if len(view.heavy_options) < 2 or sum(rates.values()) <= 0:
+        if not p["switching"] or len(view.heavy_options) < 2 or sum(rates.values()) <= 0:
             return None
         budget = self._budget(view)
         overloaded = budget is not None and self._load(rates, current) > budget

@@ -10,7 +10,7 @@ scenario share its runs. Each run folder is an ordinary run (`testbed report` dr
 
 A claim's verdict counts every seed; a seed whose run stayed unfaithful after its last attempt
 is *excluded* only in a second verdict, shown when the two differ. Holm's adjustment across
-the table is given beside the plain verdicts.
+the papers' claims of the table (not the ablations) is given beside the plain verdicts.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.config import ScenarioError
+from common.config import ScenarioConfig, ScenarioError
 from common.files import write_whole
 from testbed import provenance
 from testbed.claims.catalog import SCENARIOS, Claim
@@ -56,7 +56,9 @@ class Verdict:
     effect: Effect | None = None
     holds: bool = False
     p: float | None = None
-    holds_holm: bool = False
+    holds_holm: bool | None = None
+    """Holm's adjustment across the papers' claims of the table (None: not in that family,
+    e.g. an ablation, or not judged)."""
     at_paper: bool | None = None
     error: str = ""
     invalid: list[str] = field(default_factory=list)
@@ -134,8 +136,14 @@ def plan(claims: list[Claim], out: Path, quick: dict[str, dict[str, Any]], quick
         tuning, base = tuning_for(name, scenarios)
         if tuned:
             base = apply_chosen(base, tuning, chosen)
+        keep: tuple[str, ...] | None = None
         if quick_mode:
-            base = dataclasses.replace(base, **quick.get(name, {}))
+            fields = dict(quick.get(name, {}))
+            keep = fields.pop("points", None)  # a quick run may take fewer points
+            scale = fields.pop("time_scale", None)
+            base = dataclasses.replace(base, **fields)
+            if scale is not None:
+                base = time_scaled(base, float(scale))
         axes = parse_axes(base.sweep)
         if not any(a.name == "variant" for a in axes):
             raise ScenarioError(f"{name}: a claim scenario needs [sweep.variant.<arm>] tables")
@@ -144,7 +152,9 @@ def plan(claims: list[Claim], out: Path, quick: dict[str, dict[str, Any]], quick
         stem = name.removesuffix(".toml")
         for point in expand(base, axes):
             arm, rest = _arm_and_rest(point)
-            wanted = [c for c in readers if arm in (c.method, c.baseline)
+            if keep is not None and rest not in keep:
+                continue
+            wanted = [c for c in readers if arm in c.arms
                       and (c.points is None or rest in c.points)]
             if not wanted:
                 continue
@@ -153,6 +163,23 @@ def plan(claims: list[Claim], out: Path, quick: dict[str, dict[str, Any]], quick
                 run_dir = out / stem / (f"{arm}_{rest}" if rest else arm) / f"seed-{seed}"
                 jobs.append(Job(name, arm, rest, seed, cfg, run_dir))
     return Plan(jobs, out, {c.id: seeds_of(c, seeds) for c in claims})
+
+
+def time_scaled(cfg: ScenarioConfig, k: float) -> ScenarioConfig:
+    """The same scenario `k` times as long: its duration and every time in it (devices
+    joining and leaving, traces of rate and popularity), for a quick run of a design whose
+    phases are set in time."""
+    d = cfg.devices
+    devices = dataclasses.replace(
+        d, phases=tuple(dataclasses.replace(ph, at_s=ph.at_s * k) for ph in d.phases),
+        trace_points=tuple((t * k, r) for t, r in d.trace_points))
+    tiers = {n: dataclasses.replace(t, popularity=tuple((a * k, m) for a, m in t.popularity))
+             for n, t in cfg.tiers.items()}
+    idn = dataclasses.replace(cfg.idn, nodes=tuple(
+        dataclasses.replace(n, trace=tuple((t * k, m) for t, m in n.trace))
+        for n in cfg.idn.nodes))
+    return dataclasses.replace(cfg, duration_s=cfg.duration_s * k, devices=devices,
+                               tiers=tiers, idn=idn)
 
 
 def _arm_and_rest(point: SweepPoint) -> tuple[str, str]:
@@ -165,8 +192,8 @@ def judge(claims: list[Claim], p: Plan) -> list[Verdict]:
     """Each claim's per-seed effects, interval and verdict from the runs on disk, and Holm's
     adjustment across them."""
     verdicts = [_judge_one(claim, p) for claim in claims]
-    judged = [v for v in verdicts if v.p is not None]
-    for v, rejected in zip(judged, holm([v.p for v in judged if v.p is not None]),
+    family = [v for v in verdicts if v.p is not None and v.claim.paper_claim]
+    for v, rejected in zip(family, holm([v.p for v in family if v.p is not None]),
                            strict=True):
         v.holds_holm = rejected and not v.invalid
     return verdicts
@@ -180,11 +207,15 @@ def _judge_one(claim: Claim, p: Plan) -> Verdict:
         arms = [(_arm(p, claim, claim.method, s),
                  _arm(p, claim, claim.baseline, s) if claim.baseline else None)
                 for s in seeds]
-        method = [claim.metric(m) for m, _ in arms]
+        every = [{a: _arm(p, claim, a, s) for a in claim.arms} for s in seeds]
+        if claim.compare is not None:
+            method = [claim.compare(all_arms) for all_arms in every]
+        else:
+            method = [claim.metric(m) for m, _ in arms]
         baseline = [claim.metric(b) if b is not None else claim.reference for _, b in arms]
         excluded_seeds = []
-        for seed, (m, b) in zip(seeds, arms, strict=True):
-            summaries = [*m.values(), *(b or {}).values()]
+        for seed, (m, b), all_arms in zip(seeds, arms, every, strict=True):
+            summaries = [s for arm in all_arms.values() for s in arm.values()]
             bad = next((why for s in summaries if (why := unfaithful(s))), None)
             if bad is not None:
                 v.excluded.append(f"seed {seed}: {bad} after {_tries(p, claim, seed)} attempts")
@@ -208,7 +239,7 @@ def _judge_one(claim: Claim, p: Plan) -> Verdict:
             v.without_excluded = Judged(e, holds(e, claim.kind, claim.direction, claim.null)
                                         and valid, p_value(e, claim.kind, claim.direction,
                                                            claim.null))
-        v.secondary = _secondary(claim, arms)
+        v.secondary = _secondary(claim, arms, every)
     except (KeyError, ValueError, OSError, ScenarioError) as exc:
         v.error = f"{type(exc).__name__}: {exc}"
         v.holds = False
@@ -222,10 +253,15 @@ def _effects(claim: Claim, method: list[float], baseline: list[float]) -> tuple[
                           claim.scale)
 
 
-def _secondary(claim: Claim, arms: list[tuple[dict[str, Any], dict[str, Any] | None]]
-               ) -> dict[str, dict[str, Any]]:
+def _secondary(claim: Claim, arms: list[tuple[dict[str, Any], dict[str, Any] | None]],
+               every: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     out = {}
     for name, metric in claim.secondary:
+        if claim.compare is not None:  # figures over every arm (e.g. the saving at a point)
+            values = [metric(all_arms) for all_arms in every]
+            out[name] = {"per_seed": [_num(x) for x in values],
+                         "mean": _num(sum(values) / len(values))}
+            continue
         m = [metric(a) for a, _ in arms]
         entry: dict[str, Any] = {"method": _num(sum(m) / len(m))}
         if claim.baseline:
@@ -240,8 +276,7 @@ def _secondary(claim: Claim, arms: list[tuple[dict[str, Any], dict[str, Any] | N
 
 def _jobs(p: Plan, claim: Claim, seeds: list[int]) -> list[Job]:
     return [j for j in p.jobs if j.scenario == claim.scenario and j.seed in seeds
-            and j.arm in (claim.method, claim.baseline)
-            and (claim.points is None or j.point in claim.points)]
+            and j.arm in claim.arms and (claim.points is None or j.point in claim.points)]
 
 
 def _tries(p: Plan, claim: Claim, seed: int) -> int:
@@ -302,7 +337,7 @@ def verdict_cells(v: Verdict) -> tuple[str, str, str, str, str, str]:
     verdict = "holds" if v.holds else "does not hold"
     if v.holds and v.at_paper is False:
         verdict += " (below the paper's number)"
-    if v.holds != v.holds_holm:
+    if v.holds_holm is not None and v.holds != v.holds_holm:
         verdict += "; Holm: " + ("holds" if v.holds_holm else "does not hold")
     if v.invalid:
         verdict += f" (not comparable at {len(v.invalid)} seeds: {v.invalid[0]})"

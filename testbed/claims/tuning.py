@@ -100,6 +100,8 @@ class Tuning:
     require: tuple[Requirement, ...] = ()
     duration_s: float | None = None
     point: str | None = None
+    claim_scenario: dict[str, Any] = field(default_factory=dict)
+    """The claim scenario as written (its TOML, parsed): what a choice was made for."""
 
     @property
     def name(self) -> str:
@@ -114,15 +116,18 @@ class Tuning:
             return 0
         return len(self.arms[arm]) + self.design.get(arm, (0, ""))[0]
 
-    def digest(self, arm: str, base: ScenarioConfig) -> str:
+    def digest(self, arm: str) -> str:
         """What the arm's choice depends on: its configurations, the objective, requirements,
-        seeds and duration, and the claim scenario's resolved base and arm variant."""
-        variant = base.sweep.get("variant", {}).get(arm, {})
+        seeds and duration, and the claim scenario as written: its fields (but the other arms)
+        and the arm's variant. A change of the code, or a field a new version adds with its
+        default, leaves it alone; a change of the experiment's design does not."""
+        raw = dict(self.claim_scenario)
+        sweep = dict(raw.pop("sweep", {}))
+        variants = sweep.pop("variant", {})
         data = {"configs": self.arms.get(arm), "objective": self.objective,
                 "better": self.better, "require": [r.text for r in self.require],
                 "seeds": list(self.seeds), "duration_s": self.duration_s, "point": self.point,
-                "base": provenance.scenario_hash(dataclasses.replace(base, sweep={})),
-                "variant": variant}
+                "scenario": raw, "axes": sweep, "variant": variants.get(arm, {})}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -226,7 +231,8 @@ def tuning_for(scenario: str, scenarios: Path = SCENARIOS) -> tuple[Tuning, Scen
     tuning = load_tuning(path, base)
     if tuning.scenario != scenario:
         raise TuningError(f"{path.name} tunes {tuning.scenario!r}, not {scenario!r}")
-    return tuning, base
+    raw = tomllib.loads(read_text(scenarios / scenario, MIB, "scenario"))
+    return dataclasses.replace(tuning, claim_scenario=raw), base
 
 
 # --- the chosen values ---------------------------------------------------------------------
@@ -252,7 +258,7 @@ def apply_chosen(base: ScenarioConfig, tuning: Tuning, chosen: Mapping[str, Any]
         if not isinstance(entry, dict) or "values" not in entry:
             raise TuningError(f"{tuning.scenario}: arm {arm!r} has no chosen values in "
                               f"tuning/chosen.toml; {again}")
-        if entry.get("digest") != tuning.digest(arm, base):
+        if entry.get("digest") != tuning.digest(arm):
             raise TuningError(f"{tuning.scenario}: the chosen values of arm {arm!r} are stale "
                               f"(tuning/{tuning.file.name} or the claim scenario changed since "
                               f"they were chosen); {again}")
@@ -399,6 +405,17 @@ def pilot(claim: Claim, result: TuningResult) -> tuple[tuple[float, ...], Power]
     b = result.choices.get(claim.baseline) if claim.baseline else None
     if m is None or (claim.baseline and b is None):
         return None
+    if claim.compare is not None:
+        if any(a not in result.choices for a in claim.arms):
+            return None
+        try:
+            values = [claim.compare({a: result.per_seed[(a, result.choices[a].config)][seed]
+                                     for a in claim.arms}) for seed in result.tuning.seeds]
+            effects = paired_effects(values, [claim.reference] * len(values), claim.kind,
+                                     claim.scale)
+        except (KeyError, ValueError, ZeroDivisionError):
+            return None
+        return effects, seeds_needed(effects, claim.kind, claim.direction, claim.null)
     try:
         mv, bv = [], []
         for seed in result.tuning.seeds:
@@ -413,15 +430,14 @@ def pilot(claim: Claim, result: TuningResult) -> tuple[tuple[float, ...], Power]
     return effects, seeds_needed(effects, claim.kind, claim.direction, claim.null)
 
 
-def write_chosen(path: Path, results: list[TuningResult], claims: list[Claim],
-                 bases: Mapping[str, ScenarioConfig]) -> dict[str, Any]:
+def write_chosen(path: Path, results: list[TuningResult], claims: list[Claim]
+                 ) -> dict[str, Any]:
     """Merge these results into `chosen.toml` (entries of other tuning files stay)."""
     data = read_chosen(path)
     state = provenance.git_state()
     power = data.get("power", {})
     for result in results:
         t = result.tuning
-        base = bases[t.scenario]
         entries: dict[str, Any] = {}
         for arm in t.arms:
             choice = result.choices.get(arm)
@@ -433,7 +449,7 @@ def write_chosen(path: Path, results: list[TuningResult], claims: list[Claim],
                 "scores": {k: round(v, 6) for k, v in choice.scores.items()},
                 "failing": choice.failing, "configurations": len(t.arms[arm]),
                 "design_iterations": t.design.get(arm, (0, ""))[0],
-                "seeds": list(t.seeds), "digest": t.digest(arm, base),
+                "seeds": list(t.seeds), "digest": t.digest(arm),
                 "commit": state.commit or "unknown", "dirty": state.dirty}
         data[t.name] = entries
         for claim in claims:

@@ -11,12 +11,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.batch_profiles import BatchProfile, heavy_model_names, profile_for
+from common.batch_profiles import BatchProfile, heavy_model_names, on_accelerator, profile_for
 from common.cascade_math import agreement_levels, cascade_curve, vote
 from common.config import ScenarioConfig, TierSpec, device_specs, parse_mix
 from common.gear_plan import GearPlan
 from common.modelzoo import Zoo, open_session, open_zoo, to_model_input
-from testbed.plan.planner import PlanInputs, TierCurve, pareto_front, plan_gears
+from testbed.plan.planner import (
+    PlanInputs,
+    ServerCascade,
+    TierCurve,
+    pareto_front,
+    plan_gears,
+)
 from testbed.plan.val_predictions import ValPredictions, val_predictions
 
 THRESHOLD_GRID = np.round(np.arange(0.0, 1.0001, 0.025), 4)
@@ -30,6 +36,15 @@ class PlanOptions:
     no_cascade: bool = False
     """Only single models: every sample goes to the server (the "no cascade" ablation)."""
     utilization: float = 0.8
+    server_cascades: bool = False
+    """Also server-side cascades of two heavy models, every sample sent on (with
+    `no_cascade`: the paper's setting, where the whole cascade runs on the servers)."""
+    min_accuracy: float | None = None
+    """An accuracy target: per load, the gear that meets it on the fewest replicas."""
+    max_replicas: int = 1
+    fixed: bool = False
+    """With a target: one cascade (the cheapest that meets it) at every load, only its
+    replicas following the load."""
 
 
 def heavy_models(cfg: ScenarioConfig, zoo: Zoo) -> list[str]:
@@ -62,6 +77,22 @@ def tier_curve(val: ValPredictions, spec: TierSpec, heavy: str, no_cascade: bool
         grid = np.array([1.0])
     fwd, acc = cascade_curve(score, light_ok, val.correct(heavy), grid, spec.rule)
     return TierCurve(grid, fwd, acc)
+
+
+def server_cascades(val: ValPredictions, heavies: list[str],
+                    profiles: dict[str, BatchProfile], batch: int) -> dict[str, ServerCascade]:
+    """Every cascade of a cheaper heavy model before a costlier one, on the validation split:
+    the share escalated and the accuracy at each threshold of the grid."""
+    out = {}
+    cost = {h: profiles[h].target_s(batch) for h in heavies}
+    for first in heavies:
+        for final in heavies:
+            if cost[first] >= cost[final]:
+                continue
+            esc, acc = cascade_curve(val.confidence(first), val.correct(first),
+                                     val.correct(final), THRESHOLD_GRID)
+            out[f"{first}>{final}"] = ServerCascade(first, final, THRESHOLD_GRID, esc, acc)
+    return out
 
 
 def device_p95_ms(spec: TierSpec) -> float:
@@ -104,7 +135,8 @@ def build_plan(cfg: ScenarioConfig, options: PlanOptions = PlanOptions()) -> Gea
     members = [m for t in weights for m in cfg.tiers[t].members]
     val = val_predictions(zoo, [*members, *heavies])
     base = BatchProfile(cfg.server.batch_base_ms, cfg.server.batch_per_sample_ms)
-    profiles = {h: profile_for(zoo, h, heavies[0], base, cfg.server.profiles)
+    profiles = {h: on_accelerator(profile_for(zoo, h, heavies[0], base, cfg.server.profiles),
+                                  cfg.server.accelerator)
                 if cfg.server.pad_compute else measured_profile(zoo, h) for h in heavies}
     budget = cfg.slo_ms - max(device_p95_ms(cfg.tiers[t]) for t in weights)
     max_rps = options.max_rps if options.max_rps is not None \
@@ -115,14 +147,22 @@ def build_plan(cfg: ScenarioConfig, options: PlanOptions = PlanOptions()) -> Gea
                 for h in heavies},
         profiles=profiles, max_batch_size=cfg.server.max_batch_size,
         max_queue_delay_s=cfg.server.max_queue_delay_us / 1e6, server_budget_ms=budget,
-        max_rps=max_rps, utilization=options.utilization)
+        max_rps=max_rps, utilization=options.utilization,
+        server_cascades=server_cascades(val, heavies, profiles, cfg.server.max_batch_size)
+        if options.server_cascades else {},
+        max_replicas=options.max_replicas, min_accuracy=options.min_accuracy,
+        fixed=options.fixed)
     t = time.perf_counter()
     front = pareto_front(inputs)
     plan = plan_gears(inputs, front)
     return GearPlan(gears=plan.gears, table=plan.table, slo_ms=cfg.slo_ms,
                     server_budget_ms=budget, meta={
                         "scenario": cfg.name, "weights": weights, "max_rps": max_rps,
-                        "no_cascade": options.no_cascade, "pareto_points": len(front),
+                        "no_cascade": options.no_cascade,
+                        "server_cascades": options.server_cascades,
+                        "min_accuracy": options.min_accuracy,
+                        "max_replicas": options.max_replicas, "fixed": options.fixed,
+                        "pareto_points": len(front),
                         "profiles": {h: [p.base_ms, p.per_sample_ms]
                                      for h, p in profiles.items()},
                         "profiled": "emulated" if cfg.server.pad_compute else "measured",

@@ -1,23 +1,28 @@
 """CascadeServe's offline phase on this testbed: the accuracy/cost Pareto front of cascades,
-then, for each load level, the most accurate gear that a capacity check and a simulated p95
-say the server can serve. Pure: curves and profiles come in, a `GearPlan` goes out.
+then, for each load level, the gear to run: the most accurate that a capacity check and a
+simulated p95 say the server's replicas can serve or, given an accuracy target, the one that
+meets the target on the fewest replicas. Pure: curves and profiles come in, a `GearPlan` goes
+out.
 
-A cascade here is (per-tier device thresholds, heavy model); its cost is the server time it
-asks per generated sample. The devices' light models are stage 0, so the gear's thresholds are
-what the server sets on the devices (docs/cascadeserve.md says how this maps to the paper).
+A cascade here is (per-tier device thresholds, heavy model), or, with every sample sent on, a
+server-side cascade of two heavy models (`first>final@theta`, the paper's own kind); its cost
+is the server time it asks per generated sample. With device cascades the devices' light
+models are stage 0, so the gear's thresholds are what the server sets on the devices
+(docs/cascadeserve.md says how this maps to the paper).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from common.batch_profiles import BatchProfile
-from common.gear_plan import Gear, GearPlan
+from common.gear_plan import Gear, GearPlan, cascade_name
 from testbed.plan.batch_sim import p95_ms
 
 
@@ -50,6 +55,28 @@ class PlanInputs:
     min_accuracy_step: float = 0.001
     """Front points closer than this in accuracy to a cheaper one are dropped: on a validation
     split of a few thousand samples smaller steps are noise, and each gear is a switch."""
+    server_cascades: Mapping[str, ServerCascade] = field(default_factory=dict)
+    """Server-side cascades of two heavy models to consider (devices send every sample)."""
+    max_replicas: int = 1
+    min_accuracy: float | None = None
+    """None: per load, the most accurate gear that fits on `max_replicas` replicas. A target
+    (validation accuracy): per load, a gear that meets it on the fewest replicas, the most
+    accurate of those; past what `max_replicas` can carry, the cheapest that meets it."""
+    fixed: bool = False
+    """With a target: one cascade for every load (the cheapest that meets the target), only
+    its replicas following the load: a static cascade, or a single model, provisioned by the
+    same rule as the gears."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerCascade:
+    """`first` answers every sample; those below a threshold go on to `final`."""
+
+    first: str
+    final: str
+    thresholds: np.ndarray
+    escalate_rate: np.ndarray
+    accuracy: np.ndarray
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +88,9 @@ class Candidate:
     accuracy: float
     forward_rate: float
     cost_ms: float
+    profile: BatchProfile | None = None
+    """The server's batch latency for this cascade: a heavy model's own, or for a server-side
+    cascade the first model's plus the final model's for the share escalated."""
 
 
 def per_sample_ms(profile: BatchProfile, batch_size: int) -> float:
@@ -87,12 +117,31 @@ def pareto_front(inputs: PlanInputs) -> list[Candidate]:
                 heavy, {t: float(curves[j].thresholds[idx[k, j]]) for j, t in enumerate(tiers)},
                 {t: float(fwd[k, j]) for j, t in enumerate(tiers)}, float(acc[k]),
                 float(total[k]), float(cost[k]))))
+    pool += _server_cascade_pool(inputs, tiers)
     front, last = [], -np.inf
     for k in _front(np.array([p[0] for p in pool]), np.array([p[1] for p in pool])):
         if pool[k][1] >= last + inputs.min_accuracy_step:
             front.append(pool[k][2])
             last = pool[k][1]
     return sorted(front, key=lambda c: (-c.accuracy, c.cost_ms))
+
+
+def _server_cascade_pool(inputs: PlanInputs, tiers: list[str]
+                         ) -> list[tuple[float, float, Candidate]]:
+    """Every threshold of every server-side cascade, devices sending every sample."""
+    out = []
+    for sc in inputs.server_cascades.values():
+        first, final = inputs.profiles[sc.first], inputs.profiles[sc.final]
+        b = inputs.max_batch_size
+        for theta, esc, acc in zip(sc.thresholds, sc.escalate_rate, sc.accuracy, strict=True):
+            cost = per_sample_ms(first, b) + float(esc) * per_sample_ms(final, b)
+            profile = BatchProfile(first.base_ms + final.base_ms,
+                                   first.per_sample_ms + float(esc) * final.per_sample_ms,
+                                   first.shapes)
+            out.append((cost, float(acc), Candidate(
+                cascade_name(sc.first, sc.final, float(theta)), dict.fromkeys(tiers, 1.0),
+                dict.fromkeys(tiers, 1.0), float(acc), 1.0, cost, profile)))
+    return out
 
 
 def _front(cost: np.ndarray, acc: np.ndarray) -> list[int]:
@@ -112,7 +161,7 @@ def fitting_batch(inputs: PlanInputs, c: Candidate, load_rps: float) -> tuple[in
     utilization bound and whose simulated p95 fits the budget; None if none does. Largest,
     because under a dynamic batcher a larger cap costs latency only when requests wait, and
     it is the headroom that drains a backlog when the live load runs above the plan."""
-    profile = inputs.profiles[c.heavy_model]
+    profile = c.profile or inputs.profiles[c.heavy_model]
     server_sps = load_rps * c.forward_rate
     for b in sorted((b for b in inputs.batch_sizes if b <= inputs.max_batch_size),
                     reverse=True):
@@ -125,13 +174,17 @@ def fitting_batch(inputs: PlanInputs, c: Candidate, load_rps: float) -> tuple[in
 
 
 def plan_gears(inputs: PlanInputs, front: Sequence[Candidate] | None = None) -> GearPlan:
-    """For q = 0..max_rps: the most accurate front cascade that fits (CascadeServe's
-    downgrade loop). A cascade that does not fit at q does not fit at any higher load, so the
-    search walks down the front once. Past the cheapest cascade, the cheapest stays, at the
-    largest batch: the best the server can still do."""
+    """For q = 0..max_rps: the most accurate front cascade that fits on the replicas
+    (CascadeServe's downgrade loop), or, with an accuracy target, the gear that meets it on
+    the fewest replicas (`plan_for_target`). A cascade that does not fit at q does not fit at
+    any higher load, so the search walks down the front once. Past the cheapest cascade, the
+    cheapest stays, at the largest batch: the best the server can still do."""
     front = list(front if front is not None else pareto_front(inputs))
     if not front:
         raise ValueError("no cascade to plan with (no curves?)")
+    if inputs.min_accuracy is not None:
+        return plan_for_target(inputs, front)
+    replicas = max(inputs.max_replicas, 1)
     gears: list[Gear] = []
     keys: dict[tuple[int, int], int] = {}
     table: list[int] = []
@@ -139,7 +192,7 @@ def plan_gears(inputs: PlanInputs, front: Sequence[Candidate] | None = None) -> 
     for q in range(inputs.max_rps + 1):
         fit = None
         while i < len(front):
-            fit = fitting_batch(inputs, front[i], float(q))
+            fit = fitting_batch(inputs, front[i], float(q) / replicas)
             if fit is not None:
                 break
             i += 1
@@ -148,7 +201,7 @@ def plan_gears(inputs: PlanInputs, front: Sequence[Candidate] | None = None) -> 
         key = (min(i, len(front) - 1), batch)
         if key not in keys:
             keys[key] = len(gears)
-            gears.append(_gear(c, batch, inputs.weights))
+            gears.append(_gear(c, batch, inputs.weights, replicas))
         gi = keys[key]
         gears[gi] = _with_p95(gears[gi], p95)
         table.append(gi)
@@ -156,14 +209,71 @@ def plan_gears(inputs: PlanInputs, front: Sequence[Candidate] | None = None) -> 
                     server_budget_ms=inputs.server_budget_ms)
 
 
-def _gear(c: Candidate, batch: int, weights: Mapping[str, float]) -> Gear:
+def max_load(inputs: PlanInputs, c: Candidate, top: float) -> float:
+    """The largest load (generated samples/s, to the nearest one) one replica serves with this
+    cascade: bisection on `fitting_batch`, which holds at every load below one it holds at."""
+    if fitting_batch(inputs, c, 0.0) is None:
+        return -1.0
+    lo, hi = 0.0, max(top, 1.0)
+    if fitting_batch(inputs, c, hi) is not None:
+        return hi
+    while hi - lo > 1.0:
+        mid = (lo + hi) / 2
+        if fitting_batch(inputs, c, mid) is not None:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def plan_for_target(inputs: PlanInputs, front: Sequence[Candidate]) -> GearPlan:
+    """With an accuracy target: per load level, the front cascade that meets the target on
+    the fewest replicas (the load split evenly over them), the most accurate of those; with
+    `fixed`, always the cheapest one that meets it, only its replicas following the load. A
+    target no cascade meets plans with the most accurate one."""
+    assert inputs.min_accuracy is not None
+    eligible = [c for c in front if c.accuracy >= inputs.min_accuracy - 1e-12] or \
+        [max(front, key=lambda c: c.accuracy)]
+    if inputs.fixed:
+        eligible = [min(eligible, key=lambda c: (c.cost_ms, -c.accuracy))]
+    top = float(inputs.max_rps)
+    capacity = {id(c): max_load(inputs, c, top) for c in eligible}
+    cheapest = min(eligible, key=lambda c: (c.cost_ms, -c.accuracy))
+    gears: list[Gear] = []
+    keys: dict[tuple[str, int, int], int] = {}
+    table: list[int] = []
+    most = max(inputs.max_replicas, 1)
+    for q in range(inputs.max_rps + 1):
+        best: tuple[int, float, Candidate] | None = None
+        for c in eligible:
+            cap = capacity[id(c)]
+            if cap < 0:
+                continue
+            k = max(1, math.ceil(q / cap - 1e-9)) if cap > 0 else (1 if q == 0 else most + 1)
+            if k <= most and (best is None or (k, -c.accuracy) < (best[0], -best[1])):
+                best = (k, c.accuracy, c)
+        k, c = (best[0], best[2]) if best is not None else (most, cheapest)
+        fit = fitting_batch(inputs, c, q / k)
+        batch, p95 = fit if fit is not None else (inputs.max_batch_size, float("inf"))
+        key = (c.heavy_model + repr(sorted(c.thresholds.items())), batch, k)
+        if key not in keys:
+            keys[key] = len(gears)
+            gears.append(_gear(c, batch, inputs.weights, k))
+        gi = keys[key]
+        gears[gi] = _with_p95(gears[gi], p95)
+        table.append(gi)
+    return GearPlan(gears=tuple(gears), table=tuple(table),
+                    server_budget_ms=inputs.server_budget_ms)
+
+
+def _gear(c: Candidate, batch: int, weights: Mapping[str, float], replicas: int = 1) -> Gear:
     load = {t: weights[t] * c.forward[t] for t in c.forward}
     total = sum(load.values())
     return Gear(heavy_model=c.heavy_model, thresholds=dict(c.thresholds),
                 max_batch_size=batch, accuracy=round(c.accuracy, 5),
                 forward_rate=round(c.forward_rate, 5),
                 load_split={t: round(v / total, 4) if total > 0 else 0.0 for t, v in load.items()},
-                cost_ms=round(c.cost_ms, 5))
+                cost_ms=round(c.cost_ms, 5), replicas=replicas)
 
 
 def _with_p95(g: Gear, p95: float) -> Gear:

@@ -45,8 +45,14 @@ def plan_if_needed(cfg: ScenarioConfig, run_dir: Path) -> ScenarioConfig:
         return cfg
     pin = float(params.get("pin_load", -1.0))
     peak = math.ceil(peak_rps(cfg) * 1.25)
+    target = float(params.pop("min_accuracy", -1.0))
     options = PlanOptions(no_cascade=bool(params.pop("no_cascade", False)),
-                          max_rps=max(peak, math.ceil(pin)))  # a pinned load must be planned
+                          max_rps=max(peak, math.ceil(pin)),  # a pinned load must be planned
+                          utilization=float(params.pop("utilization", 0.8)),
+                          server_cascades=bool(params.pop("server_cascades", False)),
+                          min_accuracy=target if target >= 0 else None,
+                          max_replicas=int(params.pop("max_replicas", 1)),
+                          fixed=bool(params.pop("fixed", False)))
     path = write_plan(build_plan(cfg, options), run_dir / PLAN_FILE)
     params["plan"] = str(path.resolve())
     return dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, params=params))

@@ -22,6 +22,7 @@ from common.modelzoo import open_zoo
 from common.records import FIELDS, SampleRecord, format_row, read_journal, read_records
 from common.scenario_file import load_scenario
 from testbed.cluster.placement import node_figures
+from testbed.results.cost import provisioned
 from testbed.results.metrics import DeviceTally, arrivals_s, summarize
 from testbed.results.series import idn_summary
 from testbed.timeline import activity
@@ -82,6 +83,7 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
         "mix": cfg.devices.mix, "duration_s": cfg.duration_s, "slo_ms": cfg.slo_ms,
         "seed": cfg.seed, "rate_hz": cfg.devices.rate_hz, "arrival": cfg.devices.arrival,
         "reply_timeout_ms": cfg.devices.reply_timeout_ms,
+        "policy_params": {k: v for k, v in cfg.policy.params.items() if k != "plan"},
     }
     status = {
         "interrupted": interrupted,
@@ -105,9 +107,12 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
         status["disk_full"] = facts.disk_full
     out = {**meta, **summary, "run": status, "faults": faults, "server": facts.server,
            "resources": facts.resources, "refusals": _refusals(incs.values())}
+    run_start = next((float(e["start_at"]) for e in events
+                      if e.get("kind") == "run_clock"), None)
+    if not cfg.idn.nodes:
+        out["cost"] = provisioned(events, cfg.server.replicas, run_start, arrived_s,
+                                  int(summary["samples"]["generated"]))
     if cfg.idn.nodes:
-        run_start = next((float(e["start_at"]) for e in events
-                          if e.get("kind") == "run_clock"), None)
         out["idn"] = {"policy": cfg.idn.policy, **idn_summary(
             records, cfg.idn.alpha_ms, *model_accuracies(cfg), run_start=run_start)}
     placed = next((e for e in events if e.get("kind") == "placement"), None)

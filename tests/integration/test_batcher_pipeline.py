@@ -203,3 +203,77 @@ async def test_the_model_thread_runs_jobs_in_order_and_hands_back_results_and_er
     assert await futures[4] == 40
     worker.shutdown()
     assert ran == [(i, "test-model") for i in range(5)]
+
+
+class _CountingModel(HeavyModel):
+    """The real heavy model, held at a gate, counting how many batches run at once."""
+
+    def __init__(self) -> None:
+        super().__init__(open_zoo(), "heavy-cnn")
+        self.gate = threading.Event()
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+
+    def run(self, batch: np.ndarray) -> BatchOutput:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        self.gate.wait(10)
+        with self.lock:
+            self.running -= 1
+        return super().run(batch)
+
+
+async def test_replicas_run_batches_side_by_side_and_scale_with_every_sample_answered() -> None:
+    """Three replicas take three full batches at once from the one queue; scaled down to one,
+    the next batches run one at a time; every request is answered once; the ledger counts the
+    replicas provisioned."""
+    model = _CountingModel()
+    queue = RequestQueue(1024)
+    stats = ServerStats()
+    batcher = Batcher(model, queue, BatchPolicy(8, 0.001), BatchProfile(1.0, 0.01), stats,
+                      replicas=3)
+    pixels = open_zoo().dataset("test").x[:48]
+    answers: dict[int, int] = {}
+
+    def respond(res: wire.Result) -> None:
+        assert res.status == wire.ResultStatus.OK and res.batch_size == 8
+        answers[res.sample_id] = answers.get(res.sample_id, 0) + 1
+
+    def submit(ids: range) -> None:
+        now = asyncio.get_running_loop().time()
+        for i in ids:
+            batcher.submit(Request("dev", i, np.asarray(pixels[i], dtype=np.uint8), now,
+                                   now + 30, respond))
+
+    async def until(cond: Callable[[], bool]) -> None:
+        for _ in range(2500):
+            if cond():
+                return
+            await asyncio.sleep(0.002)
+        raise AssertionError("timed out")
+
+    task = asyncio.create_task(batcher.run())
+    try:
+        submit(range(24))
+        await until(lambda: model.running == 3)  # three batches held at the gate at once
+        model.gate.set()
+        await until(lambda: len(answers) == 24)
+        batcher.set_replicas(1)
+        assert batcher.active == 1 and stats.replicas._value.get() == 1
+        model.gate.clear()
+        model.most = 0
+        submit(range(24, 48))
+        await until(lambda: model.running == 1)
+        await asyncio.sleep(0.05)  # the other replicas are released: nobody takes a batch
+        assert model.most == 1 and len(queue) == 16
+        model.gate.set()
+        await until(lambda: len(answers) == 48)
+    finally:
+        model.gate.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await batcher.close()
+    assert set(answers.values()) == {1} and model.most == 1
+    assert batcher.ledger.peak == 3 and batcher.ledger.total(batcher.now()) > 0

@@ -105,3 +105,31 @@ def test_server_ensemble_tier_answers_agreements_and_escalates_the_rest() -> Non
     e = int((~agree).sum())
     assert out.target_s == pytest.approx((1 + 256 + 2 + 2 * 256 + 4 + 4 * e) / 1e3)
     assert tier.profile == BatchProfile(7, 7)  # capacity is planned for the worst case
+
+
+def test_server_confidence_cascade_answers_what_its_first_model_is_sure_of() -> None:
+    from common.batch_profiles import BatchProfile
+    from common.gear_plan import CASCADE_NAME, cascade_name
+    from common.modelzoo import open_zoo, to_model_input
+    from server.heavy_model import ConfidenceTier, HeavyModel
+
+    zoo = open_zoo()
+    lite, xl = HeavyModel(zoo, "heavy-cnn-lite"), HeavyModel(zoo, "heavy-cnn-xl")
+    profiles: dict[str, BatchProfile | None] = {"heavy-cnn-lite": BatchProfile(1, 1),
+                                                "heavy-cnn-xl": BatchProfile(4, 4)}
+    tier = ConfidenceTier(lite, xl, 0.9, profiles)
+    assert tier.name == "heavy-cnn-lite>heavy-cnn-xl@0.9" == cascade_name(lite.name, xl.name,
+                                                                         0.9)
+    assert CASCADE_NAME.fullmatch(tier.name) is not None
+    x = to_model_input(zoo.dataset("val").x[:256])
+    out = tier.run(x)
+    sure = lite.infer(x).max(1) >= 0.9
+    assert out.models is not None and [m == xl.name for m in out.models] == list(~sure)
+    assert 0 < (~sure).sum() < len(x)
+    assert (out.probs.argmax(1)[sure] == lite.infer(x).argmax(1)[sure]).all()
+    assert (out.probs.argmax(1)[~sure] == xl.infer(x[~sure]).argmax(1)).all()
+    e = int((~sure).sum())
+    assert out.target_s == pytest.approx((1 + 256 + 4 + 4 * e) / 1e3)
+    assert tier.profile == BatchProfile(5, 5)
+    for bad in ("a>b", "a>b@1.5", "../a>b@0.5", "a>b@0.5x"):
+        assert CASCADE_NAME.fullmatch(bad) is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -16,7 +18,13 @@ from server.scheduling.base import (
 )
 from server.scheduling.gears import GearsPolicy
 from testbed.plan.batch_sim import p95_ms, simulate_batcher
-from testbed.plan.planner import PlanInputs, TierCurve, pareto_front, plan_gears
+from testbed.plan.planner import (
+    PlanInputs,
+    ServerCascade,
+    TierCurve,
+    pareto_front,
+    plan_gears,
+)
 
 PROFILE = BatchProfile(6.0, 4.2)
 
@@ -91,6 +99,56 @@ class TestPlanner:
         assert all(g.forward_rate == 1.0 for g in plan.gears)
         assert plan.gears[plan.table[0]].heavy_model == "big"
         assert plan.gears[plan.table[-1]].heavy_model == "small"
+
+    def test_with_a_target_each_load_gets_the_fewest_replicas_that_meet_it(self) -> None:
+        """Single models (devices send everything): big 0.9, small 0.85. A target of 0.88 only
+        big meets: its replicas grow with the load; a target of 0.8 both meet: the cheaper
+        one needs fewer replicas, and where they need as many the more accurate one runs."""
+        one = {t: TierCurve(np.array([1.0]), np.array([1.0]), np.array([0.9]))
+               for t in ("low", "high")}
+        small = {t: TierCurve(np.array([1.0]), np.array([1.0]), np.array([0.85]))
+                 for t in ("low", "high")}
+        singles = {"big": one, "small": small}
+        plan = plan_gears(inputs(max_rps=600, curves=singles, min_accuracy=0.88,
+                                 max_replicas=4))
+        replicas = [plan.gears[g].replicas for g in plan.table]
+        assert {g.heavy_model for g in plan.gears} == {"big"}
+        assert replicas == sorted(replicas) and replicas[0] == 1 and replicas[-1] > 1
+        for q, g in enumerate(plan.table):
+            gear = plan.gears[g]
+            assert q / gear.replicas <= 0.8 * gear.max_batch_size / PROFILE.target_s(
+                gear.max_batch_size) + 1e-9 or gear.replicas == 4
+        loose = plan_gears(inputs(max_rps=600, curves=singles, min_accuracy=0.8,
+                                  max_replicas=4))
+        at = {q: loose.gears[g] for q, g in enumerate(loose.table)}
+        assert at[10].heavy_model == "big" and at[10].replicas == 1  # tie: the accurate one
+        assert at[600].heavy_model == "small"
+        assert at[600].replicas < replicas[600]
+
+    def test_server_cascades_join_the_front_and_a_fixed_plan_keeps_one(self) -> None:
+        """Devices send everything; on the server, small answers what it is sure of and big
+        the rest: a cascade between the two models' accuracy and cost."""
+        one = {t: TierCurve(np.array([1.0]), np.array([1.0]), np.array([0.9]))
+               for t in ("low", "high")}
+        small = {t: TierCurve(np.array([1.0]), np.array([1.0]), np.array([0.85]))
+                 for t in ("low", "high")}
+        cascade = ServerCascade("small", "big", np.array([0.5, 0.8]), np.array([0.1, 0.3]),
+                                np.array([0.88, 0.9]))
+        ins = inputs(max_rps=600, curves={"big": one, "small": small},
+                     server_cascades={"small>big": cascade}, min_accuracy=0.895,
+                     max_replicas=4)
+        front = pareto_front(ins)
+        names = {c.heavy_model for c in front}
+        assert "small>big@0.8" in names and "big" not in names  # as accurate, cheaper
+        sc = next(c for c in front if c.heavy_model == "small>big@0.8")
+        assert sc.cost_ms == pytest.approx(1e3 * (BatchProfile(3.0, 2.1).target_s(32)
+                                                 + 0.3 * PROFILE.target_s(32)) / 32)
+        assert sc.thresholds == {"low": 1.0, "high": 1.0} and sc.forward_rate == 1.0
+        plan = plan_gears(ins)
+        assert {g.heavy_model for g in plan.gears} == {"small>big@0.8"}
+        fixed = plan_gears(dataclasses.replace(ins, min_accuracy=0.85, fixed=True))
+        assert {g.heavy_model for g in fixed.gears} == {"small"}  # the cheapest meeting it
+        assert len({g.replicas for g in fixed.gears}) > 1       # its replicas follow the load
 
     def test_plan_round_trips_and_lookup_clamps(self) -> None:
         plan = plan_gears(inputs(max_rps=50))

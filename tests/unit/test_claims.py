@@ -16,13 +16,17 @@ from testbed.claims.catalog import (
     Claim,
     answered_by_share,
     both,
-    cost_per_1000,
+    cost_meeting_targets,
     equal_accuracy,
     equal_slo,
     field_at,
+    median_saving,
+    meets_targets,
     metric_named,
     same_reply_timeout,
+    saving_at,
     tail_slo,
+    to_completion,
     worst,
 )
 from testbed.claims.jobs import MAX_ATTEMPTS, Job, attempts, run_all, todo, unfaithful
@@ -161,19 +165,47 @@ class TestMetricsAndChecks:
         assert worst("slo_satisfaction")(arm) == 0.93
         assert metric_named("slo_satisfaction")(arm) == pytest.approx(0.95)  # mean of points
         assert metric_named("latency_ms.p95")({"": _summary()}) == 100.0
-        assert metric_named("cost_per_1000") is cost_per_1000
+        assert metric_named("cost_meeting_targets") is cost_meeting_targets
 
     def test_tail_slo_is_the_share_of_devices_whose_p95_meets_the_slo(self) -> None:
         devices = [{"latency_ms": {"p95": p}} for p in (100.0, 150.0, 151.0, None)]
         assert tail_slo({"": _summary(per_device=devices)}) == 0.5
 
-    def test_cost_and_cloud_share_per_generated_sample(self) -> None:
-        assert cost_per_1000({"": _summary(duration_s=40.0)}) == pytest.approx(40.0)
+    def test_cloud_share_per_generated_sample(self) -> None:
         share = answered_by_share("xl")
         assert share({"": _summary(answered_by={"xl": 50, "lite": 950})}) == 0.05
         assert share({"": _summary(answered_by={})}) == 0.0
         with pytest.raises(KeyError, match="one point"):
-            cost_per_1000({"a": _summary(), "b": _summary()})
+            share({"a": _summary(), "b": _summary()})
+
+    def test_a_system_meets_its_targets_with_p95_in_the_slo_and_accuracy_at_target(
+            self) -> None:
+        def run(p95: float, acc: float, cost: float = 10.0) -> dict[str, Any]:
+            return _summary(latency_ms={"p95": p95}, accuracy=acc, slo_ms=100,
+                            policy_params={"min_accuracy": 0.95},
+                            cost={"per_1000_samples": cost})
+        assert meets_targets(run(100.0, 0.95)) and not meets_targets(run(100.1, 0.96))
+        assert not meets_targets(run(50.0, 0.949))
+        assert meets_targets(_summary())  # no target: the SLO alone
+        assert cost_meeting_targets({"a": run(90, 0.96, 10.0), "b": run(90, 0.96, 20.0)}) == 15
+        assert cost_meeting_targets({"a": run(90, 0.96), "b": run(120, 0.96)}) == math.inf
+
+    def test_the_saving_over_the_space_is_the_median_of_the_cheapest_baseline_that_meets(
+            self) -> None:
+        def run(cost: float, ok: bool = True) -> dict[str, Any]:
+            return _summary(latency_ms={"p95": 90.0 if ok else 500.0}, slo_ms=100,
+                            cost={"per_1000_samples": cost})
+        arms = {"cs": {"p1": run(10), "p2": run(10), "p3": run(10, ok=False),
+                       "p4": run(10), "p5": run(10, ok=False)},
+                "a": {"p1": run(30), "p2": run(15, ok=False), "p3": run(20),
+                      "p4": run(5, ok=False), "p5": run(1, ok=False)},
+                "b": {"p1": run(25), "p2": run(40), "p3": run(30), "p4": run(9, ok=False),
+                      "p5": run(1, ok=False)}}
+        at = {p: saving_at("cs", ("a", "b"), p)(arms) for p in arms["cs"]}
+        assert at == {"p1": 2.5, "p2": 4.0, "p3": 0.0, "p4": math.inf, "p5": None}
+        assert median_saving("cs", ("a", "b"))(arms) == pytest.approx(3.25)
+        with pytest.raises(ValueError, match="no system met"):
+            median_saving("cs", ("a",))({"cs": {"p": run(1, False)}, "a": {"p": run(1, False)}})
 
     def test_equal_accuracy_with_its_slo_and_clean_conditions(self) -> None:
         check = equal_accuracy(0.005, slo=True, clean=True)
@@ -186,6 +218,12 @@ class TestMetricsAndChecks:
         dirty = _summary(samples={"generated": 10, "fallback": 1, "rejected": 0, "lost": 0})
         assert "baseline had fallbacks" in (check(ok, {"": dirty}) or "")
         assert equal_accuracy(0.005)({"": _summary(latency_ms={"p95": 999.0})}, ok) is None
+
+    def test_latency_to_completion_needs_every_sample_answered_by_the_server(self) -> None:
+        ok = {"": _summary()}
+        assert to_completion(ok, ok) is None
+        cut = _summary(samples={"generated": 10, "fallback": 2, "rejected": 1, "lost": 0})
+        assert to_completion(ok, {"": cut}) == "the baseline had 3 samples timed out or rejected"
 
     def test_equal_slo_and_the_same_reply_timeout(self) -> None:
         assert equal_slo(0.005)({"": _summary(slo_satisfaction=0.946)},
@@ -353,6 +391,12 @@ class TestJudging:
         assert verdicts[0].holds and not verdicts[0].holds_holm
         assert verdicts[1].holds and verdicts[1].holds_holm
         assert "Holm: does not hold" in claims_markdown(verdicts).splitlines()[2]
+        # An ablation is reported beside the papers' claims, outside their family.
+        ablation = claim(id="ablation", paper_claim=False)
+        alone = judge([weak, ablation], Plan(jobs, tmp_path / "out", {"diff": 3,
+                                                                     "ablation": 3}))
+        assert alone[0].holds_holm is True and alone[1].holds_holm is None
+        assert "Holm" not in claims_markdown(alone).splitlines()[3]
 
     def test_the_verdicts_are_written_beside_the_runs_as_json_and_markdown(
             self, tmp_path: Path) -> None:
@@ -460,3 +504,17 @@ class TestCatalog:
         better = {"": _summary(slo_satisfaction=0.95)}
         assert het.check is not None and het.check(
             {"": _summary(slo_satisfaction=0.944)}, better) is not None
+
+
+def test_a_quick_run_can_scale_every_time_in_a_scenario() -> None:
+    from common.scenario_file import scenario_from_dict
+    from testbed.claims.runner import time_scaled
+
+    cfg = scenario_from_dict({
+        "name": "t", "duration_s": 40,
+        "devices": {"count": 4, "phases": [{"at_s": 0, "count": 2}, {"at_s": 10, "count": 4}]},
+        "tiers": {"mid": {"popularity": [[0, 1.0], [20, 2.0]]}}})
+    quick = time_scaled(cfg, 0.5)
+    assert quick.duration_s == 20 and [p.at_s for p in quick.devices.phases] == [0, 5]
+    assert quick.tiers["mid"].popularity == ((0.0, 1.0), (10.0, 2.0))
+    assert quick.tiers["low"] == cfg.tiers["low"]

@@ -142,7 +142,7 @@ class TestChoosing:
         assert result.choices["plain"].config == t.UNTUNED
 
         chosen_file = t.chosen_path(root)
-        data = t.write_chosen(chosen_file, [result], [claim()], {"two.toml": base})
+        data = t.write_chosen(chosen_file, [result], [claim()])
         assert data["two"]["slow"]["values"] == {"policy": {"params": {"threshold": 0.7}}}
         assert data["two"]["fast"]["design_iterations"] == 1
         assert data["power"]["c"]["tuning_effects"] == pytest.approx([-1.0, -1.0])
@@ -174,9 +174,9 @@ class TestChoosing:
 class TestApplyingChosenValues:
     def chosen(self, tmp_path: Path, scenario: str = SCENARIO) -> tuple[Path, dict[str, Any]]:
         root = folder(tmp_path, scenario=scenario)
-        tuning, base = t.tuning_for("two.toml", root)
+        tuning, _ = t.tuning_for("two.toml", root)
         entries = {arm: {"config": next(iter(configs)), "values": next(iter(configs.values())),
-                         "digest": tuning.digest(arm, base)}
+                         "digest": tuning.digest(arm)}
                    for arm, configs in tuning.arms.items()}
         return root, {"two": entries}
 

@@ -105,3 +105,28 @@ class TestMix:
         specs = device_specs(ScenarioConfig())
         assert len(specs) == 40 and len({s.device_id for s in specs}) == 40
         assert {s.tier for s in specs} == {"low", "mid", "high"}
+
+
+def test_tier_popularity_multiplies_into_the_devices_rates() -> None:
+    from common.config import device_specs, multiply
+    from common.scenario_file import scenario_from_dict
+
+    assert multiply((), ((0.0, 2.0),)) == ((0.0, 2.0),)
+    assert multiply(((0.0, 2.0), (10.0, 1.0)), ((5.0, 3.0),)) == (
+        (0.0, 2.0), (5.0, 6.0), (10.0, 3.0))
+    cfg = scenario_from_dict({"name": "p", "devices": {"count": 3, "rate_hz": 10},
+                              "tiers": {"mid": {"popularity": [[0, 0.5], [4, 2.0]]}}})
+    mid = next(s for s in device_specs(cfg) if s.tier == "mid")
+    low = next(s for s in device_specs(cfg) if s.tier == "low")
+    assert mid.arrival == "trace" and mid.trace_points == ((0.0, 5.0), (4.0, 20.0))
+    assert low.arrival == "poisson" and low.trace_points == ()
+
+
+def test_a_tier_task_needs_an_inference_delivery_network() -> None:
+    from common.config import ScenarioError
+    from common.scenario_file import scenario_from_dict
+
+    with pytest.raises(ScenarioError, match="need an inference delivery network"):
+        scenario_from_dict({"name": "t", "tiers": {"mid": {"task": "parity"}}})
+    with pytest.raises(ScenarioError, match="popularity"):
+        scenario_from_dict({"name": "t", "tiers": {"mid": {"popularity": [[5, 1], [1, 2]]}}})

@@ -65,6 +65,19 @@ def demand(alts: Sequence[float], slot_s: float = 1.0, path_ms: float = 5.0) -> 
 class TestGains:
     # at path 5 and alpha 1000: small costs 10 + 10 + 100 = 120, big 10 + 30 + 50 = 90
 
+    def test_a_model_saves_only_on_the_requests_of_its_own_task(self) -> None:
+        catalog = [CatalogModel("digit", 300, 0.90, infer_ms=10, capacity_sps=100),
+                   CatalogModel("parity", 300, 0.99, infer_ms=10, capacity_sps=100,
+                                task="parity")]
+        seen = [Seen(5, 200)] * 10 + [Seen(5, 200, "parity")] * 30
+        d = Demand.of(seen, catalog, alpha_ms=1000, slot_s=1.0)
+        assert d.gain({"digit"}) == pytest.approx(10 * (200 - 120))
+        assert d.gain({"parity"}) == pytest.approx(30 * (200 - 30))
+        assert d.gain({"digit", "parity"}) == pytest.approx(d.gain({"digit"})
+                                                            + d.gain({"parity"}))
+        grad = d.subgradient({"digit": 0.5, "parity": 0.5})
+        assert grad["parity"] > grad["digit"] > 0
+
     def test_gain_is_cost_saved_per_second_within_capacity(self) -> None:
         d = demand([200] * 40, slot_s=2)
         assert d.gain({"small"}) == pytest.approx(80 * 20 / 2)  # 10/s x 2 s requests

@@ -352,6 +352,21 @@ class TestMultiTASCPlusPlus:
         assert d.heavy_model == "cheap" and d.note.startswith("surge")
         assert d.thresholds and all(t <= thr[dev] + 1e-9 for dev, t in d.thresholds.items())
 
+    def test_without_switching_a_surge_is_met_by_thresholds_alone(self) -> None:
+        """`switching = false`: the surge that makes the policy leave the base model at once
+        keeps it on the base model, and the load-aware scaling cuts the thresholds instead."""
+        p, switches = self._switching_run(rate_per_report=50, steps=4,
+                                          params={"switching": False})
+        assert switches == [] and p.estimates == {}
+        p = MultiTASCPlusPlusPolicy({"switching": False})
+        fleet = self._fleet()
+        thr = {dev: p.join(i, 0.0) for dev, i in fleet.items()}
+        states = {dev: (i, thr[dev], replace(window(50, 0, thr[dev]), generated=50))
+                  for dev, i in fleet.items()}
+        d = p.step(pp_view(0.5, states, heavy="base", options=self._options()))
+        assert d.heavy_model is None
+        assert d.thresholds and all(t < thr[dev] for dev, t in d.thresholds.items())
+
     def test_single_model_never_switches(self) -> None:
         p = MultiTASCPlusPlusPolicy({"switch_every_s": 0.0})
         p.join(WEAK_PP, 0.0)

@@ -69,9 +69,32 @@ def test_every_model_has_a_card_and_a_file_matching_its_sha256(model: str) -> No
     assert path.stat().st_size == card["size_bytes"]
     assert _sha256(path) == card["sha256"]
     assert card["input"]["name"] == "input" and card["input"]["shape"] == [None, 64]
-    assert card["output"] == {"name": "probs", "shape": [None, 10]}
+    classes = ZOO.label_mod(ZOO.task_of(model)) or 10  # a task's models: its classes
+    assert card["output"] == {"name": "probs", "shape": [None, classes]}
     for split in ("val", "test"):
         assert 0.0 < card["accuracy"][split] <= 1.0
+
+
+def test_the_tasks_relabel_the_digits_and_list_three_models_of_rising_cost() -> None:
+    """Each task's models answer its labels (digit mod `label_mod`); their sizes and
+    latencies rise together; the digit task is the dataset's own labels."""
+    tasks = ZOO.tasks
+    assert set(tasks) == {"digit", "parity", "mod3"}
+    assert ZOO.canonical_task("") == "digit" and ZOO.label_mod("digit") is None
+    assert ZOO.label_mod("parity") == 2 and ZOO.label_mod("mod3") == 3
+    for task, spec in tasks.items():
+        models = spec["models"]
+        assert len(models) == 3 and all(ZOO.task_of(m) == task for m in models)
+        cards = [ZOO.card(m) for m in models]
+        sizes = [c["size_bytes"] for c in cards]
+        lat = [c["latency_ms_p50"]["32"] for c in cards]
+        assert sizes == sorted(sizes) and lat == sorted(lat), task
+        data = ZOO.dataset("val")
+        labels = data.y % spec["label_mod"]
+        session = open_session(ZOO.model_path(models[-1]), 1, 1)
+        probs = session.run(None, {session.get_inputs()[0].name: to_model_input(data.x)})[0]
+        assert (probs.argmax(1) == labels).mean() == pytest.approx(cards[-1]["accuracy"]["val"],
+                                                                  abs=1e-3)
 
 
 def test_committed_files_stay_under_2_mib() -> None:
