@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from common.events import read_events
 from common.gear_plan import read_plan
@@ -183,3 +184,57 @@ def test_plan_profiles_a_model_on_this_host_when_the_server_does_not_pad() -> No
     p = measured_profile(open_zoo(), "heavy-cnn-lite")
     assert p.base_ms >= 0 and p.per_sample_ms > 0
     assert p.target_s(32) > p.target_s(1)
+
+
+def test_a_multi_task_network_serves_each_task_with_its_own_models(tmp_path: Path) -> None:
+    """Tiers doing three tasks on one tree: every answer comes from a model of the sample's
+    task, the devices judge it against that task's labels, and the access node's budget
+    holds models of several tasks."""
+    cfg = idn_scenario("greedy-online")
+    cfg["idn"]["catalog"] = ["heavy-cnn-lite", "heavy-cnn", "parity-s", "parity-m",  # type: ignore[index]
+                             "mod3-s", "mod3-m"]
+    cfg["tiers"] = {"low": {"task": "digit"}, "mid": {"task": "parity"},
+                    "high": {"task": "mod3"}}
+    cfg["devices"] = {"count": 6, "rate_hz": 10}
+    result = run_scenario(scenario_from_dict(cfg), tmp_path / "tasks")
+    run_dir, s = result.run_dir, result.summary
+    check_accounting(run_dir, s)
+    task_of = {"low": "", "mid": "parity", "high": "mod3"}
+    rows = [r for f in iter_record_files(run_dir) for r in read_records(f)[0]]
+    for r in rows:
+        assert r.label < {"": 10, "parity": 2, "mod3": 3}[task_of[r.tier]]
+        if r.source == "heavy":
+            model = r.heavy_model.rsplit("/", 1)[-1]
+            assert model.startswith(task_of[r.tier] or "heavy-cnn"), (r.tier, model)
+    assert s["accuracy"] > 0.85  # answers in the right label space
+    held = {m for e in read_events(run_dir / "events.jsonl") if e["kind"] == "idn_slot"
+            and e["node"] == "access" for m in e["held"]}
+    assert len({m.split("-")[0] for m in held}) >= 2  # more than one task's models
+
+
+def test_a_cascade_of_ensembles_sends_only_what_its_edge_tier_disagrees_on_to_the_cloud(
+        tmp_path: Path) -> None:
+    """An edge node with the ensemble of the two cheaper heavy models, the cloud behind a
+    bandwidth-limited link: the bytes that cross it are the escalations', far fewer than
+    when the edge sends everything up."""
+    def run(edge_serve: list[str], name: str) -> dict[str, Any]:
+        cfg = scenario_from_dict({
+            "name": name, "duration_s": 6, "slo_ms": 400,
+            "policy": {"name": "server-only"}, "devices": {"count": 3, "rate_hz": 10},
+            "idn": {"policy": "coe", "catalog": ["heavy-cnn-xl"], "edge_serve": edge_serve,
+                    "nodes": [{"name": "cloud", "tier": "cloud", "memory_kb": 100000},
+                              {"name": "edge", "parent": "cloud", "link_ms": 20.0,
+                               "link_mbps": 50.0, "memory_kb": 100000, "devices": 1}]}})
+        result = run_scenario(cfg, tmp_path / name)
+        check_accounting(result.run_dir, result.summary)
+        return result.summary
+
+    coe = run(["heavy-cnn-lite", "heavy-cnn"], "coe")
+    cloud = run([], "cloud")
+    link = {name: s["server"]["idn_nodes"]["edge"]["idn"]["link"]
+            for name, s in (("coe", coe), ("cloud", cloud))}
+    escalated = coe["idn"]["served_by_node"].get("cloud", 0)
+    assert 0 < escalated < coe["samples"]["completed"] / 4
+    assert link["coe"]["messages_up"] == escalated
+    assert link["cloud"]["messages_up"] == cloud["samples"]["completed"]
+    assert link["coe"]["bytes_up"] * 4 < link["cloud"]["bytes_up"]
