@@ -473,6 +473,11 @@ def claims(quick: Annotated[bool, typer.Option(
            from_dir: Annotated[Path | None, typer.Option(
                "--from", help="judge the runs already in this results folder; run nothing")]
            = None,
+           join: Annotated[list[Path] | None, typer.Option(
+               "--join", help="join the verdicts in these claims.json files (a later file wins "
+                              "for a claim it has) into one table, Holm's adjustment across "
+                              "it, written to --out (default runs/claims/joined); run nothing")]
+           = None,
            reuse_any: ReuseAny = False,
            dry_run: Annotated[bool, typer.Option("--dry-run", help="list the runs only")]
            = False) -> None:
@@ -491,9 +496,16 @@ def claims(quick: Annotated[bool, typer.Option(
     if from_dir is not None and (tune or out is not None):
         console.print("[red]--from judges a results folder: it takes no --tune or --out[/red]")
         raise typer.Exit(EXIT_BAD_INPUT)
+    if join and (tune or from_dir is not None or quick or seeds is not None):
+        console.print("[red]--join joins finished tables: it takes no --tune, --from, --quick "
+                      "or --seeds[/red]")
+        raise typer.Exit(EXIT_BAD_INPUT)
     catalog = Catalog()
     try:
         chosen = catalog.select([i for o in only or [] for i in o.split(",") if i])
+        if join:
+            _join_claims(chosen, join, out or Path("runs") / "claims" / "joined")
+            return
         if tune:
             _tune(catalog, chosen, out or Path("runs") / "claims" / "tuning", reuse_any,
                   dry_run)
@@ -519,6 +531,26 @@ def claims(quick: Annotated[bool, typer.Option(
         console.print(f"[red]{escape(str(run_dir))}:[/red] {escape(error)}")
     print((folder / "claims.json").read_text().strip(), flush=True)
     if failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _join_claims(chosen: list[Any], files: list[Path], folder: Path) -> None:
+    from testbed.claims.join import JoinError, join, read_table
+    from testbed.claims.runner import write_results
+
+    try:
+        tables = [read_table(f) for f in files]
+    except JoinError as exc:
+        console.print(f"[red]bad claims table:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    verdicts, meta = join(chosen, tables)
+    console.print(claims_table(verdicts))
+    missing = [c.id for c in chosen if c.id not in {v.claim.id for v in verdicts}]
+    write_results(folder, verdicts, meta)
+    console.print(f"verdicts written to {folder / 'claims.md'} and {folder / 'claims.json'}")
+    print((folder / "claims.json").read_text().strip(), flush=True)
+    if missing:
+        console.print(f"[red]no table has {len(missing)} claims: {', '.join(missing)}[/red]")
         raise typer.Exit(EXIT_FAILED)
 
 

@@ -192,11 +192,17 @@ def judge(claims: list[Claim], p: Plan) -> list[Verdict]:
     """Each claim's per-seed effects, interval and verdict from the runs on disk, and Holm's
     adjustment across them."""
     verdicts = [_judge_one(claim, p) for claim in claims]
+    adjust_holm(verdicts)
+    return verdicts
+
+
+def adjust_holm(verdicts: list[Verdict]) -> None:
+    """Holm's step-down across the papers' claims of a table (ablations are not in the
+    family), beside each plain verdict."""
     family = [v for v in verdicts if v.p is not None and v.claim.paper_claim]
     for v, rejected in zip(family, holm([v.p for v in family if v.p is not None]),
                            strict=True):
         v.holds_holm = rejected and not v.invalid
-    return verdicts
 
 
 def _judge_one(claim: Claim, p: Plan) -> Verdict:

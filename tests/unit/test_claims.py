@@ -426,6 +426,62 @@ class TestJudging:
         assert json.loads(claims_json([v], {}))["claims"][0]["measured"] is None
 
 
+class TestJoin:
+    """A table joined from several full runs' claims.json (a full run may span sittings)."""
+
+    def _judged(self, tmp_path: Path) -> tuple[list[Claim], list[Any]]:
+        jobs = jobs_for(tmp_path, seeds=5)
+        effects = {1: 2.0, 2: 2.5, 3: 1.5, 4: -40.0, 5: 2.2}
+        for job in jobs:
+            lag = 200.0 if (job.arm, job.seed) == ("slow", 4) else 2.0
+            write_run(job.run_dir, slo_satisfaction=0.5 + (effects[job.seed] / 100
+                                                           if job.arm == "fast" else 0.0),
+                      forward_rate=0.3 if job.arm == "fast" else (0.0 if job.seed < 3 else 0.1),
+                      emulation={"compute_overrun_fraction": 0.0, "loop_lag_ms": {"p99": lag}})
+        claims = [claim(seeds=5),
+                  claim(id="zero", kind="ratio", unit="x", metric=field_at("forward_rate"),
+                        scale=1.0, seeds=5)]
+        return claims, judge(claims, Plan(jobs, tmp_path / "out", {c.id: 5 for c in claims}))
+
+    def test_a_verdict_read_back_from_its_json_is_the_same(self, tmp_path: Path) -> None:
+        from testbed.claims.join import verdict_from_json
+
+        claims, verdicts = self._judged(tmp_path)
+        assert verdicts[0].without_excluded is not None  # the parts a table may carry
+        assert verdicts[1].effect is not None and verdicts[1].effect.method == "range"
+        for c, v in zip(claims, verdicts, strict=True):
+            back = verdict_from_json(c, v.to_json())
+            assert back.to_json() == v.to_json()
+        assert claims_markdown([verdict_from_json(claims[0], verdicts[0].to_json())]) == \
+            claims_markdown(verdicts[:1])
+
+    def test_each_claim_comes_from_the_last_table_that_has_it_and_holm_is_redone(
+            self, tmp_path: Path) -> None:
+        from testbed.claims.join import join
+
+        jobs = jobs_for(tmp_path)
+        gaps = {1: 0.011, 2: 0.02, 3: 0.013}  # a real but barely resolved effect
+        for job in jobs:
+            write_run(job.run_dir, slo_satisfaction=0.9 + (gaps[job.seed] if job.arm == "fast"
+                                                           else 0.0),
+                      accuracy=0.9 + (0.2 + 0.01 * job.seed if job.arm == "fast" else 0.0))
+        weak, strong = claim(), claim(id="acc", metric=field_at("accuracy"))
+        others = [claim(id=f"same{i}", metric=field_at("slo_ms")) for i in range(3)]
+        every = [weak, strong, *others]
+        plan_ = Plan(jobs, tmp_path / "out", {c.id: 3 for c in every})
+        first = json.loads(claims_json(judge(every, plan_), {"commit": "old"}))
+        assert first["claims"][0]["holds_holm"] is False  # five in the family
+        again = json.loads(claims_json(judge([weak], plan_), {"commit": "new"}))
+        again["claims"][0]["measured"] = 1.7  # as if judged from other runs
+        verdicts, meta = join([weak, strong], [first, again])
+        assert [v.claim.id for v in verdicts] == ["diff", "acc"]  # the others left the catalog
+        assert verdicts[0].effect is not None and verdicts[0].effect.measured == 1.7
+        assert verdicts[0].holds_holm is True  # two in the family now
+        assert [t["commit"] for t in meta["joined_from"]] == ["old", "new"]
+        assert set(meta["claims_made_by"]) == {"diff", "acc"}
+        assert join([claim(id="nowhere")], [first])[0] == []
+
+
 class TestAttempts:
     def test_an_unfaithful_run_gets_one_more_attempt_and_both_are_listed(
             self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -518,3 +574,26 @@ def test_a_quick_run_can_scale_every_time_in_a_scenario() -> None:
     assert quick.duration_s == 20 and [p.at_s for p in quick.devices.phases] == [0, 5]
     assert quick.tiers["mid"].popularity == ((0.0, 1.0), (10.0, 2.0))
     assert quick.tiers["low"] == cfg.tiers["low"]
+
+
+def test_the_cli_joins_the_published_table_and_says_what_no_table_has(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from testbed import cli
+
+    published = Path(__file__).resolve().parents[2] / "docs" / "claims.json"
+    ids = [c["id"] for c in json.loads(published.read_text())["claims"]
+           if c["id"] in {k.id for k in CLAIMS}]
+    out = tmp_path / "joined"
+    result = CliRunner().invoke(cli.app, ["claims", "--join", str(published), "--only",
+                                          ",".join(ids), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    line = json.loads(result.output.strip().splitlines()[-1])
+    assert [c["id"] for c in line["claims"]] == ids and line["joined_from"]
+    assert (out / "claims.md").read_text().count("\n") == 2 + len(ids)
+    missing = CliRunner().invoke(cli.app, ["claims", "--join", str(published), "--out",
+                                           str(tmp_path / "all")])
+    if len(ids) < len(CLAIMS):
+        assert missing.exit_code == 1 and "no table has" in missing.output
+    bad = CliRunner().invoke(cli.app, ["claims", "--join", str(tmp_path / "none.json")])
+    assert bad.exit_code == 2 and "bad claims table" in bad.output
