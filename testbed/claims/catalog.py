@@ -362,19 +362,19 @@ CLAIMS: tuple[Claim, ...] = (
           "satisfaction)", None, "continuous adaptation keeps the target", "pp",
           "difference", "higher", "multitasc-pp-changing-load.toml", "multitasc-pp",
           "multitasc", field_at("slo_satisfaction"), scale=100.0, check=equal_accuracy(0.01),
-          seeds=5),
+          seeds=10),
     Claim("multitasc-pp-changing-load-accuracy",
           "...with the highest available accuracy (same runs, accuracy)", None,
           "highest available accuracy", "pt", "difference", "higher",
           "multitasc-pp-changing-load.toml", "multitasc-pp", "multitasc",
-          field_at("accuracy"), scale=100.0, check=equal_slo(0.005), seeds=5),
+          field_at("accuracy"), scale=100.0, check=equal_slo(0.005), seeds=10),
     Claim("multitasc-pp-changing-load-no-switching",
           "MultiTASC++'s continuous adaptation alone (its heavy-model switching off, the base "
           "model throughout as MultiTASC) vs MultiTASC under surges and devices joining and "
           "leaving (SLO satisfaction)", None, "continuous adaptation keeps the target", "pp",
           "difference", "higher", "multitasc-pp-changing-load.toml",
           "multitasc-pp-no-switching", "multitasc", field_at("slo_satisfaction"), scale=100.0,
-          check=equal_accuracy(0.01), seeds=5,
+          check=equal_accuracy(0.01), seeds=10,
           secondary=(("accuracy", field_at("accuracy")),)),
     Claim("cascadeserve-cost-space",
           "CascadeServe saves cost across the latency-accuracy space: per point (3 accuracy "
@@ -394,19 +394,19 @@ CLAIMS: tuple[Claim, ...] = (
           "fewer bytes over the edge-to-cloud link than sending everything to the cloud, "
           "without sacrificing accuracy", 14.0, "14x", "x", "ratio", "higher",
           "coe-edge-cloud.toml", "coe", "cloud-only", wan_bytes_per_sample, invert=True,
-          check=equal_accuracy(0.005), seeds=5,
+          check=equal_accuracy(0.005), seeds=10,
           secondary=(("latency_ms.mean", field_at("latency_ms.mean")),
                      ("accuracy", field_at("accuracy")))),
     Claim("coe-edge-cloud-latency",
           "...and lower mean end-to-end latency (same runs)", 14.0, "14x", "x", "ratio",
           "higher", "coe-edge-cloud.toml", "coe", "cloud-only", field_at("latency_ms.mean"),
-          invert=True, check=equal_accuracy(0.005), seeds=5),
+          invert=True, check=equal_accuracy(0.005), seeds=10),
     Claim("coe-vs-confidence-cascade-bytes",
           "Ablation: the cascade of ensembles against a confidence cascade of one of the same "
           "edge models, threshold tuned (bytes over the edge-to-cloud link)", None,
           "(ablation)", "x", "ratio", "higher", "coe-edge-cloud.toml", "coe",
           "confidence-cascade", wan_bytes_per_sample, invert=True,
-          check=equal_accuracy(0.005), seeds=5, paper_claim=False),
+          check=equal_accuracy(0.005), seeds=10, paper_claim=False),
     Claim("infida-vs-greedy-multitask",
           "INFIDA's allocation beats greedy heuristics of similar complexity in a realistic "
           "setting: three tasks of three model variants each, four tiers of nodes, task "
@@ -420,7 +420,7 @@ CLAIMS: tuple[Claim, ...] = (
           "...and under an adversarial pattern (the requested task changes every slot)", None,
           "(the regret guarantee)", "x", "ratio", "higher",
           "infida-vs-greedy-multitask-adversarial.toml", "infida", "greedy",
-          field_at("idn.mean_cost_steady_ms"), invert=True, seeds=5,
+          field_at("idn.mean_cost_steady_ms"), invert=True, seeds=10,
           no_check="as infida-vs-greedy-multitask"),
     Claim("fluid-batching-system-mean",
           "Fluid batching's system (exit-aware preemptive scheduler on an NPU with fluid "
@@ -428,23 +428,23 @@ CLAIMS: tuple[Claim, ...] = (
           "streaming system (run-to-completion batching of the whole network on a "
           "conventional NPU), latency to completion", 1.97, "1.97x", "x", "ratio", "higher",
           "fluid-batching-system.toml", "fluid-system", "streaming-baseline",
-          field_at("latency_ms.mean"), invert=True, check=to_completion, seeds=5,
+          field_at("latency_ms.mean"), invert=True, check=to_completion, seeds=10,
           secondary=(("accuracy", field_at("accuracy")),)),
     Claim("fluid-batching-system-tail-slo",
           "...and raises tail-latency SLO satisfaction (devices whose p95 meets the SLO)",
           6.7, "6.7x", "x", "ratio", "higher", "fluid-batching-system.toml", "fluid-system",
-          "streaming-baseline", tail_slo, check=to_completion, seeds=5),
+          "streaming-baseline", tail_slo, check=to_completion, seeds=10),
     Claim("fluid-batching-scheduler-alone-mean",
           "Ablation: the exit-aware scheduler alone (on the conventional NPU) against the same "
           "baseline (mean latency)", None, "(ablation)", "x", "ratio", "higher",
           "fluid-batching-system.toml", "scheduler-alone", "streaming-baseline",
-          field_at("latency_ms.mean"), invert=True, check=to_completion, seeds=5,
+          field_at("latency_ms.mean"), invert=True, check=to_completion, seeds=10,
           paper_claim=False),
     Claim("fluid-batching-hardware-alone-mean",
           "Ablation: the fluid NPU alone (run to completion) against the same baseline (mean "
           "latency)", None, "(ablation)", "x", "ratio", "higher",
           "fluid-batching-system.toml", "hardware-alone", "streaming-baseline",
-          field_at("latency_ms.mean"), invert=True, check=to_completion, seeds=5,
+          field_at("latency_ms.mean"), invert=True, check=to_completion, seeds=10,
           paper_claim=False),
     Claim("fluid-batching-exit-aware",
           "Ablation: an exit-aware preemptive scheduler against an exit-blind one on the same "
