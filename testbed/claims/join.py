@@ -20,7 +20,7 @@ from testbed import provenance
 from testbed.claims.catalog import Claim
 from testbed.claims.jobs import Attempt
 from testbed.claims.runner import Judged, Verdict, adjust_holm
-from testbed.claims.stats import Effect
+from testbed.claims.stats import Effect, at_paper_number
 
 MAX_TABLE = 64 * MIB
 
@@ -50,7 +50,6 @@ def verdict_from_json(claim: Claim, entry: Mapping[str, Any]) -> Verdict:
     v.holds = bool(entry.get("holds"))
     v.p = entry.get("p")
     v.holds_holm = entry.get("holds_holm")
-    v.at_paper = entry.get("at_paper_number")
     v.error = str(entry.get("error", ""))
     v.invalid = [str(x) for x in entry.get("invalid", [])]
     v.excluded = [str(x) for x in entry.get("excluded", [])]
@@ -60,6 +59,9 @@ def verdict_from_json(claim: Claim, entry: Mapping[str, Any]) -> Verdict:
         measured = entry.get("measured")
         v.effect = Effect(_end(measured, math.inf), _end(low, -math.inf), _end(high, math.inf),
                           per_seed, entry.get("interval") or "t")
+    # Judged against the catalog's paper number now: a claim may have become an ablation.
+    v.at_paper = (at_paper_number(v.effect, claim.paper, claim.direction)
+                  if v.effect is not None else None)
     w = entry.get("without_excluded")
     if isinstance(w, dict):
         lo, hi = w["ci95"]
