@@ -185,9 +185,7 @@ def plan_gears(inputs: PlanInputs, front: Sequence[Candidate] | None = None) -> 
     if inputs.min_accuracy is not None:
         return plan_for_target(inputs, front)
     replicas = max(inputs.max_replicas, 1)
-    gears: list[Gear] = []
-    keys: dict[tuple[int, int], int] = {}
-    table: list[int] = []
+    built = _GearTable()
     i = 0
     for q in range(inputs.max_rps + 1):
         fit = None
@@ -198,15 +196,9 @@ def plan_gears(inputs: PlanInputs, front: Sequence[Candidate] | None = None) -> 
             i += 1
         c = front[min(i, len(front) - 1)]
         batch, p95 = fit if fit is not None else (inputs.max_batch_size, float("inf"))
-        key = (min(i, len(front) - 1), batch)
-        if key not in keys:
-            keys[key] = len(gears)
-            gears.append(_gear(c, batch, inputs.weights, replicas))
-        gi = keys[key]
-        gears[gi] = _with_p95(gears[gi], p95)
-        table.append(gi)
-    return GearPlan(gears=tuple(gears), table=tuple(table),
-                    server_budget_ms=inputs.server_budget_ms)
+        built.add((min(i, len(front) - 1), batch), _gear(c, batch, inputs.weights, replicas),
+                  p95)
+    return built.plan(inputs)
 
 
 def max_load(inputs: PlanInputs, c: Candidate, top: float) -> float:
@@ -239,9 +231,7 @@ def plan_for_target(inputs: PlanInputs, front: Sequence[Candidate]) -> GearPlan:
     top = float(inputs.max_rps)
     capacity = {id(c): max_load(inputs, c, top) for c in eligible}
     cheapest = min(eligible, key=lambda c: (c.cost_ms, -c.accuracy))
-    gears: list[Gear] = []
-    keys: dict[tuple[str, int, int], int] = {}
-    table: list[int] = []
+    built = _GearTable()
     most = max(inputs.max_replicas, 1)
     for q in range(inputs.max_rps + 1):
         best: tuple[int, float, Candidate] | None = None
@@ -255,15 +245,32 @@ def plan_for_target(inputs: PlanInputs, front: Sequence[Candidate]) -> GearPlan:
         k, c = (best[0], best[2]) if best is not None else (most, cheapest)
         fit = fitting_batch(inputs, c, q / k)
         batch, p95 = fit if fit is not None else (inputs.max_batch_size, float("inf"))
-        key = (c.heavy_model + repr(sorted(c.thresholds.items())), batch, k)
-        if key not in keys:
-            keys[key] = len(gears)
-            gears.append(_gear(c, batch, inputs.weights, k))
-        gi = keys[key]
-        gears[gi] = _with_p95(gears[gi], p95)
-        table.append(gi)
-    return GearPlan(gears=tuple(gears), table=tuple(table),
-                    server_budget_ms=inputs.server_budget_ms)
+        built.add((c.heavy_model + repr(sorted(c.thresholds.items())), batch, k),
+                  _gear(c, batch, inputs.weights, k), p95)
+    return built.plan(inputs)
+
+
+@dataclass
+class _GearTable:
+    """The gears of a plan, one per distinct key, each carrying the worst simulated p95 of the
+    load levels it serves, and the load level -> gear table."""
+
+    gears: list[Gear] = field(default_factory=list)
+    keys: dict[tuple[object, ...], int] = field(default_factory=dict)
+    table: list[int] = field(default_factory=list)
+
+    def add(self, key: tuple[object, ...], gear: Gear, p95: float) -> None:
+        """The next load level is served by `gear` (kept once per key) at `p95`."""
+        if key not in self.keys:
+            self.keys[key] = len(self.gears)
+            self.gears.append(gear)
+        gi = self.keys[key]
+        self.gears[gi] = _with_p95(self.gears[gi], p95)
+        self.table.append(gi)
+
+    def plan(self, inputs: PlanInputs) -> GearPlan:
+        return GearPlan(gears=tuple(self.gears), table=tuple(self.table),
+                        server_budget_ms=inputs.server_budget_ms)
 
 
 def _gear(c: Candidate, batch: int, weights: Mapping[str, float], replicas: int = 1) -> Gear:

@@ -267,6 +267,18 @@ def claim(**over: Any) -> Claim:
     return Claim(**fields)
 
 
+def barely_resolved_runs(tmp_path: Path) -> list[Job]:
+    """Runs where fast beats slow on SLO satisfaction by a real but barely resolved effect,
+    and on accuracy by a large one."""
+    jobs = jobs_for(tmp_path)
+    gaps = {1: 0.011, 2: 0.02, 3: 0.013}
+    for job in jobs:
+        write_run(job.run_dir, slo_satisfaction=0.9 + (gaps[job.seed] if job.arm == "fast"
+                                                       else 0.0),
+                  accuracy=0.9 + (0.2 + 0.01 * job.seed if job.arm == "fast" else 0.0))
+    return jobs
+
+
 class TestJudging:
     def test_verdicts_from_the_summaries_on_disk(self, tmp_path: Path) -> None:
         jobs = jobs_for(tmp_path, points=("devices=10", "devices=20"))
@@ -376,12 +388,7 @@ class TestJudging:
 
     def test_holm_across_the_table_is_given_beside_the_plain_verdicts(
             self, tmp_path: Path) -> None:
-        jobs = jobs_for(tmp_path)
-        gaps = {1: 0.011, 2: 0.02, 3: 0.013}  # a real but barely resolved effect
-        for job in jobs:
-            write_run(job.run_dir, slo_satisfaction=0.9 + (gaps[job.seed] if job.arm == "fast"
-                                                           else 0.0),
-                      accuracy=0.9 + (0.2 + 0.01 * job.seed if job.arm == "fast" else 0.0))
+        jobs = barely_resolved_runs(tmp_path)
         weak = claim()
         strong = claim(id="acc", metric=field_at("accuracy"))
         others = [claim(id=f"same{i}", metric=field_at("slo_ms")) for i in range(3)]
@@ -459,12 +466,7 @@ class TestJoin:
             self, tmp_path: Path) -> None:
         from testbed.claims.join import join
 
-        jobs = jobs_for(tmp_path)
-        gaps = {1: 0.011, 2: 0.02, 3: 0.013}  # a real but barely resolved effect
-        for job in jobs:
-            write_run(job.run_dir, slo_satisfaction=0.9 + (gaps[job.seed] if job.arm == "fast"
-                                                           else 0.0),
-                      accuracy=0.9 + (0.2 + 0.01 * job.seed if job.arm == "fast" else 0.0))
+        jobs = barely_resolved_runs(tmp_path)
         weak, strong = claim(), claim(id="acc", metric=field_at("accuracy"))
         others = [claim(id=f"same{i}", metric=field_at("slo_ms")) for i in range(3)]
         every = [weak, strong, *others]
