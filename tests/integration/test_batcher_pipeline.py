@@ -23,6 +23,15 @@ from server.stats import ServerStats
 pytestmark = pytest.mark.integration
 
 
+async def until_true(tries: int, cond: Callable[[], bool]) -> None:
+    """Wait for `cond`, polling every 2 ms, at most `tries` times."""
+    for _ in range(tries):
+        if cond():
+            return
+        await asyncio.sleep(0.002)
+    raise AssertionError("timed out")
+
+
 async def _three_full_batches(profile: BatchProfile | None) -> tuple[list[int], dict[int, int]]:
     """Queue 3 x 32 requests at once; return the queue length each answer saw and the
     number of answers per sample."""
@@ -103,28 +112,22 @@ async def test_a_batch_that_fills_up_while_one_runs_is_handed_over_at_once() -> 
             batcher.submit(Request("dev", i, np.asarray(pixels[i], dtype=np.uint8), now,
                                    now + 30, respond))
 
-    async def until(cond: Callable[[], bool]) -> None:
-        for _ in range(500):
-            if cond():
-                return
-            await asyncio.sleep(0.002)
-        raise AssertionError("timed out")
-
     task = asyncio.create_task(batcher.run())
     try:
         submit(range(32))
-        await until(lambda: model.sizes == [32])  # the first batch runs, held at the gate
+        await until_true(500, lambda: model.sizes == [32])  # the first batch runs, held at the gate
         submit(range(32, 42))
         # Not a full batch: the submission does not wake the batcher, which waits for the
         # running batch's end or a full queue.
         assert batcher._waiter is not None and not batcher._waiter.done()
         assert batcher._wake_at == 32 and len(queue) == 10
         submit(range(42, 64))
-        await until(lambda: len(queue) == 0)  # full: cut and handed over while the first runs
+        # full: cut and handed over while the first runs
+        await until_true(500, lambda: len(queue) == 0)
         assert not answers
         submit(range(64, 74))
         model.gate.set()
-        await until(lambda: len(answers) == 74)
+        await until_true(500, lambda: len(answers) == 74)
     finally:
         model.gate.set()
         task.cancel()
@@ -247,29 +250,22 @@ async def test_replicas_run_batches_side_by_side_and_scale_with_every_sample_ans
             batcher.submit(Request("dev", i, np.asarray(pixels[i], dtype=np.uint8), now,
                                    now + 30, respond))
 
-    async def until(cond: Callable[[], bool]) -> None:
-        for _ in range(2500):
-            if cond():
-                return
-            await asyncio.sleep(0.002)
-        raise AssertionError("timed out")
-
     task = asyncio.create_task(batcher.run())
     try:
         submit(range(24))
-        await until(lambda: model.running == 3)  # three batches held at the gate at once
+        await until_true(2500, lambda: model.running == 3)  # three batches held at the gate at once
         model.gate.set()
-        await until(lambda: len(answers) == 24)
+        await until_true(2500, lambda: len(answers) == 24)
         batcher.set_replicas(1)
         assert batcher.active == 1 and stats.replicas._value.get() == 1
         model.gate.clear()
         model.most = 0
         submit(range(24, 48))
-        await until(lambda: model.running == 1)
+        await until_true(2500, lambda: model.running == 1)
         await asyncio.sleep(0.05)  # the other replicas are released: nobody takes a batch
         assert model.most == 1 and len(queue) == 16
         model.gate.set()
-        await until(lambda: len(answers) == 48)
+        await until_true(2500, lambda: len(answers) == 48)
     finally:
         model.gate.set()
         task.cancel()
