@@ -22,6 +22,8 @@ def die_with_parent() -> None:
 
 
 def leave_interrupts_to_parent() -> None:
-    """Ctrl-C reaches the whole foreground process group; the harness alone decides what it
-    means (a clean stop), so children ignore SIGINT and stop on the harness's word."""
+    """Ctrl-C and a closed terminal's SIGHUP reach the whole foreground process group; the
+    harness alone decides what they mean (a clean stop), so children ignore both and stop on
+    the harness's word."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)

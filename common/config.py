@@ -290,6 +290,35 @@ class AutoscaleConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FairnessConfig:
+    """How the server keeps one device from taking the service from the others
+    (`server.fairness`, docs/security.md "Fair sharing"): each device's requests are admitted
+    up to `headroom` times the rate it declared in its hello, with a bucket of `burst_s` of
+    that rate; each connection's frames are read at most `max_frames_per_s`."""
+
+    enabled: bool = True
+    """False: no request budgets (frames are still paced and the queue still shared)."""
+    headroom: float = 2.0
+    burst_s: float = 2.0
+    min_burst: int = 32
+    undeclared_rate_sps: float = 10.0
+    """The rate assumed for a device whose hello declares none (`rate_sps` = 0)."""
+    max_frames_per_s: float = 2000.0
+    """Frames of any kind, invalid ones included, that one connection may send per second
+    (a second's burst); past it the server stops reading that socket until it may again."""
+
+    def __post_init__(self) -> None:
+        _finite(self)
+        _in(self.headroom, 1, 1000, "server.fairness.headroom")
+        _in(self.burst_s, 0, 3600, "server.fairness.burst_s", open_low=True)
+        _check(1 <= self.min_burst <= 1_000_000, "server.fairness.min_burst must be in "
+                                                  "[1, 1000000]")
+        _in(self.undeclared_rate_sps, 0, 1e6, "server.fairness.undeclared_rate_sps",
+            open_low=True)
+        _in(self.max_frames_per_s, 1, 1e6, "server.fairness.max_frames_per_s")
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 0
@@ -343,6 +372,7 @@ class ServerConfig:
     Triton instance group); with `autoscale`, the count it starts with. Cost is replica-
     seconds provisioned (`summary.cost`)."""
     autoscale: AutoscaleConfig = field(default_factory=AutoscaleConfig)
+    fairness: FairnessConfig = field(default_factory=FairnessConfig)
     intra_op_threads: int = 1
     control_interval_s: float = 0.5
     """How often the scheduler policy runs."""

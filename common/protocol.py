@@ -22,6 +22,8 @@ MAX_MESSAGE_BYTES: Final = 1 << 20
 """Largest frame a peer may send; the server refuses bigger ones before decoding."""
 
 ALLOWED_DTYPES: Final = frozenset({"float32", "uint8"})
+MAX_RATE_SPS: Final = 1_000_000.0
+"""Largest rate a device may declare in its hello."""
 MAX_HOLD_MS: Final = 3_600_000.0
 """Longest a receiver holds a message for its emulated link (`hold_ms`): an hour-long cut."""
 
@@ -39,6 +41,9 @@ class ErrorCode(IntEnum):
     DUPLICATE_DEVICE = 8
     OVERLOADED = 9
     INTERNAL = 10
+    RATE_LIMITED = 11
+    """The device sent more than its budget (its declared rate with headroom, or its fair
+    share of a saturated server): this sample is not queued; the device answers it itself."""
 
 
 HTTP_STATUS: Final = {
@@ -52,6 +57,7 @@ HTTP_STATUS: Final = {
     ErrorCode.DUPLICATE_DEVICE: 409,
     ErrorCode.OVERLOADED: 503,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.RATE_LIMITED: 429,
 }
 
 
@@ -74,6 +80,10 @@ class Hello:
     model: str
     token: str = ""
     version: int = PROTOCOL_VERSION
+    rate_sps: float = 0.0
+    """The most samples per second the device will generate (its arrival schedule's peak):
+    the server admits its requests within this with headroom (docs/security.md, "Fair
+    sharing"). 0: not declared, and the server's default budget applies."""
     TYPE = "hello"
 
 
@@ -182,7 +192,7 @@ _TYPES: Final[dict[str, type]] = {
 _NUM = (int, float)
 _SCHEMA: Final[dict[type, dict[str, tuple[type, ...]]]] = {
     Hello: {"device_id": (str,), "tier": (str,), "model": (str,), "token": (str,),
-            "version": (int,)},
+            "version": (int,), "rate_sps": _NUM},
     Infer: {"sample_id": (int,), "dtype": (str,), "shape": (list, tuple), "data": (bytes,),
             "deadline_ms": _NUM, "hold_ms": _NUM},
     Report: {"window_s": _NUM, "generated": (int,), "forwarded": (int,), "answered": (int,),
@@ -368,3 +378,6 @@ def _check_hello(body: dict[str, Any]) -> None:
             raise ProtocolError(ErrorCode.MALFORMED, str(exc)) from None
     if len(body.get("token", "")) > MAX_TOKEN_LEN:
         raise ProtocolError(ErrorCode.MALFORMED, f"hello.token longer than {MAX_TOKEN_LEN}")
+    if not 0 <= body.get("rate_sps", 0.0) <= MAX_RATE_SPS:
+        raise ProtocolError(ErrorCode.MALFORMED, f"hello.rate_sps must be within 0 and "
+                                                 f"{MAX_RATE_SPS:.0f}")

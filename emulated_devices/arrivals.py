@@ -45,6 +45,17 @@ def arrival_times(kind: ArrivalKind, rate_hz: float, duration_s: float,
     return out
 
 
+def peak_rate(kind: ArrivalKind, rate_hz: float, *, burst_on_s: float = 1.0,
+              burst_off_s: float = 3.0, trace: Sequence[tuple[float, float]] = ()) -> float:
+    """The highest rate `arrival_times` draws at, which a device declares to the server (its
+    request budget is this with headroom): a burst's rate, a trace's highest point."""
+    if kind == "onoff":
+        return rate_hz * (burst_on_s + burst_off_s) / burst_on_s if burst_off_s > 0 else rate_hz
+    if kind == "trace":
+        return max((r for _, r in trace), default=rate_hz)
+    return rate_hz
+
+
 def poisson_times(rate_hz: float, duration_s: float, rng: np.random.Generator) -> np.ndarray:
     """A homogeneous Poisson process on [0, duration_s)."""
     # Draw a few extra gaps so the cumulative sum passes the horizon almost surely, then

@@ -34,7 +34,7 @@ from common.records import (
     Source,
     file_stem,
 )
-from emulated_devices.arrivals import arrival_times
+from emulated_devices.arrivals import arrival_times, peak_rate
 from emulated_devices.client import HandshakeRefused, ServerConnection
 from emulated_devices.emulation import ComputeProfile, Impairment, Link, pad
 from emulated_devices.forwarding import get_rule
@@ -127,8 +127,11 @@ class Device:
         self._uplink = Link(spec.spec.uplink, rngs[STREAM_UPLINK])
         self._downlink = Link(spec.spec.downlink, rngs[STREAM_DOWNLINK])
         self._rule = get_rule(rule or spec.spec.rule)
+        declared = peak_rate(spec.arrival, spec.rate_hz, burst_on_s=spec.burst_on_s,
+                             burst_off_s=spec.burst_off_s, trace=spec.trace_points)
         self._conn = ServerConnection(server_url, wire.Hello(
-            device_id=spec.device_id, tier=spec.tier, model=spec.spec.model, token=token))
+            device_id=spec.device_id, tier=spec.tier, model=spec.spec.model, token=token,
+            rate_sps=min(declared, wire.MAX_RATE_SPS)))
         stem = file_stem(spec.device_id, spec.incarnation)
         # Rows are buffered and flushed within FLUSH_WITHIN_S of the first (`_flush_if_due`):
         # one write per flush instead of one per sample. The journal is written as each sample
@@ -595,9 +598,11 @@ class Device:
         elif isinstance(msg, wire.Threshold):
             self._apply_threshold(msg.value, msg.epoch)
         elif isinstance(msg, wire.Error):
-            log.warning("%s: server error %s: %s", self.spec.device_id, msg.code, msg.reason)
+            code = error_name(msg.code)
+            # Once per kind of error: a device over its budget gets one per sample.
+            log.log(logging.DEBUG if code in self._refusals else logging.WARNING,
+                    "%s: server error %s: %s", self.spec.device_id, msg.code, msg.reason)
             if msg.sample_id is not None and msg.sample_id in self._pending:
-                code = error_name(msg.code)
                 self._refusals[code] = self._refusals.get(code, 0) + 1
                 self._refusal = self._refusal or "".join(
                     c if c.isprintable() else "?" for c in f"{code}: {msg.reason}"[:240])

@@ -46,9 +46,11 @@ class Admission:
     max_queue_size: int
 
     def check(self, *, queued: int, max_batch_size: int, busy_until: float, now: float,
-              deadline: float, batch_s: Callable[[int], float], replicas: int = 1) -> None:
-        """Raise `AdmissionRefused` if the request must be shed."""
-        if queued >= self.max_queue_size:
+              deadline: float, batch_s: Callable[[int], float], replicas: int = 1,
+              bound: bool = True) -> None:
+        """Raise `AdmissionRefused` if the request must be shed. `bound=False` leaves the
+        queue's bound to the queue (which makes room by its share rule)."""
+        if bound and queued >= self.max_queue_size:
             raise AdmissionRefused("queue_full", f"queue full ({queued}/{self.max_queue_size})")
         if self.mode == "deadline":
             finish = estimated_finish(queued, max_batch_size, busy_until, now, batch_s,

@@ -23,6 +23,7 @@ from server.control import Controller
 from server.early_exit.batcher import EarlyExitBatcher
 from server.early_exit.model import StagedModel
 from server.early_exit.stages import StageScheduler
+from server.fairness import RateLimits
 from server.guard import ConnectionGuard, host_limits
 from server.heavy_model import AgreementTier, HeavyModel, ServedModel
 from server.idn.node import IdnNodeRuntime
@@ -84,7 +85,8 @@ async def _build(settings: ServerSettings) -> Runtime:
     controller = Controller(make_policy(settings.policy.name, settings.policy.params), stats,
                             events, slo_ms=settings.slo_ms, interval_s=cfg.control_interval_s)
     rt = Runtime(settings, zoo, models, profiles, stats, batcher, controller, events,
-                 asyncio.get_running_loop().time())
+                 asyncio.get_running_loop().time(), limits=RateLimits(cfg.fairness))
+    stats.watch_rate_limited(lambda: rt.limits.limited)
     if cfg.autoscale.enabled:
         a = cfg.autoscale
         rt.autoscaler = Autoscaler(AutoscaleRule(a.min_replicas, a.max_replicas, a.utilization,

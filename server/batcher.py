@@ -148,17 +148,24 @@ class Batcher:
         if self._closed:
             raise AdmissionRefused("shutdown", "server is shutting down")
         admission, queued = self.admission, len(self.queue)
-        # `check` refuses only at the bound or by the deadline estimate: below the bound in
-        # "bound" mode there is nothing to ask it (this runs once per request).
-        if queued >= admission.max_queue_size or admission.mode == "deadline":
+        # The bound is the queue's (a full queue makes room by its share rule, or refuses);
+        # only the deadline estimate is asked here (this runs once per request).
+        if admission.mode == "deadline":
             admission.check(queued=queued, max_batch_size=self.policy.max_batch_size,
                             busy_until=self._free_at(), now=req.arrival,
                             deadline=req.deadline, batch_s=self.batch_s,
-                            replicas=self.ledger.active)
+                            replicas=self.ledger.active, bound=False)
         try:
-            self.queue.push(req)
+            evicted = self.queue.push(req)
         except QueueFull as exc:
             raise AdmissionRefused("queue_full", str(exc)) from None
+        if evicted is not None:
+            self.stats.on_evicted()
+            self.stats.queued -= 1
+            evicted.respond(wire.Result(
+                sample_id=evicted.sample_id, status=wire.ResultStatus.REJECTED,
+                queue_us=int((req.arrival - evicted.arrival) * 1e6), cause="queue_full",
+                reason="queue full: room made for a device holding fewer requests"))
         self.stats.on_admitted()
         if req.deadline < self._expiry_at:
             self._arm_expiry(req.deadline)

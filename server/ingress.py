@@ -22,6 +22,7 @@ from common import protocol as wire
 from common.names import RULE, is_name
 from server.admission import AdmissionRefused
 from server.control import DuplicateDevice
+from server.fairness import frame_bucket
 from server.request_queue import Request
 from server.runtime import GUARD, RUNTIME, Runtime
 from server.tensors import sample_from_infer, sample_view
@@ -41,6 +42,9 @@ MAX_HELD = 4096
 """Messages one device may have on its emulated uplink at once (`hold_ms`); an hour-long cut
 at 1 Hz. Beyond it a sample is rejected (`link_backlog`) and a report dropped, both counted."""
 MSGPACK = "application/msgpack"
+PACE_SLEEP_S = 0.02
+"""A socket over its frame rate is paused once it owes this much time, not at every frame:
+one timer per 40 frames at the default pace, not one per frame."""
 
 
 class Held:
@@ -211,8 +215,17 @@ async def device_socket(request: web.Request) -> web.StreamResponse:
                           f"device {hello.device_id!r} is already connected")
             return ws
         device_id = hello.device_id
+        rt.limits.join(device_id, hello.rate_sps)
         outbox.send(wire.encode(welcome))
+        frames = frame_bucket(cfg.fairness)
         async for frame in ws:
+            # Frames of any kind, valid or not, are read at a bounded pace: past it, this
+            # socket is not read for a while and TCP pushes back on its sender, instead of
+            # one socket's flood holding the event loop from every other.
+            owed_s = frames.wait_s(loop.time())
+            if owed_s > PACE_SLEEP_S:
+                rt.stats.on_paced(owed_s)
+                await asyncio.sleep(owed_s)
             if frame.type == aiohttp.WSMsgType.BINARY:
                 _on_frame(rt, device_id, frame.data, outbox, loop, held)
             elif frame.type == aiohttp.WSMsgType.TEXT:
@@ -222,6 +235,7 @@ async def device_socket(request: web.Request) -> web.StreamResponse:
     finally:
         held.drop()
         if device_id is not None:
+            rt.limits.leave(device_id)
             rt.controller.leave(device_id, loop.time())
         await outbox.close()
         if not ws.closed:
@@ -315,7 +329,13 @@ def _on_frame(rt: Runtime, device_id: str, data: bytes, outbox: Outbox,
 def _take_infer(rt: Runtime, device_id: str, sample_id: int, deadline_ms: float,
                 hold_ms: float, x: np.ndarray, outbox: Outbox,
                 loop: asyncio.AbstractEventLoop, held: Held) -> None:
-    """A checked sample: queued now, or when its emulated uplink delivers it (`hold_ms`)."""
+    """A checked sample within its device's budget: queued now, or when its emulated uplink
+    delivers it (`hold_ms`)."""
+    if not rt.limits.admit(device_id, loop.time()):
+        _error(rt, outbox, wire.ErrorCode.RATE_LIMITED,
+               f"over this device's budget of {rt.limits.rate_of(device_id) or 0:.0f} "
+               "requests/s (its declared rate with headroom)", sample_id)
+        return
     if hold_ms <= 0:
         _on_infer(rt, device_id, sample_id, deadline_ms, x, outbox, loop)
     elif not held.hold(hold_ms / 1e3, _on_infer, rt, device_id, sample_id, deadline_ms, x,

@@ -16,12 +16,13 @@ from aiohttp import web
 
 from common import protocol as wire
 from common.batch_profiles import BatchProfile
-from common.config import IdnConfig, PolicyConfig, ScenarioConfig, ServerConfig
+from common.config import FairnessConfig, IdnConfig, PolicyConfig, ScenarioConfig, ServerConfig
 from common.events import EventLog
 from common.gear_plan import CASCADE_NAME
 from common.modelzoo import Zoo, ZooError
 from server.batcher import Batcher
 from server.control import Controller, every
+from server.fairness import RateLimits
 from server.guard import ConnectionGuard
 from server.heavy_model import ConfidenceTier, ServedModel
 from server.idn.node import IdnNodeRuntime
@@ -92,6 +93,8 @@ class Runtime:
     autoscaler: Autoscaler | None = None
     """The shared autoscaling rule, when the scenario turns it on."""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    limits: RateLimits = field(default_factory=lambda: RateLimits(FairnessConfig()))
+    """Each connected device's request budget (`server.fairness`)."""
 
     def start(self, clock: Callable[[], float]) -> None:
         """Start batching, the control loop and (in an IDN) the node's own loop."""
@@ -235,6 +238,7 @@ class Runtime:
                          "replica_seconds": round(self.batcher.ledger.total(
                              self.batcher.now()), 3)},
             "shed": dict(self.stats.shed),
+            "rate_limited": dict(self.limits.limited),
             "slo_ms": self.settings.slo_ms,
             **({"idn": self.idn.status()} if self.idn is not None else {}),
         }

@@ -7,12 +7,12 @@ servers can live in one test process.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -72,6 +72,23 @@ class BatchHistogram(Collector):
                                     sum_value=self._sum)
 
 
+class PerDeviceCounter(Collector):
+    """A counter labelled by device read from a dict owned elsewhere (`RateLimits.limited`,
+    whose keys are validated ids, at most a bounded number of them): nothing to update per
+    request, and the series survive the device's leaving, as the summary's count does."""
+
+    def __init__(self, name: str, documentation: str, counts: Callable[[], Mapping[str, int]],
+                 registry: CollectorRegistry) -> None:
+        self.name, self.documentation, self._counts = name, documentation, counts
+        registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=["device"])
+        for device, n in sorted(self._counts().items()):
+            family.add_metric([device], n)
+        yield family
+
+
 class ServerStats:
     def __init__(self) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` is clutter here
@@ -118,6 +135,9 @@ class ServerStats:
                               "Replicas of the emulated accelerator provisioned now.",
                               registry=r)
         self.replicas.set(1)
+        self.paced_seconds = Counter(
+            "testbed_server_paced_seconds", "Time device sockets were not read because they "
+            "sent frames faster than server.fairness.max_frames_per_s.", registry=r)
         self.totals = _Window()
         self.shed: dict[str, int] = {}
         """Requests not run, by cause (queue_full, admission, deadline, shutdown)."""
@@ -138,6 +158,15 @@ class ServerStats:
         for w in (self._window, self.totals):
             w.arrivals += 1
             w.rejected += 1
+
+    def on_evicted(self) -> None:
+        """A queued request left to make room for another device's (counted as arrived when
+        it was admitted)."""
+        self.requests.labels("rejected").inc()
+        self.rejected.labels("queue_full").inc()
+        self.shed["queue_full"] = self.shed.get("queue_full", 0) + 1
+        self._window.rejected += 1
+        self.totals.rejected += 1
 
     def on_expired(self, n: int) -> None:
         self.requests.labels("expired").inc(n)
@@ -160,6 +189,13 @@ class ServerStats:
         """Its series leave /metrics with it: 3,000 joins must not mean 3,000 series."""
         with contextlib.suppress(KeyError):
             self.threshold.remove(device_id)
+
+    def watch_rate_limited(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        PerDeviceCounter("testbed_server_rate_limited", "Requests refused (rate_limited) per "
+                         "device: over its declared rate with headroom.", counts, self.registry)
+
+    def on_paced(self, seconds: float) -> None:
+        self.paced_seconds.inc(seconds)
 
     def on_slow_client(self) -> None:
         self.slow_clients.inc()

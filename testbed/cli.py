@@ -35,7 +35,7 @@ from testbed.console import (
 from testbed.orchestrator import TOKEN_FILE, RunError, default_run_dir, run_scenario
 from testbed.results.collect import collect
 from testbed.results.expect import Expectation, ExpectError, parse_all, unmet
-from testbed.verdict import EXIT_BAD_INPUT, EXIT_FAILED, exit_code, last_line
+from testbed.verdict import EXIT_BAD_INPUT, EXIT_FAILED, exit_code, last_line, stopped_line
 
 app = typer.Typer(help="Emulated edge devices + one shared batching server + cascade schedulers.",
                   no_args_is_help=True, add_completion=False,
@@ -239,9 +239,9 @@ def _execute(cfg: ScenarioConfig, out: Path | None, force: bool = False,
     print_summary(summary, console)
     console.print(f"run folder: {escape(str(result.run_dir))}")
     problems = summary["run"].get("problems", [])
-    code = exit_code(problems, result.interrupted)
-    if result.interrupted:
-        console.print("[yellow]interrupted[/yellow]: the numbers cover the run until Ctrl-C")
+    code = exit_code(problems, result.interrupted, result.stopped_by)
+    if result.interrupted and not problems:
+        console.print(f"[yellow]{escape(stopped_line(result.stopped_by))}[/yellow]")
     if problems:
         console.print(f"[red]{escape(last_line(problems))}[/red]", soft_wrap=True)
     if as_json:

@@ -34,17 +34,21 @@ def live_view(status: dict[str, Any]) -> dict[str, Any]:
 
 
 def server_facts(statuses: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Server counters summed over its processes (a killed one counts up to its last status)."""
+    """Server counters summed over its processes (a killed one counts up to its last status);
+    `rate_limited` counts by device the requests refused over their budget."""
     totals: dict[str, float] = {}
     shed: dict[str, float] = {}
+    limited: dict[str, float] = {}
     for status in statuses:
         for k, v in (status.get("totals") or {}).items():
             totals[k] = totals.get(k, 0) + v
         for k, v in (status.get("shed") or {}).items():
             shed[k] = shed.get(k, 0) + v
+        for k, v in (status.get("rate_limited") or {}).items():
+            limited[k] = limited.get(k, 0) + v
     last = statuses[-1] if statuses else {}
     return {"heavy_model": last.get("heavy_model"), "processes": len(statuses),
-            "totals": totals, "shed": shed,
+            "totals": totals, "shed": shed, "rate_limited": limited,
             "policy_step_us": last.get("policy_step_us") or {}}
 
 

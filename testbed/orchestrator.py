@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 import psutil
@@ -99,25 +99,47 @@ class RunResult:
     run_dir: Path
     summary: dict[str, Any]
     interrupted: bool = False
+    stopped_by: str = ""
+    """The signal that stopped it early ("SIGINT", "SIGTERM", "SIGHUP"), "" if none did."""
 
 
-class _CtrlC:
-    """Ctrl-Cs during a run. Each one still raises `KeyboardInterrupt`, but one raised while
-    the interpreter runs a finalizer (a `__del__`, a weakref callback) is printed and dropped,
-    and the run would go on; so they are also counted, and the run's loops call `check` after
-    every poll to raise the ones that were dropped."""
+STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Signals that stop a run cleanly: Ctrl-C, and what `timeout`, systemd, `docker stop`, CI
+cancellation and a closed terminal send."""
+
+
+class StopSignals:
+    """Ctrl-C, SIGTERM and SIGHUP during a run. Each raises `KeyboardInterrupt`, so they all
+    stop the run the way the first Ctrl-C does; the first one's number is kept for the exit
+    code. One raised while the interpreter runs a finalizer (a `__del__`, a weakref callback)
+    is printed and dropped, and the run would go on; so they are also counted, and the run's
+    loops call `check` after every poll to raise the ones that were dropped."""
 
     def __init__(self) -> None:
         self.count = 0
         self.handled = 0
+        self.first: int | None = None
+        self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, self._on_sigint)
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._on_signal)
 
-    def _on_sigint(self, signum: int, frame: object) -> None:
+    def restore(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
         self.count += 1
+        if self.first is None:
+            self.first = signum
         raise KeyboardInterrupt
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.first).name if self.first is not None else "SIGINT"
 
     def handled_all(self) -> None:
         self.handled = self.count
@@ -162,7 +184,7 @@ class _Run:
     interrupted: bool = False
     disk_full: str = ""
     """Why the run stopped early: "disk full while writing <file>"."""
-    ctrl_c: _CtrlC = field(default_factory=_CtrlC)
+    ctrl_c: StopSignals = field(default_factory=StopSignals)
 
     def children(self) -> list[Child]:
         return ([self.server] if self.server else []) + list(self.nodes.values()) + \
@@ -246,7 +268,6 @@ def _run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None,
                    a, at_s=max(0.0, a.at_s - SPAWN_LEAD_S)) for a in joins)]), token=token)
     run.events.emit("run_start", scenario=cfg.name, policy=cfg.policy.name,
                     devices=cfg.devices.count, faults_planned=plan.injected)
-    previous_sigint = signal.getsignal(signal.SIGINT)
     run.ctrl_c.install()
     try:
         try:
@@ -261,14 +282,14 @@ def _run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None,
         except KeyboardInterrupt:
             run.ctrl_c.handled_all()
             run.interrupted = True
-            run.events.emit("interrupted")
-            run.progress.phase("interrupted: stopping devices cleanly (Ctrl-C again to kill)")
+            run.events.emit("interrupted", signal=run.ctrl_c.name)
+            run.progress.phase(f"stopped by {run.ctrl_c.name}: stopping devices cleanly "
+                               "(Ctrl-C again to kill)")
             _stop_devices(run)
         _stop_nodes(run)
         _stop_server(run)
     finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, previous_sigint)
+        run.ctrl_c.restore()
         reap(run.children())
         _log_exits(run)
         run.events.emit("run_end", interrupted=run.interrupted)
@@ -278,10 +299,12 @@ def _run_scenario(cfg: ScenarioConfig, run_dir: Path, progress: Progress | None,
         server["idn_nodes"] = {name: {k: st.get(k) for k in ("idn", "totals")}
                                for name, st in run.node_statuses.items()}
     disk_full = run.disk_full or (str(run.events.failure) if run.events.failure else "")
+    stopped_by = run.ctrl_c.name if run.interrupted else ""
     facts = RunFacts(interrupted=run.interrupted, startup_s=run.startup_s,
-                     resources=run.resources, server=server, disk_full=disk_full)
+                     resources=run.resources, server=server, disk_full=disk_full,
+                     stopped_by=stopped_by)
     summary = collect(run_dir, facts, cfg)
-    return RunResult(run_dir, summary, run.interrupted)
+    return RunResult(run_dir, summary, run.interrupted, stopped_by)
 
 
 def _only_prepared(run_dir: Path) -> bool:
@@ -321,10 +344,17 @@ def _start_forkserver() -> None:
         return data
 
     multiprocessing.spawn.get_preparation_data = with_main_path
+    # A closed terminal's SIGHUP reaches the whole process group: the forkserver (which
+    # CPython lets ignore only SIGINT) must outlive it, or every child it forked reads as
+    # crashed. An ignored signal stays ignored across fork and exec.
+    hup = signal.signal(signal.SIGHUP, signal.SIG_IGN) \
+        if threading.current_thread() is threading.main_thread() else None
     try:
         multiprocessing.forkserver.ensure_running()
     finally:
         multiprocessing.spawn.get_preparation_data = original
+        if hup is not None:
+            signal.signal(signal.SIGHUP, hup)
 
 
 # --- phases -----------------------------------------------------------------------------------

@@ -33,6 +33,9 @@ EXIT_FAILED: Final = 1
 EXIT_BAD_INPUT: Final = 2
 """The scenario or an option is invalid, or the run could not start."""
 EXIT_INTERRUPTED: Final = 130
+"""Stopped early by Ctrl-C (SIGINT); SIGTERM gives 143 and SIGHUP 129 (128 + the signal's
+number, as a shell reports a process the signal killed), each after the same clean stop."""
+EXIT_STOPPED: Final = {"SIGINT": EXIT_INTERRUPTED, "SIGTERM": 143, "SIGHUP": 129}
 
 
 def fault_fallback_limit(configured: float | None, faults_planned: bool) -> float | None:
@@ -105,10 +108,16 @@ def refused_forwards(summary: Mapping[str, Any],
             + (f"; first: {first}" if first else ""))
 
 
-def exit_code(problems: list[str], interrupted: bool) -> int:
+def exit_code(problems: list[str], interrupted: bool, stopped_by: str = "SIGINT") -> int:
     if interrupted:
-        return EXIT_INTERRUPTED
+        return EXIT_STOPPED.get(stopped_by, EXIT_INTERRUPTED)
     return EXIT_FAILED if problems else EXIT_OK
+
+
+def stopped_line(stopped_by: str) -> str:
+    """The last line of a run a signal stopped early (without other problems)."""
+    what = "Ctrl-C" if stopped_by in ("", "SIGINT") else stopped_by
+    return f"run stopped by {what}: the numbers cover the run until then"
 
 
 def last_line(problems: list[str]) -> str:

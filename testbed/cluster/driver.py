@@ -21,8 +21,6 @@ import dataclasses
 import json
 import logging
 import secrets
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,6 +56,7 @@ from testbed.orchestrator import (
     Progress,
     RunError,
     RunResult,
+    StopSignals,
     write_token,
 )
 from testbed.plan.prepare import prepare
@@ -128,7 +127,7 @@ class _ClusterRun:
     resources: dict[str, Any] = field(default_factory=dict)
     startup_s: float | None = None
     interrupted: bool = False
-    sigints: int = 0
+    stops: StopSignals = field(default_factory=StopSignals)
 
     def node_of(self, device_id: str) -> str:
         return self.placement[device_id]
@@ -207,9 +206,7 @@ def _run(cfg: ScenarioConfig, run_dir: Path, session: RaySession,
                     ray=session.address, nodes={n.name: n.ip for n in session.nodes})
     run.events.emit("placement", **placement_event(
         placement, {s.device_id: s.tier for s in specs}, session.nodes, server_node.name))
-    previous = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, lambda *_: _on_sigint(run))
+    run.stops.install()
     try:
         try:
             _start_agents(run)
@@ -221,23 +218,26 @@ def _run(cfg: ScenarioConfig, run_dir: Path, session: RaySession,
             run.events.emit("all_registered", startup_s=round(run.startup_s, 3))
             _run_devices(run)
         except KeyboardInterrupt:
+            run.stops.handled_all()
             run.interrupted = True
-            run.events.emit("interrupted")
-            run.progress.phase("interrupted: stopping devices cleanly (Ctrl-C again to kill)")
+            run.events.emit("interrupted", signal=run.stops.name)
+            run.progress.phase(f"stopped by {run.stops.name}: stopping devices cleanly "
+                               "(Ctrl-C again to kill)")
             _stop_devices(run)
         _stop_server(run)
     finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, previous)
+        run.stops.restore()
         _shutdown_agents(run)
         _log_exits(run)
         run.events.emit("run_end", interrupted=run.interrupted)
         run.events.close()
+    stopped_by = run.stops.name if run.interrupted else ""
     facts = RunFacts(interrupted=run.interrupted, startup_s=run.startup_s,
                      resources=run.resources, server=server_facts(run.server_statuses),
-                     disk_full=str(run.events.failure) if run.events.failure else "")
+                     disk_full=str(run.events.failure) if run.events.failure else "",
+                     stopped_by=stopped_by)
     summary = collect(run_dir, facts, cfg)  # with `nodes`, from the placement event
-    return RunResult(run_dir, summary, run.interrupted)
+    return RunResult(run_dir, summary, run.interrupted, stopped_by)
 
 
 class _Quiet:
@@ -249,11 +249,6 @@ class _Quiet:
 
     def running(self, elapsed_s: float, duration_s: float, live: dict[str, Any]) -> None:
         pass
-
-
-def _on_sigint(run: _ClusterRun) -> None:
-    run.sigints += 1
-    raise KeyboardInterrupt
 
 
 # --- agents -----------------------------------------------------------------------------------

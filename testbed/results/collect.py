@@ -33,6 +33,9 @@ FAULT_EVENTS = ("device_kill", "device_restart", "server_kill", "server_restart"
 EVENT_FILES = ("events.harness.jsonl", "events.server.jsonl")
 
 
+STOP_SIGNAL_NAMES = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
 @dataclass
 class RunFacts:
     """What only the live harness knows; absent when a summary is rebuilt from disk."""
@@ -43,6 +46,8 @@ class RunFacts:
     server: dict[str, Any] = field(default_factory=dict)
     disk_full: str = ""
     """"disk full while writing <file>" when the run stopped for it."""
+    stopped_by: str = ""
+    """The signal that stopped the run early (SIGINT, SIGTERM, SIGHUP)."""
 
 
 @dataclass
@@ -75,6 +80,9 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
     summary = summarize(records, tallies, slo_ms=cfg.slo_ms, duration_s=arrived_s,
                         tier_order=tuple(cfg.tiers))
     interrupted = facts.interrupted or "interrupted" in kinds
+    stopped_by = facts.stopped_by or next(
+        (str(e.get("signal")) for e in events if e.get("kind") == "interrupted"
+         and e.get("signal") in STOP_SIGNAL_NAMES), "SIGINT") if interrupted else ""
     harness_ended = "run_end" in kinds
     expected = {dev for dev, spans in zip(tiers, activity(cfg), strict=True) if spans}
     missing = sorted(expected - {i.device_id for i in incs.values()})
@@ -87,6 +95,7 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
     }
     status = {
         "interrupted": interrupted,
+        "stopped_by": stopped_by,
         "partial": interrupted or not harness_ended or torn > 0 or bool(unexplained)
         or bool(missing),
         "harness_ended": harness_ended,

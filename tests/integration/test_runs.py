@@ -102,9 +102,16 @@ def test_multitasc_raises_thresholds_when_the_server_has_room(tmp_path: Path) ->
     assert s["slo_satisfaction"] > 0.9 and s["samples"]["lost"] == 0
 
 
-def test_ctrl_c_stops_cleanly_and_keeps_the_records(tmp_path: Path) -> None:
-    """SIGINT to the whole process group (what a terminal sends): the harness stops devices,
-    every generated sample still gets its record, no process is left behind."""
+@pytest.mark.parametrize("sig,group,code", [
+    (signal.SIGINT, True, 130),  # Ctrl-C: the terminal signals the whole process group
+    (signal.SIGTERM, False, 143),  # timeout, systemd, docker stop: the harness alone
+    (signal.SIGHUP, True, 129),  # a closed terminal
+], ids=["SIGINT", "SIGTERM", "SIGHUP"])
+def test_a_stop_signal_stops_cleanly_and_keeps_the_records(tmp_path: Path, sig: int,
+                                                           group: bool, code: int) -> None:
+    """Each stop signal stops a run the way Ctrl-C does: the harness stops devices, every
+    generated sample still gets its record, summary.json is written, the last line says what
+    stopped it, the exit code says which signal, no process is left behind."""
     out = tmp_path / "run"
     log = tmp_path / "harness.txt"
     with log.open("w") as sink:
@@ -124,15 +131,23 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_records(tmp_path: Path) -> None:
         time.sleep(0.2)  # polling a condition: the devices are generating samples
     family = psutil.Process(proc.pid).children(recursive=True)
     assert len(family) >= 5  # forkserver, server, 4 devices
-    os.killpg(proc.pid, signal.SIGINT)
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        os.kill(proc.pid, sig)
     try:
         proc.wait(30)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, log.read_text()
+    assert proc.returncode == code, log.read_text()
+    name = signal.Signals(sig).name
+    assert log.read_text().strip().splitlines()[-1] == (
+        f"run stopped by {'Ctrl-C' if sig == signal.SIGINT else name}: the numbers cover the "
+        "run until then")
     s = json.loads((out / "summary.json").read_text())
     assert s["run"]["interrupted"] and s["samples"]["lost"] == 0
+    assert s["run"]["stopped_by"] == name
     assert s["samples"]["generated"] > 0
     # Throughput is over the seconds samples arrived (until Ctrl-C), not the planned 60.
     assert 0 < s["run"]["arrivals_s"] < 50

@@ -38,9 +38,10 @@ async def receive(ws: aiohttp.ClientWebSocketResponse) -> wire.Message:
 
 
 async def connect(session: aiohttp.ClientSession, url: str, device_id: str = "mid-t1",
-                  token: str = TOKEN) -> tuple[aiohttp.ClientWebSocketResponse, wire.Message]:
+                  token: str = TOKEN, rate_sps: float = 0.0
+                  ) -> tuple[aiohttp.ClientWebSocketResponse, wire.Message]:
     ws = await session.ws_connect(f"{url}/v1/devices/{device_id}")
-    await ws.send_bytes(hello(device_id, token))
+    await ws.send_bytes(hello(device_id, token, rate_sps=rate_sps))
     return ws, await receive(ws)
 
 
@@ -240,7 +241,7 @@ class TestOverload:
         """A burst beyond the queue bound is shed at once with `rejected`; requests whose
         budget is shorter than the wait expire from the timer; every request gets one answer."""
         async with aiohttp.ClientSession() as s:
-            ws, _ = await connect(s, server_url)
+            ws, _ = await connect(s, server_url, rate_sps=100.0)  # a budget of 400 at once
             n = 400
             for i in range(n):
                 await ws.send_bytes(infer(i, deadline_ms=5.0 if i % 2 else 5000.0))
@@ -254,6 +255,39 @@ class TestOverload:
             assert wire.ResultStatus.OK in statuses
             assert wire.ResultStatus.EXPIRED in statuses
             await ws.close()
+
+
+    async def test_a_device_over_its_declared_rate_is_rate_limited(self, server_url: str
+                                                                  ) -> None:
+        """A device that declared 10 samples/s gets a burst of 40 (20/s for 2 s) queued; the
+        rest of a burst of 100 gets `error` RATE_LIMITED with its sample id, counted for that
+        device in /v1/status and /metrics, while another device is served as before."""
+        async with aiohttp.ClientSession(headers=AUTH) as s:
+            ws, _ = await connect(s, server_url, device_id="greedy-1", rate_sps=10.0)
+            other, _ = await connect(s, server_url, device_id="mid-t2", rate_sps=10.0)
+            for i in range(100):
+                await ws.send_bytes(infer(i))
+            await other.send_bytes(infer(7))
+            limited, served = set(), set()
+            while len(limited) + len(served) < 100:
+                msg = await receive(ws)
+                if isinstance(msg, wire.Error):
+                    assert msg.code == wire.ErrorCode.RATE_LIMITED and "budget" in msg.reason
+                    assert msg.sample_id is not None
+                    limited.add(msg.sample_id)
+                else:
+                    assert isinstance(msg, wire.Result) and msg.status == wire.ResultStatus.OK
+                    served.add(msg.sample_id)
+            assert 40 <= len(served) <= 42 and limited == set(range(100)) - served
+            res = await receive(other)
+            assert isinstance(res, wire.Result) and res.status == wire.ResultStatus.OK
+            async with s.get(f"{server_url}/v1/status") as r:
+                assert (await r.json())["rate_limited"] == {"greedy-1": len(limited)}
+            async with s.get(f"{server_url}/metrics") as r:
+                assert f'testbed_server_rate_limited_total{{device="greedy-1"}} ' \
+                       f'{len(limited)}.0' in await r.text()
+            await ws.close()
+            await other.close()
 
 
 class TestDeviceByHand:

@@ -29,7 +29,7 @@ from common.scenario_file import load_scenario, scenario_from_dict
 from server.connection_limits import Admit, ConnectionLimits, Limits, Refuse
 from server.report_check import IN_FLIGHT_SLACK, ReportTotals, check_report
 from testbed.orchestrator import default_run_dir
-from testbed.verdict import fault_fallback_limit, run_problems
+from testbed.verdict import exit_code, fault_fallback_limit, run_problems, stopped_line
 
 TRAVERSALS = ["..", ".", "../../../escaped", "a/b", "/etc/passwd", "x/../../../escaped-name",
               "..\\x", "", "a\x00b", "new\nline", "é", "x" * 65, ".hidden", "-flag", "~1"]
@@ -340,3 +340,14 @@ class TestVerdict:
         assert fault_fallback_limit(None, faults_planned=True) is None
         assert fault_fallback_limit(0.2, faults_planned=True) == 0.2
 
+
+
+@pytest.mark.parametrize("stopped_by,code,said", [
+    ("SIGINT", 130, "run stopped by Ctrl-C"), ("SIGTERM", 143, "run stopped by SIGTERM"),
+    ("SIGHUP", 129, "run stopped by SIGHUP"), ("", 130, "run stopped by Ctrl-C")])
+def test_a_stopped_run_exits_with_its_signal_and_says_so(stopped_by: str, code: int,
+                                                          said: str) -> None:
+    assert exit_code([], True, stopped_by) == code
+    assert exit_code(["lost"], True, stopped_by) == code  # stopped first, judged after
+    assert exit_code(["lost"], False) == 1 and exit_code([], False, "SIGTERM") == 0
+    assert stopped_line(stopped_by).startswith(said + ":")

@@ -86,3 +86,107 @@ class TestBatchPolicy:
 
     def test_zero_delay_never_waits(self) -> None:
         assert BatchPolicy(8, 0.0).decide(1, 5.0, 5.0) == Cut(1)
+
+
+def dreq(device: str, sample_id: int, arrival: float = 0.0, deadline: float = 10.0) -> Request:
+    return Request(device, sample_id, np.zeros(1), arrival, deadline, lambda r: None)
+
+
+class TestFairQueue:
+    """Batches are cut round robin across devices; a full queue makes room from the device
+    holding the most (docs/security.md, "Fair sharing")."""
+
+    def test_round_robin_across_devices_oldest_first_within_one(self) -> None:
+        q = RequestQueue(100)
+        for i in range(6):
+            q.push(dreq("flood", i, arrival=i))
+        q.push(dreq("a", 100, arrival=10))
+        q.push(dreq("b", 200, arrival=11))
+        q.push(dreq("a", 101, arrival=12))
+        got = [(r.device_id, r.sample_id) for r in q.pop(5)]
+        assert got == [("flood", 0), ("a", 100), ("b", 200), ("flood", 1), ("a", 101)]
+        # The next pop goes on from where this one stopped: the flood's turn came last.
+        assert [(r.device_id, r.sample_id) for r in q.pop(10)] == [
+            ("flood", 2), ("flood", 3), ("flood", 4), ("flood", 5)]
+        assert len(q) == 0 and q.oldest_arrival() is None
+
+    def test_the_turn_carries_over_between_pops(self) -> None:
+        q = RequestQueue(100)
+        for i in range(3):
+            q.push(dreq("a", i))
+            q.push(dreq("b", 10 + i))
+        assert [r.device_id for r in q.pop(1)] == ["a"]
+        assert [r.device_id for r in q.pop(1)] == ["b"]
+        assert [r.device_id for r in q.pop(3)] == ["a", "b", "a"]
+
+    @pytest.mark.parametrize("n", [0, 1, 2, 3, 5, 8, 50])
+    def test_peek_shows_what_pop_takes(self, n: int) -> None:
+        q = RequestQueue(100)
+        rng = np.random.default_rng(n)
+        for i in range(30):
+            q.push(dreq(f"d{int(rng.integers(4))}", i))
+        q.pop(3)
+        seen = [r.sample_id for r in q.peek(n)]
+        assert len(q) == 27
+        assert seen == [r.sample_id for r in q.pop(n)]
+
+    def test_a_full_queue_makes_room_from_the_device_holding_most(self) -> None:
+        q = RequestQueue(4)
+        for i in range(4):
+            assert q.push(dreq("flood", i)) is None
+        evicted = q.push(dreq("a", 100))
+        assert evicted is not None and (evicted.device_id, evicted.sample_id) == ("flood", 3)
+        assert q.queued_by("flood") == 3 and q.queued_by("a") == 1 and len(q) == 4
+        # The evicted request is gone for good: never popped, never expired.
+        assert 3 not in [r.sample_id for r in q.expire(100.0)]
+
+    def test_a_device_holding_as_many_is_refused_itself(self) -> None:
+        q = RequestQueue(4)
+        for i in range(2):
+            q.push(dreq("a", i))
+            q.push(dreq("b", 10 + i))
+        with pytest.raises(QueueFull):
+            q.push(dreq("a", 2))  # a would hold 3, b holds 2: a is the longest
+        q2 = RequestQueue(3)
+        q2.push(dreq("a", 0))
+        q2.push(dreq("b", 1))
+        q2.push(dreq("b", 2))
+        with pytest.raises(QueueFull):  # a would hold 2 = b's 2: the newcomer goes
+            q2.push(dreq("a", 3))
+        assert len(q2) == 3
+
+    def test_expiry_takes_a_device_out_of_the_ring(self) -> None:
+        q = RequestQueue(10)
+        q.push(dreq("a", 0, deadline=1.0))
+        q.push(dreq("b", 1, deadline=5.0))
+        q.push(dreq("b", 2, deadline=5.0))
+        assert [r.sample_id for r in q.expire(2.0)] == [0]
+        assert q.queued_by("a") == 0
+        assert [r.sample_id for r in q.pop(5)] == [1, 2]
+
+    def test_every_request_leaves_exactly_once(self) -> None:
+        """Random pushes, pops, expiries and evictions: each request pushed comes out once,
+        by pop, expiry, eviction or drain, and the bound always holds."""
+        rng = np.random.default_rng(7)
+        q = RequestQueue(16)
+        out: list[int] = []
+        pushed = 0
+        for step in range(3000):
+            op = rng.integers(4)
+            now = step * 0.01
+            if op < 2:
+                try:
+                    ev = q.push(dreq(f"d{int(rng.integers(5))}", pushed, now,
+                                     now + float(rng.uniform(0, 0.5))))
+                    if ev is not None:
+                        out.append(ev.sample_id)
+                except QueueFull:
+                    out.append(pushed)
+                pushed += 1
+            elif op == 2:
+                out += [r.sample_id for r in q.pop(int(rng.integers(1, 6)))]
+            else:
+                out += [r.sample_id for r in q.expire(now)]
+            assert len(q) <= 16
+        out += [r.sample_id for r in q.drain()]
+        assert sorted(out) == list(range(pushed))
