@@ -373,6 +373,9 @@ class ServerConfig:
     seconds provisioned (`summary.cost`)."""
     autoscale: AutoscaleConfig = field(default_factory=AutoscaleConfig)
     fairness: FairnessConfig = field(default_factory=FairnessConfig)
+    max_held_mb: float = 128.0
+    """Bytes of messages held for devices' emulated uplinks (`hold_ms`), over every connection
+    together; past it a sample is rejected (`link_backlog`)."""
     intra_op_threads: int = 1
     control_interval_s: float = 0.5
     """How often the scheduler policy runs."""
@@ -435,6 +438,7 @@ class ServerConfig:
                "server connection limits need 1 <= max_pending_connections, "
                "max_connections_per_peer <= max_connections <= 1000000")
         _in(self.header_timeout_s, 0, 3600, "server.header_timeout_s", open_low=True)
+        _in(self.max_held_mb, 0, 1e6, "server.max_held_mb", open_low=True)
 
 
 @dataclass(frozen=True, slots=True)

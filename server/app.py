@@ -26,6 +26,7 @@ from server.early_exit.stages import StageScheduler
 from server.fairness import RateLimits
 from server.guard import ConnectionGuard, host_limits
 from server.heavy_model import AgreementTier, HeavyModel, ServedModel
+from server.held import HeldBudget
 from server.idn.node import IdnNodeRuntime
 from server.replicas import Autoscaler, AutoscaleRule
 from server.request_queue import RequestQueue
@@ -85,7 +86,8 @@ async def _build(settings: ServerSettings) -> Runtime:
     controller = Controller(make_policy(settings.policy.name, settings.policy.params), stats,
                             events, slo_ms=settings.slo_ms, interval_s=cfg.control_interval_s)
     rt = Runtime(settings, zoo, models, profiles, stats, batcher, controller, events,
-                 asyncio.get_running_loop().time(), limits=RateLimits(cfg.fairness))
+                 asyncio.get_running_loop().time(), limits=RateLimits(cfg.fairness),
+                 held_budget=HeldBudget(int(cfg.max_held_mb * 2**20)))
     stats.watch_rate_limited(lambda: rt.limits.limited)
     if cfg.autoscale.enabled:
         a = cfg.autoscale

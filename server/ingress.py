@@ -23,6 +23,7 @@ from common.names import RULE, is_name
 from server.admission import AdmissionRefused
 from server.control import DuplicateDevice
 from server.fairness import frame_bucket
+from server.held import MAX_HELD, Held
 from server.request_queue import Request
 from server.runtime import GUARD, RUNTIME, Runtime
 from server.tensors import sample_from_infer, sample_view
@@ -38,47 +39,10 @@ MAX_REASON_CHARS = 200
 """Error replies carry at most this much text: never an echo of a large input."""
 DEFAULT_DEADLINE_MS = 10_000.0
 """Budget of a request that names none, so nothing waits in the queue forever."""
-MAX_HELD = 4096
-"""Messages one device may have on its emulated uplink at once (`hold_ms`); an hour-long cut
-at 1 Hz. Beyond it a sample is rejected (`link_backlog`) and a report dropped, both counted."""
 MSGPACK = "application/msgpack"
 PACE_SLEEP_S = 0.02
 """A socket over its frame rate is paused once it owes this much time, not at every frame:
 one timer per 40 frames at the default pace, not one per frame."""
-
-
-class Held:
-    """A device's messages still on its emulated uplink: sent at once with `hold_ms`, acted on
-    when the link delivers them. Held here, on the server's loop, which wakes up anyway, so
-    each device process wakes once less per message. Dropped with the connection, as a
-    dead TCP connection drops what it carried."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int = MAX_HELD) -> None:
-        self._loop = loop
-        self._limit = limit
-        self._handles: dict[int, asyncio.TimerHandle] = {}
-        self._next = 0
-
-    def hold(self, delay_s: float, deliver: Callable[..., None], *args: object) -> bool:
-        """Call `deliver(*args)` in `delay_s`; False (nothing scheduled) when full."""
-        if len(self._handles) >= self._limit:
-            return False
-        key = self._next = self._next + 1
-        self._handles[key] = self._loop.call_later(delay_s, self._deliver, key, deliver, args)
-        return True
-
-    def _deliver(self, key: int, deliver: Callable[..., None], args: tuple[object, ...]
-                 ) -> None:
-        del self._handles[key]
-        deliver(*args)
-
-    def __len__(self) -> int:
-        return len(self._handles)
-
-    def drop(self) -> None:
-        for handle in self._handles.values():
-            handle.cancel()
-        self._handles.clear()
 
 
 class Outbox:
@@ -200,7 +164,7 @@ async def device_socket(request: web.Request) -> web.StreamResponse:
     outbox = Outbox(ws, limit=cfg.slow_client_backlog, stall_s=cfg.slow_client_stall_s,
                     abort=abort)
     loop = asyncio.get_running_loop()
-    held = Held(loop)
+    held = Held(loop, budget=rt.held_budget)
     device_id: str | None = None
     try:
         hello = await _handshake(rt, ws, path_id, token_ok)
@@ -301,7 +265,8 @@ def _on_frame(rt: Runtime, device_id: str, data: bytes, outbox: Outbox,
         except wire.ProtocolError as exc:
             _error(rt, outbox, exc.code, exc.reason, sample_id)
             return
-        _take_infer(rt, device_id, sample_id, deadline_ms, hold_ms, x, outbox, loop, held)
+        _take_infer(rt, device_id, sample_id, deadline_ms, hold_ms, x, outbox, loop, held,
+                    len(data))
         return
     try:
         msg = wire.decode(data)
@@ -315,11 +280,12 @@ def _on_frame(rt: Runtime, device_id: str, data: bytes, outbox: Outbox,
             _error(rt, outbox, exc.code, exc.reason, msg.sample_id)
             return
         _take_infer(rt, device_id, msg.sample_id, msg.deadline_ms, msg.hold_ms, x, outbox,
-                    loop, held)
+                    loop, held, len(data))
     elif isinstance(msg, wire.Report):
         if msg.hold_ms <= 0:
             _on_report(rt, device_id, msg, outbox, loop)
-        elif not held.hold(msg.hold_ms / 1e3, _on_report, rt, device_id, msg, outbox, loop):
+        elif not held.hold(msg.hold_ms / 1e3, len(data), _on_report, rt, device_id, msg,
+                           outbox, loop):
             rt.stats.on_protocol_error("link_backlog")
     else:
         _error(rt, outbox, wire.ErrorCode.UNKNOWN_TYPE,
@@ -328,7 +294,7 @@ def _on_frame(rt: Runtime, device_id: str, data: bytes, outbox: Outbox,
 
 def _take_infer(rt: Runtime, device_id: str, sample_id: int, deadline_ms: float,
                 hold_ms: float, x: np.ndarray, outbox: Outbox,
-                loop: asyncio.AbstractEventLoop, held: Held) -> None:
+                loop: asyncio.AbstractEventLoop, held: Held, nbytes: int) -> None:
     """A checked sample within its device's budget: queued now, or when its emulated uplink
     delivers it (`hold_ms`)."""
     if not rt.limits.admit(device_id, loop.time()):
@@ -338,12 +304,13 @@ def _take_infer(rt: Runtime, device_id: str, sample_id: int, deadline_ms: float,
         return
     if hold_ms <= 0:
         _on_infer(rt, device_id, sample_id, deadline_ms, x, outbox, loop)
-    elif not held.hold(hold_ms / 1e3, _on_infer, rt, device_id, sample_id, deadline_ms, x,
-                       outbox, loop):
+    elif not held.hold(hold_ms / 1e3, nbytes, _on_infer, rt, device_id, sample_id,
+                       deadline_ms, x, outbox, loop):
         rt.stats.on_rejected("link_backlog")
         outbox.send(wire.encode(wire.Result(
             sample_id=sample_id, status=wire.ResultStatus.REJECTED,
-            reason=f"more than {MAX_HELD} messages on this device's uplink",
+            reason=f"uplink backlog full ({MAX_HELD} messages on this device's link, or "
+                   f"the server's {rt.settings.server.max_held_mb:g} MB for all links)",
             cause="link_backlog")))
 
 

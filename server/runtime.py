@@ -25,6 +25,7 @@ from server.control import Controller, every
 from server.fairness import RateLimits
 from server.guard import ConnectionGuard
 from server.heavy_model import ConfidenceTier, ServedModel
+from server.held import HeldBudget
 from server.idn.node import IdnNodeRuntime
 from server.replicas import Autoscaler
 from server.scheduling.base import (
@@ -95,6 +96,8 @@ class Runtime:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     limits: RateLimits = field(default_factory=lambda: RateLimits(FairnessConfig()))
     """Each connected device's request budget (`server.fairness`)."""
+    held_budget: HeldBudget = field(default_factory=lambda: HeldBudget(128 * 2**20))
+    """Bytes of held uplink messages over every connection (`server.max_held_mb`)."""
 
     def start(self, clock: Callable[[], float]) -> None:
         """Start batching, the control loop and (in an IDN) the node's own loop."""
@@ -239,6 +242,9 @@ class Runtime:
                              self.batcher.now()), 3)},
             "shed": dict(self.stats.shed),
             "rate_limited": dict(self.limits.limited),
+            "held": {"bytes": self.held_budget.held_bytes,
+                     "limit_bytes": self.held_budget.limit_bytes,
+                     "refused": self.held_budget.refused},
             "slo_ms": self.settings.slo_ms,
             **({"idn": self.idn.status()} if self.idn is not None else {}),
         }

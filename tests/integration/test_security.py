@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import psutil
@@ -150,6 +151,69 @@ class TestBeforeAuthentication:
             assert len(refused) == 300, [r for r in results if r is not True][:3]
             rss = proc.memory_info().rss
             assert rss < 300 * 2**20 and rss - rss0 < 60 * 2**20, (rss0, rss)
+            assert await healthy(url) < 2.0
+
+
+class TestServerWideBounds:
+    async def test_held_messages_are_bounded_per_server_and_released_on_close(
+            self, tmp_path: Path) -> None:
+        """40 devices each try to hold 2,000 samples for an hour on their emulated uplink
+        (80,000, far past `max_held_mb` = 8 for all of them together): the server holds up to
+        its budget and rejects the rest (`link_backlog`); its memory grows by about the
+        budget, not by the connections; after the connections close, the budget is back at
+        zero and the memory goes back down."""
+        with server_process(tmp_path, "max_held_mb = 8") as (url, proc):
+            infer = wire.encode(wire.Infer(sample_id=0, dtype="uint8", shape=(64,),
+                                           data=bytes(64), hold_ms=3_600_000.0))
+            async with aiohttp.ClientSession(headers=AUTH) as s:
+                async def status() -> dict[str, Any]:
+                    async with s.get(f"{url}/v1/status") as r:
+                        got: dict[str, Any] = await r.json()
+                        return got
+
+                await healthy(url)
+                rss0 = proc.memory_info().rss
+                sockets = []
+                for i in range(40):
+                    ws = await s.ws_connect(f"{url}/v1/devices/hold-{i}")
+                    await ws.send_bytes(wire.encode(wire.Hello(
+                        f"hold-{i}", "mid", "light-mid", TOKEN, rate_sps=1000.0)))
+                    assert isinstance(wire.decode((await ws.receive(timeout=10)).data),
+                                      wire.Welcome)
+                    sockets.append(ws)
+
+                async def fill(ws: aiohttp.ClientWebSocketResponse) -> int:
+                    for _ in range(2000):
+                        await ws.send_bytes(infer)
+                    rejected = 0
+                    with contextlib.suppress(TimeoutError):
+                        while True:  # replies: the rejections (held ones answer in an hour)
+                            msg = await ws.receive(timeout=3)
+                            reply = wire.decode(msg.data)
+                            if isinstance(reply, wire.Threshold):  # the policy's, as usual
+                                continue
+                            assert isinstance(reply, wire.Result), reply
+                            assert reply.cause == "link_backlog", reply
+                            rejected += 1
+                    return rejected
+
+                rejected = sum(await asyncio.gather(*(fill(ws) for ws in sockets)))
+                held = (await status())["held"]
+                assert held["limit_bytes"] == 8 * 2**20
+                assert 0.9 * held["limit_bytes"] <= held["bytes"] <= held["limit_bytes"]
+                assert rejected == held["refused"] > 40_000
+                grown = proc.memory_info().rss - rss0
+                assert grown < 80 * 2**20, grown  # ~the budget and its bookkeeping
+                for ws in sockets:
+                    await ws.close()
+                for _ in range(50):
+                    if (await status())["held"]["bytes"] == 0:
+                        break
+                    await asyncio.sleep(0.1)
+                assert (await status())["held"]["bytes"] == 0
+                await asyncio.sleep(1.5)  # the server gives the memory back a second later
+                after = proc.memory_info().rss - rss0
+                assert after < 0.5 * grown + 4 * 2**20, (grown, after)
             assert await healthy(url) < 2.0
 
     async def test_status_and_metrics_need_the_token(self, tmp_path: Path) -> None:

@@ -3,9 +3,9 @@ the first signal names the stop."""
 
 from __future__ import annotations
 
-import pytest
-
 import signal
+
+import pytest
 
 from testbed.orchestrator import StopSignals
 
