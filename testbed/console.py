@@ -12,6 +12,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from common.gear_plan import GearPlan
 from testbed.claims.runner import Verdict, verdict_cells
@@ -94,7 +95,13 @@ def summary_tables(summary: dict[str, Any]) -> Group:
         notes.add_row("[red]unplanned[/red]", "", "device crashes",
                       str(faults.get("device_crashes", 0)), "server deaths",
                       str(faults.get("server_crashes", 0)))
-    return Group(head, tiers, notes)
+    limited = (summary.get("server") or {}).get("rate_limited") or {}
+    if limited:
+        worst = sorted(limited.items(), key=lambda kv: -kv[1])[:3]
+        notes.add_row("rate limited", ", ".join(f"{escape(d)} {n:.0f}" for d, n in worst),
+                      "", "", "", "")
+    said = [Text(f"note: {n}", style="yellow") for n in run.get("notes") or ()]
+    return Group(head, tiers, notes, *said)
 
 
 def print_summary(summary: dict[str, Any], console: Console | None = None,

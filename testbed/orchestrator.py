@@ -42,6 +42,7 @@ from testbed.observe import fetch_status, live_view, sample_resources, server_fa
 from testbed.plan.prepare import PLAN_FILE, prepare
 from testbed.preflight import CheckFailed, check_scenario
 from testbed.results.collect import RunFacts, collect
+from testbed.stalls import Stall, StallWatch
 from testbed.timeline import Action, Interval, activity, join_actions
 from testbed.versions import collect_versions
 
@@ -185,6 +186,8 @@ class _Run:
     disk_full: str = ""
     """Why the run stopped early: "disk full while writing <file>"."""
     ctrl_c: StopSignals = field(default_factory=StopSignals)
+    stall_watch: StallWatch = field(default_factory=StallWatch)
+    """Whether the server answers its status polls in time (`testbed.stalls`)."""
 
     def children(self) -> list[Child]:
         return ([self.server] if self.server else []) + list(self.nodes.values()) + \
@@ -480,6 +483,9 @@ def _run_devices(run: _Run) -> None:
             sampled = True
             run.resources = _sample_resources(run)
         run.progress.running(min(max(t, 0.0), duration), duration, live)
+    stall = run.stall_watch.end(time.time() - run.start_at)
+    if stall is not None:
+        _stalled(run, stall)
     if not sampled:
         run.resources = _sample_resources(run)
 
@@ -688,11 +694,20 @@ def _log_exits(run: _Run) -> None:
 def _live_status(run: _Run) -> dict[str, Any] | None:
     if run.server is None or not run.server.proc.is_alive():
         return {"connected": 0, "queue": "-", "server_down": True}
+    t, t0 = time.time() - run.start_at, time.monotonic()
     status = fetch_status(run.server_url, run.token)
+    stall = run.stall_watch.poll(t, status is not None, time.monotonic() - t0)
+    if stall is not None:
+        _stalled(run, stall)
     if status is None:
         return None
     run.server_statuses[-1] = status
     return live_view(status)
+
+
+def _stalled(run: _Run, stall: Stall) -> None:
+    run.events.emit("server_stall", **stall.as_event())
+    run.progress.phase(f"the server did not answer for {stall.duration_s:.1f} s")
 
 
 def _sample_resources(run: _Run) -> dict[str, Any]:

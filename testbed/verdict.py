@@ -82,7 +82,51 @@ def run_problems(summary: Mapping[str, Any], max_fault_fallback: float | None) -
         problems.append(refused)
     if run.get("disk_full"):
         problems.append(str(run["disk_full"]))
+    stalls = run.get("stalls") or []
+    if stalls and not run.get("stalls_explained"):
+        worst = max(stalls, key=lambda st: float(st.get("duration_s") or 0))
+        more = f" and {len(stalls) - 1} shorter time{'s' if len(stalls) > 2 else ''}" \
+            if len(stalls) > 1 else ""
+        problems.append(f"the server did not answer for {float(worst['duration_s']):.1f} s "
+                        f"(run time {float(worst['start_s']):.1f}-{float(worst['end_s']):.1f} "
+                        f"s){more} though its process was alive (events: server_stall)")
     return problems
+
+
+DOMINANT_SHARE: Final = 0.5
+"""One device with more than this share of the fallbacks (or of the server's rate-limit
+refusals) is named in the summary's notes."""
+MIN_COUNT_FOR_NOTES: Final = 20
+
+
+def tenancy_notes(fallbacks_by_device: Mapping[str, int], limited_by_device: Mapping[str, int],
+                  run_devices: set[str], *, forwarded: int, heavy: int,
+                  server_arrivals: int) -> list[str]:
+    """What a shared server did to its tenants that the totals hide: one device taking most of
+    the fallbacks, one client taking most of the rate limiting, or this run's devices starved
+    of heavy answers while the server was busy with other clients. Notes, not problems: the
+    system under test may do any of these on purpose."""
+    notes = []
+    total = sum(fallbacks_by_device.values())
+    if total >= MIN_COUNT_FOR_NOTES and len(run_devices) >= 3:
+        device, n = max(fallbacks_by_device.items(), key=lambda kv: kv[1])
+        if n > DOMINANT_SHARE * total:
+            notes.append(f"device {device} has {n / total:.0%} of the light answers given "
+                         f"for the server ({n} of {total} fallbacks and rejections)")
+    limited = sum(limited_by_device.values())
+    if limited >= MIN_COUNT_FOR_NOTES:
+        device, n = max(limited_by_device.items(), key=lambda kv: kv[1])
+        if n > DOMINANT_SHARE * limited:
+            who = f"device {device}" if device in run_devices else \
+                f"{device}, a client that is not one of this run's devices,"
+            notes.append(f"{who} was rate limited {n} times ({n / limited:.0%} of the server's "
+                         "rate-limit refusals)")
+    others = server_arrivals - forwarded
+    if forwarded >= MIN_COUNT_FOR_NOTES and heavy < 0.5 * forwarded and others > forwarded:
+        notes.append(f"this run's devices got the heavy model's answer for {heavy / forwarded:.0%}"
+                     f" of their {forwarded} forwarded samples while the server took {others} "
+                     "requests from other clients")
+    return notes
 
 
 def refused_forwards(summary: Mapping[str, Any],

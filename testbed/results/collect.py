@@ -26,7 +26,7 @@ from testbed.results.cost import provisioned
 from testbed.results.metrics import DeviceTally, arrivals_s, summarize
 from testbed.results.series import idn_summary
 from testbed.timeline import activity
-from testbed.verdict import fault_fallback_limit, run_problems
+from testbed.verdict import fault_fallback_limit, run_problems, tenancy_notes
 
 FAULT_EVENTS = ("device_kill", "device_restart", "server_kill", "server_restart", "link_down",
                 "node_kill")
@@ -114,6 +114,10 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
                                    for e in events)
     if facts.disk_full:
         status["disk_full"] = facts.disk_full
+    status["stalls"] = [{k: e.get(k) for k in ("start_s", "end_s", "duration_s", "polls")}
+                        for e in events if e.get("kind") == "server_stall"]
+    # A planned server kill leaves the server unanswering while it restarts.
+    status["stalls_explained"] = any(f.kind == "kill_server" for f in cfg.faults)
     out = {**meta, **summary, "run": status, "faults": faults, "server": facts.server,
            "resources": facts.resources, "refusals": _refusals(incs.values())}
     run_start = next((float(e["start_at"]) for e in events
@@ -134,6 +138,11 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
         facts.disk_full = facts.disk_full or str(exc)
         status["disk_full"] = facts.disk_full
     limit = fault_fallback_limit(cfg.max_fault_fallback, bool(cfg.faults))
+    status["notes"] = tenancy_notes(
+        Counter(r.device_id for r in records if r.source in ("fallback", "rejected")),
+        (facts.server or {}).get("rate_limited") or {}, set(tiers),
+        forwarded=int(summary["samples"]["forwarded"]), heavy=int(summary["samples"]["heavy"]),
+        server_arrivals=int(((facts.server or {}).get("totals") or {}).get("arrivals") or 0))
     status["problems"] = run_problems(out, limit)
     try:
         write_whole(run_dir / "summary.json", json.dumps(out, indent=2))

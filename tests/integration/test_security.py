@@ -369,6 +369,37 @@ class TestFailedRuns:
         summary = json.loads((out / "summary.json").read_text())
         assert summary["faults"]["server_crashes"] == 1 and summary["samples"]["lost"] == 0
 
+    def test_a_server_that_hangs_mid_run_fails_the_run_and_says_when(
+            self, tmp_path: Path) -> None:
+        """SIGSTOP for 4 s: the process is alive, nothing answers. The harness notices its
+        status polls going unanswered, writes `server_stall` with the interval, and the run
+        fails saying so (the devices' timeouts are not reported as load)."""
+        out = tmp_path / "run"
+        proc = _harness(tmp_path, "up", "--devices", "4", "--duration", "9", "--policy",
+                        "static", "--out", str(out))
+        deadline = time.monotonic() + 60
+        while (_event(out, "run_clock") is None or _event(out, "server_listening") is None):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.2)
+        time.sleep(2.0)  # choreography: the run is under way when the server hangs
+        pid = int(_event(out, "server_listening")["pid"])  # type: ignore[index]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(4.0)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        stdout, _ = proc.communicate(timeout=120)
+        last = stdout.strip().splitlines()[-1]
+        assert proc.returncode == 1, stdout
+        assert last.startswith("run failed:") and "the server did not answer for" in last
+        events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+        stalls = [e for e in events if e["kind"] == "server_stall"]
+        assert len(stalls) == 1 and 3.0 <= stalls[0]["duration_s"] <= 8.0, stalls
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["run"]["stalls"] == [{k: stalls[0][k] for k in (
+            "start_s", "end_s", "duration_s", "polls")}]
+        assert summary["samples"]["lost"] == 0
+
     @pytest.mark.parametrize("toml,needle", [
         ("[devices]\nrate_hz = 1e9\n", "rate_hz"),
         ("duration_s = inf\n", "duration_s"),
