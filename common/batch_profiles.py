@@ -10,9 +10,9 @@ from typing import Any
 
 from common.config import AcceleratorConfig, ServerConfig
 from common.modelzoo import Zoo, ZooError
+from common.zoo_checks import REFERENCE_BATCH
 
-REFERENCE_BATCH = "32"
-"""Batch size whose measured latency compares heavy models' costs."""
+__all__ = ["REFERENCE_BATCH"]  # batch size whose measured latency compares models' costs
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,8 +81,8 @@ class Zoo:
         if model not in self.models:
             raise ZooError(f"model {shown(model)} is not in the zoo {self.root}")
         try:
-            card = json.loads(read_text(self.root / f"{model}.json", MAX_INDEX_BYTES,
-                                        "model card"))
+            card = json.loads(read_text(_inside(self.root, f"{model}.json", "model card"),
+                                        MAX_INDEX_BYTES, "model card"))
         except (InputFileError, json.JSONDecodeError) as exc:
             raise ZooError(f"model {model}: {exc}") from None
         if not isinstance(card, dict):
@@ -106,7 +106,7 @@ class Zoo:
         if not is_name(name):
             raise ZooError(f"{what}: file {shown(name)} must be a plain file name in the zoo")
         try:
-            return check_regular(self.root / str(name), MAX_MODEL_BYTES, what)
+            return check_regular(_inside(self.root, str(name), what), MAX_MODEL_BYTES, what)
         except InputFileError as exc:
             raise ZooError(str(exc)) from None
 
@@ -164,6 +164,21 @@ class Zoo:
         return _load_dataset(self.file(meta.get("file"), "dataset"), split, dtype, self.classes)
 
 
+def _inside(root: Path, name: str, what: str) -> Path:
+    """`root/name` when it is in the zoo's folder once links are followed: a file of the zoo
+    that is a symlink to a file elsewhere (say, one only the operator may read) is refused
+    rather than loaded or echoed in an error."""
+    path = root / name
+    try:
+        real, home = path.resolve(), root.resolve()
+    except (OSError, RuntimeError) as exc:  # a link loop
+        raise ZooError(f"{what} {path}: {exc}") from None
+    if real.parent != home:
+        raise ZooError(f"{what} {path} is a link that leads outside the zoo folder; zoo files "
+                       "must be in it")
+    return path
+
+
 @cache
 def _load_dataset(path: Path, split: str, dtype: str, classes: int | None) -> Dataset:
     """Cached: loaded once per process, or once in the forkserver for all devices. Checked
@@ -197,6 +212,7 @@ def _open_zoo(base: Path) -> Zoo:
     index_path = base / "zoo.json"
     if not index_path.is_file():
         raise ZooError(f"{base} is not a model zoo (no zoo.json)")
+    _inside(base, "zoo.json", "zoo index")
     try:
         index = json.loads(read_text(index_path, MAX_INDEX_BYTES, "zoo index"))
     except (InputFileError, json.JSONDecodeError) as exc:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import numpy as np
 
@@ -26,7 +26,7 @@ class ZooFormatError(ValueError):
     """A card or dataset that does not hold what the zoo format asks (one sentence)."""
 
 
-def _fail(what: str) -> None:
+def _fail(what: str) -> NoReturn:
     raise ZooFormatError(what)
 
 
@@ -60,6 +60,8 @@ def check_card(model: str, card: Mapping[str, Any]) -> None:
     accuracy = card.get("accuracy")
     if not isinstance(accuracy, Mapping) or not _unit(accuracy.get("val")):
         _fail(f"model {model}: card needs accuracy.val in [0, 1]")
+    if "stages" in card or role == "early_exit":
+        check_stages(model, card.get("stages"))
     if role != "light":
         return
     if "threshold_curve_val" not in card:
@@ -71,6 +73,33 @@ def check_card(model: str, card: Mapping[str, Any]) -> None:
         _fail(f"model {model}: threshold_curves_val must map heavy models to curves")
     for heavy, rows in curves.items():
         check_curve(rows, f"model {model}: threshold_curves_val.{str(heavy)[:64]}")
+
+
+MAX_STAGES: Final = 16
+REFERENCE_BATCH: Final = "32"
+"""The batch size whose measured latency splits an early-exit model's profile over its
+stages (`common.batch_profiles`)."""
+
+
+def check_stages(model: str, stages: object) -> None:
+    """An early-exit card's `stages`: a list of 1-16 tables, each with the file of its ONNX
+    part and its measured latency per batch size (at least at batch 32), so the server can
+    open and profile it instead of failing mid-start with a TypeError."""
+    if not isinstance(stages, list) or not 1 <= len(stages) <= MAX_STAGES:
+        _fail(f"model {model}: card stages must be a list of 1 to {MAX_STAGES} stage tables")
+    for i, stage in enumerate(stages):
+        where = f"model {model}: stages[{i}]"
+        if not isinstance(stage, Mapping):
+            _fail(f"{where} must be a table with file and latency_ms_p50")
+        if not isinstance(stage.get("file"), str) or not stage["file"]:
+            _fail(f"{where}.file must be the file name of the stage's ONNX model")
+        lat = stage.get("latency_ms_p50")
+        if not isinstance(lat, Mapping) or REFERENCE_BATCH not in lat or not all(
+                isinstance(b, str) and b.isdigit() and isinstance(v, (int, float))
+                and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                for b, v in lat.items()):
+            _fail(f"{where}.latency_ms_p50 must map batch sizes (\"1\", ..., at least "
+                  f"\"{REFERENCE_BATCH}\") to positive milliseconds")
 
 
 def data_dtype(dataset: Mapping[str, Any]) -> str:

@@ -23,6 +23,7 @@ from common.logsetup import configure_logging
 from common.scenario_file import load_scenario
 from server.app import make_app
 from server.guard import GuardedSite
+from server.peer_errors import PeerErrors
 from server.runtime import GUARD, RUNTIME, ServerSettings
 from server.scheduling import check_policy, make_policy
 
@@ -38,7 +39,8 @@ async def serve(settings: ServerSettings, on_listening: Callable[[str], None],
     # those that never finish their first request's headers.
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0,
                            keepalive_timeout=15.0)
-    await runner.setup()
+    await runner.setup()  # builds the runtime (the app's startup)
+    undo = PeerErrors(app[RUNTIME].stats.on_protocol_error).install(asyncio.get_running_loop())
     try:
         site = GuardedSite(runner, settings.server.host, settings.server.port, app[GUARD])
         await site.start()
@@ -49,6 +51,7 @@ async def serve(settings: ServerSettings, on_listening: Callable[[str], None],
             on_stopping(app[RUNTIME].status())
     finally:
         await runner.cleanup()
+        undo()
 
 
 def server_process(scenario: ScenarioConfig, token: str, run_dir: str,

@@ -15,7 +15,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,8 +114,24 @@ class Hub:
 HUB = web.AppKey("hub", Hub)
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _own_host_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer only requests addressed to this page (Host 127.0.0.1:<port> or
+    localhost:<port>): a web page elsewhere that rebinds its own name to 127.0.0.1 (DNS
+    rebinding) sends its own name as Host, and must not read the run's series and rows."""
+    sock = request.transport.get_extra_info("sockname") if request.transport else None
+    port = sock[1] if isinstance(sock, tuple) and len(sock) >= 2 else None
+    if port is None or request.host not in (f"{HOST}:{port}", f"localhost:{port}"):
+        raise web.HTTPMisdirectedRequest(text="this page answers only to its own address "
+                                              "(127.0.0.1 or localhost with its port)\n")
+    return await handler(request)
+
+
 def make_app(hub: Hub) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[_own_host_only])
     app[HUB] = hub
     app.router.add_get("/", _file)
     app.router.add_get("/static/{name}", _file)

@@ -6,6 +6,9 @@ import asyncio
 import dataclasses
 import io
 import json
+import logging
+import socket
+import struct
 import sys
 from pathlib import Path
 
@@ -318,3 +321,50 @@ class TestDeviceByHand:
                 s.get(f"{server_url}/metrics", headers=AUTH) as resp:
             metrics = await resp.text()
         assert 'testbed_server_protocol_errors_total{code="unauthorized"} 1.0' in metrics
+
+
+class TestPeerErrorsInTheLog:
+    async def test_malformed_requests_and_resets_are_counted_and_logged_once(
+            self, server_url: str, caplog: pytest.LogCaptureFixture) -> None:
+        """Five malformed HTTP requests and three devices that reset their connection while
+        replies are due: one WARNING line per cause, no traceback, no ERROR, counted in
+        /metrics; the server answers as before."""
+        from yarl import URL
+        u = URL(server_url)
+        caplog.set_level(logging.INFO)
+
+        async def raw(data: bytes) -> bytes:
+            reader, writer = await asyncio.open_connection(u.host, u.port)
+            writer.write(data)
+            await writer.drain()
+            try:
+                return await asyncio.wait_for(reader.read(64), 5)
+            finally:
+                writer.close()
+
+        for i in range(5):
+            head = await raw(f"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: x{i}\r\n\r\n".encode())
+            assert head.startswith(b"HTTP/1.") and b" 400 " in head
+        async with aiohttp.ClientSession() as s:
+            for k in range(3):
+                ws, _ = await connect(s, server_url, device_id=f"rst-{k}", rate_sps=1000.0)
+                for i in range(200):
+                    await ws.send_bytes(infer(i))
+                transport = ws._response.connection.transport  # type: ignore[union-attr]
+                sock = transport.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                transport.abort()  # RST with replies still to come
+            await asyncio.sleep(0.5)
+            async with s.get(f"{server_url}/metrics", headers=AUTH) as r:
+                metrics = await r.text()
+            ws, _ = await connect(s, server_url, device_id="after")
+            await ws.send_bytes(infer(1))
+            assert isinstance(await receive(ws), wire.Result)
+            await ws.close()
+        assert 'testbed_server_protocol_errors_total{code="bad_http"} 5.0' in metrics
+        records = [r for r in caplog.records if r.name.startswith(("aiohttp", "server", "asyncio"))]
+        assert not [r for r in records if r.levelno >= logging.ERROR or r.exc_info], \
+            [r.getMessage()[:200] for r in records if r.levelno >= logging.ERROR]
+        bad = [r for r in records if "bad http from a peer" in r.getMessage()]
+        assert len(bad) == 1 and bad[0].levelno == logging.WARNING
+        assert len([r for r in records if "client reset" in r.getMessage()]) <= 1

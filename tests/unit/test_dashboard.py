@@ -254,6 +254,22 @@ class TestPageServer:
             assert row["t"] == 2.0 and row["charts"]["device.threshold"] == {"a": 0.6}
             stream.close()
 
+    async def test_only_its_own_host_is_answered(self) -> None:
+        """A DNS-rebinding page reaches 127.0.0.1 under its own name: refused (421) on every
+        path; 127.0.0.1 and localhost with the page's port are answered."""
+        hub = Hub()
+        hub.add(1.0, status({"a": device("low", 0.5)}), [])
+        async with TestClient(TestServer(make_app(hub), host="127.0.0.1")) as client:
+            port = client.port
+            for host in (f"127.0.0.1:{port}", f"localhost:{port}"):
+                assert (await client.get("/series", headers={"Host": host})).status == 200
+            for host in ("evil.example", f"evil.example:{port}", "127.0.0.1:1",
+                         f"localhost.evil.example:{port}", ""):
+                for path in ("/series", "/rows", "/"):
+                    r = await client.get(path, headers={"Host": host})
+                    assert r.status == 421, (host, path)
+                    assert "its own address" in await r.text()
+
     async def test_a_page_that_stops_reading_is_dropped(self) -> None:
         hub = Hub()
         queue = hub.subscribe()

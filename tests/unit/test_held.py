@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from server.held import HELD_OVERHEAD_BYTES, Held, HeldBudget
+from server.held import HELD_OVERHEAD_BYTES, TRIM_AFTER_BYTES, Held, HeldBudget
 
 
 async def test_held_messages_are_delivered_in_time_order_within_the_limit() -> None:
@@ -52,10 +52,13 @@ async def test_the_server_wide_budget_counts_bytes_over_every_connection() -> No
     assert budget.held_bytes == 0 and len(b) == 0
 
 
-def test_a_trim_is_due_once_per_block_released() -> None:
+def test_a_trim_is_due_once_per_block_released_or_when_all_is_released() -> None:
     budget = HeldBudget(limit_bytes=2**30)
     assert budget.charge(2**24)
-    budget.release(2**22)
+    budget.release(2**20)
+    assert not budget.trim_due()  # 1 MiB back, 15 still held
+    budget.release(TRIM_AFTER_BYTES)
+    assert budget.trim_due() and not budget.trim_due()  # once per block
+    budget.release(2**24 - 2**20 - TRIM_AFTER_BYTES)
+    assert budget.held_bytes == 0 and budget.trim_due()  # all of it back: worth a trim
     assert not budget.trim_due()
-    budget.release(2**24 - 2**22)
-    assert budget.trim_due() and not budget.trim_due()

@@ -119,6 +119,46 @@ class TestCardChecks:
         with pytest.raises(ZooError, match="light-mid"):
             open_zoo(zoo).model_path("light-mid")  # what a device loads
 
+    @pytest.mark.parametrize("stages,needle", [
+        (None, "stages must be a list"), ([], "stages must be a list"),
+        (["s1.onnx"], r"stages\[0\] must be a table"),
+        ([{"latency_ms_p50": {"32": 1.0}}], r"stages\[0\].file"),
+        ([{"file": "s1.onnx"}], "latency_ms_p50 must map"),
+        ([{"file": "s1.onnx", "latency_ms_p50": {"1": 0.1}}], "at least"),
+        ([{"file": "s1.onnx", "latency_ms_p50": {"32": "fast"}}], "latency_ms_p50 must map"),
+        ([{"file": "s1.onnx", "latency_ms_p50": {"32": -1.0}}], "positive"),
+    ])
+    def test_an_early_exit_cards_stages_are_checked(self, stages: object, needle: str) -> None:
+        card = {"role": "early_exit", "accuracy": {"val": 0.9}, "stages": stages}
+        with pytest.raises(ZooFormatError, match=needle):
+            check_card("ee", card)
+
+    def test_the_embedded_early_exit_card_passes(self) -> None:
+        open_zoo().card("heavy-ee")  # checked when read
+
+    def test_a_zoo_file_linking_outside_the_zoo_is_refused(self, tmp_path: Path) -> None:
+        """A card or model in the zoo folder that is a symlink to a file elsewhere is refused
+        with one line, whether it is read (a card) or handed to onnxruntime (a model)."""
+        zoo = copy_zoo(tmp_path / "z")
+        secret = tmp_path / "secret.json"
+        secret.write_text((zoo / "light-mid.json").read_text())
+        (zoo / "light-mid.json").unlink()
+        (zoo / "light-mid.json").symlink_to(secret)
+        with pytest.raises(ZooError, match="link that leads outside the zoo folder"):
+            open_zoo(zoo).card("light-mid")
+        outside = tmp_path / "elsewhere.onnx"
+        outside.write_bytes((zoo / "light-low.onnx").read_bytes())
+        (zoo / "light-low.onnx").unlink()
+        (zoo / "light-low.onnx").symlink_to(outside)
+        with pytest.raises(ZooError, match="leads outside"):
+            open_zoo(zoo).model_path("light-low")
+        inside = zoo / "alias.json"  # a link within the zoo stays fine
+        inside.symlink_to(zoo / "light-high.json")
+        (zoo / "light-high.json").rename(zoo / "light-high-real.json")
+        inside.unlink()
+        (zoo / "light-high.json").symlink_to(zoo / "light-high-real.json")
+        assert open_zoo(zoo).card("light-high")["role"] == "light"
+
     def test_a_zoo_is_opened_and_each_card_read_once_per_process(self, tmp_path: Path) -> None:
         """The forkserver's embedded zoo is the devices' (a scenario's default `zoo = None` is
         the same key), and the server reads a card once, not at every device's hello."""
