@@ -21,6 +21,7 @@ import multiprocessing as mp
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,11 +105,14 @@ def _flood_process(url: str, token: str, seconds: float, invalid_share: float,
     q.put(asdict(asyncio.run(flood(url, token, seconds, invalid_share))))
 
 
-async def probe_healthz(url: str, until: float, every_s: float = 0.05) -> list[float]:
-    """Milliseconds each `/healthz` took, one every `every_s`, until `until` (monotonic)."""
-    took = []
+async def probe_healthz(url: str, until: float, running: Callable[[], bool],
+                        every_s: float = 0.05) -> list[float]:
+    """Milliseconds each `/healthz` took, one every `every_s`, until `until` (monotonic) or
+    the run ends. A probe that failed counts as 10 s, unless no probe answered after it (the
+    run's end stopping the server, while the harness writes its summary)."""
+    took: list[float | None] = []
     async with aiohttp.ClientSession() as s:
-        while time.monotonic() < until:
+        while time.monotonic() < until and running():
             t0 = time.monotonic()
             try:
                 async with s.get(f"{url}/healthz",
@@ -116,9 +120,11 @@ async def probe_healthz(url: str, until: float, every_s: float = 0.05) -> list[f
                     await r.read()
                 took.append((time.monotonic() - t0) * 1e3)
             except (aiohttp.ClientError, TimeoutError):
-                took.append(10_000.0)
+                took.append(None)
             await asyncio.sleep(every_s)
-    return took
+    while took and took[-1] is None:
+        took.pop()
+    return [10_000.0 if t is None else t for t in took]
 
 
 def _wait_listening(run_dir: Path, proc: subprocess.Popen[bytes], timeout_s: float = 120.0
@@ -127,7 +133,7 @@ def _wait_listening(run_dir: Path, proc: subprocess.Popen[bytes], timeout_s: flo
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the run ended before its server listened"
-        events = run_dir / "events.jsonl"
+        events = run_dir / "events.harness.jsonl"
         if events.exists() and (run_dir / ".token").exists():
             for line in events.read_text().splitlines():
                 ev = json.loads(line)
@@ -154,7 +160,8 @@ def run(devices: int, duration: float, seed: int, policy: str, out: Path,
             flooder = mp.Process(target=_flood_process,
                                  args=(url, token, duration + 4.0, invalid_share, q))
             flooder.start()
-            took = asyncio.run(probe_healthz(url, time.monotonic() + duration + 4.0))
+            took = asyncio.run(probe_healthz(url, time.monotonic() + duration + 4.0,
+                                             lambda: proc.poll() is None))
             figures["flood"] = q.get(timeout=60)
             flooder.join(10)
             figures["healthz_ms"] = {"probes": len(took), "p50": float(np.median(took)),

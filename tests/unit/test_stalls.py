@@ -62,12 +62,12 @@ class TestVerdict:
 
 
 class TestTenancyNotes:
-    DEVICES = {"a", "b", "c", "d"}
+    DEVICES = frozenset({"a", "b", "c", "d"})
 
     def notes(self, fallbacks: dict[str, int] | None = None,
               limited: dict[str, int] | None = None, forwarded: int = 100, heavy: int = 100,
               arrivals: int = 100) -> list[str]:
-        return tenancy_notes(fallbacks or {}, limited or {}, self.DEVICES,
+        return tenancy_notes(fallbacks or {}, limited or {}, set(self.DEVICES),
                              forwarded=forwarded, heavy=heavy, server_arrivals=arrivals)
 
     def test_quiet_when_shared(self) -> None:
