@@ -198,8 +198,10 @@ async def _client(url: str, idx: int, stop_at: float, window: int, rate: float |
     dev = f"bench-{idx:04d}"
     async with aiohttp.ClientSession() as http, \
             http.ws_connect(f"{url.replace('http', 'ws')}/v1/devices/{dev}") as ws:
+        # A load generator declares the most it may send: the server's per-device budget
+        # (docs/security.md, "Fair sharing") is then the per-connection frame pace.
         await ws.send_bytes(wire.encode(wire.Hello(device_id=dev, tier="mid",
-                                                   model="light-mid")))
+                                                   model="light-mid", rate_sps=1e5)))
         await ws.receive()  # welcome
         sent: dict[int, float] = {}
         loop = asyncio.get_running_loop()
