@@ -70,8 +70,9 @@ class EarlyExitBatcher(Batcher):
         return Waiting(req.arrival, req.deadline)
 
     def _stage0_view(self) -> list[Request]:
-        """What waits for stage 0, oldest first: the requests a stage-0 batch skipped (they
-        could not make their deadline then), then the oldest batch's worth of the queue."""
+        """What waits for stage 0: the requests a stage-0 batch skipped (they could not make
+        their deadline then), then the next batch's worth of the queue in its order (round
+        robin across devices, oldest first within one)."""
         return [p.req for p in self.parked[0]] + \
             self.queue.peek(self.scheduler.max_batch_size)
 
