@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common import protocol as wire
-from common.config import PolicyConfig, ServerConfig
+from common.config import FairnessConfig, PolicyConfig, ServerConfig
 from server.ingress import PREAUTH_FRAME_BYTES
 from server.runtime import ServerSettings
 from tests.integration.live_server import server_in_thread
@@ -34,8 +34,11 @@ FUZZ = settings(max_examples=60, deadline=None,
 
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
+    # Frames read at up to 50,000/s (not the default 2,000): these tests are about what a bad
+    # frame gets, and the slow client must fill its socket quickly.
     cfg = ServerConfig(max_queue_size=64, max_batch_size=8, batch_base_ms=1.0,
-                       batch_per_sample_ms=0.2, slow_client_stall_s=1.0, slow_client_backlog=64)
+                       batch_per_sample_ms=0.2, slow_client_stall_s=1.0, slow_client_backlog=64,
+                       fairness=FairnessConfig(max_frames_per_s=50_000.0))
     # static: no threshold messages interleave with the replies these tests wait for
     with server_in_thread(ServerSettings(server=cfg, policy=PolicyConfig("static"),
                                          token=TOKEN)) as u:

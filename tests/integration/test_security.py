@@ -201,9 +201,9 @@ class TestServerWideBounds:
                 held = (await status())["held"]
                 assert held["limit_bytes"] == 8 * 2**20
                 assert 0.9 * held["limit_bytes"] <= held["bytes"] <= held["limit_bytes"]
-                assert rejected == held["refused"] > 40_000
+                assert rejected == held["refused"] > 60_000
                 grown = proc.memory_info().rss - rss0
-                assert grown < 80 * 2**20, grown  # ~the budget and its bookkeeping
+                assert grown < 60 * 2**20, grown  # ~the budget and the sockets' buffers
                 for ws in sockets:
                     await ws.close()
                 for _ in range(50):
@@ -213,7 +213,7 @@ class TestServerWideBounds:
                 assert (await status())["held"]["bytes"] == 0
                 await asyncio.sleep(1.5)  # the server gives the memory back a second later
                 after = proc.memory_info().rss - rss0
-                assert after < 0.5 * grown + 4 * 2**20, (grown, after)
+                assert grown - after > 4 * 2**20, (grown, after)  # most of the 8 MB came back
             assert await healthy(url) < 2.0
 
     async def test_status_and_metrics_need_the_token(self, tmp_path: Path) -> None:
