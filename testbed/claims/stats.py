@@ -19,9 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
-
-from scipy import stats
+from typing import Any, Literal
 
 Kind = Literal["difference", "ratio"]
 Direction = Literal["higher", "lower"]
@@ -94,8 +92,15 @@ def _sd(values: Sequence[float]) -> float:
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
+def _scipy_stats() -> Any:
+    """scipy.stats, imported when a claim is judged: it is most of a second of imports that
+    every `testbed` command (and the forkserver, which preloads the CLI) would pay."""
+    from scipy import stats
+    return stats
+
+
 def _t(q: float, df: int) -> float:
-    return float(stats.t.ppf(q, df))
+    return float(_scipy_stats().t.ppf(q, df))
 
 
 def _median(ordered: Sequence[float]) -> float:
@@ -130,7 +135,7 @@ def p_value(effect: Effect, kind: Kind, direction: Direction, null: float | None
     sign = 1.0 if direction == "higher" else -1.0
     if effect.method == "range":
         beyond = sum(sign * (e - bound) > 0 for e in effect.per_seed)
-        return float(stats.binom.sf(beyond - 1, effect.n, 0.5))
+        return float(_scipy_stats().binom.sf(beyond - 1, effect.n, 0.5))
     values = _values(effect.per_seed, kind)
     target = math.log(bound) if kind == "ratio" else bound
     mean = sum(values) / len(values)
@@ -138,7 +143,7 @@ def p_value(effect: Effect, kind: Kind, direction: Direction, null: float | None
     if sd == 0:
         return 0.0 if sign * (mean - target) > 0 else 1.0
     t = sign * (mean - target) / (sd / math.sqrt(len(values)))
-    return float(stats.t.sf(t, len(values) - 1))
+    return float(_scipy_stats().t.sf(t, len(values) - 1))
 
 
 def holm(p_values: Sequence[float], alpha: float = (1 - CONFIDENCE) / 2) -> list[bool]:

@@ -10,7 +10,7 @@ from scripts.noisy_neighbour import FLOODER, compare
 
 
 def test_a_flooding_device_does_not_hurt_the_others(tmp_path: Path) -> None:
-    r = compare(devices=8, duration=8.0, seed=7, policy="static", out=tmp_path)
+    r = compare(devices=6, duration=6.0, seed=7, policy="static", out=tmp_path)
     flood = r["flood"]
     assert r["exit_codes"] == [0, 0], r["last_lines"]
     assert r["alone"]["lost"] == r["flooded"]["lost"] == 0

@@ -349,31 +349,12 @@ def _event(run_dir: Path, kind: str) -> dict[str, object] | None:
 
 
 class TestFailedRuns:
-    def test_a_server_that_dies_mid_run_fails_the_run_and_says_why_last(
+    def test_a_server_that_hangs_then_dies_fails_the_run_and_says_why_last(
             self, tmp_path: Path) -> None:
-        out = tmp_path / "run"
-        proc = _harness(tmp_path, "up", "--devices", "4", "--duration", "6", "--policy",
-                        "static", "--out", str(out))
-        deadline = time.monotonic() + 60
-        while (_event(out, "run_clock") is None or _event(out, "server_listening") is None):
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.2)
-        time.sleep(2.0)  # choreography: the run is under way when the server dies
-        pid = _event(out, "server_listening")["pid"]  # type: ignore[index]
-        os.kill(int(pid), signal.SIGKILL)  # type: ignore[call-overload]
-        stdout, _ = proc.communicate(timeout=120)
-        last = stdout.strip().splitlines()[-1]
-        assert proc.returncode == 1, stdout
-        assert last.startswith("run failed:") and "the server died 1 time" in stdout
-        assert re.search(r"server deaths\s+1", stdout) and "Traceback" not in stdout
-        summary = json.loads((out / "summary.json").read_text())
-        assert summary["faults"]["server_crashes"] == 1 and summary["samples"]["lost"] == 0
-
-    def test_a_server_that_hangs_mid_run_fails_the_run_and_says_when(
-            self, tmp_path: Path) -> None:
-        """SIGSTOP for 4 s: the process is alive, nothing answers. The harness notices its
-        status polls going unanswered, writes `server_stall` with the interval, and the run
-        fails saying so (the devices' timeouts are not reported as load)."""
+        """SIGSTOP for 4 s (the process alive, nothing answering), then SIGKILL. The harness
+        notices its status polls going unanswered and writes `server_stall` with the
+        interval; it notices the death; the run fails saying both in its last line (the
+        devices' timeouts are not reported as load), and every sample is accounted for."""
         out = tmp_path / "run"
         proc = _harness(tmp_path, "up", "--devices", "4", "--duration", "9", "--policy",
                         "static", "--out", str(out))
@@ -388,17 +369,21 @@ class TestFailedRuns:
             time.sleep(4.0)
         finally:
             os.kill(pid, signal.SIGCONT)
+        time.sleep(1.5)  # it answers again (the stall ends), then dies
+        os.kill(pid, signal.SIGKILL)
         stdout, _ = proc.communicate(timeout=120)
         last = stdout.strip().splitlines()[-1]
         assert proc.returncode == 1, stdout
-        assert last.startswith("run failed:") and "the server did not answer for" in last
+        assert last.startswith("run failed:") and "the server died 1 time" in stdout
+        assert "the server did not answer for" in stdout
+        assert re.search(r"server deaths\s+1", stdout) and "Traceback" not in stdout
         events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
         stalls = [e for e in events if e["kind"] == "server_stall"]
         assert len(stalls) == 1 and 3.0 <= stalls[0]["duration_s"] <= 8.0, stalls
         summary = json.loads((out / "summary.json").read_text())
         assert summary["run"]["stalls"] == [{k: stalls[0][k] for k in (
             "start_s", "end_s", "duration_s", "polls")}]
-        assert summary["samples"]["lost"] == 0
+        assert summary["faults"]["server_crashes"] == 1 and summary["samples"]["lost"] == 0
 
     @pytest.mark.parametrize("toml,needle", [
         ("[devices]\nrate_hz = 1e9\n", "rate_hz"),
@@ -432,7 +417,7 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
                           capture_output=True).returncode == 0
 
 
-@pytest.mark.parametrize("size", ["64k", "128k", "1m"])
+@pytest.mark.parametrize("size", ["64k", "1m"])
 def test_a_full_disk_stops_the_run_cleanly_and_says_so(tmp_path: Path, size: str) -> None:
     disk = tmp_path / "tiny"
     if not _mount_tmpfs(disk, size):

@@ -88,7 +88,7 @@ class TestInferFields:
                                                        0.0)
 
     @given(_NEAR_INFERS)
-    @settings(max_examples=3000, deadline=None)
+    @settings(max_examples=1000, deadline=None)
     def test_same_verdict_and_fields_as_decode(
             self, case: tuple[dict[str, object], dict[str, object], set[str], bool]) -> None:
         """Whatever the map, the fast path yields an infer's fields only when `decode` yields
