@@ -693,6 +693,11 @@ def _log_exits(run: _Run) -> None:
 
 def _live_status(run: _Run) -> dict[str, Any] | None:
     if run.server is None or not run.server.proc.is_alive():
+        # A dead server is a death (or a planned kill), not a stall: a gap still open is
+        # closed here, and the polls of a restarted server start afresh.
+        stall = run.stall_watch.end(time.time() - run.start_at)
+        if stall is not None:
+            _stalled(run, stall)
         return {"connected": 0, "queue": "-", "server_down": True}
     t, t0 = time.time() - run.start_at, time.monotonic()
     status = fetch_status(run.server_url, run.token)

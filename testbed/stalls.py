@@ -56,9 +56,10 @@ class StallWatch:
         return stall
 
     def end(self, t: float) -> Stall | None:
-        """The run ended at `t`: a stall still going counts up to then."""
+        """The run ended at `t`, or the server was found dead then: a stall still going
+        counts up to then, and the watch starts afresh (a restarted server's polls)."""
         stall = self._close(t)
-        self._missed = 0
+        self._last_ok, self._missed = None, 0
         return stall
 
     def _close(self, t: float) -> Stall | None:

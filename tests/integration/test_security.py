@@ -26,6 +26,7 @@ import pytest
 from yarl import URL
 
 from common import protocol as wire
+from server.held import HELD_OVERHEAD_BYTES
 
 TOKEN = "security-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -182,26 +183,41 @@ class TestServerWideBounds:
                                       wire.Welcome)
                     sockets.append(ws)
 
-                async def fill(ws: aiohttp.ClientWebSocketResponse) -> int:
+                async def fill(ws: aiohttp.ClientWebSocketResponse) -> None:
                     for _ in range(2000):
                         await ws.send_bytes(infer)
-                    rejected = 0
-                    with contextlib.suppress(TimeoutError):
-                        while True:  # replies: the rejections (held ones answer in an hour)
-                            msg = await ws.receive(timeout=3)
-                            reply = wire.decode(msg.data)
-                            if isinstance(reply, wire.Threshold):  # the policy's, as usual
-                                continue
-                            assert isinstance(reply, wire.Result), reply
-                            assert reply.cause == "link_backlog", reply
-                            rejected += 1
-                    return rejected
 
-                rejected = sum(await asyncio.gather(*(fill(ws) for ws in sockets)))
-                held = (await status())["held"]
+                await asyncio.gather(*(fill(ws) for ws in sockets))
+                # Every frame is held or refused once the server has read them all (it reads
+                # each socket at its frame pace): wait on its own account, not on a timeout.
+                each = len(infer) + HELD_OVERHEAD_BYTES
+                for _ in range(600):
+                    held = (await status())["held"]
+                    if held["bytes"] // each + held["refused"] == 80_000:
+                        break
+                    await asyncio.sleep(0.1)
+                assert held["bytes"] // each + held["refused"] == 80_000, held
                 assert held["limit_bytes"] == 8 * 2**20
                 assert 0.9 * held["limit_bytes"] <= held["bytes"] <= held["limit_bytes"]
-                assert rejected == held["refused"] > 60_000
+                assert held["refused"] > 60_000
+                # ... and each refusal reached its device as a `rejected` result.
+                got = 0
+
+                async def rejections(ws: aiohttp.ClientWebSocketResponse) -> None:
+                    nonlocal got
+                    while got < held["refused"]:  # the held ones answer in an hour
+                        try:
+                            reply = wire.decode((await ws.receive(timeout=0.5)).data)
+                        except TimeoutError:
+                            continue
+                        if isinstance(reply, wire.Threshold):  # the policy's, as usual
+                            continue
+                        assert isinstance(reply, wire.Result), reply
+                        assert reply.cause == "link_backlog", reply
+                        got += 1
+
+                await asyncio.wait_for(asyncio.gather(*(rejections(ws) for ws in sockets)), 60)
+                assert got == held["refused"]
                 grown = proc.memory_info().rss - rss0
                 assert grown < 60 * 2**20, grown  # ~the budget and the sockets' buffers
                 for ws in sockets:
@@ -363,7 +379,7 @@ class TestFailedRuns:
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.2)
         time.sleep(2.0)  # choreography: the run is under way when the server hangs
-        pid = int(_event(out, "server_listening")["pid"])  # type: ignore[index]
+        pid = int(_event(out, "server_listening")["pid"])  # type: ignore[index, arg-type]
         os.kill(pid, signal.SIGSTOP)
         try:
             time.sleep(4.0)

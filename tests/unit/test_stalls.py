@@ -37,6 +37,14 @@ class TestStallWatch:
         assert watch.end(6.0) == Stall(0.0, 6.0, 2)
         assert watch.end(7.0) is None  # reported once
 
+    def test_after_an_end_the_watch_starts_afresh(self) -> None:
+        """The server died (or the run ended): a restarted server's first unanswered polls
+        count from themselves, not from the last answer of the one before."""
+        watch = StallWatch(stall_s=2.5)
+        polls(watch, [(0.0, True, 0.0), (1.0, True, 0.0)])
+        assert watch.end(2.0) is None  # dead at 2.0, nothing missed yet
+        assert polls(watch, [(5.0, False, 0.5), (6.0, True, 0.0)]) == []  # restarting
+
     def test_no_answer_from_the_first_poll_counts_from_it(self) -> None:
         watch = StallWatch(stall_s=2.5)
         assert polls(watch, [(0.5, False, 0.5), (1.5, False, 0.5), (2.5, False, 0.5),
