@@ -233,7 +233,7 @@ def main() -> None:
         print(f"/healthz {label}: {h['probes']} probes, p50 {h['p50']:.1f} ms, p99 "
               f"{h['p99']:.1f} ms, max {h['max']:.1f} ms")
     print(f"SLO change {r['slo_change_pp']:+.2f} pp, heavy answers kept {r['heavy_kept']}")
-    print(json.dumps(r | {"alone": r["alone"], "flooded": r["flooded"]}, default=str))
+    print(json.dumps(r, default=str))
 
 
 if __name__ == "__main__":

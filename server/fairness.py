@@ -68,7 +68,7 @@ def request_bucket(cfg: FairnessConfig, declared_sps: float) -> TokenBucket:
 
 def frame_bucket(cfg: FairnessConfig) -> TokenBucket:
     """One connection's frames, any kind, valid or not: a second's worth of burst."""
-    return TokenBucket(cfg.max_frames_per_s, max(1.0, cfg.max_frames_per_s))
+    return TokenBucket(cfg.max_frames_per_s, cfg.max_frames_per_s)
 
 
 MAX_TRACKED = 4096

@@ -23,8 +23,9 @@ HELD_OVERHEAD_BYTES = 1024
 array view and the bookkeeping): charged with the frame's bytes, so the budget is close to
 the memory it bounds (about 1 KiB each, measured: 4,096 held per connection took ~4 MB)."""
 TRIM_AFTER_BYTES = 4 * 2**20
-TRIM_DELAY_S = 1.0
 """Released held bytes after which the allocator is asked to give free memory back."""
+TRIM_DELAY_S = 1.0
+"""How long after the release: once the loop has dropped the cancelled timers."""
 
 
 @dataclass

@@ -483,9 +483,7 @@ def _run_devices(run: _Run) -> None:
             sampled = True
             run.resources = _sample_resources(run)
         run.progress.running(min(max(t, 0.0), duration), duration, live)
-    stall = run.stall_watch.end(time.time() - run.start_at)
-    if stall is not None:
-        _stalled(run, stall)
+    _stalled(run, run.stall_watch.end(time.time() - run.start_at))
     if not sampled:
         run.resources = _sample_resources(run)
 
@@ -695,22 +693,21 @@ def _live_status(run: _Run) -> dict[str, Any] | None:
     if run.server is None or not run.server.proc.is_alive():
         # A dead server is a death (or a planned kill), not a stall: a gap still open is
         # closed here, and the polls of a restarted server start afresh.
-        stall = run.stall_watch.end(time.time() - run.start_at)
-        if stall is not None:
-            _stalled(run, stall)
+        _stalled(run, run.stall_watch.end(time.time() - run.start_at))
         return {"connected": 0, "queue": "-", "server_down": True}
     t, t0 = time.time() - run.start_at, time.monotonic()
     status = fetch_status(run.server_url, run.token)
-    stall = run.stall_watch.poll(t, status is not None, time.monotonic() - t0)
-    if stall is not None:
-        _stalled(run, stall)
+    _stalled(run, run.stall_watch.poll(t, status is not None, time.monotonic() - t0))
     if status is None:
         return None
     run.server_statuses[-1] = status
     return live_view(status)
 
 
-def _stalled(run: _Run, stall: Stall) -> None:
+def _stalled(run: _Run, stall: Stall | None) -> None:
+    """Record a stall the watch reports (None: none ended)."""
+    if stall is None:
+        return
     run.events.emit("server_stall", **stall.as_event())
     run.progress.phase(f"the server did not answer for {stall.duration_s:.1f} s")
 

@@ -26,14 +26,11 @@ from testbed.results.cost import provisioned
 from testbed.results.metrics import DeviceTally, arrivals_s, summarize
 from testbed.results.series import idn_summary
 from testbed.timeline import activity
-from testbed.verdict import fault_fallback_limit, run_problems, tenancy_notes
+from testbed.verdict import EXIT_STOPPED, fault_fallback_limit, run_problems, tenancy_notes
 
 FAULT_EVENTS = ("device_kill", "device_restart", "server_kill", "server_restart", "link_down",
                 "node_kill")
 EVENT_FILES = ("events.harness.jsonl", "events.server.jsonl")
-
-
-STOP_SIGNAL_NAMES = ("SIGINT", "SIGTERM", "SIGHUP")
 
 
 @dataclass
@@ -82,7 +79,7 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
     interrupted = facts.interrupted or "interrupted" in kinds
     stopped_by = facts.stopped_by or next(
         (str(e.get("signal")) for e in events if e.get("kind") == "interrupted"
-         and e.get("signal") in STOP_SIGNAL_NAMES), "SIGINT") if interrupted else ""
+         and e.get("signal") in EXIT_STOPPED), "SIGINT") if interrupted else ""
     harness_ended = "run_end" in kinds
     expected = {dev for dev, spans in zip(tiers, activity(cfg), strict=True) if spans}
     missing = sorted(expected - {i.device_id for i in incs.values()})

@@ -16,6 +16,7 @@ import aiohttp
 import msgpack
 import numpy as np
 import pytest
+from yarl import URL
 
 from common import protocol as wire
 from tests.integration.conftest import TOKEN
@@ -329,7 +330,6 @@ class TestPeerErrorsInTheLog:
         """Five malformed HTTP requests and three devices that reset their connection while
         replies are due: one WARNING line per cause, no traceback, no ERROR, counted in
         /metrics; the server answers as before."""
-        from yarl import URL
         u = URL(server_url)
         caplog.set_level(logging.INFO)
 
