@@ -665,12 +665,21 @@ class ClusterConfig:
     """The node of the server: a node name or a node resource; "" is the head node."""
     nodes: tuple[ClusterNodes, ...] = ()
     """Tier selectors; tiers no selector names are spread over every node."""
+    idn_nodes: dict[str, str] = field(default_factory=dict)
+    """`[cluster.idn_nodes]`: an IDN node's name -> the Ray node (a node name or a node
+    resource) its process runs on; one not named goes to the node with the fewest server
+    processes."""
 
     def __post_init__(self) -> None:
         check_ray_address(self.ray)
         if self.server_node:
             _name(self.server_node, "cluster.server_node")
         _check(len(self.nodes) <= 1000, "at most 1000 cluster.nodes")
+        _check(isinstance(self.idn_nodes, dict) and len(self.idn_nodes) <= 1000,
+               "cluster.idn_nodes must be a table of at most 1000 entries")
+        for idn_node, node in self.idn_nodes.items():
+            _name(idn_node, "cluster.idn_nodes key")
+            _name(node, f"cluster.idn_nodes.{idn_node}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,37 +120,39 @@ def place_devices(devices: Sequence[tuple[str, str]], nodes: Sequence[NodeInfo],
     return placement
 
 
+def place_idn_nodes(idn_nodes: Sequence[str], nodes: Sequence[NodeInfo],
+                    wanted: Mapping[str, str], taken: Mapping[str, int]) -> dict[str, str]:
+    """Node name for each IDN node below the repository: the node (or a node with the
+    resource) that `[cluster.idn_nodes]` names for it, else the node running the fewest server
+    processes so far (`taken` counts those already placed, the repository's), then the
+    earlier node."""
+    if not nodes:
+        raise PlacementError("the cluster has no alive node")
+    unknown = sorted(set(wanted) - set(idn_nodes))
+    if unknown:
+        raise PlacementError(f"cluster.idn_nodes names {unknown}, which are not idn nodes "
+                             "below the repository")
+    load = {n.name: taken.get(n.name, 0) for n in nodes}
+    order = [n.name for n in nodes]
+    out: dict[str, str] = {}
+    for name in idn_nodes:
+        if name in wanted:
+            node = pick_node(nodes, wanted[name], f"cluster.idn_nodes.{name}").name
+        else:
+            node = min(order, key=lambda n: (load[n], order.index(n)))
+        load[node] += 1
+        out[name] = node
+    return out
+
+
 def placement_event(placement: Mapping[str, str], tiers: Mapping[str, str],
-                    nodes: Sequence[NodeInfo], server: str) -> dict[str, Any]:
+                    nodes: Sequence[NodeInfo], server: str,
+                    idn_nodes: Mapping[str, str] | None = None) -> dict[str, Any]:
     """What the run records of its placement (the `placement` event): enough to rebuild
     summary.json's `nodes` from the run folder alone."""
-    used = set(placement.values()) | {server}
+    idn = dict(idn_nodes or {})
+    used = set(placement.values()) | {server} | set(idn.values())
     return {"server": server,
             "nodes": {n.name: {"ip": n.ip, "head": n.is_head} for n in nodes if n.name in used},
-            "devices": {d: [node, tiers.get(d, "?")] for d, node in placement.items()}}
-
-
-def node_figures(placed: Mapping[str, Any], per_device: Sequence[Mapping[str, Any]],
-                 lost: set[str]) -> dict[str, dict[str, Any]]:
-    """summary.json's `nodes`: for each node that ran devices, how many of each tier, their
-    samples (generated, completed, aborted, lost, SLO satisfaction), whether it had the server
-    and whether it was lost. `placed` is a `placement_event`; `per_device` the summary's."""
-    by_id = {d["device_id"]: d for d in per_device}
-    out: dict[str, dict[str, Any]] = {}
-    for name, info in placed["nodes"].items():
-        mine = [(d, tier) for d, (node, tier) in placed["devices"].items() if node == name]
-        if not mine:
-            continue
-        rows = [by_id[d] for d, _ in mine if d in by_id]
-        completed = sum(int(r["samples"]) for r in rows)
-        met = sum(r["slo_satisfaction"] * r["samples"] for r in rows
-                  if r.get("slo_satisfaction") is not None)
-        out[name] = {
-            "devices": len(mine), "ip": info["ip"], "head": info["head"],
-            "tiers": dict(sorted(Counter(t for _, t in mine).items())),
-            "generated": sum(int(r["generated"]) for r in rows), "completed": completed,
-            "aborted": sum(int(r["aborted"]) for r in rows),
-            "lost": sum(int(r.get("lost") or 0) for r in rows),
-            "slo_satisfaction": round(met / completed, 4) if completed else None,
-            "server": name == placed["server"], "lost_node": name in lost}
-    return out
+            "devices": {d: [node, tiers.get(d, "?")] for d, node in placement.items()},
+            **({"idn_nodes": idn} if idn else {})}

@@ -88,7 +88,7 @@ class RaySession:
         """A `NodeAgent` actor on `node` (hard affinity: it runs there or not at all)."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        from testbed.cluster.agent import NodeAgent
+        from testbed.agent import NodeAgent
 
         remote = self.ray.remote(num_cpus=0, max_restarts=0, max_concurrency=1)(NodeAgent)
         return remote.options(

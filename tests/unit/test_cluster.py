@@ -27,13 +27,13 @@ from testbed.cluster.placement import (
     NodeInfo,
     PlacementError,
     name_nodes,
-    node_figures,
     pick_node,
     place_devices,
     placement_event,
 )
-from testbed.cluster.shipping import BadChunk, Chunk, Sink, Tail, driver_path
 from testbed.faults import plan_faults
+from testbed.results.nodes import node_figures
+from testbed.shipping import BadChunk, Chunk, Sink, Tail, driver_path
 
 
 def ray_node(node_id: str, ip: str = "127.0.0.1", head: bool = False, alive: bool = True,

@@ -18,8 +18,8 @@ from common.events import read_events
 from common.records import GeneratedJournal, RecordWriter, SampleRecord, file_stem
 from testbed.cluster import driver
 from testbed.cluster.placement import NodeInfo
-from testbed.cluster.shipping import Tail
 from testbed.results.collect import collect
+from testbed.shipping import Tail
 
 
 class ActorGone(Exception):

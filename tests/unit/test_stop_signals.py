@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from testbed.orchestrator import StopSignals
+from testbed.stop_signals import StopSignals
 
 
 def test_an_interrupt_that_was_dropped_is_raised_at_the_next_check() -> None:
