@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Final
 
 STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -24,6 +26,7 @@ class StopSignals:
         self.handled = 0
         self.first: int | None = None
         self._previous: dict[int, Any] = {}
+        self._deferred = False
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -39,7 +42,19 @@ class StopSignals:
         self.count += 1
         if self.first is None:
             self.first = signum
-        raise KeyboardInterrupt
+        if not self._deferred:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Count a signal but raise it only at the next `check`: around a call whose answer
+        must not be dropped halfway (a poll's answer carries records the agent will not send
+        again)."""
+        self._deferred = True
+        try:
+            yield
+        finally:
+            self._deferred = False
 
     @property
     def name(self) -> str:

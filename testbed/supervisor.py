@@ -371,9 +371,12 @@ def _node_lost(run: _Run, node: str, why: str) -> None:
 
 
 def _poll(run: _Run, wait_s: float = 0.0, final: bool = False) -> None:
-    """News from every agent: the children's state, and their files' new bytes."""
-    for node, answer in run.nodes.call_all("poll", wait_s, final).items():
-        _take(run, node, answer)
+    """News from every agent: the children's state, and their files' new bytes. A stop
+    signal meanwhile takes effect once the answers are in: the bytes in them are not sent
+    twice."""
+    with run.stops.deferred():
+        for node, answer in run.nodes.call_all("poll", wait_s, final).items():
+            _take(run, node, answer)
     run.stops.check()
 
 

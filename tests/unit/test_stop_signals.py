@@ -3,7 +3,9 @@ the first signal names the stop."""
 
 from __future__ import annotations
 
+import os
 import signal
+import time
 
 import pytest
 
@@ -40,3 +42,17 @@ def test_the_first_signal_names_the_stop() -> None:
     with pytest.raises(KeyboardInterrupt):
         stops._on_signal(signal.SIGINT, None)  # Ctrl-C while stopping: still the TERM's stop
     assert stops.name == "SIGTERM"
+
+
+def test_a_signal_while_deferred_is_raised_at_the_next_check() -> None:
+    stops = StopSignals()
+    stops.install()
+    try:
+        with stops.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler has run, and not raised
+        assert stops.count == 1 and stops.name == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):
+            stops.check()
+    finally:
+        stops.restore()
