@@ -429,6 +429,9 @@ class ServerConfig:
                "model runs on one accelerator)")
         _check(not (self.ensemble and self.heavy_models),
                "server.ensemble and server.heavy_models (model switching) do not combine")
+        _check(self.mode == "whole" or not self.heavy_models,
+               "server.mode = 'early-exit' and server.heavy_models (model switching) do not "
+               "combine: the early-exit batcher runs its one staged model throughout")
         _in(self.control_interval_s, 0, 60, "server.control_interval_s", open_low=True)
         _in(self.slow_client_stall_s, 0, 3600, "server.slow_client_stall_s", open_low=True)
         _check(1 <= self.slow_client_backlog <= 1_000_000,

@@ -320,6 +320,11 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
 
 InferFields = tuple[int, str, tuple[int, ...], bytes, float, float]
 """An `infer`'s sample id, dtype, shape, data, deadline budget and hold (ms), in that order."""
+_INFER_KEYS: Final = len(_FIELDS[Infer]) + 1
+"""Keys of an `infer` map with every field, as `encode` sends it: `Infer`'s fields and `type`.
+Counted from `Infer`: a count written here would refuse maps once a field is added there and
+send every device's request down the slow path without a word (a test of the fast path then
+fails until `infer_fields` returns the new field too)."""
 
 
 def infer_fields(data: bytes | bytearray | memoryview) -> InferFields | None:
@@ -338,7 +343,7 @@ def infer_fields(data: bytes | bytearray | memoryview) -> InferFields | None:
     if type(body) is not dict or body.get("type") != "infer":
         return None
     deadline, hold = body.get("deadline_ms", 0.0), body.get("hold_ms", 0.0)
-    if len(body) != 5 + ("deadline_ms" in body) + ("hold_ms" in body):
+    if len(body) != _INFER_KEYS - ("deadline_ms" not in body) - ("hold_ms" not in body):
         return None  # a field missing (seen below) or unknown
     sample_id, dtype, shape, payload = (body.get("sample_id"), body.get("dtype"),
                                         body.get("shape"), body.get("data"))

@@ -139,7 +139,7 @@ async def _load_models(cfg: ServerConfig, zoo: Zoo) -> tuple[
 
 
 def _make_batcher(cfg: ServerConfig, first: ServedModel, profile: BatchProfile | None,
-                  stats: ServerStats) -> Batcher:
+                  stats: ServerStats) -> Batcher | EarlyExitBatcher:
     """The plain batcher, or the stage-by-stage one for an early-exit model."""
     queue = RequestQueue(cfg.max_queue_size)
     batching = BatchPolicy(cfg.max_batch_size, cfg.max_queue_delay_us / 1e6)

@@ -1,8 +1,9 @@
-"""The asyncio shell around `RequestQueue` and `BatchPolicy`: admits requests, cuts batches,
-runs the heavy model in a worker thread, pads to the profile, answers every request once.
+"""The plain server mode: batches cut by `BatchPolicy` (Triton's semantics) run whole on the
+heavy model in a worker thread, padded to the profile, every request answered once; replicas
+of the accelerator take batches from the same queue.
 
-Deadlines are enforced by one timer armed at the earliest queued deadline, so an expired
-request is answered when its deadline passes, not when a batch slot frees (Triton issue #7512).
+Admission, deadlines, sleeping and cutting are the `BatchShell`'s, which the early-exit
+batcher shares.
 """
 
 from __future__ import annotations
@@ -10,74 +11,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 import numpy as np
 
 from common import protocol as wire
 from common.batch_profiles import BatchProfile
-from server.admission import Admission, AdmissionRefused
-from server.batch_policy import BatchPolicy, Cut, Idle, WaitUntil
+from server.admission import Admission
+from server.batch_policy import BatchPolicy, Cut, Decision, WaitUntil
+from server.batch_shell import UNMEASURED_PER_SAMPLE_S, BatchShell, resolve
 from server.heavy_model import BatchOutput, ServedModel
+from server.model_thread import ModelThread
 from server.replicas import ReplicaLedger
-from server.request_queue import QueueFull, Request, RequestQueue
+from server.request_queue import Request, RequestQueue
 from server.stats import ServerStats
 from server.tensors import model_input
 
+__all__ = ["Batcher", "ModelThread"]
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-class ModelThread:
-    """The one thread the heavy model runs in: a job goes in through a queue and its outcome
-    comes back to the event loop with one `call_soon_threadsafe`.
-
-    `run_in_executor` on a `ThreadPoolExecutor` did the same through a concurrent future, its
-    condition lock and callbacks, and an asyncio future chained to it: Python work on both
-    threads per batch, and each time the model's thread needs the GIL the event loop waits.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, name: str = "heavy-model") -> None:
-        self._loop = loop
-        self._jobs: queue.SimpleQueue[tuple[asyncio.Future[Any], Callable[..., Any],
-                                            tuple[Any, ...]] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
-        self._thread.start()
-
-    def run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        """`fn(*args)` in the thread, after the jobs before it; its result or exception."""
-        fut: asyncio.Future[T] = self._loop.create_future()
-        self._jobs.put((fut, fn, args))
-        return fut
-
-    def shutdown(self) -> None:
-        """Finish the jobs queued, then end the thread."""
-        self._jobs.put(None)
-        self._thread.join()
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            fut, fn, args = job
-            try:
-                outcome, failed = fn(*args), False
-            except BaseException as exc:  # handed to the awaiting coroutine
-                outcome, failed = exc, True
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                self._loop.call_soon_threadsafe(_settle, fut, outcome, failed)
-
-
-def _settle(fut: asyncio.Future[Any], outcome: Any, failed: bool) -> None:
-    if fut.done():  # cancelled while the model ran
-        return
-    if failed:
-        fut.set_exception(outcome)
-    else:
-        fut.set_result(outcome)
 
 
 @dataclass(slots=True)
@@ -100,23 +53,17 @@ class Batcher:
         self.policy = policy
         self.profile = profile
         self.stats = stats
-        self.admission = admission or Admission("bound", queue.max_size)
+        self.shell = BatchShell(queue, policy, stats,
+                                admission or Admission("bound", queue.max_size), self)
+        self.admission = self.shell.admission
         self._busy_until = 0.0
-        self._per_sample_s = 1e-3
+        self._per_sample_s = UNMEASURED_PER_SAMPLE_S
         """Measured cost per sample (smoothed): the batch time estimate without a profile."""
-        self._loop = asyncio.get_running_loop()
-        self._waiter: asyncio.Future[None] | None = None
-        self._wake_at = 1
-        """Queue length at which a submission wakes the waiting batcher."""
-        self._expiry: asyncio.TimerHandle | None = None
-        self._expiry_at = float("inf")
-        self._model_thread = ModelThread(self._loop)
-        self._closed = False
+        self._loop = self.shell.loop
         self.ledger = ReplicaLedger(max(replicas, 1), self._loop.time())
-        """Replica-seconds provisioned; replica 0 is this object's own loop and thread."""
+        """Replica-seconds provisioned; replica 0 is this object's own loop and the shell's
+        model thread."""
         self._extra: list[_Replica] = []
-        self._idle: set[asyncio.Future[None]] = set()
-        """Extra replicas waiting for work: any submission wakes them."""
         self._scaled = asyncio.Event()
         self._started = False
 
@@ -145,36 +92,7 @@ class Batcher:
     def submit(self, req: Request) -> None:
         """Queue a request or raise `AdmissionRefused`; once queued, its `respond` will be
         called exactly once."""
-        if self._closed:
-            raise AdmissionRefused("shutdown", "server is shutting down")
-        admission, queued = self.admission, len(self.queue)
-        # The bound is the queue's (a full queue makes room by its share rule, or refuses);
-        # only the deadline estimate is asked here (this runs once per request).
-        if admission.mode == "deadline":
-            admission.check(queued=queued, max_batch_size=self.policy.max_batch_size,
-                            busy_until=self._free_at(), now=req.arrival,
-                            deadline=req.deadline, batch_s=self.batch_s,
-                            replicas=self.ledger.active, bound=False)
-        try:
-            evicted = self.queue.push(req)
-        except QueueFull as exc:
-            raise AdmissionRefused("queue_full", str(exc)) from None
-        if evicted is not None:
-            self.stats.on_evicted()
-            self.stats.queued -= 1
-            evicted.respond(wire.Result(
-                sample_id=evicted.sample_id, status=wire.ResultStatus.REJECTED,
-                queue_us=int((req.arrival - evicted.arrival) * 1e6), cause="queue_full",
-                reason="queue full: room made for a device holding fewer requests"))
-        self.stats.on_admitted()
-        if req.deadline < self._expiry_at:
-            self._arm_expiry(req.deadline)
-        if self._waiter is not None and len(self.queue) >= self._wake_at \
-                and not self._waiter.done():
-            self._waiter.set_result(None)
-        if self._idle:
-            for fut in self._idle:
-                _resolve(fut)
+        self.shell.submit(req)
 
     def use(self, model: ServedModel, profile: BatchProfile | None) -> None:
         """Run the next batches with another heavy model (the running batch finishes)."""
@@ -189,7 +107,7 @@ class Batcher:
         """Takes effect at the next batch."""
         self.policy.max_batch_size = max(1, n)
 
-    def _free_at(self) -> float:
+    def free_at(self) -> float:
         """When the first provisioned replica is free (for the admission estimate)."""
         ends = [self._busy_until, *(r.busy_until for r in self._extra[:self.ledger.active - 1])]
         return min(ends)
@@ -197,15 +115,13 @@ class Batcher:
     async def run(self) -> None:
         self._started = True
         self._spawn_replicas()
-        while True:
-            now = self._loop.time()
-            decision = self.policy.decide(len(self.queue), self.queue.oldest_arrival(), now)
-            if isinstance(decision, Idle):
-                await self._wait(None)
-            elif isinstance(decision, WaitUntil):
-                await self._wait(decision.time)
-            elif isinstance(decision, Cut):
-                await self._run_batches(self._cut(decision.size))
+        await self.shell.serve(self._decide, self._run_cut)
+
+    def _decide(self, now: float) -> Decision:
+        return self.policy.decide(len(self.queue), self.queue.oldest_arrival(), now)
+
+    async def _run_cut(self, cut: Cut, now: float) -> None:
+        await self._run_batches(self.shell.cut(cut.size))
 
     def _spawn_replicas(self) -> None:
         """A loop (and a model thread) for every provisioned replica beyond the first."""
@@ -218,14 +134,13 @@ class Batcher:
     async def _replica_loop(self, r: _Replica) -> None:
         """An extra replica: while provisioned, cut batches from the shared queue and run
         them on its own thread; when released, wait to be provisioned again."""
-        while not self._closed:
+        while not self.shell.closed:
             if r.index >= self.ledger.active:
                 await self._scaled.wait()
                 continue
-            now = self._loop.time()
-            decision = self.policy.decide(len(self.queue), self.queue.oldest_arrival(), now)
+            decision = self._decide(self._loop.time())
             if isinstance(decision, Cut):
-                batch = self._cut(decision.size)
+                batch = self.shell.cut(decision.size)
                 begins = self._loop.time()
                 r.busy_until = begins + self.batch_s(len(batch))
                 model, profile = self.model, self.profile
@@ -239,38 +154,17 @@ class Batcher:
         """An extra replica sleeps until `until`, the next submission, or a change in the
         number of replicas."""
         fut: asyncio.Future[None] = self._loop.create_future()
-        self._idle.add(fut)
-        timer = self._loop.call_at(until, _resolve, fut) if until is not None else None
+        self.shell.idle.add(fut)
+        timer = self._loop.call_at(until, resolve, fut) if until is not None else None
         scaled = asyncio.ensure_future(self._scaled.wait())
-        scaled.add_done_callback(lambda _: _resolve(fut))
+        scaled.add_done_callback(lambda _: resolve(fut))
         try:
             await fut
         finally:
-            self._idle.discard(fut)
+            self.shell.idle.discard(fut)
             scaled.cancel()
             if timer is not None:
                 timer.cancel()
-
-    def _cut(self, size: int) -> list[Request]:
-        batch = self.queue.pop(size)
-        self.stats.queued -= len(batch)
-        return batch
-
-    async def _wait(self, until: float | None, *, done: asyncio.Future[Any] | None = None,
-                    queue_len: int = 1) -> None:
-        """Sleep until `until`, `done` completes, or a submission brings the queue to
-        `queue_len` requests, whichever comes first."""
-        fut: asyncio.Future[None] = self._loop.create_future()
-        self._waiter, self._wake_at = fut, queue_len
-        timer = self._loop.call_at(until, _resolve, fut) if until is not None else None
-        if done is not None:
-            done.add_done_callback(lambda _: _resolve(fut))
-        try:
-            await fut
-        finally:
-            if timer is not None:
-                timer.cancel()
-            self._waiter, self._wake_at = None, 1
 
     async def _run_batches(self, batch: list[Request]) -> None:
         """Run a batch and, while the queue holds full batches, the ones after it.
@@ -287,9 +181,9 @@ class Batcher:
             if self.profile is None and following is None:
                 full = self.policy.max_batch_size
                 if len(self.queue) < full and not running.future.done():
-                    await self._wait(None, done=running.future, queue_len=full)
+                    await self.shell.wait(None, done=running.future, queue_len=full)
                 if len(self.queue) >= full:
-                    following = self._start(self._cut(full), behind=True)
+                    following = self._start(self.shell.cut(full), behind=True)
             await self._finish(running)
             running, following = following, None
 
@@ -299,8 +193,8 @@ class Batcher:
         begins = max(now, self._busy_until) if behind else now
         self._busy_until = begins + self.batch_s(len(batch))
         model, profile = self.model, self.profile  # a switch mid-batch applies to the next
-        fut = self._model_thread.run(_timed, self._loop.time, model.run,
-                                     model_input([r.x for r in batch]))
+        fut = self.shell.model_thread.run(_timed, self._loop.time, model.run,
+                                          model_input([r.x for r in batch]))
         return _Running(batch, model.name, profile, fut)
 
     async def _finish(self, running: _Running) -> None:
@@ -329,40 +223,9 @@ class Batcher:
                             model_s=real, model_cpu_s=cpu)
         self._loop.call_soon(_answer, batch, out, running.model, queue_s, end - start)
 
-    # --- deadlines ------------------------------------------------------------------------
-
-    def _arm_expiry(self, when: float) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-        self._expiry_at = when
-        self._expiry = self._loop.call_at(when, self._expire)
-
-    def _expire(self) -> None:
-        self._expiry = None
-        self._expiry_at = float("inf")
-        now = self._loop.time()
-        expired = self.queue.expire(now)
-        if expired:
-            self.stats.on_expired(len(expired))
-            self.stats.queued -= len(expired)
-            for r in expired:
-                r.respond(wire.Result(sample_id=r.sample_id, status=wire.ResultStatus.EXPIRED,
-                                      queue_us=int((now - r.arrival) * 1e6),
-                                      reason="deadline passed in queue", cause="deadline"))
-        nxt = self.queue.next_deadline()
-        if nxt is not None:
-            self._arm_expiry(nxt)
-
     async def close(self) -> None:
-        """Refuse new work and answer everything still queued."""
-        self._closed = True
-        if self._expiry is not None:
-            self._expiry.cancel()
-        for r in self.queue.drain():
-            self.stats.on_rejected("shutdown")
-            r.respond(wire.Result(sample_id=r.sample_id, status=wire.ResultStatus.REJECTED,
-                                  reason="server shutting down", cause="shutdown"))
-        self.stats.queued = 0
+        """Refuse new work, answer everything still queued, end the replicas."""
+        self.shell.close()
         self._scaled.set()
         for extra in self._extra:
             if extra.task is not None:
@@ -370,7 +233,7 @@ class Batcher:
                 with contextlib.suppress(asyncio.CancelledError):
                     await extra.task
             extra.thread.shutdown()
-        self._model_thread.shutdown()
+        self.shell.model_thread.shutdown()
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,7 +277,3 @@ def _answer(batch: list[Request], out: BatchOutput, model: str, queue_s: np.ndar
         r.respond(wire.Result(sample_id=r.sample_id, prediction=p, confidence=c, queue_us=q,
                               compute_us=compute_us, batch_size=size, model=name))
 
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)

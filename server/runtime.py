@@ -22,6 +22,7 @@ from common.gear_plan import CASCADE_NAME
 from common.modelzoo import Zoo, ZooError
 from server.batcher import Batcher
 from server.control import Controller, every
+from server.early_exit.batcher import EarlyExitBatcher
 from server.fairness import RateLimits
 from server.guard import ConnectionGuard
 from server.heavy_model import ConfidenceTier, ServedModel
@@ -84,7 +85,7 @@ class Runtime:
     """Every heavy model loaded; the batcher runs one of them at a time."""
     profiles: dict[str, BatchProfile | None]
     stats: ServerStats
-    batcher: Batcher
+    batcher: Batcher | EarlyExitBatcher
     controller: Controller
     events: EventLog
     started_at: float

@@ -4,7 +4,9 @@ New requests wait in the admission queue (stage 0, with its deadline timer); sam
 not exit are parked before their next stage with their activations. `StageScheduler` (pure)
 picks each next batch; this shell runs the stage in the worker thread, pads it to the stage's
 emulated latency, answers the samples whose exit is confident enough at once, and parks the
-rest. A parked sample whose deadline passes is answered `expired` (its device falls back)."""
+rest. A parked sample whose deadline passes is answered `expired` (its device falls back).
+Admission, the queue's deadlines, sleeping and cutting are the `BatchShell`'s, which the plain
+batcher shares."""
 
 from __future__ import annotations
 
@@ -15,11 +17,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from common import protocol as wire
-from server.batch_policy import Idle, WaitUntil
-from server.batcher import Batcher
+from common.batch_profiles import BatchProfile
+from server.admission import Admission
+from server.batch_policy import BatchPolicy
+from server.batch_shell import UNMEASURED_PER_SAMPLE_S, BatchShell
 from server.early_exit.model import StagedModel
-from server.early_exit.stages import RunStage, StageScheduler, Waiting
-from server.request_queue import Request
+from server.early_exit.stages import RunStage, StageDecision, StageScheduler, Waiting
+from server.heavy_model import ServedModel
+from server.replicas import ReplicaLedger
+from server.request_queue import Request, RequestQueue
+from server.stats import ServerStats
 from server.tensors import model_input
 
 
@@ -31,11 +38,28 @@ class Parked:
     """When its first stage started (its queueing before that is its queue time)."""
 
 
-class EarlyExitBatcher(Batcher):
-    def __init__(self, model: StagedModel, *args: object, scheduler: StageScheduler,
-                 exit_threshold: float, target_s: float = 0.0, **kw: object) -> None:
-        super().__init__(model, *args, **kw)  # type: ignore[arg-type]
+class EarlyExitBatcher:
+    """Stage-by-stage batches on one accelerator, behind the interface the server uses for
+    the plain `Batcher`."""
+
+    def __init__(self, model: StagedModel, queue: RequestQueue, policy: BatchPolicy,
+                 profile: BatchProfile | None, stats: ServerStats,
+                 admission: Admission | None = None, *, scheduler: StageScheduler,
+                 exit_threshold: float, target_s: float = 0.0) -> None:
         self.staged = model
+        self.model: ServedModel = model
+        """The model the server reports and checks inputs against; `use` changes it, not the
+        stages run (the scenario refuses model switching in this mode)."""
+        self.queue = queue
+        self.policy = policy
+        self.profile = profile
+        """The whole model's profile: the admission estimate's batch time."""
+        self.stats = stats
+        self.shell = BatchShell(queue, policy, stats,
+                                admission or Admission("bound", queue.max_size), self)
+        self.admission = self.shell.admission
+        self.ledger = ReplicaLedger(1, self.shell.loop.time())
+        self._busy_until = 0.0
         self.scheduler = scheduler
         self.exit_threshold = exit_threshold
         self.target_s = target_s
@@ -44,25 +68,56 @@ class EarlyExitBatcher(Batcher):
         self.parked: list[list[Parked]] = [[] for _ in range(model.stages)]
         self.exits = [0] * model.stages
 
+    def now(self) -> float:
+        return self.shell.loop.time()
+
+    @property
+    def active(self) -> int:
+        """Replicas counted as provisioned."""
+        return self.ledger.active
+
+    def set_replicas(self, n: int) -> None:
+        """Count `n` replicas as provisioned (a policy's gear may ask for some); the stages
+        still run on one (the scenario refuses `replicas` and `autoscale` in this mode)."""
+        n = max(n, 1)
+        if n == self.ledger.active:
+            return
+        self.ledger.set(n, self.shell.loop.time(), {})
+        self.stats.on_replicas(n)
+
+    def submit(self, req: Request) -> None:
+        """Queue a request or raise `AdmissionRefused`; once queued, its `respond` will be
+        called exactly once."""
+        self.shell.submit(req)
+
+    def use(self, model: ServedModel, profile: BatchProfile | None) -> None:
+        """Report another heavy model (the stages keep running `staged`)."""
+        self.model = model
+        self.profile = profile
+
+    def batch_s(self, size: int) -> float:
+        """Expected duration of a whole-model batch: the emulated profile, or an estimate."""
+        return self.profile.target_s(size) if self.profile else UNMEASURED_PER_SAMPLE_S * size
+
+    def free_at(self) -> float:
+        """When the accelerator is free (for the admission estimate)."""
+        return self._busy_until
+
     def set_max_batch_size(self, n: int) -> None:
-        super().set_max_batch_size(n)
+        """Takes effect at the next batch."""
+        self.policy.max_batch_size = max(1, n)
         self.scheduler.max_batch_size = self.policy.max_batch_size
 
     async def run(self) -> None:
-        while True:
-            now = self._loop.time()
-            self._expire_parked(now)
-            for stage in self.parked[1:]:
-                stage.sort(key=lambda p: self._waiting(p.req).deadline)
-            queues = [[self._waiting(r) for r in self._stage0_view()]]
-            queues += [[self._waiting(p.req) for p in stage] for stage in self.parked[1:]]
-            decision = self.scheduler.decide(now, queues)
-            if isinstance(decision, Idle):
-                await self._wait(None)
-            elif isinstance(decision, WaitUntil):
-                await self._wait(decision.time)
-            elif isinstance(decision, RunStage):
-                await self._run_stage(decision, now)
+        await self.shell.serve(self._decide, self._run_stage)
+
+    def _decide(self, now: float) -> StageDecision:
+        self._expire_parked(now)
+        for stage in self.parked[1:]:
+            stage.sort(key=lambda p: self._waiting(p.req).deadline)
+        queues = [[self._waiting(r) for r in self._stage0_view()]]
+        queues += [[self._waiting(p.req) for p in stage] for stage in self.parked[1:]]
+        return self.scheduler.decide(now, queues)
 
     def _waiting(self, req: Request) -> Waiting:
         if self.target_s > 0:
@@ -81,7 +136,7 @@ class EarlyExitBatcher(Batcher):
         pick leave the queue for `parked[0]`, where they wait for their deadline in order."""
         held = self.parked[0]
         chosen = set(picks)
-        fresh = self._cut(max(picks) + 1 - len(held)) if max(picks) >= len(held) else []
+        fresh = self.shell.cut(max(picks) + 1 - len(held)) if max(picks) >= len(held) else []
         view = [p.req for p in held] + fresh
         self.parked[0] = [Parked(r, r.x, 0.0) for i, r in enumerate(view) if i not in chosen]
         return [view[i] for i in picks]
@@ -96,12 +151,12 @@ class EarlyExitBatcher(Batcher):
             items = [queue[i] for i in d.picks]
             self.parked[d.stage] = [p for i, p in enumerate(queue) if i not in chosen]
             x = np.stack([p.act for p in items])
-        start = self._loop.time()
+        start = self.shell.loop.time()
         profile = self.staged.stage_profiles[d.stage] if self.staged.stage_profiles else None
         self._busy_until = start + (profile.target_s(len(items)) if profile else 0.0)
         t = time.perf_counter()
         try:
-            probs, act = await self._model_thread.run(self.staged.run_stage, d.stage, x)
+            probs, act = await self.shell.model_thread.run(self.staged.run_stage, d.stage, x)
         except Exception as exc:  # a broken stage must not take the server down
             self.stats.on_failed(len(items))
             for p in items:
@@ -114,7 +169,7 @@ class EarlyExitBatcher(Batcher):
         target = profile.target_s(len(items)) if profile else 0.0
         if target > real:
             await asyncio.sleep(target - real)
-        end = self._loop.time()
+        end = self.shell.loop.time()
         last = d.stage == self.staged.stages - 1
         confs = probs.max(axis=1)
         done = [i for i in range(len(items)) if last or confs[i] >= self.exit_threshold]
@@ -151,6 +206,7 @@ class EarlyExitBatcher(Batcher):
                     cause="deadline"))
 
     async def close(self) -> None:
+        """Refuse new work and answer every parked and queued sample."""
         for s, stage in enumerate(self.parked):
             for p in stage:
                 self.stats.on_rejected("shutdown")
@@ -159,4 +215,5 @@ class EarlyExitBatcher(Batcher):
                                           reason=f"server shutting down (parked at stage "
                                                  f"{s + 1})", cause="shutdown"))
             stage.clear()
-        await super().close()
+        self.shell.close()
+        self.shell.model_thread.shutdown()

@@ -119,8 +119,7 @@ async def test_a_batch_that_fills_up_while_one_runs_is_handed_over_at_once() -> 
         submit(range(32, 42))
         # Not a full batch: the submission does not wake the batcher, which waits for the
         # running batch's end or a full queue.
-        assert batcher._waiter is not None and not batcher._waiter.done()
-        assert batcher._wake_at == 32 and len(queue) == 10
+        assert batcher.shell.waiting_for == 32 and len(queue) == 10
         submit(range(42, 64))
         # full: cut and handed over while the first runs
         await until_true(500, lambda: len(queue) == 0)

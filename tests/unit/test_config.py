@@ -130,3 +130,17 @@ def test_a_tier_task_needs_an_inference_delivery_network() -> None:
         scenario_from_dict({"name": "t", "tiers": {"mid": {"task": "parity"}}})
     with pytest.raises(ScenarioError, match="popularity"):
         scenario_from_dict({"name": "t", "tiers": {"mid": {"popularity": [[5, 1], [1, 2]]}}})
+
+
+def test_early_exit_refuses_a_model_switch_list(tmp_path: Path) -> None:
+    """The early-exit batcher runs its one staged model: a switch list would have model
+    switches reported that never happen, so the scenario is refused."""
+    path = write(tmp_path, '[server]\nheavy_model = "heavy-ee"\nmode = "early-exit"\n'
+                           'heavy_models = ["heavy-cnn-lite", "heavy-cnn"]\n')
+    with pytest.raises(ScenarioError, match=r"early-exit.*heavy_models") as err:
+        load_scenario(path)
+    assert str(path) in str(err.value)
+    assert load_scenario(write(tmp_path, '[server]\nheavy_model = "heavy-ee"\n'
+                                         'mode = "early-exit"\n')).server.mode == "early-exit"
+    assert load_scenario(write(tmp_path, '[server]\nmode = "whole"\nheavy_models = '
+                                         '["heavy-cnn-lite", "heavy-cnn"]\n')).server.heavy_models

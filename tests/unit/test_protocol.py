@@ -87,6 +87,21 @@ class TestInferFields:
         assert wire.infer_fields(wire.encode(msg)) == (7, "uint8", (8, 8), bytes(64), 250.0,
                                                        0.0)
 
+    def test_an_infer_with_every_field_set_comes_back_whole(self) -> None:
+        """The fast path and `Infer` agree: a device's infer with no field left at its default
+        takes the fast path and yields every field, in `Infer`'s order. A field added to
+        `Infer` fails here until the fast path reads it (it would otherwise be dropped, or
+        send every request down the slow path)."""
+        values: dict[str, object] = {"sample_id": 7, "dtype": "float32", "shape": (2, 8),
+                                     "data": bytes(64), "deadline_ms": 250.0, "hold_ms": 12.5}
+        names = [f.name for f in dataclasses.fields(wire.Infer)]
+        assert sorted(values) == sorted(names), "a new Infer field: set it here"
+        msg = wire.Infer(**values)  # type: ignore[arg-type]
+        assert all(getattr(msg, f.name) != f.default for f in dataclasses.fields(wire.Infer))
+        raw = wire.encode(msg)
+        assert wire.decode(raw) == msg
+        assert wire.infer_fields(raw) == tuple(getattr(msg, name) for name in names)
+
     @given(_NEAR_INFERS)
     @settings(max_examples=1000, deadline=None)
     def test_same_verdict_and_fields_as_decode(
