@@ -34,8 +34,15 @@ from testbed.console import (
 )
 from testbed.orchestrator import TOKEN_FILE, RunError, default_run_dir, run_scenario
 from testbed.results.collect import collect
-from testbed.results.expect import Expectation, ExpectError, parse_all, unmet
-from testbed.verdict import EXIT_BAD_INPUT, EXIT_FAILED, exit_code, last_line, stopped_line
+from testbed.results.expect import Expectation, ExpectError, parse_all, unmet, with_expectations
+from testbed.verdict import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    exit_code,
+    last_line,
+    partial_reasons,
+    stopped_line,
+)
 
 app = typer.Typer(help="Emulated edge devices + one shared batching server + cascade schedulers.",
                   no_args_is_help=True, add_completion=False,
@@ -235,7 +242,7 @@ def _execute(cfg: ScenarioConfig, out: Path | None, force: bool = False,
     finally:
         if view is not None:
             view.close()
-    summary = _with_expectations(result.summary, expectations or [])
+    summary = with_expectations(result.summary, expectations or [])
     print_summary(summary, console)
     console.print(f"run folder: {escape(str(result.run_dir))}")
     problems = summary["run"].get("problems", [])
@@ -262,19 +269,6 @@ def _start_dashboard(port: int, title: str) -> Any:
         raise typer.Exit(EXIT_BAD_INPUT) from None
     console.print(f"dashboard: {url}", soft_wrap=True)
     return view
-
-
-def _with_expectations(summary: dict[str, Any], expectations: list[Expectation]
-                       ) -> dict[str, Any]:
-    """The summary with the outcome of each --expect, and the unmet ones among its problems
-    (summary.json itself keeps what the run did, whatever was expected of it)."""
-    if not expectations:
-        return summary
-    run = summary.get("run") or {}
-    checks = [{"expect": e.text, "metric": e.metric, "ok": not unmet(summary, [e])}
-              for e in expectations]
-    problems = [*run.get("problems", []), *unmet(summary, expectations)]
-    return {**summary, "run": {**run, "problems": problems}, "expectations": checks}
 
 
 def _check_policy(policy: PolicyConfig) -> None:
@@ -600,27 +594,20 @@ def _tune(catalog: Any, chosen: list[Any], out: Path, reuse_any: bool, dry_run: 
     from testbed.claims import tuning as t
 
     everything = catalog.claims
-    tunings, bases, jobs = [], {}, []
-    for name in dict.fromkeys(c.scenario for c in chosen):
-        tuning, base = t.tuning_for(name, catalog.scenarios)
-        unequal = t.check_budgets(tuning, everything)
-        if unequal:
-            raise t.TuningError("unequal tuning budgets: " + "; ".join(unequal))
-        tunings.append(tuning)
-        bases[name] = base
-        jobs.append(t.plan_tuning(tuning, base, out))
-    every = [j for js in jobs for j in js]
-    failed = _run_claim_jobs(every, out, f"tuning of {len(tunings)} claim scenarios",
+    planned = t.plan_tunings(chosen, everything, out, catalog.scenarios)
+    every = [j for _, js in planned for j in js]
+    failed = _run_claim_jobs(every, out, f"tuning of {len(planned)} claim scenarios",
                              reuse_any, dry_run)
     if failed is None:
         return
-    results = [t.collect(tuning, js) for tuning, js in zip(tunings, jobs, strict=True)]
+    results = [t.collect(tuning, js) for tuning, js in planned]
     for result in results:
         console.print(tuning_table(result))
     where = t.chosen_path(catalog.scenarios)
     data = t.write_chosen(where, [r for r in results if not r.missing], everything)
+    tuned = {c.scenario for c in chosen}
     console.print(power_table({c.id: data["power"][c.id] for c in everything
-                               if c.id in data.get("power", {}) and c.scenario in bases}))
+                               if c.id in data.get("power", {}) and c.scenario in tuned}))
     console.print(f"chosen values written to {escape(str(where))}")
     for run_dir, error in failed.items():
         console.print(f"[red]{escape(str(run_dir))}:[/red] {escape(error)}")
@@ -689,18 +676,8 @@ def _report(run_dir: Path, devices: bool, figures: bool) -> dict[str, Any]:
     print_summary(summary, console, per_device=devices)
     run = summary.get("run", {})
     if run.get("partial"):
-        why = []
-        if not run.get("harness_ended", True):
-            why.append("the harness did not finish")
-        if run.get("interrupted"):
-            why.append("it was interrupted")
-        if run.get("devices_without_outcome"):
-            why.append(f"{len(run['devices_without_outcome'])} device processes left no "
-                       "outcome")
-        if run.get("torn_rows"):
-            why.append(f"{run['torn_rows']} torn rows")
-        console.print(f"[yellow]partial run:[/yellow] {'; '.join(why)}. The numbers cover "
-                      "the records that were written.")
+        console.print(f"[yellow]partial run:[/yellow] {'; '.join(partial_reasons(run))}. The "
+                      "numbers cover the records that were written.")
     if figures:
         from testbed.results.figures import run_figures
         from testbed.results.markdown import run_markdown
