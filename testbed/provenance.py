@@ -32,7 +32,7 @@ CODE_DIRS = ("common", "server", "emulated_devices", "testbed")
 """Folders (under the source root) whose files decide what a run measures."""
 CODE_FILES = ("pyproject.toml",)
 NOT_CODE = ("testbed/claims/", "testbed/dashboard/static/", "testbed/cli.py",
-            "testbed/console.py")
+            "testbed/commands/", "testbed/console.py")
 """Parts of the packages that judge or show runs but do not change them: the claims'
 catalog and statistics (a verdict is recomputed from the summaries on every call), the live
 view's page, and the command line and its console (what they make of the options is the

@@ -167,3 +167,18 @@ def stopped_line(stopped_by: str) -> str:
 def last_line(problems: list[str]) -> str:
     """The one line a failed run ends with."""
     return "run failed: " + "; ".join(problems)
+
+
+def partial_reasons(run: Mapping[str, Any]) -> list[str]:
+    """Why a summary is partial (its `run` part), one phrase each: the harness did not finish,
+    the run was interrupted, device processes left no outcome, rows were torn."""
+    why = []
+    if not run.get("harness_ended", True):
+        why.append("the harness did not finish")
+    if run.get("interrupted"):
+        why.append("it was interrupted")
+    if run.get("devices_without_outcome"):
+        why.append(f"{len(run['devices_without_outcome'])} device processes left no outcome")
+    if run.get("torn_rows"):
+        why.append(f"{run['torn_rows']} torn rows")
+    return why

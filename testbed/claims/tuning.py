@@ -325,6 +325,21 @@ def plan_tuning(tuning: Tuning, base: ScenarioConfig, out: Path) -> list[Job]:
     return jobs
 
 
+def plan_tunings(chosen: Iterable[Claim], claims: list[Claim], out: Path,
+                 scenarios: Path = SCENARIOS) -> list[tuple[Tuning, list[Job]]]:
+    """The tuning of each scenario the chosen claims name (once, in the order they name them)
+    with its runs under `out`; `TuningError` when a tuning gives the two tuned arms of any
+    claim (of `claims`, all of them) unequal budgets."""
+    planned = []
+    for name in dict.fromkeys(c.scenario for c in chosen):
+        tuning, base = tuning_for(name, scenarios)
+        unequal = check_budgets(tuning, claims)
+        if unequal:
+            raise TuningError("unequal tuning budgets: " + "; ".join(unequal))
+        planned.append((tuning, plan_tuning(tuning, base, out)))
+    return planned
+
+
 @dataclass
 class ArmChoice:
     arm: str

@@ -74,3 +74,18 @@ def unmet(summary: Mapping[str, Any], expectations: Iterable[Expectation]) -> li
             got = "no value" if value is None else f"{value:.6g}"
             problems.append(f"expected {e.text}, got {got}")
     return problems
+
+
+def with_expectations(summary: dict[str, Any], expectations: list[Expectation]
+                      ) -> dict[str, Any]:
+    """The summary with the outcome of each expectation (`expectations`: text, metric, ok) and
+    the unmet ones among its run's problems; without expectations, the summary itself.
+    summary.json keeps what the run did, whatever was expected of it: this is what the command
+    prints, judges and gives with --json."""
+    if not expectations:
+        return summary
+    run = summary.get("run") or {}
+    checks = [{"expect": e.text, "metric": e.metric, "ok": not unmet(summary, [e])}
+              for e in expectations]
+    problems = [*run.get("problems", []), *unmet(summary, expectations)]
+    return {**summary, "run": {**run, "problems": problems}, "expectations": checks}

@@ -118,6 +118,17 @@ class TestTuningFiles:
         assert t.check_budgets(lopsided, [claim()]) == [
             "c: fast has 3 configurations and design iterations, slow 2"]
 
+    def test_the_chosen_claims_scenarios_are_planned_once_and_unequal_budgets_refused(
+            self, tmp_path: Path) -> None:
+        root = folder(tmp_path)
+        planned = t.plan_tunings([claim(), claim(id="d")], [claim()], tmp_path / "runs", root)
+        [(tuning, jobs)] = planned
+        assert tuning.scenario == "two.toml" and len(jobs) == (2 + 3 + 1) * 2
+        (root / "tuning" / "two.toml").write_text(TUNING.replace(
+            "[arms.slow.z]\npolicy = { params = { threshold = 0.7 } }\n", ""))
+        with pytest.raises(t.TuningError, match="unequal tuning budgets: c: fast has 3"):
+            t.plan_tunings([claim(id="d")], [claim()], tmp_path / "runs", root)
+
 
 class TestChoosing:
     def test_each_arm_gets_its_best_configuration_that_meets_the_requirements(

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from common.config import ScenarioConfig, ScenarioError
 from testbed import cli
+from testbed.commands import runs
 from testbed.orchestrator import RunResult
 from testbed.verdict import run_problems
 
@@ -34,19 +35,19 @@ def fake_summary(lost: int = 0, **faults: int) -> dict[str, Any]:
 
 class TestOverrides:
     def test_options_replace_scenario_values(self) -> None:
-        cfg = cli.apply_overrides(ScenarioConfig(), devices=7, policy="static", duration=3.0,
-                                  slo_ms=90.0, mix="0:1:1", seed=4)
+        cfg = runs.apply_overrides(ScenarioConfig(), devices=7, policy="static", duration=3.0,
+                                   slo_ms=90.0, mix="0:1:1", seed=4)
         assert (cfg.devices.count, cfg.policy.name, cfg.duration_s, cfg.slo_ms,
                 cfg.devices.mix, cfg.seed) == (7, "static", 3.0, 90.0, "0:1:1", 4)
 
     def test_switching_policy_drops_the_old_params(self) -> None:
         base = ScenarioConfig()
-        base = cli.apply_overrides(base, policy="multitasc")
-        assert cli.apply_overrides(base, policy="static").policy.params == {}
+        base = runs.apply_overrides(base, policy="multitasc")
+        assert runs.apply_overrides(base, policy="static").policy.params == {}
 
     def test_invalid_override_is_refused(self) -> None:
         with pytest.raises(ScenarioError):
-            cli.apply_overrides(ScenarioConfig(), mix="1:1")
+            runs.apply_overrides(ScenarioConfig(), mix="1:1")
 
 
 class TestCommands:
@@ -59,7 +60,7 @@ class TestCommands:
             seen["cfg"], seen["dir"] = cfg, run_dir
             return RunResult(run_dir, fake_summary())
 
-        monkeypatch.setattr(cli, "run_scenario", fake_run)
+        monkeypatch.setattr(runs, "run_scenario", fake_run)
         res = runner.invoke(cli.app, ["up", "--devices", "3", "--policy", "static",
                                       "--duration", "2", "--out", str(tmp_path / "r")])
         assert res.exit_code == 0, res.output
@@ -67,7 +68,7 @@ class TestCommands:
 
     def test_lost_samples_fail_the_command(self, monkeypatch: pytest.MonkeyPatch,
                                            tmp_path: Path) -> None:
-        monkeypatch.setattr(cli, "run_scenario",
+        monkeypatch.setattr(runs, "run_scenario",
                             lambda cfg, d, p, **kw: RunResult(d, fake_summary(lost=2)))
         res = runner.invoke(cli.app, ["up", "--out", str(tmp_path / "r")])
         assert res.exit_code == 1 and "lost" in res.output
@@ -75,7 +76,7 @@ class TestCommands:
 
     def test_an_unplanned_server_death_fails_the_run_and_says_so_last(
             self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-        monkeypatch.setattr(cli, "run_scenario", lambda cfg, d, p, **kw: RunResult(
+        monkeypatch.setattr(runs, "run_scenario", lambda cfg, d, p, **kw: RunResult(
             d, fake_summary(server_crashes=1, device_crashes=2)))
         res = runner.invoke(cli.app, ["up", "--out", str(tmp_path / "r")])
         last = res.output.strip().splitlines()[-1]
@@ -84,7 +85,7 @@ class TestCommands:
 
     def test_an_interrupted_run_exits_130(self, monkeypatch: pytest.MonkeyPatch,
                                           tmp_path: Path) -> None:
-        monkeypatch.setattr(cli, "run_scenario", lambda cfg, d, p, **kw: RunResult(
+        monkeypatch.setattr(runs, "run_scenario", lambda cfg, d, p, **kw: RunResult(
             d, fake_summary(), interrupted=True))
         res = runner.invoke(cli.app, ["up", "--out", str(tmp_path / "r")])
         assert res.exit_code == 130

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from common.config import ScenarioConfig
 from testbed import cli
+from testbed.commands import runs
 from testbed.orchestrator import RunResult
 from tests.unit.test_cli import fake_summary
 
@@ -30,7 +31,7 @@ def fake_run(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         seen.append(run_dir)
         return RunResult(run_dir, fake_summary())
 
-    monkeypatch.setattr(cli, "run_scenario", run)
+    monkeypatch.setattr(runs, "run_scenario", run)
     return seen
 
 
@@ -156,9 +157,9 @@ class TestText:
             return RunResult(run_dir, fake_summary())
 
         sink = io.StringIO()
-        monkeypatch.setattr(cli, "run_scenario", run)
+        monkeypatch.setattr(runs, "run_scenario", run)
         # a console of its own: setting `file` on the shared one would pin it, after the test,
         # to whatever stream was current (the next CliRunner would see nothing)
-        monkeypatch.setattr(cli, "console", Console(file=sink, emoji=False))
+        monkeypatch.setattr(runs, "console", Console(file=sink, emoji=False))
         runner.invoke(cli.app, ["up", "--out", str(tmp_path / "r")])
         assert f"run folder: {tmp_path / 'r'}" in printed[0].replace("\n", "")

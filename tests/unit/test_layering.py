@@ -6,9 +6,11 @@ inside a function, of every module of the four packages, in one process.
     common/                       floor 1: imports none of the three
 
 The harness imports `server` and `emulated_devices` only lazily (inside a function) and only from
-its CLI and its child-process entry points, so the harness process stays light. Nothing imports
-by name at run time (`importlib.import_module`, `__import__`), which no reading of the source
-could follow, except the loader of user policies (`BY_NAME_DOOR`).
+one command module and its child-process entry points, so the harness process stays light. Inside
+the harness the command modules (testbed/commands/) sit above the library: only testbed/cli.py
+imports them, and only testbed/__main__.py imports it. Nothing imports by name at run time
+(`importlib.import_module`, `__import__`), which no reading of the source could follow, except
+the loader of user policies (`BY_NAME_DOOR`).
 The reader is scripts/import_graph.py's, which also draws the picture.
 """
 
@@ -24,8 +26,13 @@ ALLOWED: dict[str, set[str]] = {
     "emulated_devices": {"common", "emulated_devices"},
     "testbed": set(PACKAGES),
 }
-HARNESS_DOORS = {"testbed/cli.py", "testbed/launch.py"}
-"""The only harness modules that may import the floor below them, and only lazily."""
+HARNESS_DOORS = {"testbed/commands/parts.py", "testbed/launch.py"}
+"""The only harness modules that may import the floor below them, and only lazily: the command
+module of `policies`, `server`, `device` and of the policy check, and the children's entry
+points."""
+COMMANDS = "testbed.commands"
+"""The command modules: above the library, imported only by each other and testbed/cli.py
+(which only testbed/__main__.py imports)."""
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +80,21 @@ def test_the_harness_reaches_down_only_lazily_and_only_through_its_doors(
              if i.path.startswith("testbed/") and i.package in {"server", "emulated_devices"}
              and (i.path not in HARNESS_DOORS or not i.lazy)]
     assert not wrong, "\n".join(wrong)
+
+
+def test_only_the_cli_imports_the_commands(every_import: list[Import]) -> None:
+    def may_import(path: str, target: str) -> bool:
+        if target == "testbed.cli":
+            return path == "testbed/__main__.py"
+        if target == COMMANDS or target.startswith(COMMANDS + "."):
+            return path == "testbed/cli.py" or path.startswith("testbed/commands/")
+        return True
+
+    wrong = [f"{i.path}:{i.line} imports {i.target}" for i in every_import
+             if not may_import(i.path, i.target)]
+    assert not wrong, "\n".join(wrong)
+    assert any(i.path == "testbed/cli.py" and i.target.startswith(COMMANDS)
+               for i in every_import)
 
 
 BY_NAME_DOOR = "server/scheduling/plugins.py"

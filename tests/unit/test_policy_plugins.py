@@ -31,6 +31,7 @@ from server.scheduling.plugins import (
     resolve,
 )
 from testbed import cli
+from testbed.commands import claims, runs, shared
 from testbed.orchestrator import default_run_dir
 
 runner = CliRunner()
@@ -254,8 +255,9 @@ class TestCli:
     def no_runs(self, monkeypatch: pytest.MonkeyPatch) -> None:
         def refuse(*args: object, **kw: object) -> None:
             raise AssertionError("a run started")
-        monkeypatch.setattr(cli, "run_scenario", refuse)
-        monkeypatch.setattr(cli.console, "width", 300)  # one line is one line
+        monkeypatch.setattr(runs, "run_scenario", refuse)
+        monkeypatch.setattr(claims, "run_scenario", refuse)
+        monkeypatch.setattr(shared.console, "width", 300)  # one line is one line
 
     def test_policies_lists_built_ins_and_entry_points_with_params(self) -> None:
         res = runner.invoke(cli.app, ["policies"])

@@ -19,7 +19,7 @@ from common.scenario_file import scenario_to_dict
 from testbed.console import live_text
 from testbed.results.collect import collect
 from testbed.results.compare import compare, pair
-from testbed.results.expect import ExpectError, parse_expectation, unmet
+from testbed.results.expect import ExpectError, parse_expectation, unmet, with_expectations
 from testbed.results.folders import runs_in
 from testbed.results.headline import METRICS, canonical, lookup
 from testbed.results.metrics import arrivals_s
@@ -98,6 +98,19 @@ class TestExpect:
         s = summary(accuracy=None)
         assert unmet(s, [parse_expectation("accuracy<=1")]) == \
             ["expected accuracy<=1, got no value"]
+
+    def test_the_judged_summary_adds_the_checks_and_keeps_the_original(self) -> None:
+        s = summary(slo_satisfaction=0.85)
+        s["run"]["problems"] = ["2 samples were lost (generated, never answered)"]
+        checks = [parse_expectation(t) for t in ("slo_satisfaction>=0.9", "accuracy>0.5")]
+        judged = with_expectations(s, checks)
+        assert judged["expectations"] == [
+            {"expect": "slo_satisfaction>=0.9", "metric": "slo_satisfaction", "ok": False},
+            {"expect": "accuracy>0.5", "metric": "accuracy", "ok": True}]
+        assert judged["run"]["problems"] == [*s["run"]["problems"],
+                                             "expected slo_satisfaction>=0.9, got 0.85"]
+        assert "expectations" not in s and len(s["run"]["problems"]) == 1
+        assert with_expectations(s, []) is s
 
 
 def t_interval(d: list[float]) -> tuple[float, float, float]:

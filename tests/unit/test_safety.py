@@ -29,7 +29,13 @@ from common.scenario_file import load_scenario, scenario_from_dict
 from server.connection_limits import Admit, ConnectionLimits, Limits, Refuse
 from server.report_check import IN_FLIGHT_SLACK, ReportTotals, check_report
 from testbed.orchestrator import default_run_dir
-from testbed.verdict import exit_code, fault_fallback_limit, run_problems, stopped_line
+from testbed.verdict import (
+    exit_code,
+    fault_fallback_limit,
+    partial_reasons,
+    run_problems,
+    stopped_line,
+)
 
 TRAVERSALS = ["..", ".", "../../../escaped", "a/b", "/etc/passwd", "x/../../../escaped-name",
               "..\\x", "", "a\x00b", "new\nline", "é", "x" * 65, ".hidden", "-flag", "~1"]
@@ -339,6 +345,14 @@ class TestVerdict:
         assert fault_fallback_limit(None, faults_planned=False) == 0.05
         assert fault_fallback_limit(None, faults_planned=True) is None
         assert fault_fallback_limit(0.2, faults_planned=True) == 0.2
+
+    def test_a_partial_summary_says_why(self) -> None:
+        assert partial_reasons({"harness_ended": True}) == [] == partial_reasons({})
+        assert partial_reasons({"harness_ended": False, "interrupted": True,
+                                "devices_without_outcome": ["low-000", "mid-001"],
+                                "torn_rows": 3}) == [
+            "the harness did not finish", "it was interrupted",
+            "2 device processes left no outcome", "3 torn rows"]
 
 
 
