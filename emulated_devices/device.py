@@ -36,8 +36,14 @@ from emulated_devices.window import Window
 log = logging.getLogger(__name__)
 
 # Independent random streams per device, so changing one knob does not reshuffle the others.
+# A new stream goes at the end: the existing ones keep their values.
 STREAM_ARRIVALS, STREAM_COMPUTE, STREAM_UPLINK, STREAM_DOWNLINK, STREAM_DATA, STREAM_REPORTS = \
     range(6)
+STREAM_RECONNECT = 6
+"""The reconnect back-off's jitter: drawn from the compute stream, a reconnect reshuffled
+every later sample's compute time."""
+STREAMS = 7
+"""How many streams a device draws."""
 CONNECT_LEAD_S = 0.2
 """A device joining mid-run connects this long before its first sample is due."""
 RESULT_BYTES = 160
@@ -99,7 +105,7 @@ class Device:
         data = self._zoo.dataset("test")
         # A restarted device draws new streams; the first process keeps the original ones.
         key = [spec.seed, spec.index] + ([spec.incarnation] if spec.incarnation else [])
-        rngs = [np.random.default_rng([*key, s]) for s in range(6)]
+        rngs = [np.random.default_rng([*key, s]) for s in range(STREAMS)]
         self._report_rng = rngs[STREAM_REPORTS]
         self._order = rngs[STREAM_DATA].permutation(len(data.y))
         self._task_mod = self._zoo.label_mod(spec.spec.task)
@@ -117,7 +123,7 @@ class Device:
                              burst_off_s=spec.burst_off_s, trace=spec.trace_points)
         self._session = ServerSession(server_url, wire.Hello(
             device_id=spec.device_id, tier=spec.tier, model=spec.spec.model, token=token,
-            rate_sps=min(declared, wire.MAX_RATE_SPS)), self._compute_rng,
+            rate_sps=min(declared, wire.MAX_RATE_SPS)), rngs[STREAM_RECONNECT],
             on_welcome=self._on_welcome, on_message=self._on_message, on_lost=self._on_lost)
         self._records = RecordSink(out_dir, file_stem(spec.device_id, spec.incarnation),
                                    self._refused)
