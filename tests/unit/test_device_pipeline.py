@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import itertools
 import math
 from collections.abc import Awaitable, Callable
@@ -183,7 +184,7 @@ def test_reports_begin_at_a_random_phase_and_say_the_window_they_cover(tmp_path:
         await device.run()
         return sent
 
-    runs = [run_loop(lambda i=i: reports(i)) for i in range(4)]
+    runs = [run_loop(functools.partial(reports, i)) for i in range(4)]
     firsts = [sent[0][0] for sent in runs]
     assert all(0 <= t < 0.5 + 0.05 for t in firsts) and len({round(t, 3) for t in firsts}) == 4
     for sent in runs:
