@@ -502,8 +502,10 @@ class Device:
         self._flush_if_due()
 
     def _apply_threshold(self, value: float, epoch: int, force: bool = False) -> None:
+        """A threshold from the server: within [0, 1], or `wire.decode` would have refused its
+        message (the server clamps what its policy decides: `server.control.clamp_threshold`)."""
         if force or epoch > self.epoch:
-            self.threshold = min(max(float(value), 0.0), 1.0)
+            self.threshold = float(value)
             self.epoch = epoch
 
     def _on_report(self) -> None:
