@@ -164,7 +164,8 @@ class ServerConnection:
 class Backoff:
     """Waits between connection attempts: doubling from the first to the last of
     `RECONNECT_BACKOFF_S`, each up to half longer at random, so that devices a server dropped
-    together do not all come back at once."""
+    together do not all come back at once. `rng` is for this alone (the device's
+    `STREAM_RECONNECT`): a reconnect must not shift any other random draw."""
 
     rng: np.random.Generator
     base_s: float = RECONNECT_BACKOFF_S[0]
@@ -185,7 +186,7 @@ class ServerSession:
     reconnects with back-off until closed, and counts what crosses the socket.
 
     What the server's messages mean is the device's business: it hears of each welcome
-    (`on_welcome`, before anything is sent on the new connection), each message
+    (`on_welcome`, before the new connection counts as `connected`), each message
     (`on_message`, with its size in bytes) and each connection that ended or failed to start
     (`on_lost`)."""
 
