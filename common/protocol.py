@@ -216,6 +216,9 @@ _REQUIRED: Final[dict[type, frozenset[str]]] = {
     Threshold: frozenset({"value", "epoch"}),
     Error: frozenset({"code", "reason"}),
 }
+_THRESHOLDS: Final[dict[type, str]] = {Welcome: "threshold", Threshold: "value"}
+"""Messages that set a device's forwarding threshold, and its field: within [0, 1] (the server
+clamps what its policy decides), so a device can use the value as it comes."""
 MAX_TOKEN_LEN: Final = 512
 MAX_DIMS: Final = 8
 
@@ -315,6 +318,9 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
         body["shape"] = _check_shape(body["shape"])
     elif cls is Hello:
         _check_hello(body)
+    elif cls in _THRESHOLDS and not 0 <= body[_THRESHOLDS[cls]] <= 1:
+        raise ProtocolError(ErrorCode.MALFORMED,
+                            f"{kind}.{_THRESHOLDS[cls]} must be within 0 and 1")
     return cls(**body)  # type: ignore[no-any-return]
 
 

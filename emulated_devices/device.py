@@ -10,9 +10,7 @@ emulated downlink; without a reply before `reply_timeout_ms` the light answer is
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -24,41 +22,32 @@ import numpy as np
 
 from common import protocol as wire
 from common.config import DeviceSpec
-from common.files import as_disk_full, run_path
 from common.modelzoo import open_zoo
-from common.records import (
-    FlushDeadline,
-    GeneratedJournal,
-    RecordWriter,
-    SampleRecord,
-    Source,
-    file_stem,
-)
+from common.records import SampleRecord, Source, file_stem
 from emulated_devices.arrivals import arrival_times, peak_rate
-from emulated_devices.client import HandshakeRefused, ServerConnection
+from emulated_devices.client import ServerSession
 from emulated_devices.emulation import ComputeProfile, Impairment, Link, pad
 from emulated_devices.forwarding import get_rule
 from emulated_devices.light_model import light_stage
 from emulated_devices.loop_probe import TimerLag
+from emulated_devices.records import RecordSink
 from emulated_devices.window import Window
 
 log = logging.getLogger(__name__)
 
 # Independent random streams per device, so changing one knob does not reshuffle the others.
+# A new stream goes at the end: the existing ones keep their values.
 STREAM_ARRIVALS, STREAM_COMPUTE, STREAM_UPLINK, STREAM_DOWNLINK, STREAM_DATA, STREAM_REPORTS = \
     range(6)
-RECONNECT_BACKOFF_S = (0.05, 2.0)
+STREAM_RECONNECT = 6
+"""The reconnect back-off's jitter: drawn from the compute stream, a reconnect reshuffled
+every later sample's compute time."""
+STREAMS = 7
+"""How many streams a device draws."""
 CONNECT_LEAD_S = 0.2
 """A device joining mid-run connects this long before its first sample is due."""
 RESULT_BYTES = 160
 """About the size of a `result` frame, for the downlink time a reply needs."""
-FATAL_REFUSALS = frozenset({wire.ErrorCode.UNAUTHORIZED, wire.ErrorCode.BAD_VERSION,
-                            wire.ErrorCode.MALFORMED})
-"""Refusals that retrying cannot fix; a duplicate id may clear once the old session closes."""
-
-
-class RegistrationFailed(ConnectionError):
-    """The server will not accept this device (bad token, version, or hello)."""
 
 
 @dataclass(slots=True)
@@ -105,6 +94,9 @@ class DeviceOutcome:
 
 
 class Device:
+    """The sample pipeline of one emulated device, over its server session (`ServerSession`)
+    and its record files (`RecordSink`)."""
+
     def __init__(self, spec: DeviceSpec, server_url: str, *, token: str = "",
                  out_dir: Path | None = None, rule: str | None = None) -> None:
         self.spec = spec
@@ -113,7 +105,7 @@ class Device:
         data = self._zoo.dataset("test")
         # A restarted device draws new streams; the first process keeps the original ones.
         key = [spec.seed, spec.index] + ([spec.incarnation] if spec.incarnation else [])
-        rngs = [np.random.default_rng([*key, s]) for s in range(6)]
+        rngs = [np.random.default_rng([*key, s]) for s in range(STREAMS)]
         self._report_rng = rngs[STREAM_REPORTS]
         self._order = rngs[STREAM_DATA].permutation(len(data.y))
         self._task_mod = self._zoo.label_mod(spec.spec.task)
@@ -129,21 +121,12 @@ class Device:
         self._rule = get_rule(rule or spec.spec.rule)
         declared = peak_rate(spec.arrival, spec.rate_hz, burst_on_s=spec.burst_on_s,
                              burst_off_s=spec.burst_off_s, trace=spec.trace_points)
-        self._conn = ServerConnection(server_url, wire.Hello(
+        self._session = ServerSession(server_url, wire.Hello(
             device_id=spec.device_id, tier=spec.tier, model=spec.spec.model, token=token,
-            rate_sps=min(declared, wire.MAX_RATE_SPS)))
-        stem = file_stem(spec.device_id, spec.incarnation)
-        # Rows are buffered and flushed within FLUSH_WITHIN_S of the first (`_flush_if_due`):
-        # one write per flush instead of one per sample. The journal is written as each sample
-        # starts: it is what accounts for a killed process's samples, and a sample the harness
-        # never saw start could be neither completed nor aborted.
-        self._writer = RecordWriter(run_path(out_dir, "samples", stem, suffix=".csv"),
-                                    buffered=True) if out_dir else None
-        self._journal = GeneratedJournal(run_path(out_dir, "samples", stem, suffix=".gen")
-                                         ) if out_dir else None
-        self._flush = FlushDeadline()
-        self._outcome_path = run_path(out_dir, "devices", stem, suffix=".json") \
-            if out_dir else None
+            rate_sps=min(declared, wire.MAX_RATE_SPS)), rngs[STREAM_RECONNECT],
+            on_welcome=self._on_welcome, on_message=self._on_message, on_lost=self._on_lost)
+        self._records = RecordSink(out_dir, file_stem(spec.device_id, spec.incarnation),
+                                   self._refused)
         self.threshold = spec.spec.threshold if spec.spec.threshold is not None else 1.0
         self.epoch = -1
         self._pending: dict[int, Pending] = {}
@@ -151,31 +134,19 @@ class Device:
         self._window = Window()
         self._window_start = 0.0
         """When the current report window began (loop time)."""
-        self._connected = asyncio.Event()
-        self._welcomed = asyncio.Event()
         self._stop_rel: float = spec.duration_s
         self._sleep_future: asyncio.Future[None] | None = None
         self._free_at = 0.0
         """When the light model's current (emulated) computation ends."""
         self._next_arrival: tuple[int, asyncio.TimerHandle] | None = None
         self._arrivals_done: asyncio.Future[None] | None = None
-        self._write_error: OSError | None = None
-        """The first record write the disk refused: the device stops, and `run` raises it."""
-        self._closing = False
         self._t0 = 0.0
         self._wall0 = 0.0
         self.generated = 0
         self.late_replies = 0
         self.overruns = 0
-        self.reconnects = -1
-        self.requests_sent = 0
-        self.bytes_sent = 0
-        self.bytes_received = 0
         self._sources = {"light": 0, "heavy": 0, "fallback": 0, "rejected": 0}
         self._refusals: dict[str, int] = {}
-        self.last_connect_error = ""
-        self._attempt_failed = asyncio.Event()
-        """Why the last connection attempt failed (said when registering times out)."""
         self._refusal = ""
         self._loop = asyncio.get_running_loop()
         self._timers = TimerLag(self._loop)
@@ -186,35 +157,15 @@ class Device:
 
     def connect(self) -> None:
         """Start connecting (and reconnecting, with backoff) in the background."""
-        if getattr(self, "_connection_task", None) is None:
-            self._connection_task = asyncio.create_task(self._connection_loop())
+        self._session.connect()
 
     async def wait_registered(self, timeout_s: float, fail_fast: bool = False) -> None:
         """Start connecting and return once the server has welcomed this device; raise
         `RegistrationFailed` at once on a refusal that retrying cannot fix, TimeoutError if
         the server stays unreachable. `fail_fast` (a device started by hand): the first
-        failed connection attempt raises ConnectionError with its reason."""
-        self.connect()
-        welcomed = asyncio.create_task(self._welcomed.wait())
-        failed = asyncio.create_task(self._attempt_failed.wait())
-        waits = {welcomed, self._connection_task} | ({failed} if fail_fast else set())
-        done, _ = await asyncio.wait(waits, timeout=timeout_s,
-                                    return_when=asyncio.FIRST_COMPLETED)
-        failed.cancel()
-        if welcomed in done:
-            return
-        welcomed.cancel()
-        if failed in done and self._connection_task not in done:
-            await self._close()
-            raise ConnectionError(f"cannot connect: {self.last_connect_error}")
-        if self._connection_task in done:
-            await self._close()
-            self._connection_task.result()  # re-raises RegistrationFailed (or a bug) as it is
-            raise RegistrationFailed("the connection ended before the server welcomed us")
-        await self._close()
-        raise TimeoutError(f"no welcome from the server within {timeout_s:.0f} s"
-                           + (f" (last try: {self.last_connect_error})"
-                              if self.last_connect_error else ""))
+        failed connection attempt raises ConnectionError with its reason. A device that
+        fails to register is closed (its outcome written) before the error is raised."""
+        await self._session.wait_registered(timeout_s, fail_fast, self._close)
 
     async def run(self, start_wall: float | None = None, run_start_wall: float | None = None,
                   end_wall: float | None = None) -> DeviceOutcome:
@@ -258,8 +209,8 @@ class Device:
             self._report_timer = None
             await self._send_report()
             await self._close()
-        if self._write_error is not None:
-            raise self._write_error
+        if self._records.error is not None:
+            raise self._records.error
         return self.outcome()
 
     def stop(self) -> None:
@@ -277,34 +228,24 @@ class Device:
             self._sleep_future.set_result(None)
 
     def outcome(self) -> DeviceOutcome:
+        session = self._session
+        recorded = self._records.recorded
         return DeviceOutcome(
             device_id=self.spec.device_id, tier=self.spec.tier,
             incarnation=self.spec.incarnation, generated=self.generated,
-            recorded=self._writer.count if self._writer else sum(self._sources.values()),
+            recorded=recorded if recorded is not None else sum(self._sources.values()),
             final_threshold=self.threshold, late_replies=self.late_replies,
-            overruns=self.overruns, reconnects=max(self.reconnects, 0), sources=self._sources,
-            requests_sent=self.requests_sent, bytes_sent=self.bytes_sent,
-            bytes_received=self.bytes_received, loop_lag=self._timers.hist.to_dict(),
-            refused=dict(self._refusals), refusal=self._refusal)
+            overruns=self.overruns, reconnects=max(session.reconnects, 0),
+            sources=self._sources, requests_sent=session.requests_sent,
+            bytes_sent=session.bytes_sent, bytes_received=session.bytes_received,
+            loop_lag=self._timers.hist.to_dict(), refused=dict(self._refusals),
+            refusal=self._refusal)
 
     async def _close(self) -> None:
-        self._closing = True
-        self._flush_records()
-        task = getattr(self, "_connection_task", None)
-        await self._conn.close()
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        if self._writer is not None:
-            self._writer.close()
-        if self._journal is not None:
-            self._journal.close()
-        if self._outcome_path is not None:
-            try:
-                self._outcome_path.parent.mkdir(parents=True, exist_ok=True)
-                self._outcome_path.write_text(json.dumps(self.outcome().to_dict()))
-            except OSError as exc:  # the records already written still count
-                self._refused(as_disk_full(exc, self._outcome_path))
+        self._records.flush()
+        await self._session.close()
+        self._records.close()
+        self._records.write_outcome(self.outcome().to_dict())
 
     def _impair_links(self, offset_s: float) -> None:
         """Scenario link faults, given in run time, on this device's clock (this process
@@ -367,9 +308,7 @@ class Device:
                 self._end_arrivals()
                 return
             self.generated += 1
-            if self._journal is not None:
-                self._journal.started(i)
-                self._flush.buffered(self._loop.time())
+            self._records.started(i, self._loop.time())
             ready = max(t_sched, self._free_at)
             self._free_at, rec, pixels = self._process(i, t_sched, ready)
             # When the emulated computation ends is known now, and so is all that follows
@@ -383,22 +322,10 @@ class Device:
                 self._arrivals_done.set_exception(exc)
 
     def _flush_if_due(self) -> None:
-        """Flush buffered rows and journal lines now unless the next arrival's wake-up comes
-        early enough to do it (`FlushDeadline`); called at the end of every wake-up that may
-        have buffered something."""
+        """Flush buffered records unless the next arrival's wake-up comes early enough to do
+        it (`RecordSink.flush_if_due`)."""
         nxt = self._next_arrival
-        if self._flush.must_flush(None if nxt is None else nxt[1].when()):
-            self._flush_records()
-
-    def _flush_records(self) -> None:
-        self._flush.flushed()
-        try:
-            if self._journal is not None:
-                self._journal.flush()
-            if self._writer is not None:
-                self._writer.flush()
-        except OSError as exc:  # in a callback, where raising would only be logged
-            self._refused(exc)
+        self._records.flush_if_due(None if nxt is None else nxt[1].when())
 
     def _end_arrivals(self) -> None:
         if self._arrivals_done is not None and not self._arrivals_done.done():
@@ -442,7 +369,7 @@ class Device:
             self._finish(pending, "light", rec.light_pred, at=end)
             return
         self._window.on_forwarded()
-        if not self._connected.is_set():
+        if not self._session.connected:
             self._finish(pending, "fallback", rec.light_pred, "disconnected", at=end)
             return
         sid = rec.sample_id
@@ -471,22 +398,14 @@ class Device:
         instead of at the delivery time saves the device a wake-up per message (time slices
         per sample 1.8 -> 1.6 at 10 Hz, 6.9 -> 5.0 at 1 Hz); the socket's own time on loopback
         is tens of microseconds."""
-        try:
-            self._conn.send_nowait(data)
-        except (ConnectionError, RuntimeError, OSError):
-            if sid is not None:
-                self._fail(sid, "disconnected")
-            return
-        if sid is not None:
-            self.requests_sent += 1
-            self.bytes_sent += len(data)
+        if not self._session.send_nowait(data, request=sid is not None) and sid is not None:
+            self._fail(sid, "disconnected")
 
     def _on_result(self, res: wire.Result, nbytes: int) -> None:
         """A reply has reached the device's end of the socket. When the emulated downlink
         delivers it is known now, so the sample is answered now, as of that time, instead of
         waking up again to deliver it; a reply that would arrive after the reply timeout is
         late, and the timeout answers the sample as it would have."""
-        self.bytes_received += nbytes
         pending = self._pending.get(res.sample_id)
         if pending is None:
             self.late_replies += 1
@@ -541,58 +460,31 @@ class Device:
         self._sources[source] += 1
         self._window.on_answered(source, rec.slo_met, already_missed=pending.slo_counted,
                                  latency_ms=rec.latency_ms)
-        if self._writer is not None and self._write_error is None:
-            try:
-                self._writer.write(rec)
-            except OSError as exc:  # in a callback, where raising would only be logged
-                self._refused(exc)
-            self._flush.buffered(self._loop.time())
+        self._records.write(rec, self._loop.time())
 
     def _refused(self, exc: OSError) -> None:
-        """The disk refused a record: stop generating and end the run with the error (the
-        samples in flight are still answered; their rows cannot be written)."""
-        if self._write_error is None:
-            self._write_error = exc
-            log.error("%s; stopping", exc)
-            self.stop()
-            if self._arrivals_done is not None and not self._arrivals_done.done():
-                self._arrivals_done.set_exception(exc)
+        """The disk refused a record (the first time): stop generating and end the run with
+        the error (the samples in flight are still answered; their rows cannot be written)."""
+        log.error("%s; stopping", exc)
+        self.stop()
+        if self._arrivals_done is not None and not self._arrivals_done.done():
+            self._arrivals_done.set_exception(exc)
 
-    # --- connection, control messages and reports -----------------------------------------
+    # --- the server session's news, control messages and reports ---------------------------
 
-    async def _connection_loop(self) -> None:
-        backoff = RECONNECT_BACKOFF_S[0]
-        while not self._closing:
-            try:
-                welcome = await self._conn.open()
-                self.reconnects += 1
-                backoff = RECONNECT_BACKOFF_S[0]
-                self._apply_threshold(welcome.threshold, welcome.epoch, force=True)
-                self._uplink.reset()
-                self._connected.set()
-                self._welcomed.set()
-                async for msg, nbytes in self._conn.messages():
-                    self._on_message(msg, nbytes)
-                    self._flush_if_due()
-            except HandshakeRefused as exc:
-                log.error("%s: %s", self.spec.device_id, exc)
-                if exc.code in FATAL_REFUSALS:
-                    raise RegistrationFailed(str(exc)) from exc
-            except (TimeoutError, OSError, ConnectionError, wire.ProtocolError,
-                    RuntimeError) as exc:
-                log.debug("%s: connection failed: %r", self.spec.device_id, exc)
-                self.last_connect_error = str(exc) or type(exc).__name__
-                self._attempt_failed.set()
-            self._connected.clear()
-            for sid in list(self._pending):
-                self._fail(sid, "disconnected")
-            self._flush_if_due()
-            if self._closing:
-                break
-            await asyncio.sleep(backoff * (1 + 0.5 * float(self._compute_rng.random())))
-            backoff = min(backoff * 2, RECONNECT_BACKOFF_S[1])
+    def _on_welcome(self, welcome: wire.Welcome) -> None:
+        """A (new) connection: the server's threshold holds, and the uplink starts empty."""
+        self._apply_threshold(welcome.threshold, welcome.epoch, force=True)
+        self._uplink.reset()
+
+    def _on_lost(self) -> None:
+        """The connection ended (or never started): no reply can come to a forwarded sample."""
+        for sid in list(self._pending):
+            self._fail(sid, "disconnected")
+        self._flush_if_due()
 
     def _on_message(self, msg: wire.Message, nbytes: int) -> None:
+        """A message from the server, as the session receives it."""
         if isinstance(msg, wire.Result):
             self._on_result(msg, nbytes)
         elif isinstance(msg, wire.Threshold):
@@ -607,10 +499,13 @@ class Device:
                 self._refusal = self._refusal or "".join(
                     c if c.isprintable() else "?" for c in f"{code}: {msg.reason}"[:240])
                 self._fail(msg.sample_id, "error")
+        self._flush_if_due()
 
     def _apply_threshold(self, value: float, epoch: int, force: bool = False) -> None:
+        """A threshold from the server: within [0, 1], or `wire.decode` would have refused its
+        message (the server clamps what its policy decides: `server.control.clamp_threshold`)."""
         if force or epoch > self.epoch:
-            self.threshold = min(max(float(value), 0.0), 1.0)
+            self.threshold = float(value)
             self.epoch = epoch
 
     def _on_report(self) -> None:
@@ -623,10 +518,7 @@ class Device:
 
     async def _send_report(self) -> None:
         """The last report, sent directly as the device stops."""
-        data = wire.encode(self._take_report())
-        if self._connected.is_set():
-            with contextlib.suppress(ConnectionError, RuntimeError, OSError):
-                await self._conn.send(data)
+        await self._session.send(wire.encode(self._take_report()))
 
     def _take_report(self) -> wire.Report:
         now = self._loop.time()

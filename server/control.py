@@ -75,7 +75,7 @@ class Controller:
     def join(self, info: DeviceInfo, send: Callable[[bytes], None], now: float) -> wire.Welcome:
         if info.device_id in self.sessions:
             raise DuplicateDevice(info.device_id)
-        threshold = _clamp(self.policy.join(info, now))
+        threshold = clamp_threshold(self.policy.join(info, now))
         self.sessions[info.device_id] = DeviceSession(info, send, threshold)
         self.stats.devices.set(len(self.sessions))
         self.stats.threshold.labels(info.device_id).set(threshold)
@@ -127,7 +127,7 @@ class Controller:
         changed = {}
         for dev, value in decision.thresholds.items():
             session = self.sessions.get(dev)
-            value = _clamp(value)
+            value = clamp_threshold(value)
             if session is None or abs(value - session.threshold) < THRESHOLD_EPSILON:
                 continue
             session.threshold = value
@@ -179,7 +179,10 @@ def _live(session: DeviceSession) -> dict[str, Any]:
             {"p50": r.latency_p50_ms, "p95": r.latency_p95_ms}}
 
 
-def _clamp(value: float) -> float:
+def clamp_threshold(value: float) -> float:
+    """A policy's threshold (from `join` or `step`) within [0, 1], the range the wire accepts:
+    the one place a threshold is clamped to it (devices refuse a value outside it rather than
+    clamp again). A policy's own narrower bounds (`min_threshold`) are part of its law."""
     return min(max(float(value), 0.0), 1.0)
 
 

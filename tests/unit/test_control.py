@@ -15,7 +15,13 @@ import pytest
 
 from common import protocol as wire
 from common.events import EventLog, read_events
-from server.control import THRESHOLD_EPSILON, Controller, DuplicateDevice, every
+from server.control import (
+    THRESHOLD_EPSILON,
+    Controller,
+    DuplicateDevice,
+    clamp_threshold,
+    every,
+)
 from server.runtime import Runtime, ServerSettings
 from server.scheduling.base import (
     DeviceInfo,
@@ -98,6 +104,15 @@ def make_fleet(tmp_path: Path) -> Iterator[MakeFleet]:
 
 def decide(**thresholds: float) -> PolicyDecision:
     return PolicyDecision(thresholds=thresholds, note="test")
+
+
+@pytest.mark.parametrize(("value", "clamped"), [(1.7, 1.0), (-0.2, 0.0), (0.3, 0.3), (0, 0.0),
+                                               (1, 1.0), (1e-12, 1e-12), (float("inf"), 1.0)])
+def test_clamp_threshold_keeps_a_threshold_within_0_and_1(value: float, clamped: float) -> None:
+    """The one clamp of a threshold: every policy's output passes it (`join` and `step`
+    below); the wire refuses a value outside [0, 1] rather than clamping it again."""
+    out = clamp_threshold(value)
+    assert out == clamped and type(out) is float
 
 
 class TestThresholdMessages:

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import itertools
 import math
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
+
 from common import protocol as wire
 from common.config import DeviceSpec, ScenarioConfig, device_specs
 from common.records import FIELDS, SampleRecord, format_row, read_records
+from emulated_devices.client import RECONNECT_BACKOFF_S, Backoff
 from emulated_devices.device import Device, Pending
 from emulated_devices.loop_probe import precise_loop
 
@@ -180,7 +184,7 @@ def test_reports_begin_at_a_random_phase_and_say_the_window_they_cover(tmp_path:
         await device.run()
         return sent
 
-    runs = [run_loop(lambda i=i: reports(i)) for i in range(4)]
+    runs = [run_loop(functools.partial(reports, i)) for i in range(4)]
     firsts = [sent[0][0] for sent in runs]
     assert all(0 <= t < 0.5 + 0.05 for t in firsts) and len({round(t, 3) for t in firsts}) == 4
     for sent in runs:
@@ -188,3 +192,34 @@ def test_reports_begin_at_a_random_phase_and_say_the_window_they_cover(tmp_path:
         assert math.isclose(sent[0][1].window_s, sent[0][0], abs_tol=0.02)
         for (t0, _), (t1, report) in itertools.pairwise(sent):
             assert math.isclose(report.window_s, t1 - t0, abs_tol=0.02)
+
+
+def test_reconnecting_leaves_the_compute_draws_as_they_were() -> None:
+    """The back-off between connection attempts has a random stream of its own: a device that
+    failed to connect, and retried, several times during its run has drawn exactly one compute
+    time per sample, the same ones as a device that never tried."""
+    spec = low_tier_spec(rate_hz=20.0, duration_s=1.0)
+
+    async def go() -> tuple[Device, Device]:
+        ran = Device(spec, NO_SERVER)
+        await ran.run()
+        return ran, Device(spec, NO_SERVER)
+
+    ran, fresh = run_loop(go)
+    backoff = ran._session._backoff
+    assert ran._session.last_connect_error and backoff.base_s >= 4 * RECONNECT_BACKOFF_S[0]
+    assert backoff.rng.bit_generator.state != fresh._session._backoff.rng.bit_generator.state
+    assert ran.generated > 5
+    for _ in range(ran.generated):
+        ran._compute.sample_s(fresh._compute_rng)
+    assert ran._compute_rng.bit_generator.state == fresh._compute_rng.bit_generator.state
+
+
+def test_backoff_doubles_to_its_cap_with_up_to_half_more_and_starts_over() -> None:
+    first, cap = RECONNECT_BACKOFF_S
+    backoff = Backoff(np.random.default_rng(0))
+    waits = [backoff.next_s() for _ in range(10)]
+    bases = [min(first * 2**k, cap) for k in range(10)]
+    assert all(b <= w <= 1.5 * b for w, b in zip(waits, bases, strict=True))
+    backoff.reset()
+    assert first <= backoff.next_s() <= 1.5 * first

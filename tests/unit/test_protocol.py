@@ -165,6 +165,19 @@ class TestRefusals:
         raw = msgpack.packb({"type": "threshold", "value": math.nan, "epoch": 1})
         assert "finite" in _refused(raw, wire.ErrorCode.MALFORMED)
 
+    @pytest.mark.parametrize("raw", [
+        msgpack.packb({"type": "threshold", "value": 1.5, "epoch": 1}),
+        msgpack.packb({"type": "threshold", "value": -0.01, "epoch": 1}),
+        msgpack.packb({"type": "welcome", "threshold": 2, "epoch": 0})])
+    def test_a_threshold_outside_0_1_is_refused_not_clamped(self, raw: bytes) -> None:
+        """A device uses the server's threshold as it comes (the server clamps it)."""
+        assert "within 0 and 1" in _refused(raw, wire.ErrorCode.MALFORMED)
+
+    @pytest.mark.parametrize("value", [0, 1, 0.0, 1.0])
+    def test_a_threshold_may_be_either_bound(self, value: float) -> None:
+        assert wire.decode(wire.encode(wire.Threshold(value, 1))) == wire.Threshold(value, 1)
+        assert wire.decode(wire.encode(wire.Welcome(value, 0))) == wire.Welcome(value, 0)
+
     @pytest.mark.parametrize("hold", [-1.0, wire.MAX_HOLD_MS + 1, math.inf])
     def test_a_hold_is_a_duration_within_bounds(self, hold: float) -> None:
         for raw in (msgpack.packb({"type": "infer", "sample_id": 1, "dtype": "uint8",
