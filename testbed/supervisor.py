@@ -397,7 +397,11 @@ def _take(run: _Run, node: str, answer: dict[str, Any]) -> None:
 
 
 def _write_chunks(run: _Run, node: str, chunks: list[Chunk]) -> None:
+    """Append a node's new bytes to the run folder; once the disk refused one, the rest
+    would only leave gaps, so they are dropped (the run is stopping for it)."""
     for chunk in chunks:
+        if run.disk_full:
+            return
         try:
             run.sink.write(node, chunk)
         except (BadChunk, ValueError) as exc:
