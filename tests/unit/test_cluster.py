@@ -29,6 +29,7 @@ from testbed.cluster.placement import (
     name_nodes,
     pick_node,
     place_devices,
+    place_idn_nodes,
     placement_event,
 )
 from testbed.faults import plan_faults
@@ -179,6 +180,36 @@ class TestPlaceDevices:
                                    "server": False, "lost_node": False}}
 
 
+class TestPlaceIdnNodes:
+    def test_unnamed_ones_go_to_the_node_with_the_fewest_servers(self) -> None:
+        three = nodes(("head", {}), ("node1", {}), ("node2", {}))
+        placed = place_idn_nodes(["r", "e1", "e2", "a1"], three, {}, {"head": 1})
+        assert placed == {"r": "node1", "e1": "node2", "e2": "head", "a1": "node1"}
+
+    def test_a_mapping_names_a_node_or_a_resource(self) -> None:
+        two = nodes(("head", {}), ("node1", {"gpu": 1.0}))
+        placed = place_idn_nodes(["r", "e1", "e2"], two, {"r": "gpu", "e1": "head"},
+                                 {"head": 1})
+        assert placed == {"r": "node1", "e1": "head", "e2": "node1"}
+
+    def test_unknown_names_are_refused_saying_which(self) -> None:
+        two = nodes(("head", {}), ("node1", {}))
+        with pytest.raises(PlacementError, match="edge9"):
+            place_idn_nodes(["e1"], two, {"edge9": "head"}, {})
+        with pytest.raises(PlacementError, match="node7"):
+            place_idn_nodes(["e1"], two, {"e1": "node7"}, {})
+
+    def test_the_placement_event_names_them_and_the_figures_say_where(self) -> None:
+        two = nodes(("head", {}), ("node1", {}))
+        event = placement_event({"low-000": "node1"}, {"low-000": "low"}, two, "head",
+                                {"e1": "node1"})
+        assert event["idn_nodes"] == {"e1": "node1"} and set(event["nodes"]) == {"head",
+                                                                                  "node1"}
+        row = {"device_id": "low-000", "generated": 3, "samples": 3, "aborted": 0,
+               "slo_satisfaction": 1.0}
+        assert node_figures(event, [row], set())["node1"]["idn_nodes"] == ["e1"]
+
+
 class TestShipping:
     def test_ships_whole_lines_then_the_rest_at_the_end(self, tmp_path: Path) -> None:
         node, run = tmp_path / "node", tmp_path / "run"
@@ -316,6 +347,9 @@ class TestScenarioFields:
         ({"nodes": [{"resource": "../x", "tiers": ["low"]}]}, "must be a name"),
         ({"server_node": "a b"}, "must be a name"),
         ({"nodes": [{"tiers": ["low"]}]}, "missing keys"),
+        ({"idn_nodes": {"../edge": "node1"}}, "must be a name"),
+        ({"idn_nodes": {"edge": "node 1"}}, "must be a name"),
+        ({"idn_nodes": ["edge"]}, "must be a table"),
     ])
     def test_bad_cluster_tables(self, cluster: dict[str, object], needle: str) -> None:
         with pytest.raises(ScenarioError, match=needle):
