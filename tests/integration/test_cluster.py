@@ -97,6 +97,7 @@ def test_three_nodes_one_killed_mid_run_every_sample_accounted(tmp_path: Path) -
                 urllib.request.urlopen(urllib.request.Request(url + path, data=data),
                                        timeout=5)
             assert refused.value.code == 401
+            refused.value.close()  # its socket, else a ResourceWarning fails a later test
         # Every process of the run: Ray's (GCS, raylets, workers), agents, forkservers,
         # the server and the 30 devices; none may outlive the run.
         family = {p.pid: p for p in psutil.Process(proc.pid).children(recursive=True)}
