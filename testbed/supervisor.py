@@ -301,6 +301,9 @@ def _supervise(cfg: ScenarioConfig, run_dir: Path, nodes: Nodes, progress: Progr
             run.events.emit("interrupted", signal=run.stops.name)
             run.progress.phase(f"stopped by {run.stops.name}: stopping devices cleanly "
                                "(Ctrl-C again to kill)")
+            if not run.resources and run.devices:  # stopped before they were sampled
+                with run.stops.deferred():
+                    run.resources = _resources(run)
             _stop_devices(run)
         _stop_servers(run)
     finally:
