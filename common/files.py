@@ -106,6 +106,28 @@ def run_path(run_dir: Path, *parts: str, suffix: str = "") -> Path:
     return path
 
 
+def file_mode() -> int:
+    """The mode a new result file gets: 0666 less the process's umask, as `open` gives (a
+    temporary file would be 0600, and results would be private while the scenario beside them
+    is not). Only the run's `.token` is kept private, on purpose."""
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process's umask: from /proc on Linux (reading it does not change it); elsewhere by
+    setting it and putting it back."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def whole_file(path: Path, newline: str | None = None) -> Iterator[TextIO]:
     """A text file that appears at `path` only once it is complete: written to a temporary
@@ -114,6 +136,7 @@ def whole_file(path: Path, newline: str | None = None) -> Iterator[TextIO]:
     tmp: str | None = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "w", newline=newline) as f:
             yield f
             f.flush()

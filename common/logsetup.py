@@ -69,7 +69,7 @@ def configure_logging(level: str = "INFO", tag: str = "", logfile: Path | None =
     handlers: list[logging.Handler]
     if logfile is not None:
         logfile.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
         os.dup2(fd, 2)
         os.close(fd)
         sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115 - lives with the process

@@ -138,7 +138,7 @@ class Sink:
         if chunk.whole:
             write_whole(path, chunk.data.decode(errors="replace"))
         else:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666)
             try:
                 if os.fstat(fd).st_size < chunk.offset:
                     raise BadChunk(f"{chunk.path}: a gap before byte {chunk.offset}")

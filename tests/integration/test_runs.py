@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ import pytest
 
 from common.config import DevicesConfig, PolicyConfig, ScenarioConfig, ServerConfig
 from common.events import read_events
+from common.files import file_mode
 from common.records import iter_record_files, read_records
 from testbed.orchestrator import run_scenario
 
@@ -64,6 +66,12 @@ def test_run_accounts_for_every_sample(tmp_path: Path) -> None:
     assert len(joins) == 6
     assert json.loads((run_dir / "summary.json").read_text())["policy"] == "static"
     assert stray_children() == []
+    # One mode for every result file (the umask's), so whoever may read the scenario may
+    # read the results; only the token is private.
+    modes = {p.relative_to(run_dir).as_posix(): stat.S_IMODE(p.stat().st_mode)
+             for p in run_dir.rglob("*") if p.is_file()}
+    assert modes.pop(".token") == 0o600
+    assert set(modes.values()) == {file_mode()}, modes
 
 
 def _mean_final_threshold(summary: dict[str, object]) -> float:

@@ -4,6 +4,7 @@ and the run verdict, tested as plain functions (docs/security.md)."""
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from common.files import (
     InputFileError,
     OutsideRunFolder,
     check_regular,
+    file_mode,
     read_text,
     resolve_token,
     run_path,
@@ -185,6 +187,20 @@ class TestRunFolder:
         (run / "samples").symlink_to(tmp_path)
         with pytest.raises(OutsideRunFolder):
             run_path(run, "samples", "low-000", suffix=".csv")
+
+
+    @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+    def test_whole_files_follow_the_umask_as_opened_ones_do(self, tmp_path: Path, umask: int,
+                                                          mode: int) -> None:
+        before = os.umask(umask)
+        try:
+            write_whole(tmp_path / "summary.json", "{}")
+            (tmp_path / "scenario.toml").write_text("")
+        finally:
+            os.umask(before)
+        assert file_mode() == 0o666 & ~before  # read without changing it
+        for name in ("summary.json", "scenario.toml"):
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
 
 
 class TestDiskFull:
