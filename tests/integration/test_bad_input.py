@@ -246,6 +246,8 @@ class TestLimits:
             assert isinstance(err, wire.Error) and err.code == wire.ErrorCode.BAD_TENSOR
             await ws.close()
 
+    @pytest.mark.slow
+
     async def test_slow_client_is_cut_off_and_others_are_served(self, url: str) -> None:
         """A client that sends but never reads fills its socket; once replies have been stuck
         for `slow_client_stall_s` the server aborts it, while another device is served."""

@@ -64,6 +64,7 @@ def _alive(p: psutil.Process) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", PATHS)
 def test_faults_then_ctrl_c_every_sample_accounted(tmp_path: Path, where: list[str]) -> None:
     cluster = bool(where)
@@ -143,6 +144,7 @@ def _node_lost_alone(out: Path, s: dict[str, object]) -> None:
         {"devices.head.log", "devices.node1.log"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", PATHS)
 def test_a_disk_that_fills_mid_run_stops_it_with_the_cause(tmp_path: Path,
                                                           where: list[str]) -> None:

@@ -68,6 +68,7 @@ def invoke(*args: str) -> Any:
     return res
 
 
+@pytest.mark.slow
 def test_known_answers_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     scenarios = tmp_path / "scenarios"
     (scenarios / "tuning").mkdir(parents=True)

@@ -126,6 +126,7 @@ async def probe_page(port: int, page_url: str, until: float, screenshot: Path) -
             return seen
 
 
+@pytest.mark.slow
 def test_up_dashboard_in_headless_chromium_shows_the_runs_devices(tmp_path: Path) -> None:
     if CHROMIUM is None:
         pytest.skip("no chromium binary on PATH (Debian: apt-get install chromium)")
@@ -169,6 +170,7 @@ def test_up_dashboard_in_headless_chromium_shows_the_runs_devices(tmp_path: Path
     assert token not in run.output and str(out / ".token") in run.output
 
 
+@pytest.mark.slow
 def test_watch_follows_a_run_already_going_and_ends_with_it(tmp_path: Path) -> None:
     out = tmp_path / "run"
     run = Harness("up", "--devices", "2", "--duration", "6", "--policy", "static",

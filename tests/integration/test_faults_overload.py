@@ -53,6 +53,7 @@ def events_of(run_dir: Path) -> list[dict[str, Any]]:
     return read_events(run_dir / "events.jsonl")
 
 
+@pytest.mark.slow
 def test_every_kind_of_fault_keeps_every_sample_accounted_for(tmp_path: Path) -> None:
     cfg = load_scenario(ROOT / "scenarios" / "faults.toml")
     cfg = dataclasses.replace(cfg, duration_s=14.0,
@@ -101,6 +102,7 @@ def harness_event(run_dir: Path, kind: str) -> dict[str, Any] | None:
                  if e["kind"] == kind), None)
 
 
+@pytest.mark.slow
 def test_crashes_are_noticed_and_restarted(tmp_path: Path) -> None:
     """Processes killed from outside the harness (not planned faults) are recorded as crashes
     and restarted when the scenario asks for it."""
@@ -130,6 +132,7 @@ def test_crashes_are_noticed_and_restarted(tmp_path: Path) -> None:
     assert not s["run"]["partial"]
 
 
+@pytest.mark.slow
 def test_killed_harness_leaves_readable_partial_records(tmp_path: Path) -> None:
     """SIGKILL to the harness alone: its children stop by themselves (the forkserver sees its
     parent go, devices and server get SIGTERM from the kernel), the records stay readable and
@@ -205,6 +208,7 @@ class _Monitor:
             time.sleep(0.1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("admission", ["bound", "deadline"])
 def test_ten_times_capacity_is_shed_and_counted(tmp_path: Path, admission: str) -> None:
     # Capacity: batches of 8 take 20 + 8 * 10 = 100 ms, i.e. 80 samples/s. Offered: 8 devices

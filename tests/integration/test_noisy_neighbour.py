@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from scripts.noisy_neighbour import FLOODER, compare
 
 
+@pytest.mark.slow
 def test_a_flooding_device_does_not_hurt_the_others(tmp_path: Path) -> None:
     r = compare(devices=6, duration=6.0, seed=7, policy="static", out=tmp_path)
     flood = r["flood"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from common.modelzoo import EMBEDDED_ZOO
 from common.scenario_file import load_scenario
@@ -25,6 +26,7 @@ name = "static"
 """
 
 
+@pytest.mark.slow
 def test_a_zoo_of_copies_and_float32_data_runs_with_the_embedded_accuracy(
         tmp_path: Path) -> None:
     with np.load(EMBEDDED_ZOO / "digits-noisy.npz") as d:

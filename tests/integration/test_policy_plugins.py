@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from common.events import read_events
 
 TESTBED = Path(sys.executable).with_name("testbed")
@@ -33,6 +35,7 @@ def thresholds(run_dir: Path) -> tuple[dict[str, float], dict[str, float], dict[
     return joined, final, tiers
 
 
+@pytest.mark.slow
 def test_up_runs_the_example_policy_by_spec(tmp_path: Path) -> None:
     run_dir = tmp_path / "by-spec"
     res = run_testbed(["up", "--devices", "4", "--duration", "3", "--policy",
@@ -46,6 +49,7 @@ def test_up_runs_the_example_policy_by_spec(tmp_path: Path) -> None:
     assert set(joined.values()) == {0.5} and set(final.values()) == {0.5}  # its default
 
 
+@pytest.mark.slow
 def test_run_uses_the_entry_point_name_and_the_params(tmp_path: Path) -> None:
     scenario = tmp_path / "constant.toml"
     scenario.write_text('name = "ep"\nduration_s = 3\n[devices]\ncount = 4\nrate_hz = 10\n'
@@ -60,6 +64,7 @@ def test_run_uses_the_entry_point_name_and_the_params(tmp_path: Path) -> None:
     assert joined == want and final == want
 
 
+@pytest.mark.slow
 def test_a_value_only_the_policy_can_judge_fails_the_start_in_one_line(tmp_path: Path) -> None:
     """Kinds are checked by the harness; a range is the constructor's to check, in the server
     process as it starts: the run stops there with the policy's own words and exit 2."""

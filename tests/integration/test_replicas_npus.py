@@ -17,6 +17,7 @@ from tests.integration.test_faults_overload import check_accounting
 HEAVIES = ["heavy-cnn-lite", "heavy-cnn", "heavy-cnn-xl"]
 
 
+@pytest.mark.slow
 def test_autoscaling_follows_a_load_step_and_the_run_is_charged_what_it_provisioned(
         tmp_path: Path) -> None:
     """Every sample to one heavy model whose replica serves ~90 samples/s at batch 8: 2 then
@@ -47,6 +48,7 @@ def test_autoscaling_follows_a_load_step_and_the_run_is_charged_what_it_provisio
     assert s["samples"]["fallback"] == 0 and s["samples"]["rejected"] == 0
 
 
+@pytest.mark.slow
 def test_gears_run_server_cascades_on_the_replicas_their_plan_provisions(
         tmp_path: Path) -> None:
     """Devices send every sample; the plan, for an accuracy target, picks server-side
@@ -81,6 +83,7 @@ def test_gears_run_server_cascades_on_the_replicas_their_plan_provisions(
     assert s["cost"]["peak_replicas"] > 1
 
 
+@pytest.mark.slow
 def test_an_early_exit_model_on_the_npus_answers_every_sample_to_completion(
         tmp_path: Path) -> None:
     """The exit-aware scheduler on the fluid NPU with a soft target: requests past it still

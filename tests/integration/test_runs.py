@@ -42,6 +42,7 @@ def scenario(**kw: object) -> ScenarioConfig:
     return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_run_accounts_for_every_sample(tmp_path: Path) -> None:
     """generated == completed, nothing lost, every record readable, children gone."""
     result = run_scenario(scenario(), tmp_path / "run")
@@ -79,6 +80,7 @@ def _mean_final_threshold(summary: dict[str, object]) -> float:
     return sum(values) / len(values)
 
 
+@pytest.mark.slow
 def test_multitasc_lowers_thresholds_when_the_server_is_overloaded(tmp_path: Path) -> None:
     """Offered load far above the emulated server's capacity: thresholds come down and the
     SLO is met far more often than with the same thresholds held static."""
@@ -99,6 +101,7 @@ def test_multitasc_lowers_thresholds_when_the_server_is_overloaded(tmp_path: Pat
         assert s["samples"]["lost"] == 0
 
 
+@pytest.mark.slow
 def test_multitasc_raises_thresholds_when_the_server_has_room(tmp_path: Path) -> None:
     cfg = scenario(duration_s=6.0, devices=DevicesConfig(count=4, mix="0:1:0", rate_hz=10.0),
                    server=ServerConfig(batch_base_ms=1.0, batch_per_sample_ms=0.1),
@@ -110,6 +113,7 @@ def test_multitasc_raises_thresholds_when_the_server_has_room(tmp_path: Path) ->
     assert s["slo_satisfaction"] > 0.9 and s["samples"]["lost"] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,group,code", [
     (signal.SIGINT, True, 130),  # Ctrl-C: the terminal signals the whole process group
     (signal.SIGTERM, False, 143),  # timeout, systemd, docker stop: the harness alone

@@ -9,12 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "testbed", *args],
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_json_expect_samples_csv_and_compare(tmp_path: Path) -> None:
     out = tmp_path / "run"
     res = cli("up", "--devices", "3", "--duration", "3", "--policy", "static", "--json",

@@ -156,6 +156,7 @@ class TestBeforeAuthentication:
 
 
 class TestServerWideBounds:
+    @pytest.mark.slow
     async def test_held_messages_are_bounded_per_server_and_released_on_close(
             self, tmp_path: Path) -> None:
         """40 devices each try to hold 2,000 samples for an hour on their emulated uplink
@@ -253,6 +254,7 @@ class TestServerWideBounds:
 
 
 class TestSlowloris:
+    @pytest.mark.slow
     async def test_trickled_headers_under_a_low_file_limit_do_not_lock_out_others(
             self, tmp_path: Path) -> None:
         """300 connections that never finish their headers, with 256 files allowed: the
@@ -365,6 +367,7 @@ def _event(run_dir: Path, kind: str) -> dict[str, object] | None:
 
 
 class TestFailedRuns:
+    @pytest.mark.slow
     def test_a_server_that_hangs_then_dies_fails_the_run_and_says_why_last(
             self, tmp_path: Path) -> None:
         """SIGSTOP for 4 s (the process alive, nothing answering), then SIGKILL. The harness
@@ -433,6 +436,7 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
                           capture_output=True).returncode == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", ["64k"])
 def test_a_full_disk_stops_the_run_cleanly_and_says_so(tmp_path: Path, size: str) -> None:
     disk = tmp_path / "tiny"

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from common.events import read_events
 from common.gear_plan import read_plan
 from common.records import iter_record_files, read_records
@@ -18,6 +20,7 @@ from tests.integration.test_faults_overload import check_accounting
 HEAVIES = ["heavy-cnn-lite", "heavy-cnn", "heavy-cnn-xl"]
 
 
+@pytest.mark.slow
 def test_testbed_plan_writes_a_plan_the_cli_can_print(tmp_path: Path) -> None:
     scenario = tmp_path / "s.toml"
     scenario.write_text('name = "p"\n[devices]\ncount = 20\n'
@@ -33,6 +36,7 @@ def test_testbed_plan_writes_a_plan_the_cli_can_print(tmp_path: Path) -> None:
     assert "gear plan" in done.stdout
 
 
+@pytest.mark.slow
 def test_gears_follow_the_load_and_apply_thresholds_and_models(tmp_path: Path) -> None:
     """4 then 24 devices: the run plans for itself, starts on the cheapest gear, moves up to
     an accurate one for 4 devices and down again when the load rises; the devices use the
@@ -65,6 +69,7 @@ def test_gears_follow_the_load_and_apply_thresholds_and_models(tmp_path: Path) -
     assert step["count"] >= 50 and step["p50"] > 0  # measured; its size is for the report
 
 
+@pytest.mark.slow
 def test_agreement_ensembles_forward_on_disagreement_and_count_traffic(tmp_path: Path) -> None:
     members = ["light-low", "light-low-b", "light-low-c"]
     cfg = scenario_from_dict({
@@ -87,6 +92,7 @@ def test_agreement_ensembles_forward_on_disagreement_and_count_traffic(tmp_path:
     assert comm["requests_per_sample"] == round(sent / s["samples"]["generated"], 5)
 
 
+@pytest.mark.slow
 def test_agreement_threshold_is_calibrated_when_the_scenario_sets_none(tmp_path: Path) -> None:
     cfg = scenario_from_dict({
         "name": "coe-cal", "duration_s": 2, "policy": {"name": "static"},
@@ -99,6 +105,7 @@ def test_agreement_threshold_is_calibrated_when_the_scenario_sets_none(tmp_path:
     check_accounting(result.run_dir, result.summary)
 
 
+@pytest.mark.slow
 def test_server_ensemble_tier_before_the_final_model(tmp_path: Path) -> None:
     """Three levels: device ensembles -> server ensemble (lite + base, unanimity) -> XL."""
     cfg = scenario_from_dict({
@@ -112,6 +119,7 @@ def test_server_ensemble_tier_before_the_final_model(tmp_path: Path) -> None:
     assert answered == {"agreement(heavy-cnn-lite+heavy-cnn)", "heavy-cnn-xl"}
 
 
+@pytest.mark.slow
 def test_early_exit_mode_answers_at_every_exit_and_loses_nothing(tmp_path: Path) -> None:
     for scheduler in ("slack", "fcfs"):
         cfg = scenario_from_dict({
@@ -128,6 +136,7 @@ def test_early_exit_mode_answers_at_every_exit_and_loses_nothing(tmp_path: Path)
         assert all(r.source == "heavy" for r in early)
 
 
+@pytest.mark.slow
 def test_whole_network_mode_runs_every_stage(tmp_path: Path) -> None:
     cfg = scenario_from_dict({
         "name": "ee-whole", "duration_s": 3, "policy": {"name": "server-only"},
@@ -150,6 +159,7 @@ def idn_scenario(policy: str) -> dict[str, object]:
              "devices": 1}]}}
 
 
+@pytest.mark.slow
 def test_idn_nodes_learn_to_serve_close_to_the_devices(tmp_path: Path) -> None:
     """Three real server processes; with latency all that counts (alpha 0) the small model
     fits at the access node and serving there is cheapest, so the access node takes over."""
@@ -169,6 +179,7 @@ def test_idn_nodes_learn_to_serve_close_to_the_devices(tmp_path: Path) -> None:
     assert set(s["server"]["idn_nodes"]) == {"edge", "access"}
 
 
+@pytest.mark.slow
 def test_idn_cloud_only_serves_everything_at_the_repository(tmp_path: Path) -> None:
     result = run_scenario(scenario_from_dict(idn_scenario("cloud-only")), tmp_path / "c")
     check_accounting(result.run_dir, result.summary)
@@ -186,6 +197,7 @@ def test_plan_profiles_a_model_on_this_host_when_the_server_does_not_pad() -> No
     assert p.target_s(32) > p.target_s(1)
 
 
+@pytest.mark.slow
 def test_a_multi_task_network_serves_each_task_with_its_own_models(tmp_path: Path) -> None:
     """Tiers doing three tasks on one tree: every answer comes from a model of the sample's
     task, the devices judge it against that task's labels, and the access node's budget
@@ -212,6 +224,7 @@ def test_a_multi_task_network_serves_each_task_with_its_own_models(tmp_path: Pat
     assert len({m.split("-")[0] for m in held}) >= 2  # more than one task's models
 
 
+@pytest.mark.slow
 def test_a_cascade_of_ensembles_sends_only_what_its_edge_tier_disagrees_on_to_the_cloud(
         tmp_path: Path) -> None:
     """An edge node with the ensemble of the two cheaper heavy models, the cloud behind a

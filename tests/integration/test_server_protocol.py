@@ -305,6 +305,8 @@ class TestDeviceByHand:
         assert proc.returncode is not None
         return proc.returncode, out.decode()
 
+    @pytest.mark.slow
+
     async def test_runs_and_accounts_for_its_samples(self, server_url: str,
                                                      tmp_path: Path) -> None:
         code, out = await self._run_device(server_url, "--token", TOKEN, "--duration", "2",

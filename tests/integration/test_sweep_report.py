@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from common.events import read_events
 from common.records import iter_record_files, read_records
 from common.scenario_file import scenario_from_dict
@@ -19,6 +21,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_sweep_resumes_and_the_report_draws_every_figure(tmp_path: Path) -> None:
     scenario = tmp_path / "s.toml"
     scenario.write_text('name = "mini"\nduration_s = 2\n[devices]\nmix = "1:1:1"\n'
@@ -43,6 +46,7 @@ def test_sweep_resumes_and_the_report_draws_every_figure(tmp_path: Path) -> None
     assert all((out / "figures" / f).stat().st_size > 5000 for f in figures)
 
 
+@pytest.mark.slow
 def test_devices_join_and_leave_in_phases(tmp_path: Path) -> None:
     """Phases 2 -> 5 -> 1 devices: the server sees joins and leaves when the phases change,
     a device that comes back is a new process, and every sample is accounted for."""
@@ -70,6 +74,7 @@ def test_devices_join_and_leave_in_phases(tmp_path: Path) -> None:
     assert by_device["low-000"]["generated"] > by_device["mid-004"]["generated"] > 0
 
 
+@pytest.mark.slow
 def test_run_report_writes_figures(tmp_path: Path) -> None:
     cfg = scenario_from_dict({"name": "one", "duration_s": 3, "devices": {"count": 3}})
     run_scenario(cfg, tmp_path / "run")
@@ -80,6 +85,7 @@ def test_run_report_writes_figures(tmp_path: Path) -> None:
     assert "| tier |" in (tmp_path / "run" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_multitasc_pp_switches_to_the_costlier_model_when_load_is_light(tmp_path: Path) -> None:
     """Four devices leave the server idle: MultiTASC++ moves from the default heavy model to the
     most accurate variant, the server announces it, and later heavy answers name it."""

@@ -68,6 +68,7 @@ def test_samples_in_counts_scheduled_arrivals_in_the_window(tmp_path: Path) -> N
     assert bench().samples_in(tmp_path, (1002.0, 1005.0)) == 2 * 3  # 1002, 1003, 1004
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [None, 2.0])
 def test_the_floors_wake_at_the_rate_asked_and_count_cpu_per_arrival(extra: float | None
                                                                     ) -> None:
