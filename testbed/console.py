@@ -18,7 +18,7 @@ from common.gear_plan import GearPlan
 from testbed.claims.runner import Verdict, verdict_cells
 from testbed.claims.tuning import TuningResult
 from testbed.results.compare import Comparison
-from testbed.results.headline import FRACTIONS
+from testbed.results.headline import FRACTIONS, LABELS
 from testbed.sweep import SweepPoint
 
 
@@ -289,7 +289,8 @@ def compare_table(result: Comparison, a: str, b: str) -> Table:
             return "-" if x is None else format(x * scale, ("+" if sign else "") + fmt)
 
         ci = "-" if d.low is None else f"[{show(d.low, True)}, {show(d.high, True)}]"
-        table.add_row(d.metric + (" (%)" if pct else ""), show(d.a), show(d.b),
+        table.add_row(LABELS.get(d.metric, d.metric) + (" (%)" if pct else ""), show(d.a),
+                      show(d.b),
                       show(d.diff, True) + (unit if d.diff is not None else ""),
                       escape(ci), str(d.n))
     return table

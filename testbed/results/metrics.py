@@ -137,6 +137,8 @@ def summarize(records: Iterable[SampleRecord], devices: Sequence[DeviceTally], *
         "slo_satisfaction": overall["slo_satisfaction"],
         "accuracy": overall["accuracy"],
         "accuracy_at_slo": overall["accuracy_at_slo"],
+        "goodput_sps": round(sum(r.latency_ms <= slo_ms for r in all_records) / duration_s, 3)
+        if duration_s > 0 else None,
         "throughput_sps": round(n / duration_s, 3) if duration_s > 0 else None,
         "forward_rate": overall["forward_rate"],
         "latency_ms": overall["latency_ms"],

@@ -123,6 +123,10 @@ class TestCompare:
         tp = next(m for m in json.loads(res.stdout)["metrics"]
                   if m["metric"] == "throughput_sps")
         assert tp["diff"] == 2.5 and tp["ci95"] is None
+        figures = [m["metric"] for m in json.loads(res.stdout)["metrics"]]
+        assert figures[:4] == ["goodput_sps", "slo_satisfaction", "accuracy", "latency_ms.p95"]
+        table = runner.invoke(cli.app, ["compare", str(tmp_path / "a"), str(tmp_path / "b")])
+        assert "offered load" in table.stdout  # throughput is labelled for what it is
 
     def test_not_a_run(self, tmp_path: Path) -> None:
         res = runner.invoke(cli.app, ["compare", str(tmp_path), str(tmp_path)])

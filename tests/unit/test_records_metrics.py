@@ -122,6 +122,7 @@ class TestMetrics:
         assert s["accuracy"] == pytest.approx(3 / 4)
         assert s["forward_rate"] == pytest.approx(2 / 5)
         assert s["throughput_sps"] == pytest.approx(2.0)
+        assert s["goodput_sps"] == pytest.approx(3 / 2.0)  # the 3 answers within 150 ms
         assert s["emulation"]["compute_overrun_fraction"] == pytest.approx(1 / 4)
         low = next(d for d in s["per_device"] if d["device_id"] == "low-000")
         assert low["lost"] == 1 and low["final_threshold"] == 0.7

@@ -168,7 +168,7 @@ class TestCompare:
 
     def test_json_is_serialisable(self) -> None:
         out = compare([("a", summary())], [("b", summary())]).to_json()
-        assert json.loads(json.dumps(out))["metrics"][0]["metric"] == "slo_satisfaction"
+        assert json.loads(json.dumps(out))["metrics"][0]["metric"] == "goodput_sps"
 
     def test_folders(self, tmp_path: Path) -> None:
         for k in (1, 2):
