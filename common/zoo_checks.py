@@ -16,6 +16,8 @@ from typing import Any, Final, NoReturn
 
 import numpy as np
 
+from common.model_output import OutputError, card_output
+
 DATA_DTYPES: Final = {"uint8": "pixels 0-255, models take them / 255",
                       "float32": "features, used as they are"}
 ROLES: Final = ("light", "heavy", "early_exit")
@@ -60,6 +62,10 @@ def check_card(model: str, card: Mapping[str, Any]) -> None:
     accuracy = card.get("accuracy")
     if not isinstance(accuracy, Mapping) or not _unit(accuracy.get("val")):
         _fail(f"model {model}: card needs accuracy.val in [0, 1]")
+    try:
+        card_output(card)
+    except OutputError as exc:
+        _fail(f"model {model}: {exc}")
     if "stages" in card or role == "early_exit":
         check_stages(model, card.get("stages"))
     if role != "light":

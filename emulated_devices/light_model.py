@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from common.cascade_math import vote_shares
+from common.model_output import card_output, session_output
 from common.modelzoo import Zoo, open_session, to_model_input
 from common.zoo_checks import PIXEL_SCALE
 
@@ -40,7 +41,11 @@ class LightModel:
         path = zoo.model_path(name)
         self._session = _PRELOADED.get(str(path)) or open_session(path, 1, 1)
         self._input = self._session.get_inputs()[0].name
-        self._outputs = [self._session.get_outputs()[0].name]
+        # The output its card names (zoo init picks it: skl2onnx puts `label` first), read as
+        # it is unless it is a ZipMap's maps or logits.
+        self._output = session_output(self._session, card_output(zoo.card(name)), name)
+        self._outputs = [self._output.name]
+        self._as_is = not (self._output.zipmap or self._output.softmax)
         self._buf: np.ndarray | None = None
         self._feed: dict[str, np.ndarray] = {}
         # The binding's own run: `InferenceSession.run` checks, on every call, the input
@@ -62,7 +67,8 @@ class LightModel:
             feed = self._feed
         else:
             feed = {self._input: to_model_input(pixels[None])}
-        probs: np.ndarray = self._run(self._outputs, feed, None)[0]
+        raw = self._run(self._outputs, feed, None)[0]
+        probs: np.ndarray = raw if self._as_is else self._output.probabilities(raw)
         first: np.ndarray = probs[0]
         return first
 

@@ -11,6 +11,7 @@ import numpy as np
 from common.batch_profiles import BatchProfile
 from common.cascade_math import agreement_forwards, forwards, vote_shares
 from common.gear_plan import cascade_name
+from common.model_output import card_output, session_output
 from common.modelzoo import Zoo, open_session
 
 
@@ -34,10 +35,16 @@ class HeavyModel:
         self._input = inp.name
         self.sample_shape: tuple[int, ...] = tuple(int(d) for d in inp.shape[1:])
         self.sample_size = int(np.prod(self.sample_shape))
+        # The output the card names (the first by default), as probabilities: a ZipMap's maps
+        # become an array, logits go through a softmax when the card says so.
+        self._output = session_output(self._session, card_output(self.card), name)
+        self._outputs = [self._output.name]
+        self._as_is = not (self._output.zipmap or self._output.softmax)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """float32 [b, *sample_shape] -> class probabilities [b, classes]."""
-        probs: np.ndarray = self._session.run(None, {self._input: batch})[0]
+        raw = self._session.run(self._outputs, {self._input: batch})[0]
+        probs: np.ndarray = raw if self._as_is else self._output.probabilities(raw)
         return probs
 
     def run(self, batch: np.ndarray) -> BatchOutput:

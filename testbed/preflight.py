@@ -15,6 +15,7 @@ from typing import Any
 
 from common.batch_profiles import BatchProfile, heavy_model_names, profile_for
 from common.config import ScenarioConfig
+from common.model_output import OutputError, card_output, session_output
 from common.modelzoo import Zoo, ZooError, open_session, open_zoo
 from common.zoo_checks import ZooFormatError, check_fits, model_classes
 
@@ -94,11 +95,15 @@ def _session_shape(zoo: Zoo, name: str, sample_shape: tuple[int, ...],
     except Exception as exc:  # onnxruntime's own error types
         raise CheckFailed(f"model {name}: {path.name} cannot be loaded by onnxruntime "
                           f"({str(exc).splitlines()[0][:160]})") from None
-    inputs, outputs = session.get_inputs(), session.get_outputs()
+    inputs = session.get_inputs()
     if len(inputs) != 1 or inputs[0].type != "tensor(float)":
         raise CheckFailed(f"model {name}: needs exactly one float32 input")
     check_fits(sample_shape, inputs[0].shape, name, f"the zoo's data ({zoo.root})")
-    classes = model_classes(outputs[0].shape)
+    try:
+        output = session_output(session, card_output(zoo.card(name)), name)
+    except OutputError as exc:
+        raise CheckFailed(str(exc)) from None
+    classes = model_classes(output.shape)
     expected = task_classes or zoo.classes
     if classes is not None and expected is not None and classes != expected:
         raise CheckFailed(f"model {name}: outputs {classes} classes, its "

@@ -2,10 +2,13 @@
 format (docs/zoo.md), so a scenario runs them with `zoo = "DIR"`.
 
 Everything is checked and measured before anything is written: the dataset against the zoo
-format (`common.zoo_checks`) and every model's input shape, every model's output as class
-probabilities. Then the models and the dataset are copied, and the index and one card per
-model written, with accuracy, the threshold curves of each light model against each heavy one
-and latency measured on this host (onnxruntime, one thread, as devices and the server run).
+format (`common.zoo_checks`) and every model's input shape; the output holding each model's
+class probabilities is picked (`--output`, else by name or shape, `common.model_output`) and
+logits are put through a softmax (`--logits`, or when the values cannot be probabilities),
+which its card records for devices and the server. Then the models and the dataset are
+copied, and the index and one card per model written, with accuracy, the threshold curves of
+each light model against each heavy one and latency measured on this host (onnxruntime, one
+thread, as devices and the server run).
 """
 
 from __future__ import annotations
@@ -22,6 +25,14 @@ from typing import Any, Final
 
 import numpy as np
 
+from common.model_output import (
+    ModelOutput,
+    OutputError,
+    describe,
+    describe_output,
+    probability_candidates,
+)
+from common.model_output import softmax as softmax_rows
 from common.modelzoo import open_session
 from common.names import BadName, check_name
 from common.zoo_checks import (
@@ -98,14 +109,34 @@ def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
     return round(float((probs.argmax(axis=1) == y).mean()), 4)
 
 
-def check_probabilities(probs: np.ndarray, model: str) -> None:
-    """Confidence is the top-1 probability: outputs must be probabilities, not logits."""
-    ok = probs.ndim == 2 and np.isfinite(probs).all() and (probs >= -1e-6).all() \
-        and np.allclose(probs.sum(axis=1), 1.0, atol=1e-3)
-    if not ok:
-        raise ZooInitError(f"model {model}: its first output must be class probabilities "
-                           "[batch, classes] that sum to 1 per sample (end the model with a "
-                           "Softmax)")
+def is_probabilities(probs: np.ndarray) -> bool:
+    """Rows of values in [0, 1] that sum to 1: class probabilities, not logits."""
+    return bool(probs.ndim == 2 and np.isfinite(probs).all() and (probs >= -1e-6).all()
+                and (probs <= 1 + 1e-6).all()
+                and np.allclose(probs.sum(axis=1), 1.0, atol=1e-3))
+
+
+def output_choices(args: Sequence[str], models: Sequence[ModelFile]) -> dict[str, str]:
+    """`--output` arguments as model name -> output name: `NAME` for every model, or
+    `MODEL=NAME` for one (which wins over a `NAME` for all)."""
+    names = {m.name for m in models}
+    every: str | None = None
+    chosen: dict[str, str] = {}
+    for arg in args:
+        model, eq, output = arg.partition("=")
+        if not eq:
+            every = arg
+            continue
+        if model not in names:
+            raise ZooInitError(f"--output {arg[:80]!r}: there is no model {model[:40]!r} "
+                               f"(models: {', '.join(sorted(names))})")
+        chosen[model] = output
+    out = {}
+    for m in models:
+        picked = chosen.get(m.name, every)
+        if picked is not None:
+            out[m.name] = picked
+    return out
 
 
 def load_data(path: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
@@ -146,50 +177,83 @@ def _open(model: ModelFile) -> Any:
                            f"onnxruntime can run ({str(exc).splitlines()[0][:160]})") from None
 
 
-def _predict(session: Any, name: str, x: np.ndarray) -> np.ndarray:
-    parts = [session.run(None, {name: to_model_input(x[i:i + PREDICT_BATCH])})[0]
+def _predict(session: Any, name: str, output: ModelOutput, x: np.ndarray) -> np.ndarray:
+    parts = [output.probabilities(session.run([output.name],
+                                              {name: to_model_input(x[i:i + PREDICT_BATCH])})[0])
              for i in range(0, len(x), PREDICT_BATCH)]
     return np.concatenate(parts)
 
 
-def _measure(model: ModelFile, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> _Measured:
+def _choose_output(session: Any, model: str, name: str | None) -> Any:
+    """The output to read: the one named (`--output`), else the best of
+    `probability_candidates` (named like probabilities, else a float [batch, classes] tensor,
+    else a ZipMap)."""
+    outputs = session.get_outputs()
+    if name is not None:
+        found = next((o for o in outputs if o.name == name), None)
+        if found is None:
+            raise ZooInitError(f"model {model}: has no output {name!r} (--output); its "
+                               f"outputs: {describe(outputs)}")
+        return found
+    candidates = probability_candidates(outputs)
+    if not candidates:
+        raise ZooInitError(f"model {model}: no output looks like class probabilities (a float "
+                           "[batch, classes] tensor or a ZipMap); choose one with --output "
+                           f"NAME (or --output {model}=NAME); its outputs: {describe(outputs)}")
+    return candidates[0]
+
+
+def _measure(model: ModelFile, splits: dict[str, tuple[np.ndarray, np.ndarray]],
+             output_name: str | None = None, logits: bool = False) -> _Measured:
     session = _open(model)
-    inputs, outputs = session.get_inputs(), session.get_outputs()
+    inputs = session.get_inputs()
     if len(inputs) != 1 or inputs[0].type != "tensor(float)":
         raise ZooInitError(f"model {model.name}: needs exactly one float32 input (has "
                            f"{[(i.name, i.type) for i in inputs]})")
     shape = [d if isinstance(d, int) else None for d in inputs[0].shape]
-    out_shape = [d if isinstance(d, int) else None for d in outputs[0].shape]
     try:
         for split, (x, _) in splits.items():
             check_fits(x.shape[1:], inputs[0].shape, model.name, f"dataset split {split}")
     except ZooFormatError as exc:
         raise ZooInitError(str(exc)) from None
+    output = describe_output(_choose_output(session, model.name, output_name), False)
+    choose = (f"choose another with --output NAME (or --output {model.name}=NAME); its "
+              f"outputs: {describe(session.get_outputs())}")
     try:
-        probs = {s: _predict(session, inputs[0].name, x) for s, (x, _) in splits.items()}
+        raw = {s: _predict(session, inputs[0].name, output, x) for s, (x, _) in splits.items()}
+    except OutputError as exc:
+        raise ZooInitError(f"model {model.name}: output {output.name}: {exc}; {choose}") \
+            from None
     except Exception as exc:
         raise ZooInitError(f"model {model.name} fails on the dataset: "
                            f"{str(exc).splitlines()[0][:160]}") from None
-    for p in probs.values():
-        check_probabilities(p, model.name)
+    if any(p.ndim != 2 or p.shape[1] < 2 or not np.isfinite(p).all() for p in raw.values()):
+        raise ZooInitError(f"model {model.name}: output {output.name} is not class "
+                           "probabilities or logits (finite values [batch, classes], at least "
+                           f"2 classes); {choose}")
+    # Logits when told, or when the values cannot be probabilities (outside [0, 1], rows not
+    # summing to 1): a softmax makes them probabilities, and the card records it.
+    softmax = logits or not all(is_probabilities(p) for p in raw.values())
+    probs = {s: softmax_rows(p) for s, p in raw.items()} if softmax else raw
+    out_shape = list(output.shape) if not output.zipmap else [None, raw["test"].shape[1]]
     return _Measured(model, session, {"name": inputs[0].name, "shape": shape},
-                     {"name": outputs[0].name, "shape": out_shape}, probs)
+                     {"name": output.name, "shape": out_shape, "softmax": softmax}, probs)
 
 
 def latency_ms(session: Any, input_name: str, x: np.ndarray, batches: Sequence[int],
-               reps: int) -> dict[str, float]:
+               reps: int, outputs: list[str] | None = None) -> dict[str, float]:
     """Median wall time of one run per batch size (real samples, repeated to fill a batch),
-    after warm-up."""
+    after warm-up; of the `outputs` devices and the server read (all when None)."""
     out = {}
     for b in batches:
         batch = to_model_input(np.resize(x, (b, *x.shape[1:])))
         feed = {input_name: batch}
         for _ in range(5):
-            session.run(None, feed)
+            session.run(outputs, feed)
         times = []
         for _ in range(reps):
             t = time.perf_counter()
-            session.run(None, feed)
+            session.run(outputs, feed)
             times.append(time.perf_counter() - t)
         out[str(b)] = round(float(np.median(times)) * 1e3, 4)
     return out
@@ -200,13 +264,17 @@ def _sha256(path: Path) -> str:
 
 
 def build_zoo(out: Path, lights: Sequence[str], heavies: Sequence[str], data: Path,
-              reps: int = 50) -> dict[str, Any]:
+              reps: int = 50, outputs: Sequence[str] = (), logits: bool = False
+              ) -> dict[str, Any]:
     """Check, measure, then write the zoo in `out` (which must be new or empty); returns the
-    index. `ZooInitError` with one sentence for anything that does not fit."""
+    index. `outputs`: `--output` arguments (`NAME` or `MODEL=NAME`, the output holding the
+    class probabilities); `logits`: apply a softmax to every model's output. `ZooInitError`
+    with one sentence for anything that does not fit."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ZooInitError(f"{out} exists and is not an empty folder; a zoo is written into a "
                            "new one")
     models = model_files(lights, heavies)
+    chosen = output_choices(outputs, models)
     data_name = Path(data).stem
     if Path(data).suffix != ".npz":
         raise ZooInitError(f"dataset {data}: must be an .npz file (x_val, y_val, x_test, "
@@ -218,7 +286,7 @@ def build_zoo(out: Path, lights: Sequence[str], heavies: Sequence[str], data: Pa
     if data_name in {m.name for m in models}:
         raise ZooInitError(f"the dataset and a model are both called {data_name}")
     splits, dtype = load_data(Path(data))
-    measured = [_measure(m, splits) for m in models]
+    measured = [_measure(m, splits, chosen.get(m.name), logits) for m in models]
     classes = {model_classes(m.output["shape"]) or m.probs["test"].shape[1] for m in measured}
     if len(classes) != 1:
         raise ZooInitError(f"the models do not agree on the number of classes ({sorted(classes)})")
@@ -232,7 +300,8 @@ def build_zoo(out: Path, lights: Sequence[str], heavies: Sequence[str], data: Pa
     for m in measured:
         sizes = LIGHT_BATCHES if m.model.role == "light" else HEAVY_BATCHES
         m.output["latency"] = latency_ms(m.session, m.input["name"], sample, sizes,
-                                         reps * 4 if m.model.role == "light" else reps)
+                                         reps * 4 if m.model.role == "light" else reps,
+                                         [m.output["name"]])
     heavy = [m for m in measured if m.model.role == "heavy"]
     default_heavy = heavy[0].model.name
     y_val = splits["val"][1]

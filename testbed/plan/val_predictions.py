@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.model_output import card_output, session_output
 from common.modelzoo import Zoo, open_session, to_model_input
 
 
@@ -32,5 +33,7 @@ def val_predictions(zoo: Zoo, models: Iterable[str], split: str = "val") -> ValP
     probs = {}
     for name in dict.fromkeys(models):
         session = open_session(zoo.model_path(name), 1, 1)
-        probs[name] = np.asarray(session.run(None, {session.get_inputs()[0].name: x})[0])
+        output = session_output(session, card_output(zoo.card(name)), name)
+        probs[name] = output.probabilities(
+            session.run([output.name], {session.get_inputs()[0].name: x})[0])
     return ValPredictions(labels=np.asarray(data.y), probs=probs)
