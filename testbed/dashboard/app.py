@@ -78,12 +78,19 @@ class EventTail:
         return out
 
 
+END_DRAIN_S = 1.0
+"""How long the view waits for open pages to be sent the end of the run before it stops."""
+
+
 class Hub:
-    """The timeline and the pages listening to it."""
+    """The timeline and the pages listening to it. A page's queue holds rows, then either an
+    `{"end": ...}` item (the run ended: the page keeps what it shows) or None (the stream
+    stops without an end: the page was too slow and reloads)."""
 
     def __init__(self, timeline: Timeline | None = None) -> None:
         self.timeline = timeline or Timeline()
         self.title = "testbed"
+        self.ended: dict[str, Any] | None = None
         self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
 
     def add(self, t: float, status: dict[str, Any] | None,
@@ -104,6 +111,20 @@ class Hub:
 
     def unsubscribe(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
         self._subscribers.discard(queue)
+
+    def end(self, text: str) -> None:
+        """The run ended: every page is told so (it shows `text` and keeps its last values
+        instead of a broken connection) and the streams stop."""
+        if self.ended is None:
+            self.ended = {"t": time.time(), "text": text}
+        for queue in self._subscribers:
+            queue.put_nowait({"end": self.ended})
+
+    async def drained(self, timeout_s: float = END_DRAIN_S) -> None:
+        """Until every page's stream has stopped (sent what it was queued), or `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while self._subscribers and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)  # polling a set the stream handlers empty
 
     def close(self) -> None:
         for queue in self._subscribers:
@@ -159,20 +180,27 @@ async def _series(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     rows = hub.timeline.rows
     body = {**columns(rows), "title": hub.title, "last": rows[-1] if rows else None,
+            "last_up": hub.timeline.last_up, "tier_now": hub.timeline.tier_now,
+            "ended": hub.ended,
             "layout": [{"name": c.name, "title": c.title, "unit": c.unit, "by": c.by}
                        for c in CHARTS]}
     return web.json_response(body, dumps=_dumps)
 
 
 async def _rows(request: web.Request) -> web.StreamResponse:
-    """Each new row as a server-sent event."""
+    """Each new row as a server-sent event; the end of the run as an `end` event."""
     hub = request.app[HUB]
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                        "Cache-Control": "no-cache"})
     await resp.prepare(request)
     queue = hub.subscribe()
     try:
+        if hub.ended is not None:
+            queue.put_nowait({"end": hub.ended})
         while (row := await queue.get()) is not None:
+            if "end" in row:
+                await resp.write(f"event: end\ndata: {_dumps(row['end'])}\n\n".encode())
+                break
             await resp.write(f"data: {_dumps(row)}\n\n".encode())
     except (ConnectionError, RuntimeError):
         pass  # the page went away
@@ -305,6 +333,8 @@ class Dashboard:
             if task is not None:
                 await asyncio.wait_for(task, 5)
         finally:
+            self.hub.end("run ended")
+            await self.hub.drained()
             await runner.cleanup()
 
 
@@ -341,4 +371,7 @@ async def watch(target: Target, port: int, announce: Callable[[str], None],
             stop.set()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(task, 5)
+            hub.end("run ended (the server stopped answering)" if poller.last_ok is not None
+                    and time.time() - poller.last_ok > gone_after_s else "live view stopped")
+            await hub.drained()
             await runner.cleanup()

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from testbed.palette import tier_order, tier_styles
+
 HISTORY_ROWS = 1200
 """Rows kept: 10 minutes at 2 polls a second; older ones fall off (the run folder has all)."""
 RATE_WINDOW_S = 5.0
@@ -75,6 +77,10 @@ class Timeline:
         self._devices: set[str] | None = None
         self._server_up: bool | None = None
         self._model: str | None = None
+        self.last_up: dict[str, Any] | None = None
+        """The last row of a poll the server answered (what the page shows once it stops)."""
+        self.tier_now: dict[str, dict[str, Any]] = {}
+        """Per tier ever seen, its values in the last row that had it (`tier_now`)."""
 
     def add(self, t: float, status: Mapping[str, Any] | None,
             events: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
@@ -113,9 +119,14 @@ class Timeline:
         for metric, values in _tier_values(per_device, deltas, self.tier_of).items():
             charts[f"tier.{metric}"] = values
         charts.update(self._server(t, status, markers))
-        return {"t": t, "charts": charts, "markers": markers, "server_up": True,
-                "tier_of": {dev: self.tier_of[dev] for dev in devices},
-                "heavy_model": status.get("heavy_model"), "policy": status.get("policy")}
+        tiers = tier_order({self.tier_of[dev] for dev in devices})
+        row = {"t": t, "charts": charts, "markers": markers, "server_up": True,
+               "tier_of": {dev: self.tier_of[dev] for dev in devices},
+               "tier_styles": tier_styles(tiers),
+               "heavy_model": status.get("heavy_model"), "policy": status.get("policy")}
+        self.tier_now = tier_now(self.tier_now, row)
+        self.last_up = row
+        return row
 
     def _membership(self, t: float, now: set[str], markers: list[dict[str, Any]]) -> None:
         """Joins and leaves after the first status (the first one's devices are the start),
@@ -178,7 +189,8 @@ def _tier_values(per_device: Mapping[str, Mapping[str, float | None]],
     for dev in per_device:
         tiers.setdefault(tier_of[dev], []).append(dev)
     out: dict[str, dict[str, float | None]] = {m: {} for m, _, _ in DEVICE_METRICS}
-    for tier, devs in sorted(tiers.items()):
+    for tier in tier_order(tiers):  # the weakest first: drawn first, widest, beneath
+        devs = tiers[tier]
         sums = [sum(col) for col in zip(*(deltas[d] for d in devs), strict=True)]
         generated, forwarded, _, met, missed = sums
         out["threshold"][tier] = _mean(per_device[d]["threshold"] for d in devs)
@@ -187,6 +199,21 @@ def _tier_values(per_device: Mapping[str, Mapping[str, float | None]],
         out["p50_ms"][tier] = _mean(per_device[d]["p50_ms"] for d in devs)
         out["p95_ms"][tier] = _mean(per_device[d]["p95_ms"] for d in devs)
     return out
+
+
+def tier_now(before: Mapping[str, dict[str, Any]], row: Mapping[str, Any]
+             ) -> dict[str, dict[str, Any]]:
+    """The line of current values per tier after `row`: each tier in the row gets its values
+    and the row's time; a tier missing from it (its devices left, as all do at the end of a
+    run, or the server is silent) keeps the values of the last row that had it, with that
+    row's time. Every tier seen stays, in `tier_order`. The page does the same per streamed
+    row (static/dashboard.js `keepTierNow`)."""
+    now = dict(before)
+    charts = row.get("charts", {})
+    for tier in charts.get("tier.threshold", {}):
+        now[tier] = {"t": row["t"], **{m: charts.get(f"tier.{m}", {}).get(tier)
+                                         for m, _, _ in DEVICE_METRICS}}
+    return {tier: now[tier] for tier in tier_order(now)}
 
 
 def _event_marker(event: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -204,19 +231,24 @@ def _event_marker(event: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def columns(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Rows folded into uPlot's column form, per chart: {"t": [...], "charts": {name:
-    {"labels": [...], "data": [[...], ...]}}, "markers": [...], "tier_of": {...}}, None where
+    {"labels": [...], "data": [[...], ...]}}, "markers": [...], "tier_of": {...},
+    "tier_styles": {...}}, None where
     a series has no value. The page loads this once, then appends each new row the same way
     (static/dashboard.js `append`); columns carry each label once, rows would repeat them."""
     rows = list(rows)
     markers = [m for row in rows for m in row.get("markers", [])]
     tier_of: dict[str, str] = {}
+    styles: dict[str, Any] = {}
     for row in rows:
         tier_of.update(row.get("tier_of", {}))
+        styles.update(row.get("tier_styles", {}))
     charts: dict[str, dict[str, Any]] = {}
     for chart in CHARTS:
         values = [row.get("charts", {}).get(chart.name, {}) for row in rows]
         labels = list(dict.fromkeys(label for v in values for label in v))
+        if chart.by == "tier":
+            labels = tier_order(labels)  # the weakest drawn first, beneath the others
         charts[chart.name] = {"labels": labels,
                               "data": [[v.get(label) for v in values] for label in labels]}
     return {"t": [row["t"] for row in rows], "charts": charts, "markers": markers,
-            "tier_of": tier_of}
+            "tier_of": tier_of, "tier_styles": styles}

@@ -15,11 +15,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from common.config import TIER_ORDER
 from common.events import read_events
 from common.modelzoo import open_zoo
 from common.records import SampleRecord, iter_record_files, read_records
 from common.scenario_file import load_scenario
+from testbed.palette import tier_order, tier_style
 from testbed.results.collect import model_accuracies
 from testbed.results.series import (
     Series,
@@ -109,17 +109,13 @@ def _fault_lines(ax: Any, marks: list[tuple[float, str]]) -> None:
                    label="fault" if k == 0 else None)
 
 
-TIER_COLORS = {"low": "tab:red", "mid": "tab:orange", "high": "tab:blue"}
-
-
-def tier_order(tiers: Iterable[str]) -> list[str]:
-    """Default tiers weakest first, then any others by name: the same order in every figure."""
-    rank = {t: i for i, t in enumerate(TIER_ORDER)}
-    return sorted(tiers, key=lambda t: (rank.get(t, len(rank)), t))
-
-
-def tier_color(tier: str) -> str | None:
-    return TIER_COLORS.get(tier)
+def tier_line(tier: str) -> dict[str, Any]:
+    """The tier's colour, dashes and width (`testbed.palette`, the live view's too). Drawn in
+    `tier_order`, the weakest tier solid and widest, each stronger one narrower and dashed on
+    top: tiers that hold the same value stay visible, none is moved."""
+    style = tier_style(tier)
+    return {"color": style.color, "linewidth": style.width,
+            "linestyle": (0, style.dash) if style.dash else "-"}
 
 
 # --- sweeps -------------------------------------------------------------------------------
@@ -301,7 +297,7 @@ def _thresholds(ax: Any, run_dir: Path) -> None:
     series = threshold_series(read_events(run_dir / "events.jsonl"), start)
     for tier in tier_order(series):
         s = series[tier]
-        ax.step(s.x, s.y, where="post", label=tier, color=tier_color(tier))
+        ax.step(s.x, s.y, where="post", label=tier, **tier_line(tier))
     ax.set_xlabel("run time (s)")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
@@ -325,7 +321,7 @@ def run_figures(run_dir: Path, summary: dict[str, Any], out: Path) -> list[Path]
     fig, (ax,) = _panels(1, width=7)
     for tier in tier_order({r.tier for r in records}):
         x, y = cdf([r.latency_ms for r in records if r.tier == tier])
-        ax.plot(x, y * 100, label=tier, color=tier_color(tier))
+        ax.plot(x, y * 100, label=tier, **tier_line(tier))
     ax.axvline(summary["slo_ms"], color="grey", linestyle="--", label="SLO")
     ax.set_xscale("log")
     ax.set_xlabel("end-to-end latency (ms)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -23,6 +25,7 @@ import aiohttp
 import pytest
 
 from common.files import run_path
+from testbed.palette import tier_color
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser",
                                                "google-chrome")) if p), None)
@@ -86,12 +89,16 @@ PROBE = """JSON.stringify(window.dashboard ? {
   devices: dashboard.labels('device.threshold'), tiers: dashboard.labels('tier.slo'),
   forward: dashboard.values('device.forward_rate'), slo: dashboard.values('tier.slo'),
   p95: dashboard.values('device.p95_ms'), rate: dashboard.values('server.rate'),
-  queue: dashboard.points('server.queue')} : null)"""
+  queue: dashboard.points('server.queue'), widths: dashboard.widths(),
+  colors: dashboard.tierColors()} : null)"""
+END_PROBE = """JSON.stringify({banner: dashboard.banner(), tiers: dashboard.tiersShown(),
+  rows: dashboard.rows()})"""
+Call = Callable[..., Awaitable[dict[str, Any]]]
 
 
-async def probe_page(port: int, page_url: str, until: float, screenshot: Path) -> dict[str, Any]:
-    """Read the charts through the DevTools protocol until they hold a few seconds of the run
-    (every device, latencies, ratios), then save a screenshot."""
+@contextlib.asynccontextmanager
+async def devtools(port: int, page_url: str, until: float) -> AsyncIterator[Call]:
+    """`call(method, **params)` on the page at `page_url` through the DevTools protocol."""
     async with aiohttp.ClientSession() as http:
         ws_url = None
         while ws_url is None:
@@ -113,17 +120,37 @@ async def probe_page(port: int, page_url: str, until: float, screenshot: Path) -
                         assert "error" not in msg, msg
                         return msg["result"]  # type: ignore[no-any-return]
 
-            seen: dict[str, Any] = {}
-            while time.monotonic() < until:
-                result = await call("Runtime.evaluate", expression=PROBE, returnByValue=True)
-                seen = json.loads(result["result"].get("value") or "null") or {}
-                if seen and seen["points"] >= 8 and len(seen["devices"]) == 3 \
-                        and seen["p95"] > 0 and seen["forward"] > 0 and seen["slo"] > 0:
-                    break
-                await asyncio.sleep(0.5)
-            shot = await call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
-            screenshot.write_bytes(base64.b64decode(shot["data"]))
-            return seen
+            yield call
+
+
+async def probe_page(port: int, page_url: str, until: float, screenshot: Path) -> dict[str, Any]:
+    """Read the charts through the DevTools protocol until they hold a few seconds of the run
+    (every device, latencies, ratios), then save a screenshot."""
+    async with devtools(port, page_url, until) as call:
+        seen: dict[str, Any] = {}
+        while time.monotonic() < until:
+            result = await call("Runtime.evaluate", expression=PROBE, returnByValue=True)
+            seen = json.loads(result["result"].get("value") or "null") or {}
+            if seen and seen["points"] >= 8 and len(seen["devices"]) == 3 \
+                    and seen["p95"] > 0 and seen["forward"] > 0 and seen["slo"] > 0:
+                break
+            await asyncio.sleep(0.5)
+        shot = await call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        screenshot.write_bytes(base64.b64decode(shot["data"]))
+        return seen
+
+
+async def probe_end(port: int, page_url: str, until: float) -> dict[str, Any]:
+    """What the page shows once the run (and its view) stopped: read until it says so."""
+    async with devtools(port, page_url, until) as call:
+        seen: dict[str, Any] = {}
+        while time.monotonic() < until:
+            result = await call("Runtime.evaluate", expression=END_PROBE, returnByValue=True)
+            seen = json.loads(result["result"]["value"])
+            if seen["banner"]["ended"]:
+                break
+            await asyncio.sleep(0.3)
+        return seen
 
 
 @pytest.mark.slow
@@ -151,6 +178,8 @@ def test_up_dashboard_in_headless_chromium_shows_the_runs_devices(tmp_path: Path
         port = int(port_file.read_text().split()[0])
         shot = run_path(out, "dashboard", suffix=".png")
         seen = asyncio.run(probe_page(port, page, time.monotonic() + 60, shot))
+        code = run.proc.wait(90)  # the run ends, the page stays open on what it showed
+        end = asyncio.run(probe_end(port, page, time.monotonic() + 30))
     finally:
         if chrome is not None and chrome.poll() is None:
             os.killpg(chrome.pid, signal.SIGKILL)
@@ -163,6 +192,15 @@ def test_up_dashboard_in_headless_chromium_shows_the_runs_devices(tmp_path: Path
     assert set(seen["devices"]) == device_ids, seen
     assert set(seen["tiers"]) == {d["tier"] for d in summary["per_device"]}
     assert seen["points"] >= 8 and seen["queue"] == seen["points"] and seen["rate"] > 0
+    # the charts share the window's width (the window is 1500 px wide)
+    assert seen["widths"]["right"] >= 0.9 * seen["widths"]["window"], seen["widths"]
+    # the tiers' colours are the report figures' (testbed.palette)
+    assert seen["colors"] == {t: tier_color(t) for t in seen["colors"]} and seen["colors"]
+    # the end of the run: said so, not an error, and every tier still in the line of values
+    assert end["banner"]["ended"] and end["banner"]["kind"] == "ended", end
+    assert end["banner"]["text"].startswith("run ended"), end
+    assert set(end["tiers"]) == {d["tier"] for d in summary["per_device"]}, end
+    assert end["rows"] >= seen["rows"]
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 30_000
     assert f"metrics: {server}/metrics" in run.output
@@ -213,3 +251,4 @@ def test_watch_follows_a_run_already_going_and_ends_with_it(tmp_path: Path) -> N
         {d["device_id"] for d in summary["per_device"]}
     assert series["layout"] and "uPlot.iife.min.js" in html and "EventSource" in script
     assert token not in json.dumps(series) + html + script + watcher.output
+

@@ -310,3 +310,57 @@ class TestCommandLine:
         assert result.exit_code == 2, result.output
         assert "cannot serve the dashboard" in result.output
         assert not (tmp_path / "run").exists()
+
+
+class TestEndOfRunAndColours:
+    def test_every_tier_keeps_its_last_values_when_its_devices_leave(self) -> None:
+        """At the end of a run the devices leave one by one: the last rows lack the tiers that
+        left first, and the line of current values keeps them, as of their last row."""
+        tl = Timeline()
+        tl.add(0.0, status({"a": device("low", 0.5), "c": device("high", 0.9)}))
+        tl.add(1.0, status({"a": device("low", 0.6)}))  # high's device left
+        row = tl.add(2.0, None)  # the server stopped
+        assert "high" not in tl.rows[1]["charts"]["tier.threshold"]
+        assert list(tl.tier_now) == ["low", "high"]
+        assert tl.tier_now["high"]["t"] == 0.0 and tl.tier_now["high"]["threshold"] == 0.9
+        assert tl.tier_now["low"]["t"] == 1.0 and tl.tier_now["low"]["threshold"] == 0.6
+        assert not row["server_up"] and tl.last_up is tl.rows[1]
+
+    def test_rows_carry_the_palettes_tier_styles_the_figures_draw_with(self) -> None:
+        from testbed.palette import tier_style
+        from testbed.results.figures import tier_line
+
+        tl = Timeline()
+        row = tl.add(0.0, status({"a": device("low", 0.5), "b": device("mid", 0.5),
+                                  "c": device("high", 0.5), "d": device("edge", 0.5)}))
+        styles = row["tier_styles"]
+        assert list(styles) == ["low", "mid", "high", "edge"]
+        for tier, style in styles.items():
+            assert style["color"] == tier_style(tier).color == tier_line(tier)["color"]
+            assert style["dash"] == list(tier_style(tier).dash)
+        assert len({s["color"] for s in styles.values()}) == 4
+        assert columns(tl.rows)["tier_styles"] == styles
+
+    def test_the_page_gets_its_colours_from_the_server_not_its_own_table(self) -> None:
+        script = (Path(cli.__file__).parent / "dashboard" / "static" / "dashboard.js").read_text()
+        assert "tier_styles" in script
+        assert not any(c in script.lower() for c in ("#d62728", "#ff7f0e", "#1f77b4"))
+
+    async def test_the_end_of_the_run_reaches_the_page_and_stops_its_stream(self) -> None:
+        hub = Hub()
+        hub.add(1.0, status({"a": device("low", 0.5), "c": device("high", 0.9)}), [])
+        hub.add(2.0, status({"a": device("low", 0.6)}), [])
+        async with TestClient(TestServer(make_app(hub))) as client:
+            stream = await client.get("/rows")
+            await asyncio.sleep(0.05)  # the handler subscribes once the response starts
+            hub.end("run ended")
+            text = (await asyncio.wait_for(stream.content.read(), 5)).decode()
+            assert text.startswith("event: end\ndata: ") and '"run ended"' in text
+            await asyncio.wait_for(hub.drained(), 5)
+            series = await (await client.get("/series")).json()
+            assert series["ended"]["text"] == "run ended"
+            assert list(series["tier_now"]) == ["low", "high"]
+            assert series["last_up"]["t"] == 2.0
+            assert set(series["tier_styles"]) == {"low", "high"}
+            late = await client.get("/rows")  # a page that connects after the end is told so
+            assert (await asyncio.wait_for(late.content.read(), 5)).startswith(b"event: end")

@@ -279,3 +279,31 @@ def test_every_figure_has_an_svg_beside_it(tmp_path: Path) -> None:
         assert png.with_suffix(".svg").stat().st_size > 1000
     svg = (tmp_path / "figures" / "over_time.svg").read_text()
     assert "answers per second" in svg and "fault" in svg
+
+
+def test_tiers_holding_the_same_threshold_stay_visible_in_the_palettes_colours(
+        tmp_path: Path) -> None:
+    """Both tiers of the fake run join at 0.8: their lines lie on each other, so they differ in
+    dashes and width (weakest widest, drawn first), and keep the values; the colours are the
+    palette's, which the live view gets too (tests/unit/test_dashboard.py)."""
+    import matplotlib.pyplot as plt
+
+    from testbed.palette import tier_order, tier_style
+    from testbed.results.figures import _thresholds
+
+    specs, _ = fake_run_folder(tmp_path)
+    collect(tmp_path)  # merges the event files into events.jsonl
+    fig, ax = plt.subplots()
+    try:
+        _thresholds(ax, tmp_path)
+        lines = ax.get_lines()
+        tiers = tier_order({sp.tier for sp in specs})
+        assert len(tiers) == 2 and [ln.get_label() for ln in lines] == tiers
+        assert all(set(ln.get_ydata()) == {0.8} for ln in lines)  # the data, unmoved
+        assert [ln.get_color() for ln in lines] == [tier_style(t).color for t in tiers]
+        assert [ln.get_linestyle() for ln in lines] == ["-", "--"]  # solid, then dashed
+        assert len({tier_style(t).dash for t in tiers}) == 2
+        widths = [ln.get_linewidth() for ln in lines]
+        assert widths == sorted(widths, reverse=True) and widths[0] > widths[-1]
+    finally:
+        plt.close(fig)

@@ -1,31 +1,41 @@
 // The live view's page: loads everything so far from /series (column form), then appends each
 // row that /rows streams (server-sent events). It draws; what a row holds is decided in Python
-// (testbed/dashboard/series.py). No network beyond this page's own server.
+// (testbed/dashboard/series.py), and so are the tiers' colours and dashes (testbed/palette.py,
+// which the report's figures use too). No network beyond this page's own server.
 "use strict";
 
 const MAX_ROWS = 1200;  // as series.HISTORY_ROWS
-const TIER_COLORS = { low: "#d62728", mid: "#1f77b4", high: "#2ca02c" };
+const CHART_HEIGHT = 220;
 const MARK_COLORS = { fault: "#c00", server: "#000", model: "#7a2bb5", join: "#aaa", leave: "#aaa" };
-const state = { t: [], charts: {}, layout: [], plots: {}, markers: [], tierOf: {}, last: null };
+const state = { t: [], charts: {}, layout: [], plots: {}, markers: [], tierOf: {}, last: null,
+                tierStyles: {}, tierNow: {}, lastUp: null, ended: null };
 
-function hue(text) {
+function tierStyle(tier) {
+  return state.tierStyles[tier] || { color: "#777", dash: [], width: 1.5 };
+}
+
+// A device's line: its tier's hue, a lightness of its own (hex "#rrggbb" to HSL).
+function shade(hex, i) {
+  const [r, g, b] = [1, 3, 5].map(k => parseInt(hex.slice(k, k + 2), 16) / 255);
+  const max = Math.max(r, g, b), min = Math.min(r, g, b), d = max - min;
   let h = 0;
-  for (const ch of text) h = (h * 31 + ch.charCodeAt(0)) % 360;
-  return h;
+  if (d) h = max === r ? ((g - b) / d) % 6 : max === g ? (b - r) / d + 2 : (r - g) / d + 4;
+  const s = d ? d / (1 - Math.abs(max + min - 1)) : 0;
+  return `hsl(${Math.round(h * 60 + 360) % 360}, ${Math.round(s * 100)}%, ${30 + (i * 17) % 40}%)`;
 }
 
-function tierColor(tier, shade) {
-  const base = TIER_COLORS[tier];
-  if (base && shade === undefined) return base;
-  const h = { low: 0, mid: 210, high: 125 }[tier] ?? hue(tier);
-  const light = shade === undefined ? 45 : 30 + (shade * 17) % 40;
-  return `hsl(${h}, 70%, ${light}%)`;
+function seriesStyle(chart, label, i) {
+  if (chart.by === "tier") {
+    const st = tierStyle(label);
+    return { stroke: st.color, width: st.width, dash: st.dash };
+  }
+  if (chart.by === "device") return { stroke: shade(tierStyle(state.tierOf[label]).color, i), width: 1.5 };
+  return { stroke: ["#333", "#b8860b", "#7a2bb5", "#008b8b", "#556b2f"][i % 5],
+           width: chart.name === "server.model" ? 6 : 1.5 };
 }
 
-function color(chart, label, i) {
-  if (chart.by === "tier") return tierColor(label);
-  if (chart.by === "device") return tierColor(state.tierOf[label] || "?", i);
-  return ["#333", "#e08000", "#7a2bb5", "#1f77b4", "#2ca02c"][i % 5];
+function chartWidth(el) {
+  return Math.max(200, el.clientWidth - 10);
 }
 
 function axisValues(chart, labels) {
@@ -55,10 +65,11 @@ function makePlot(chart) {
   const data = state.charts[chart.name];
   const old = state.plots[chart.name];
   if (old) old.destroy();
+  const el = document.getElementById(`c-${chart.name}`);
   const many = data.labels.length > 12;
   const opts = {
     title: chart.title + (chart.unit && chart.unit !== "%" ? ` (${chart.unit})` : ""),
-    width: 440, height: 210,
+    width: chartWidth(el), height: CHART_HEIGHT,
     legend: { show: !many },
     cursor: { drag: { x: false, y: false } },
     scales: { x: { time: true },
@@ -68,14 +79,22 @@ function makePlot(chart) {
     axes: [{}, { values: axisValues(chart, data.labels), size: chart.name === "server.model" ? 110 : 50,
                  ...(chart.name === "server.model" ? { splits: () => data.labels.map((_, i) => i + 1) } : {}) }],
     series: [{}, ...data.labels.map((label, i) => ({
-      label, stroke: color(chart, label, i), width: chart.name === "server.model" ? 6 : 1.5,
-      spanGaps: false, points: { show: false } }))],
+      label, ...seriesStyle(chart, label, i), spanGaps: false, points: { show: false } }))],
     hooks: { draw: [drawMarkers] },
   };
-  const el = document.getElementById(`c-${chart.name}`);
   el.textContent = "";
   state.plots[chart.name] = new uPlot(opts, [state.t, ...data.data], el);
 }
+
+// The charts take the window's width: the grid gives each a share of it (index.html), and
+// each plot follows its cell's width as the window changes.
+const resized = new ResizeObserver(entries => {
+  for (const entry of entries) {
+    const plot = state.plots[entry.target.id.slice(2)];
+    const width = chartWidth(entry.target);
+    if (plot && Math.abs(plot.width - width) > 1) plot.setSize({ width, height: CHART_HEIGHT });
+  }
+});
 
 function layoutCharts(layout) {
   state.layout = layout;
@@ -85,6 +104,7 @@ function layoutCharts(layout) {
       div.className = "chart";
       div.id = `c-${chart.name}`;
       document.getElementById(chart.by).appendChild(div);
+      resized.observe(div);
     }
   }
 }
@@ -93,6 +113,9 @@ function load(series) {
   state.t = series.t;
   state.markers = series.markers;
   state.tierOf = series.tier_of;
+  state.tierStyles = series.tier_styles || {};
+  state.tierNow = series.tier_now || {};
+  state.lastUp = series.last_up;
   state.charts = {};
   for (const chart of series.layout) {
     const c = series.charts[chart.name] || { labels: [], data: [] };
@@ -104,6 +127,7 @@ function load(series) {
   document.getElementById("title").textContent = `testbed live view: ${series.title}`;
   if (series.last) showNow(series.last);
   showMarkers();
+  if (series.ended) showEnd(series.ended);
 }
 
 // One new row: a value per label of every chart; a label seen for the first time gets a new
@@ -127,6 +151,8 @@ function append(row) {
     c.labels.forEach((label, i) => c.data[i].push(label in values ? values[label] : null));
   }
   Object.assign(state.tierOf, row.tier_of || {});
+  Object.assign(state.tierStyles, row.tier_styles || {});
+  keepTierNow(row);
   state.markers.push(...(row.markers || []));
   if (n > MAX_ROWS) {
     const drop = n - MAX_ROWS;
@@ -146,12 +172,36 @@ function append(row) {
 function fmt(v, digits = 1) { return v == null ? "–" : Number(v).toFixed(digits); }
 function pct(v) { return v == null ? "–" : `${(100 * v).toFixed(1)}%`; }
 
-function showNow(row) {
-  const now = document.getElementById("now");
-  if (!row.server_up) {
-    now.innerHTML = `<span class="down">server not answering</span>`;
-    return;
+// As series.tier_now: every tier seen keeps the values of the last row that had it (at the end
+// of a run the devices leave one by one, and the last rows lack the tiers that left first).
+const TIER_METRICS = ["threshold", "forward_rate", "slo", "p50_ms", "p95_ms"];
+function keepTierNow(row) {
+  const ch = row.charts || {};
+  for (const tier of Object.keys(ch["tier.threshold"] || {})) {
+    state.tierNow[tier] = { t: row.t, ...Object.fromEntries(
+      TIER_METRICS.map(m => [m, (ch[`tier.${m}`] || {})[tier] ?? null])) };
   }
+}
+
+function esc(text) { return String(text).replace(/&/g, "&amp;").replace(/</g, "&lt;"); }
+
+function banner(text, kind) {
+  const el = document.getElementById("state");
+  el.textContent = text;
+  el.className = kind;  // "down" (red: something is wrong), "ended", "" (live)
+}
+
+function showNow(row) {
+  if (state.ended) return;  // the end of the run stays on screen
+  if (row.server_up) state.lastUp = row;
+  banner(row.server_up ? "live" : "server not answering", row.server_up ? "" : "down");
+  showValues();
+}
+
+function showValues() {
+  const row = state.lastUp;
+  const now = document.getElementById("now");
+  if (!row) { now.textContent = ""; return; }
   const ch = row.charts;
   const rate = ch["server.rate"] || {};
   now.innerHTML = [
@@ -163,13 +213,20 @@ function showNow(row) {
     ["throughput", `${fmt(rate.throughput)} /s`],
     ["arrivals", `${fmt(rate.arrivals)} /s`],
     ["at", new Date(row.t * 1000).toLocaleTimeString()],
-  ].map(([k, v]) => `<span>${k} <b>${String(v).replace(/</g, "&lt;")}</b></span>`).join("");
-  const tiers = Object.keys(ch["tier.threshold"] || {});
-  document.getElementById("tiers").innerHTML = tiers.map(tier =>
-    `<span style="color:${tierColor(tier)}">${tier.replace(/</g, "&lt;")}: thr ` +
-    `${fmt(ch["tier.threshold"][tier], 3)}, fwd ${pct((ch["tier.forward_rate"] || {})[tier])}, ` +
-    `SLO ${pct((ch["tier.slo"] || {})[tier])}, p95 ${fmt((ch["tier.p95_ms"] || {})[tier])} ms</span>`
-  ).join("");
+  ].map(([k, v]) => `<span>${k} <b>${esc(v)}</b></span>`).join("");
+  // Every tier seen, in the server's order (tier_now comes sorted; later ones append).
+  document.getElementById("tiers").innerHTML = Object.entries(state.tierNow).map(([tier, v]) =>
+    `<span data-tier="${esc(tier)}" style="color:${tierStyle(tier).color}">${esc(tier)}: thr ` +
+    `${fmt(v.threshold, 3)}, fwd ${pct(v.forward_rate)}, SLO ${pct(v.slo)}, p95 ${fmt(v.p95_ms)} ms` +
+    (v.t < row.t ? ` <i>(as of ${new Date(v.t * 1000).toLocaleTimeString()}: its devices left)</i>` : "") +
+    `</span>`).join("");
+}
+
+function showEnd(end) {
+  state.ended = end;
+  banner(`${end.text} at ${new Date(end.t * 1000).toLocaleTimeString()}: the last values stay ` +
+         "below, the run folder has everything", "ended");
+  showValues();
 }
 
 function showMarkers() {
@@ -189,9 +246,14 @@ async function start() {
   const source = new EventSource("/rows");
   let broken = false;
   source.onmessage = ev => append(JSON.parse(ev.data));
+  source.addEventListener("end", ev => {  // the run ended: no reconnecting, keep what is shown
+    source.close();
+    showEnd(JSON.parse(ev.data));
+  });
   source.onerror = () => {
-    broken = true;
-    document.getElementById("now").innerHTML = `<span class="down">live view not answering (the run may have ended)</span>`;
+    if (state.ended) return;
+    broken = true;  // the view's process went away without saying the run ended
+    banner("live view not answering (the run may have ended); the last values stay below", "down");
   };
   source.onopen = async () => {
     if (broken) { broken = false; load(await (await fetch("/series")).json()); }
@@ -206,6 +268,12 @@ window.dashboard = {
   values: name => (state.plots[name]
     ? state.plots[name].data.slice(1).reduce((k, col) => k + col.filter(v => v != null).length, 0) : 0),
   markers: () => state.markers.length,
+  banner: () => ({ text: document.getElementById("state").textContent,
+                   kind: document.getElementById("state").className, ended: !!state.ended }),
+  tiersShown: () => [...document.querySelectorAll("#tiers [data-tier]")].map(e => e.dataset.tier),
+  tierColors: () => Object.fromEntries(Object.entries(state.tierStyles).map(([t, s]) => [t, s.color])),
+  widths: () => ({ window: window.innerWidth, right: Math.max(0, ...[...document.querySelectorAll(".chart")]
+    .map(e => e.getBoundingClientRect().right)), plot: Math.max(0, ...Object.values(state.plots).map(p => p.width)) }),
 };
 
 start();
