@@ -232,8 +232,8 @@ class LiveProgress:
             self._peak = max(self._peak, connected)
         text = live_text({**live, "peak": self._peak} if live else live)
         if self._plain:
-            self._say(f"running {elapsed_s:.0f}/{duration_s:.0f} s" + (f" · {text}" if text
-                                                                       else ""))
+            self._say(f"running {elapsed_s:.1f}/{duration_s:.0f} s" + (f" · {text}" if text
+                                                                         else ""))
             return
         if self._run_task is None:
             self._run_task = self._bar.add_task("running (s)", total=duration_s)
@@ -258,10 +258,10 @@ class LiveProgress:
 def live_text(live: dict[str, Any]) -> str:
     """The server's live numbers, each with its name (the progress line shows them), and how
     many devices finished."""
-    if not live:
-        return ""
     if live.get("server_down"):
         return "server down"
+    if "connected" not in live:  # no poll answered yet
+        return ""
     thr = live.get("mean_threshold")
     connected, peak = live.get("connected", "?"), live.get("peak")
     # Devices leave the server as they finish: at the end `connected` falls to 0.

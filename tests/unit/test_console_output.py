@@ -83,12 +83,15 @@ class TestPipe:
         assert "registering devices 3/3" in lines
         # a line every few seconds, not one per update; the last poll's numbers at the end
         assert 1 <= sum(ln.startswith("running ") for ln in lines) <= 2
-        assert lines[-1] == ("running 3/3 s · connected 0 (peak 3) · finished 3 · queue 9 · "
+        assert lines[-1] == ("running 2.7/3 s · connected 0 (peak 3) · finished 3 · queue 9 · "
                              "served 30/s of 30/s arriving · mean threshold 0.50")
 
     def test_the_live_line_counts_finished_devices(self) -> None:
         assert live_text({"connected": 40, "peak": 40, "queue": 0}).startswith(
             "connected 40 · queue 0")
+        assert live_text({"connected": 2, "peak": 40, "done_devices": 38}).startswith(
+            "connected 2 (peak 40) · finished 38 · ")
+        assert live_text({"done_devices": 0}) == ""  # before the first poll answered
 
 
 class TestReport:
