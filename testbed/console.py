@@ -5,13 +5,14 @@ The only module that prints or draws; metrics are computed elsewhere (`testbed.r
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from rich.console import Console, Group
+from rich.console import Console, ConsoleDimensions, Group, RenderableType
 from rich.live import Live
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from common.gear_plan import GearPlan
@@ -20,6 +21,33 @@ from testbed.claims.tuning import TuningResult
 from testbed.results.compare import Comparison
 from testbed.results.headline import FRACTIONS, LABELS
 from testbed.sweep import SweepPoint
+
+PIPE_WIDTH = 240  # columns when the output is a pipe or a file: no table wraps at 80
+PLAIN_EVERY_S = 5.0  # how often a pipe or a file gets a progress line
+
+
+class HarnessConsole(Console):
+    """A console that, writing to a pipe or a file, is plain: no source locations on log
+    lines, and at least `PIPE_WIDTH` columns wide (rich would wrap tables at 80 columns, or
+    at COLUMNS, which a parent process may have set for its own terminal); a `width` given
+    holds."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("log_path", False)
+        self._width_given = kwargs.get("width") is not None
+        super().__init__(**kwargs)
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        if self.is_terminal or self._width_given:
+            return size
+        return ConsoleDimensions(max(size.width, PIPE_WIDTH), size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size
+        self._width_given = True
 
 
 def _pct(x: float | None) -> str:
@@ -33,10 +61,12 @@ def _num(x: float | None, fmt: str = ".1f") -> str:
 def summary_tables(summary: dict[str, Any]) -> Group:
     s = summary["samples"]
     lat = summary["latency_ms"]
-    head = Table(title=f"{summary.get('scenario', 'run')}: policy={summary['policy']} "
-                 f"devices={summary['devices']} mix={summary.get('mix')} "
-                 f"duration={summary['duration_s']:.0f}s slo={summary['slo_ms']:.0f}ms",
-                 show_header=False, box=None, padding=(0, 2))
+    title = (f"{summary.get('scenario', 'run')}: policy={summary['policy']} "
+             f"devices={summary['devices']} mix={summary.get('mix')} "
+             f"duration={_duration(summary)} slo={summary['slo_ms']:.0f}ms")
+    # as wide as its title, which would otherwise wrap to the width of the numbers
+    head = Table(title=title, show_header=False, box=None, padding=(0, 2),
+                 min_width=len(title))
     for _ in range(4):
         head.add_column(justify="right")
     head.add_row("SLO satisfaction", _pct(summary["slo_satisfaction"]),
@@ -104,9 +134,24 @@ def summary_tables(summary: dict[str, Any]) -> Group:
     return Group(head, tiers, notes, *said)
 
 
+def _duration(summary: dict[str, Any]) -> str:
+    """The planned duration, or how long a run stopped early ran of it (and what stopped it)."""
+    planned = float(summary["duration_s"])
+    run = summary.get("run") or {}
+    ran = run.get("arrivals_s")
+    if run.get("interrupted"):
+        by = run.get("stopped_by") or "SIGINT"
+        what = "Ctrl-C" if by == "SIGINT" else by
+        return (f"{_num(ran)}s of {planned:.0f}s (stopped by {what})" if ran is not None
+                else f"{planned:.0f}s (stopped by {what})")
+    if ran is not None and ran < planned - 0.5:
+        return f"{ran:.1f}s of {planned:.0f}s (stopped early)"
+    return f"{planned:.0f}s"
+
+
 def print_summary(summary: dict[str, Any], console: Console | None = None,
                   per_device: bool = False) -> None:
-    console = console or Console()
+    console = console or HarnessConsole()
     console.print(summary_tables(summary))
     if per_device:
         console.print(device_table(summary))
@@ -124,50 +169,107 @@ def device_table(summary: dict[str, Any]) -> Table:
     return table
 
 
+class _Line:
+    """A line of text below the bar that `Live` redraws as it changes."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def __rich__(self) -> RenderableType:
+        return Text(self.text, no_wrap=True, overflow="ellipsis")
+
+
 class LiveProgress:
-    """The `Progress` of `testbed.orchestrator`, drawn with rich."""
+    """The `Progress` of `testbed.supervisor`, drawn with rich on a terminal. Into a pipe or
+    a file nothing is redrawn: phase lines, a plain progress line every `PLAIN_EVERY_S`
+    seconds, and the last one (the last poll's numbers) when the run ends."""
 
     def __init__(self, console: Console | None = None) -> None:
-        self.console = console or Console()
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
+        self.console = console or HarnessConsole()
+        self._bar = Progress(TextColumn("{task.description}",
+                                        table_column=Column(no_wrap=True)), BarColumn(),
                              TextColumn("{task.completed:.0f}/{task.total:.0f}"),
-                             TimeElapsedColumn(), TextColumn("{task.fields[live]}"),
-                             console=self.console, transient=False)
-        self._live = Live(Group(self._bar), console=self.console, refresh_per_second=4)
+                             TimeElapsedColumn(), console=self.console, transient=False)
+        self._line = _Line()
+        self._live = Live(Group(self._bar, self._line), console=self.console,
+                          refresh_per_second=4)
         self._register_task: Any = None
         self._run_task: Any = None
+        self._plain = False
+        self._said_at = float("-inf")
+        self._pending = ""  # the last plain line, not printed yet
+        self._peak = 0
 
     def __enter__(self) -> LiveProgress:
-        self._live.__enter__()
+        self._plain = not self.console.is_terminal
+        if not self._plain:
+            self._live.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._live.__exit__(None, None, None)
-        self.console.print()
+        if self._plain:
+            self._flush()
+        else:
+            self._live.__exit__(None, None, None)
+            self.console.print()
 
     def phase(self, text: str) -> None:
-        self.console.log(text)
+        self._flush()
+        self.console.print(f"{time.strftime('%H:%M:%S')} {text}", markup=False,
+                           highlight=False, soft_wrap=True)
 
     def registered(self, done: int, total: int) -> None:
+        if self._plain:
+            self._say(f"registering devices {done}/{total}", force=done >= total)
+            return
         if self._register_task is None:
-            self._register_task = self._bar.add_task("registering devices", total=total,
-                                                     live="")
+            self._register_task = self._bar.add_task("registering devices", total=total)
         self._bar.update(self._register_task, completed=done)
 
     def running(self, elapsed_s: float, duration_s: float, live: dict[str, Any]) -> None:
+        connected = live.get("connected")
+        if isinstance(connected, int):
+            self._peak = max(self._peak, connected)
+        text = live_text({**live, "peak": self._peak} if live else live)
+        if self._plain:
+            self._say(f"running {elapsed_s:.1f}/{duration_s:.0f} s" + (f" · {text}" if text
+                                                                         else ""))
+            return
         if self._run_task is None:
-            self._run_task = self._bar.add_task("running (s)", total=duration_s, live="")
-        self._bar.update(self._run_task, completed=elapsed_s, live=escape(live_text(live)))
+            self._run_task = self._bar.add_task("running (s)", total=duration_s)
+        self._bar.update(self._run_task, completed=elapsed_s)
+        self._line.text = text
+
+    def _say(self, line: str, force: bool = False) -> None:
+        """Print a plain progress line if the last was `PLAIN_EVERY_S` ago, else keep it for
+        later (the next phase or the end prints it)."""
+        now = time.monotonic()
+        self._pending = line
+        if force or now - self._said_at >= PLAIN_EVERY_S:
+            self._said_at = now
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self.console.print(self._pending, markup=False, highlight=False, soft_wrap=True)
+            self._pending = ""
 
 
 def live_text(live: dict[str, Any]) -> str:
-    """The server's live numbers, each with its name (the progress line shows them)."""
-    if not live:
-        return ""
+    """The server's live numbers, each with its name (the progress line shows them), and how
+    many devices finished."""
     if live.get("server_down"):
         return "server down"
+    if "connected" not in live:  # no poll answered yet
+        return ""
     thr = live.get("mean_threshold")
-    return (f"connected {live.get('connected', '?')} · queue {live.get('queue', '?')} · "
+    connected, peak = live.get("connected", "?"), live.get("peak")
+    # Devices leave the server as they finish: at the end `connected` falls to 0.
+    if isinstance(connected, int) and isinstance(peak, int) and peak > connected:
+        connected = f"{connected} (peak {peak})"
+    done = live.get("done_devices")
+    return (f"connected {connected} · " + (f"finished {done} · " if done else "") +
+            f"queue {live.get('queue', '?')} · "
             f"served {live.get('throughput_sps', 0):.0f}/s of "
             f"{live.get('arrival_sps', 0):.0f}/s arriving · "
             f"mean threshold {'-' if thr is None else f'{thr:.2f}'}")
@@ -178,7 +280,7 @@ class SweepProgress:
     runs' durations plus the measured overhead of the finished ones."""
 
     def __init__(self, console: Console | None = None) -> None:
-        self.console = console or Console()
+        self.console = console or HarnessConsole()
         self._bar = Progress(TextColumn("sweep"), BarColumn(),
                              TextColumn("{task.completed:.0f}/{task.total:.0f}"),
                              TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"),
@@ -204,7 +306,7 @@ class SweepProgress:
 
 def print_plan(plan: GearPlan, console: Console | None = None) -> None:
     """The gears of a plan with the load levels each serves."""
-    console = console or Console()
+    console = console or HarnessConsole()
     spans: dict[int, list[int]] = {}
     for q, index in enumerate(plan.table):
         spans.setdefault(index, []).append(q)

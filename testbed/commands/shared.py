@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from common.files import TOKEN_ENV
+from testbed.console import HarnessConsole
 from testbed.results.expect import Expectation, ExpectError, parse_all
 from testbed.verdict import EXIT_BAD_INPUT
 
-console = Console(emoji=False)  # `a:b:c` stays as written (`:b:` is an emoji code)
+# `a:b:c` stays as written (`:b:` is an emoji code); plain and wide in a pipe or a file
+console = HarnessConsole(emoji=False)
 
 POLICY_HELP = ("scheduler: static | multitasc | multitasc++ | gears | uniform-aimd | "
                "server-only | device-only, an installed one, or package.module:Class "

@@ -47,3 +47,25 @@ def test_json_expect_samples_csv_and_compare(tmp_path: Path) -> None:
     assert same.returncode == 0, same.stderr
     diffs = {m["metric"]: m["diff"] for m in json.loads(same.stdout)["metrics"]}
     assert diffs["slo_satisfaction"] == 0.0 and diffs["samples.generated"] == 0.0
+
+
+@pytest.mark.slow
+def test_output_into_a_pipe_is_plain_and_whole(tmp_path: Path) -> None:
+    """stdout to a pipe, as in `testbed up > log.txt` or `| cat`: no source locations, no
+    lines cut with an ellipsis, no redrawn bar, no table row wrapped at 80 columns."""
+    res = cli("up", "--devices", "3", "--duration", "2", "--policy", "static",
+              "--out", str(tmp_path / "run"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    text = res.stdout
+    assert "console.py:" not in text and "…" not in text and "\x1b" not in text
+    lines = text.splitlines()
+    assert any(ln.endswith(" running") for ln in lines)  # phase lines, time-stamped
+    last = [ln for ln in lines if ln.startswith("running ")][-1]
+    assert "connected " in last and "finished 3" in last  # the last poll, with its counts
+    rows = [ln for ln in lines if ln.startswith("│")]
+    assert len(rows) == 3  # one row per tier, each on one line
+    assert all(ln.count("│") == 8 for ln in rows)
+    uss = next(ln for ln in lines if ln.startswith("device USS"))
+    assert " MB mean / " in uss and " max " in uss and " - max" not in uss
+    title = next(ln for ln in lines if "policy=static" in ln)
+    assert title.strip().endswith("slo=150ms")

@@ -337,6 +337,7 @@ def test_every_sample_is_answered_and_recorded(tmp_path: Path, kind: str) -> Non
     _accounted(s)
     assert s["samples"]["aborted"] == 0 and not s["run"]["problems"], s["run"]["problems"]
     assert s["resources"]["device_uss_mb"]["sampled"] == 6
+    assert s["resources"]["device_uss_mb"]["max"] == 10.0
     events = read_events(tmp_path / "run" / "events.jsonl")
     assert ("placement" in {e["kind"] for e in events}) == (kind == "ray")
     assert ("nodes" in s) == (kind == "ray")
@@ -369,6 +370,8 @@ def test_ctrl_c_stops_cleanly_and_every_sample_is_answered(tmp_path: Path, kind:
     s = result.summary
     _accounted(s)
     assert s["samples"]["aborted"] == 0 and s["run"]["stopped_by"] == "SIGINT"
+    # sampled as it stops (0.4 s is before the sample at 60 %), per node on a cluster
+    assert s["resources"]["device_uss_mb"]["max"] == 10.0
     assert all("stop_devices" in a.calls and "kill_all" not in a.calls for a in made.values())
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
