@@ -7,9 +7,11 @@ fails with the reason."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -450,8 +452,20 @@ def test_collect_adds_refusals_over_device_processes() -> None:
     assert _refusals(incs) == {"by_reason": {"bad_tensor": 4, "malformed": 2}, "first": "first"}
 
 
-def test_server_and_device_commands_fail_in_one_line(capsys: pytest.CaptureFixture[str]
-                                                      ) -> None:
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """The commands configure the root logger for their process, here the test's: its handlers
+    then write to this test's captured stderr, closed after it, and every later log line in the
+    session would fail. Put the root logger back as it was."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_server_and_device_commands_fail_in_one_line(capsys: pytest.CaptureFixture[str],
+                                                     root_logging: None) -> None:
     from emulated_devices.main import main as device_main
     from server.main import main as server_main
 
