@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import psutil
 import tomli_w
 
-from common.config import DeviceSpec, ScenarioConfig, ScenarioError, device_specs
+from common.config import DeviceSpec, IdnNode, ScenarioConfig, ScenarioError, device_specs
 from common.events import EventLog
 from common.files import as_disk_full, is_disk_error
 from common.scenario_file import scenario_to_dict
@@ -324,7 +324,7 @@ def _supervise(cfg: ScenarioConfig, run_dir: Path, nodes: Nodes, progress: Progr
     return RunResult(run_dir, summary, run.interrupted, stopped_by)
 
 
-def _parents_first(cfg: ScenarioConfig) -> list[Any]:
+def _parents_first(cfg: ScenarioConfig) -> list[IdnNode]:
     """The IDN nodes below the repository, each after its parent (a node needs its parent's
     URL to start)."""
     idn = cfg.idn
@@ -468,20 +468,21 @@ def _start_server(run: _Run, port: int | None = None) -> bool:
 
 def _start_idn_nodes(run: _Run) -> None:
     """IDN nodes below the repository, parents before children."""
+    parent = {n.name: str(n.parent) for n in run.cfg.idn.nodes}
     urls = {run.cfg.idn.root.name: run.server.url} if run.cfg.idn.nodes else {}
-    for node in _parents_first(run.cfg):
-        view = run.servers[node.name]
-        run.progress.phase(f"starting idn node {node.name}")
+    for name, view in run.servers.items():  # parents first (`_parents_first`)
+        if name == SERVER:
+            continue
+        run.progress.phase(f"starting idn node {name}")
         answer = run.nodes.call(view.node, "start_server", ServerJob(
-            node.name, _server_cfg(run, view.node, 0), run.token,
-            parent_url=urls[str(node.parent)]))
+            name, _server_cfg(run, view.node, 0), run.token, parent_url=urls[parent[name]]))
         if not answer or "error" in answer:
             why = (answer or {}).get("error", "its node is lost")
-            raise RunError(f"idn node {node.name} did not start: {why}; see "
-                           f"{run.run_dir / 'logs' / f'node-{node.name}.log'}")
+            raise RunError(f"idn node {name} did not start: {why}; see "
+                           f"{run.run_dir / 'logs' / f'node-{name}.log'}")
         view.url, view.pid, view.alive = answer["url"], answer["pid"], True
-        urls[node.name] = view.url
-        run.events.emit("node_listening", node=node.name, url=view.url, pid=view.pid,
+        urls[name] = view.url
+        run.events.emit("node_listening", node=name, url=view.url, pid=view.pid,
                         **({"host_node": view.node} if run.nodes.distributed else {}))
 
 
@@ -542,7 +543,7 @@ def _start_devices(run: _Run) -> None:
     deadline = time.monotonic() + REGISTER_TIMEOUT_S
     run.progress.registered(0, len(specs))
     while True:
-        _poll(run, min(run.nodes.poll_s, 0.5))
+        _poll(run, run.nodes.poll_s)
         ready = sum(d.ready for d in run.devices.values())
         run.progress.registered(ready, len(specs))
         for dev in run.devices.values():
