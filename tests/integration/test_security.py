@@ -163,7 +163,7 @@ class TestServerWideBounds:
         (80,000, far past `max_held_mb` = 8 for all of them together): the server holds up to
         its budget and rejects the rest (`link_backlog`); its memory grows by about the
         budget, not by the connections; after the connections close, the budget is back at
-        zero and the memory goes back down."""
+        zero and a second round of the same load reuses the memory instead of adding to it."""
         with server_process(tmp_path, "max_held_mb = 8") as (url, proc):
             infer = wire.encode(wire.Infer(sample_id=0, dtype="uint8", shape=(64,),
                                            data=bytes(64), hold_ms=3_600_000.0))
@@ -173,67 +173,77 @@ class TestServerWideBounds:
                         got: dict[str, Any] = await r.json()
                         return got
 
+                async def fill_and_close(round_: int) -> int:
+                    """40 devices fill their uplinks; returns the RSS with all of it held."""
+                    sockets = []
+                    for i in range(40):
+                        ws = await s.ws_connect(f"{url}/v1/devices/hold-{round_}-{i}")
+                        await ws.send_bytes(wire.encode(wire.Hello(
+                            f"hold-{round_}-{i}", "mid", "light-mid", TOKEN, rate_sps=1000.0)))
+                        assert isinstance(wire.decode((await ws.receive(timeout=10)).data),
+                                          wire.Welcome)
+                        sockets.append(ws)
+
+                    async def fill(ws: aiohttp.ClientWebSocketResponse) -> None:
+                        for _ in range(2000):
+                            await ws.send_bytes(infer)
+
+                    refused0 = (await status())["held"]["refused"]
+                    await asyncio.gather(*(fill(ws) for ws in sockets))
+                    # Every frame is held or refused once the server has read them all (it
+                    # reads each socket at its frame pace): wait on its own account.
+                    each = len(infer) + HELD_OVERHEAD_BYTES
+                    for _ in range(600):
+                        held = (await status())["held"]
+                        refused = held["refused"] - refused0
+                        if held["bytes"] // each + refused == 80_000:
+                            break
+                        await asyncio.sleep(0.1)
+                    assert held["bytes"] // each + refused == 80_000, held
+                    assert held["limit_bytes"] == 8 * 2**20
+                    assert 0.9 * held["limit_bytes"] <= held["bytes"] <= held["limit_bytes"]
+                    assert refused > 60_000
+                    # ... and each refusal reached its device as a `rejected` result.
+                    got = 0
+
+                    async def rejections(ws: aiohttp.ClientWebSocketResponse) -> None:
+                        nonlocal got
+                        while got < refused:  # the held ones answer in an hour
+                            try:
+                                reply = wire.decode((await ws.receive(timeout=0.5)).data)
+                            except TimeoutError:
+                                continue
+                            if isinstance(reply, wire.Threshold):  # the policy's, as usual
+                                continue
+                            assert isinstance(reply, wire.Result), reply
+                            assert reply.cause == "link_backlog", reply
+                            got += 1
+
+                    await asyncio.wait_for(
+                        asyncio.gather(*(rejections(ws) for ws in sockets)), 60)
+                    assert got == refused
+                    peak = proc.memory_info().rss
+                    for ws in sockets:
+                        await ws.close()
+                    for _ in range(50):
+                        if (await status())["held"]["bytes"] == 0:
+                            break
+                        await asyncio.sleep(0.1)
+                    assert (await status())["held"]["bytes"] == 0
+                    return peak
+
                 await healthy(url)
                 rss0 = proc.memory_info().rss
-                sockets = []
-                for i in range(40):
-                    ws = await s.ws_connect(f"{url}/v1/devices/hold-{i}")
-                    await ws.send_bytes(wire.encode(wire.Hello(
-                        f"hold-{i}", "mid", "light-mid", TOKEN, rate_sps=1000.0)))
-                    assert isinstance(wire.decode((await ws.receive(timeout=10)).data),
-                                      wire.Welcome)
-                    sockets.append(ws)
-
-                async def fill(ws: aiohttp.ClientWebSocketResponse) -> None:
-                    for _ in range(2000):
-                        await ws.send_bytes(infer)
-
-                await asyncio.gather(*(fill(ws) for ws in sockets))
-                # Every frame is held or refused once the server has read them all (it reads
-                # each socket at its frame pace): wait on its own account, not on a timeout.
-                each = len(infer) + HELD_OVERHEAD_BYTES
-                for _ in range(600):
-                    held = (await status())["held"]
-                    if held["bytes"] // each + held["refused"] == 80_000:
-                        break
-                    await asyncio.sleep(0.1)
-                assert held["bytes"] // each + held["refused"] == 80_000, held
-                assert held["limit_bytes"] == 8 * 2**20
-                assert 0.9 * held["limit_bytes"] <= held["bytes"] <= held["limit_bytes"]
-                assert held["refused"] > 60_000
-                # ... and each refusal reached its device as a `rejected` result.
-                got = 0
-
-                async def rejections(ws: aiohttp.ClientWebSocketResponse) -> None:
-                    nonlocal got
-                    while got < held["refused"]:  # the held ones answer in an hour
-                        try:
-                            reply = wire.decode((await ws.receive(timeout=0.5)).data)
-                        except TimeoutError:
-                            continue
-                        if isinstance(reply, wire.Threshold):  # the policy's, as usual
-                            continue
-                        assert isinstance(reply, wire.Result), reply
-                        assert reply.cause == "link_backlog", reply
-                        got += 1
-
-                await asyncio.wait_for(asyncio.gather(*(rejections(ws) for ws in sockets)), 60)
-                assert got == held["refused"]
-                grown = proc.memory_info().rss - rss0
-                assert grown < 60 * 2**20, grown  # ~the budget and the sockets' buffers
-                for ws in sockets:
-                    await ws.close()
-                for _ in range(50):
-                    if (await status())["held"]["bytes"] == 0:
-                        break
-                    await asyncio.sleep(0.1)
-                assert (await status())["held"]["bytes"] == 0
-                for _ in range(50):  # the server gives the memory back a second later
-                    await asyncio.sleep(0.2)  # (later on a busy host): polling its RSS
-                    after = proc.memory_info().rss - rss0
-                    if grown - after > 4 * 2**20:
-                        break
-                assert grown - after > 4 * 2**20, (grown, after)  # most of the 8 MB came back
+                peak1 = await fill_and_close(1)
+                assert peak1 - rss0 < 60 * 2**20, peak1 - rss0  # ~the budget and the buffers
+                # What closed connections held is freed, not kept: a second round of the same
+                # load reuses that memory instead of adding another budget's worth. (How much
+                # of it glibc hands back to the system in between depends on fragmentation:
+                # 3-10 MB of the 8 here; `trim` asks, the reuse is what a long run relies on.)
+                peak2 = await fill_and_close(2)
+                print(f"held memory: round 1 +{(peak1 - rss0) / 2**20:.1f} MB, "
+                      f"round 2 +{(peak2 - rss0) / 2**20:.1f} MB")
+                assert peak2 - peak1 < 4 * 2**20, (peak1 - rss0, peak2 - rss0)
             assert await healthy(url) < 2.0
 
     async def test_status_and_metrics_need_the_token(self, tmp_path: Path) -> None:
