@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from common.batch_profiles import BatchProfile
-from common.modelzoo import open_zoo
-from common.scenario_file import load_scenario
-from testbed.plan.build import heavy_models, tier_curve, tier_weights
-from testbed.plan.planner import PlanInputs, pareto_front
-from testbed.plan.val_predictions import val_predictions
+from cascade_testbed.common.batch_profiles import BatchProfile
+from cascade_testbed.common.modelzoo import open_zoo
+from cascade_testbed.common.scenario_file import load_scenario
+from cascade_testbed.testbed.plan.build import heavy_models, tier_curve, tier_weights
+from cascade_testbed.testbed.plan.planner import PlanInputs, pareto_front
+from cascade_testbed.testbed.plan.val_predictions import val_predictions
 
 
 def main() -> None:

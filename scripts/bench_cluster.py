@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("scenario", nargs="?", default=str(ROOT / "scenarios" / "cluster.toml"))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    proc = subprocess.Popen([sys.executable, "-m", "testbed", "run", args.scenario,
+    proc = subprocess.Popen([sys.executable, "-m", "cascade_testbed", "run", args.scenario,
                              "--out", str(args.out)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.STDOUT)
     driver = psutil.Process(proc.pid)

@@ -34,10 +34,10 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from common.events import read_events
-from common.records import iter_record_files
-from common.scenario_file import load_scenario
-from testbed.orchestrator import run_scenario
+from cascade_testbed.common.events import read_events
+from cascade_testbed.common.records import iter_record_files
+from cascade_testbed.common.scenario_file import load_scenario
+from cascade_testbed.testbed.orchestrator import run_scenario
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_wakeup_floor  # a sibling script: the floor is measured in the same run

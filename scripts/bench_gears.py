@@ -15,11 +15,17 @@ import time
 
 import numpy as np
 
-from common.config import device_specs
-from common.scenario_file import load_scenario
-from server.scheduling.base import DeviceInfo, DeviceState, DeviceWindow, ServerWindow, SystemView
-from server.scheduling.gears import GearsPolicy
-from testbed.plan.build import build_plan
+from cascade_testbed.common.config import device_specs
+from cascade_testbed.common.scenario_file import load_scenario
+from cascade_testbed.server.scheduling.base import (
+    DeviceInfo,
+    DeviceState,
+    DeviceWindow,
+    ServerWindow,
+    SystemView,
+)
+from cascade_testbed.server.scheduling.gears import GearsPolicy
+from cascade_testbed.testbed.plan.build import build_plan
 
 
 def main() -> None:

@@ -3,7 +3,8 @@ without the token and start a frame that declares (almost) 4 MiB, then send it.
 
     python scripts/bench_preauth.py [--connections 300]
 
-Starts `python -m server` on 127.0.0.1 with a token (from the environment, as a user should),
+Starts `python -m cascade_testbed.server` on 127.0.0.1 with a token (from the environment, as
+a user should),
 prints its RSS before and after, and whether /healthz still answers; all traffic stays on
 loopback and the script stops by itself. docs/security.md quotes its figures.
 """
@@ -54,7 +55,8 @@ async def main(connections: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         scenario = Path(tmp) / "server.toml"
         scenario.write_text('name = "preauth"\n[server]\nport = 0\n')
-        proc = subprocess.Popen([sys.executable, "-m", "server", "--scenario", str(scenario)],
+        proc = subprocess.Popen([sys.executable, "-m", "cascade_testbed.server", "--scenario",
+                                 str(scenario)],
                                 cwd=ROOT, env={**os.environ, "TESTBED_TOKEN": "bench"},
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         try:

@@ -38,8 +38,8 @@ from bench_server import host_busy_s, start_server, stop_server
 from rich.console import Console
 from rich.table import Table
 
-from common import protocol as wire
-from common.modelzoo import open_zoo
+from cascade_testbed.common import protocol as wire
+from cascade_testbed.common.modelzoo import open_zoo
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY_VENV = ROOT / ".venv-ray"

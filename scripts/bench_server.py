@@ -37,8 +37,8 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from common import protocol as wire
-from common.modelzoo import open_session, open_zoo, to_model_input
+from cascade_testbed.common import protocol as wire
+from cascade_testbed.common.modelzoo import open_session, open_zoo, to_model_input
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
@@ -65,13 +65,15 @@ class RawModel:
 
 
 def start_server(model: str, max_batch: int) -> tuple[subprocess.Popen[str], str, Path]:
-    """`python -m server` with padding off; its URL once it listens (60 s at most)."""
+    """`python -m cascade_testbed.server` with padding off; its URL once it listens (60 s at
+    most)."""
     folder = Path(tempfile.mkdtemp(prefix="bench-server-"))
     scenario = folder / "server.toml"
     scenario.write_text(
         f'[server]\nheavy_model = "{model}"\npad_compute = false\nmax_batch_size = {max_batch}\n'
         'max_queue_size = 8192\nmax_queue_delay_us = 1000\n[policy]\nname = "static"\n')
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--scenario", str(scenario),
+    proc = subprocess.Popen([sys.executable, "-m", "cascade_testbed.server",
+                             "--scenario", str(scenario),
                              "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             text=True, cwd=ROOT)
     return proc, _listening_url(proc, "server"), folder

@@ -20,8 +20,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from common.scenario_file import load_scenario
-from testbed.orchestrator import run_scenario
+from cascade_testbed.common.scenario_file import load_scenario
+from cascade_testbed.testbed.orchestrator import run_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 

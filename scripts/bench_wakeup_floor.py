@@ -35,7 +35,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from common.modelzoo import open_session, open_zoo, to_model_input
+from cascade_testbed.common.modelzoo import open_session, open_zoo, to_model_input
 
 SETTLE_S = 3.0
 """All processes are started before anyone measures."""
@@ -83,7 +83,7 @@ def _looper(index: int, t0: float, seconds: float, rate_hz: float,
             models: tuple[list[Any], np.ndarray] | None, out: Any, extra: float) -> None:
     """The floor on an event loop: arrivals (model run, lateness recorded) and empty wake-ups
     at `extra` times the arrival rate, all Poisson timer callbacks on the devices' loop."""
-    from emulated_devices.loop_probe import precise_loop
+    from cascade_testbed.emulated_devices.loop_probe import precise_loop
 
     # The parent holds a pipe per child started before this one; inherited, they would push
     # this loop's own descriptors past select()'s 1,024 at a thousand processes. The result

@@ -42,7 +42,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-ZOO = Path(__file__).resolve().parents[1] / "common" / "zoo"
+ZOO = Path(__file__).resolve().parents[1] / "cascade_testbed" / "common" / "zoo"
 SEED = 20230623  # MultiTASC's arXiv date; any fixed value works
 ENSEMBLE_SEEDS = {"b": SEED + 1, "c": SEED + 2}  # the tier's base model is trained with SEED
 NOISE_SIGMA = 3.0  # on the digits' 0..16 pixel scale

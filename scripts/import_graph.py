@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+NAMESPACE = "cascade_testbed"
+"""The one top-level package the four live in (so a user's `server.py` cannot shadow them)."""
 PACKAGES = ("common", "server", "emulated_devices", "testbed")
 FLOOR = {"common": 1, "server": 2, "emulated_devices": 2, "testbed": 3}
 
@@ -31,7 +33,19 @@ class Import:
 
     @property
     def package(self) -> str:
-        return self.target.split(".")[0]
+        """Which of the four packages the import targets (else its top-level name)."""
+        parts = self.target.split(".")
+        return parts[1] if parts[0] == NAMESPACE and len(parts) > 1 else parts[0]
+
+    @property
+    def source(self) -> str:
+        """Which of the four packages the importing module is in."""
+        return package_of(self.path)
+
+
+def package_of(path: str) -> str:
+    """`server/app.py` -> `server`."""
+    return path.removeprefix(NAMESPACE + "/").split("/")[0]
 
 
 def imports_of(source: str, path: str) -> list[Import]:
@@ -70,7 +84,7 @@ def by_name_imports(source: str) -> list[int]:
 def sources(root: Path = ROOT) -> dict[str, str]:
     """Every module of the four packages, by repository-relative path."""
     return {p.relative_to(root).as_posix(): p.read_text()
-            for pkg in PACKAGES for p in sorted((root / pkg).rglob("*.py"))}
+            for pkg in PACKAGES for p in sorted((root / NAMESPACE / pkg).rglob("*.py"))}
 
 
 def package_edges(imports: list[Import]) -> dict[tuple[str, str], tuple[int, int]]:
@@ -78,7 +92,7 @@ def package_edges(imports: list[Import]) -> dict[tuple[str, str], tuple[int, int
     total: Counter[tuple[str, str]] = Counter()
     lazy: Counter[tuple[str, str]] = Counter()
     for imp in imports:
-        src = imp.path.split("/")[0]
+        src = imp.source
         if imp.package in PACKAGES and imp.package != src:
             total[src, imp.package] += 1
             lazy[src, imp.package] += imp.lazy

@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from common import protocol as wire
+from cascade_testbed.common import protocol as wire
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOODER = "flooder"
@@ -147,7 +147,8 @@ def run(devices: int, duration: float, seed: int, policy: str, out: Path,
         flooded: bool, invalid_share: float = 0.5) -> dict[str, Any]:
     """One `testbed up`, flooded or not: its exit code, summary and the flood's figures."""
     run_dir = out / ("flooded" if flooded else "alone")
-    proc = subprocess.Popen([sys.executable, "-m", "testbed", "up", "--devices", str(devices),
+    proc = subprocess.Popen([sys.executable, "-m", "cascade_testbed", "up",
+                             "--devices", str(devices),
                              "--duration", str(duration), "--seed", str(seed), "--policy",
                              policy, "--out", str(run_dir)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

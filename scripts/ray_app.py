@@ -16,11 +16,11 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-from common import protocol as wire
-from common.modelzoo import open_zoo
-from server.heavy_model import HeavyModel
-from server.ingress import MSGPACK
-from server.tensors import tensor_from_infer
+from cascade_testbed.common import protocol as wire
+from cascade_testbed.common.modelzoo import open_zoo
+from cascade_testbed.server.heavy_model import HeavyModel
+from cascade_testbed.server.ingress import MSGPACK
+from cascade_testbed.server.tensors import tensor_from_infer
 
 MAX_BATCH = 32
 """Same cap as the server in the benchmark (`max_batch_size = 32`)."""

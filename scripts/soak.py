@@ -24,8 +24,8 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from common.scenario_file import load_scenario
-from testbed.orchestrator import run_scenario
+from cascade_testbed.common.scenario_file import load_scenario
+from cascade_testbed.testbed.orchestrator import run_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.scheduling.base import (
+from cascade_testbed.server.scheduling.base import (
     CurvePoint,
     DeviceInfo,
     DeviceState,

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from common.config import ServerConfig
-from server.main import serve
-from server.runtime import ServerSettings
+from cascade_testbed.common.config import ServerConfig
+from cascade_testbed.server.main import serve
+from cascade_testbed.server.runtime import ServerSettings
 
 TOKEN = "secret-token"
 

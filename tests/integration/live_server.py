@@ -8,8 +8,8 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
-from server.main import serve
-from server.runtime import ServerSettings
+from cascade_testbed.server.main import serve
+from cascade_testbed.server.runtime import ServerSettings
 
 
 @contextlib.contextmanager

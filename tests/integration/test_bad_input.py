@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common import protocol as wire
-from common.config import FairnessConfig, PolicyConfig, ServerConfig
-from server.ingress import PREAUTH_FRAME_BYTES
-from server.runtime import ServerSettings
+from cascade_testbed.common import protocol as wire
+from cascade_testbed.common.config import FairnessConfig, PolicyConfig, ServerConfig
+from cascade_testbed.server.ingress import PREAUTH_FRAME_BYTES
+from cascade_testbed.server.runtime import ServerSettings
 from tests.integration.live_server import server_in_thread
 
 TOKEN = "fuzz-token"

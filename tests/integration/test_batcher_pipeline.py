@@ -11,14 +11,14 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from common import protocol as wire
-from common.batch_profiles import BatchProfile
-from common.modelzoo import open_zoo
-from server.batch_policy import BatchPolicy
-from server.batcher import Batcher
-from server.heavy_model import BatchOutput, HeavyModel
-from server.request_queue import Request, RequestQueue
-from server.stats import ServerStats
+from cascade_testbed.common import protocol as wire
+from cascade_testbed.common.batch_profiles import BatchProfile
+from cascade_testbed.common.modelzoo import open_zoo
+from cascade_testbed.server.batch_policy import BatchPolicy
+from cascade_testbed.server.batcher import Batcher
+from cascade_testbed.server.heavy_model import BatchOutput, HeavyModel
+from cascade_testbed.server.request_queue import Request, RequestQueue
+from cascade_testbed.server.stats import ServerStats
 
 pytestmark = pytest.mark.integration
 
@@ -186,7 +186,7 @@ async def test_a_socket_request_gets_its_result_as_bytes_and_others_a_result() -
 async def test_the_model_thread_runs_jobs_in_order_and_hands_back_results_and_errors() -> None:
     """Jobs run one at a time, in order, off the event loop's thread; an exception reaches the
     awaiting coroutine; a job whose awaiter gave up does not break the next ones."""
-    from server.batcher import ModelThread
+    from cascade_testbed.server.batcher import ModelThread
 
     worker = ModelThread(asyncio.get_running_loop(), name="test-model")
     ran: list[tuple[int, str]] = []

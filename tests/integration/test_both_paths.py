@@ -73,7 +73,7 @@ def test_faults_then_ctrl_c_every_sample_accounted(tmp_path: Path, where: list[s
     out = tmp_path / "run"
     log = tmp_path / "harness.txt"
     with log.open("w") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "testbed", "run", str(scenario),
+        proc = subprocess.Popen([sys.executable, "-m", "cascade_testbed", "run", str(scenario),
                                  "--out", str(out), *where], cwd=ROOT,
                                 start_new_session=True, stdout=sink, stderr=subprocess.STDOUT)
     family: list[psutil.Process] = []
@@ -155,7 +155,7 @@ def test_a_disk_that_fills_mid_run_stops_it_with_the_cause(tmp_path: Path,
         pytest.skip("cannot mount a tmpfs here (needs root); tests/unit/test_supervisor.py "
                     "covers the rule with stand-in agents")
     try:
-        done = subprocess.run([sys.executable, "-m", "testbed", "up", "--devices", "6",
+        done = subprocess.run([sys.executable, "-m", "cascade_testbed", "up", "--devices", "6",
                                "--duration", "60", "--policy", "static",
                                "--out", str(disk / "run"),
                                *(["--ray", "local:1"] if where else [])], cwd=ROOT,

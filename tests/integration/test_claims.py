@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from testbed import cli
-from testbed.claims import catalog
-from testbed.claims.catalog import Claim, field_at
+from cascade_testbed.testbed import cli
+from cascade_testbed.testbed.claims import catalog
+from cascade_testbed.testbed.claims.catalog import Claim, field_at
 
 SCENARIO = """name = "known-answers"
 duration_s = 1.5

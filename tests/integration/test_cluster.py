@@ -12,7 +12,7 @@ from pathlib import Path
 
 def _testbed(*args: str, env: dict[str, str] | None = None,
              timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "testbed", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cascade_testbed", *args], capture_output=True,
                           text=True, timeout=timeout, env=env)
 
 

@@ -24,8 +24,8 @@ from typing import IO, Any
 import aiohttp
 import pytest
 
-from common.files import run_path
-from testbed.palette import tier_color
+from cascade_testbed.common.files import run_path
+from cascade_testbed.testbed.palette import tier_color
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser",
                                                "google-chrome")) if p), None)
@@ -33,11 +33,11 @@ URL = re.compile(r"(dashboard|server): (http://127\.0\.0\.1:\d+)")
 
 
 class Harness:
-    """`python -m testbed ...` in its own session, its output collected line by line."""
+    """`python -m cascade_testbed ...` in its own session, its output collected line by line."""
 
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "testbed", *args], stdout=subprocess.PIPE,
+            [sys.executable, "-m", "cascade_testbed", *args], stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, start_new_session=True,
             env={**os.environ, "COLUMNS": "250"})
         self.lines: list[str] = []
@@ -217,7 +217,7 @@ def test_watch_follows_a_run_already_going_and_ends_with_it(tmp_path: Path) -> N
     try:
         server = run.url("server")
         refused = subprocess.run(
-            [sys.executable, "-m", "testbed", "watch", server, "--port", "0"],
+            [sys.executable, "-m", "cascade_testbed", "watch", server, "--port", "0"],
             capture_output=True, text=True, timeout=60,
             env={k: v for k, v in os.environ.items() if k != "TESTBED_TOKEN"})
         assert refused.returncode == 2, refused.stdout + refused.stderr

@@ -23,11 +23,11 @@ from typing import Any
 import psutil
 import pytest
 
-from common.config import DevicesConfig, PolicyConfig, ScenarioConfig, ServerConfig
-from common.events import read_events
-from common.records import iter_record_files, read_journal, read_records
-from common.scenario_file import load_scenario
-from testbed.orchestrator import RunResult, run_scenario
+from cascade_testbed.common.config import DevicesConfig, PolicyConfig, ScenarioConfig, ServerConfig
+from cascade_testbed.common.events import read_events
+from cascade_testbed.common.records import iter_record_files, read_journal, read_records
+from cascade_testbed.common.scenario_file import load_scenario
+from cascade_testbed.testbed.orchestrator import RunResult, run_scenario
 from tests.integration.test_runs import stray_children
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,7 +140,7 @@ def test_killed_harness_leaves_readable_partial_records(tmp_path: Path) -> None:
     out = tmp_path / "run"
     log = tmp_path / "harness.txt"
     with log.open("w") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "testbed", "up", "--devices",
+        proc = subprocess.Popen([sys.executable, "-m", "cascade_testbed", "up", "--devices",
                                  "4", "--duration", "60", "--policy", "static", "--out",
                                  str(out)], stdout=sink, stderr=subprocess.STDOUT)
     try:
@@ -155,7 +155,7 @@ def test_killed_harness_leaves_readable_partial_records(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     assert not (out / "summary.json").exists()
-    report = subprocess.run([sys.executable, "-m", "testbed", "report", str(out)],
+    report = subprocess.run([sys.executable, "-m", "cascade_testbed", "report", str(out)],
                             capture_output=True, text=True, timeout=60)
     assert report.returncode == 0, report.stdout + report.stderr
     assert "partial run" in report.stdout and "harness did not finish" in report.stdout

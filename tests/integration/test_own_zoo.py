@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.modelzoo import EMBEDDED_ZOO
-from common.scenario_file import load_scenario
-from common.zoo_checks import to_model_input
-from testbed.orchestrator import run_scenario
-from testbed.zoo_init import build_zoo
+from cascade_testbed.common.modelzoo import EMBEDDED_ZOO
+from cascade_testbed.common.scenario_file import load_scenario
+from cascade_testbed.common.zoo_checks import to_model_input
+from cascade_testbed.testbed.orchestrator import run_scenario
+from cascade_testbed.testbed.zoo_init import build_zoo
 
 SCENARIO = """name = "own-zoo"
 duration_s = 3.0

@@ -8,11 +8,12 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
-from common.events import read_events
+from cascade_testbed.common.events import read_events
 
 TESTBED = Path(sys.executable).with_name("testbed")
 
@@ -39,10 +40,11 @@ def thresholds(run_dir: Path) -> tuple[dict[str, float], dict[str, float], dict[
 def test_up_runs_the_example_policy_by_spec(tmp_path: Path) -> None:
     run_dir = tmp_path / "by-spec"
     res = run_testbed(["up", "--devices", "4", "--duration", "3", "--policy",
-                   "examples.constant:ConstantPolicy", "--out", str(run_dir)], tmp_path)
+                   "cascade_testbed.examples.constant:ConstantPolicy", "--out", str(run_dir)],
+                  tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["policy"] == "examples.constant:ConstantPolicy"
+    assert summary["policy"] == "cascade_testbed.examples.constant:ConstantPolicy"
     assert summary["samples"]["generated"] > 0
     joined, final, _ = thresholds(run_dir)
     assert len(final) == 4 and set(joined) == set(final)
@@ -70,9 +72,45 @@ def test_a_value_only_the_policy_can_judge_fails_the_start_in_one_line(tmp_path:
     process as it starts: the run stops there with the policy's own words and exit 2."""
     scenario = tmp_path / "bad.toml"
     scenario.write_text('name = "bad"\nduration_s = 3\n[devices]\ncount = 2\n'
-                        '[policy]\nname = "examples.constant:ConstantPolicy"\n'
+                        '[policy]\nname = "cascade_testbed.examples.constant:ConstantPolicy"\n'
                         'params = { threshold = 1.5 }\n')
     res = run_testbed(["run", str(scenario), "--out", str(tmp_path / "bad")], tmp_path)
     assert res.returncode == 2, res.stdout + res.stderr
     assert "threshold must be a number in [0, 1]" in res.stdout
     assert "Traceback" not in res.stdout
+
+
+@pytest.mark.slow
+def test_a_users_server_common_and_examples_modules_beside_the_policy(tmp_path: Path) -> None:
+    """A researcher's folder holds `server.py`, `common.py` and an `examples` package of their
+    own beside their policy. The testbed's parts live under `cascade_testbed`, so neither side
+    shadows the other: the run works, and the policy gets its values from the user's modules
+    (a threshold no built-in would choose)."""
+    (tmp_path / "server.py").write_text("THRESHOLD = 0.37\n")
+    (tmp_path / "common.py").write_text("LOW = 0.13\n")
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "__init__.py").write_text('NAME = "users-own"\n')
+    (tmp_path / "mypolicy.py").write_text(textwrap.dedent("""\
+        import common
+        import examples
+        import server
+
+        from cascade_testbed.examples.constant import ConstantPolicy
+
+
+        class MyPolicy(ConstantPolicy):
+            name = examples.NAME
+
+            def __init__(self, params=None):
+                super().__init__({"threshold": server.THRESHOLD, "tiers": {"low": common.LOW}})
+        """))
+    run_dir = tmp_path / "users-modules"
+    res = run_testbed(["up", "--devices", "3", "--duration", "2", "--policy", "mypolicy:MyPolicy",
+                       "--out", str(run_dir)], tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    joined, final, tiers = thresholds(run_dir)
+    want = {dev: 0.13 if tier == "low" else 0.37 for dev, tier in tiers.items()}
+    assert {"low", "mid", "high"} == set(tiers.values())
+    assert joined == want and final == want
+    status = json.loads((run_dir / "summary.json").read_text())
+    assert status["policy"] == "mypolicy:MyPolicy"

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from common.events import read_events
-from common.gear_plan import CASCADE_NAME, read_plan
-from common.scenario_file import scenario_from_dict
-from testbed.orchestrator import run_scenario
+from cascade_testbed.common.events import read_events
+from cascade_testbed.common.gear_plan import CASCADE_NAME, read_plan
+from cascade_testbed.common.scenario_file import scenario_from_dict
+from cascade_testbed.testbed.orchestrator import run_scenario
 from tests.integration.test_faults_overload import check_accounting
 
 HEAVIES = ["heavy-cnn-lite", "heavy-cnn", "heavy-cnn-xl"]

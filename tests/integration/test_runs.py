@@ -15,11 +15,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from common.config import DevicesConfig, PolicyConfig, ScenarioConfig, ServerConfig
-from common.events import read_events
-from common.files import file_mode
-from common.records import iter_record_files, read_records
-from testbed.orchestrator import run_scenario
+from cascade_testbed.common.config import DevicesConfig, PolicyConfig, ScenarioConfig, ServerConfig
+from cascade_testbed.common.events import read_events
+from cascade_testbed.common.files import file_mode
+from cascade_testbed.common.records import iter_record_files, read_records
+from cascade_testbed.testbed.orchestrator import run_scenario
 
 
 def stray_children() -> list[psutil.Process]:
@@ -127,7 +127,7 @@ def test_a_stop_signal_stops_cleanly_and_keeps_the_records(tmp_path: Path, sig: 
     out = tmp_path / "run"
     log = tmp_path / "harness.txt"
     with log.open("w") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "testbed", "up", "--devices",
+        proc = subprocess.Popen([sys.executable, "-m", "cascade_testbed", "up", "--devices",
                                  "4", "--duration", "60", "--policy", "static", "--out",
                                  str(out)], start_new_session=True, stdout=sink,
                                 stderr=subprocess.STDOUT)

@@ -13,7 +13,7 @@ import pytest
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "testbed", *args],
+    return subprocess.run([sys.executable, "-m", "cascade_testbed", *args],
                           capture_output=True, text=True, timeout=300)
 
 

@@ -25,8 +25,8 @@ import psutil
 import pytest
 from yarl import URL
 
-from common import protocol as wire
-from server.held import HELD_OVERHEAD_BYTES
+from cascade_testbed.common import protocol as wire
+from cascade_testbed.server.held import HELD_OVERHEAD_BYTES
 
 TOKEN = "security-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @contextlib.contextmanager
 def server_process(tmp_path: Path, server_toml: str = "", nofile: int | None = None,
                    extra: tuple[str, ...] = ()) -> Iterator[tuple[str, psutil.Process]]:
-    """`python -m server` with the token in its environment (not its command line), optionally
+    """`python -m cascade_testbed.server` with the token in its environment (not its command
+    line), optionally
     under a low open-file limit; yields its URL and process."""
     scenario = tmp_path / "server.toml"
     scenario.write_text(f'name = "security"\n[server]\nport = 0\n{server_toml}\n')
@@ -45,7 +46,8 @@ def server_process(tmp_path: Path, server_toml: str = "", nofile: int | None = N
         if nofile is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--scenario", str(scenario),
+    proc = subprocess.Popen([sys.executable, "-m", "cascade_testbed.server",
+                             "--scenario", str(scenario),
                              *extra], cwd=ROOT, env={**os.environ, "TESTBED_TOKEN": TOKEN},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=limit)
@@ -363,7 +365,7 @@ class TestReports:
 
 
 def _harness(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "testbed", *args], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "cascade_testbed", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
 
@@ -432,7 +434,7 @@ class TestFailedRuns:
         scenario.parent.mkdir(parents=True)
         scenario.write_text(f"duration_s = 2\n{toml}" if "duration_s" not in toml else toml)
         out = tmp_path / "deep" / "er" / "run"
-        done = subprocess.run([sys.executable, "-m", "testbed", "run", str(scenario),
+        done = subprocess.run([sys.executable, "-m", "cascade_testbed", "run", str(scenario),
                                "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
                               timeout=120)
         assert done.returncode == 2, done.stdout + done.stderr
@@ -457,7 +459,7 @@ def test_a_full_disk_stops_the_run_cleanly_and_says_so(tmp_path: Path, size: str
         pytest.skip("cannot mount a tmpfs here (needs root); the /dev/full unit tests cover "
                     "the writers")
     try:
-        done = subprocess.run([sys.executable, "-m", "testbed", "up", "--devices", "6",
+        done = subprocess.run([sys.executable, "-m", "cascade_testbed", "up", "--devices", "6",
                                "--duration", "8", "--policy", "static", "--out",
                                str(disk / "run")], cwd=ROOT, capture_output=True, text=True,
                               timeout=180)

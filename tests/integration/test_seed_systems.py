@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from common.events import read_events
-from common.gear_plan import read_plan
-from common.records import iter_record_files, read_records
-from common.scenario_file import scenario_from_dict
-from testbed.orchestrator import run_scenario
+from cascade_testbed.common.events import read_events
+from cascade_testbed.common.gear_plan import read_plan
+from cascade_testbed.common.records import iter_record_files, read_records
+from cascade_testbed.common.scenario_file import scenario_from_dict
+from cascade_testbed.testbed.orchestrator import run_scenario
 from tests.integration.test_faults_overload import check_accounting
 
 HEAVIES = ["heavy-cnn-lite", "heavy-cnn", "heavy-cnn-xl"]
@@ -26,7 +26,7 @@ def test_testbed_plan_writes_a_plan_the_cli_can_print(tmp_path: Path) -> None:
     scenario.write_text('name = "p"\n[devices]\ncount = 20\n'
                         f'[server]\nheavy_models = {json.dumps(HEAVIES)}\n')
     out = tmp_path / "plan.json"
-    done = subprocess.run([sys.executable, "-m", "testbed", "plan", str(scenario),
+    done = subprocess.run([sys.executable, "-m", "cascade_testbed", "plan", str(scenario),
                            "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     plan = read_plan(out)
@@ -189,8 +189,8 @@ def test_idn_cloud_only_serves_everything_at_the_repository(tmp_path: Path) -> N
 def test_plan_profiles_a_model_on_this_host_when_the_server_does_not_pad() -> None:
     """`testbed plan` with `pad_compute = false` times the real model (onnxruntime, 1 thread)
     and fits L(b) = base + per_sample * b."""
-    from common.modelzoo import open_zoo
-    from testbed.plan.build import measured_profile
+    from cascade_testbed.common.modelzoo import open_zoo
+    from cascade_testbed.testbed.plan.build import measured_profile
 
     p = measured_profile(open_zoo(), "heavy-cnn-lite")
     assert p.base_ms >= 0 and p.per_sample_ms > 0

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from yarl import URL
 
-from common import protocol as wire
+from cascade_testbed.common import protocol as wire
 from tests.integration.conftest import TOKEN
 
 PIXELS = np.arange(64, dtype=np.uint8).tobytes()
@@ -160,9 +160,9 @@ class TestWebSocket:
             self, server_url: str, tmp_path: Path) -> None:
         """A device sends a forwarded sample at once with the rest of its uplink time; the
         answer still comes no earlier than light model + 80 ms of uplink + the downlink."""
-        from common.config import LinkSpec, ScenarioConfig, device_specs
-        from common.records import read_records
-        from emulated_devices.device import Device
+        from cascade_testbed.common.config import LinkSpec, ScenarioConfig, device_specs
+        from cascade_testbed.common.records import read_records
+        from cascade_testbed.emulated_devices.device import Device
 
         cfg = ScenarioConfig()
         low = dataclasses.replace(cfg.tiers["low"], threshold=1.0,
@@ -295,11 +295,12 @@ class TestOverload:
 
 
 class TestDeviceByHand:
-    """`python -m emulated_devices` (what `testbed device` runs) against the real server."""
+    """`python -m cascade_testbed.emulated_devices` (what `testbed device` runs) against the
+    real server."""
 
     async def _run_device(self, url: str, *args: str) -> tuple[int, str]:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "emulated_devices", "--server", url, *args,
+            sys.executable, "-m", "cascade_testbed.emulated_devices", "--server", url, *args,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode is not None
@@ -364,7 +365,8 @@ class TestPeerErrorsInTheLog:
             assert isinstance(await receive(ws), wire.Result)
             await ws.close()
         assert 'testbed_server_protocol_errors_total{code="bad_http"} 5.0' in metrics
-        records = [r for r in caplog.records if r.name.startswith(("aiohttp", "server", "asyncio"))]
+        records = [r for r in caplog.records
+                   if r.name.startswith(("aiohttp", "cascade_testbed.server", "asyncio"))]
         assert not [r for r in records if r.levelno >= logging.ERROR or r.exc_info], \
             [r.getMessage()[:200] for r in records if r.levelno >= logging.ERROR]
         bad = [r for r in records if "bad http from a peer" in r.getMessage()]

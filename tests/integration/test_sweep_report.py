@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from common.events import read_events
-from common.records import iter_record_files, read_records
-from common.scenario_file import scenario_from_dict
-from testbed.orchestrator import run_scenario
+from cascade_testbed.common.events import read_events
+from cascade_testbed.common.records import iter_record_files, read_records
+from cascade_testbed.common.scenario_file import scenario_from_dict
+from cascade_testbed.testbed.orchestrator import run_scenario
 from tests.integration.test_faults_overload import check_accounting
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "testbed", *args],
+    return subprocess.run([sys.executable, "-m", "cascade_testbed", *args],
                           capture_output=True, text=True, timeout=600)
 
 

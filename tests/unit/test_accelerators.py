@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from common.batch_profiles import BatchProfile, on_accelerator, utilisation
-from common.config import AcceleratorConfig, ScenarioError
-from common.scenario_file import scenario_from_dict
+from cascade_testbed.common.batch_profiles import BatchProfile, on_accelerator, utilisation
+from cascade_testbed.common.config import AcceleratorConfig, ScenarioError
+from cascade_testbed.common.scenario_file import scenario_from_dict
 
 PLAIN = BatchProfile(6.0, 4.2)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.cascade_math import (
+from cascade_testbed.common.cascade_math import (
     agreement_forwards,
     calibrate_theta,
     cascade_curve,
@@ -13,7 +13,7 @@ from common.cascade_math import (
     vote,
     vote_shares,
 )
-from emulated_devices.forwarding import agreement_rule, confidence_rule
+from cascade_testbed.emulated_devices.forwarding import agreement_rule, confidence_rule
 
 
 def one_hot(classes: list[int], n_classes: int = 4, conf: float = 0.7) -> np.ndarray:
@@ -84,9 +84,9 @@ def test_cascade_curve_end_points() -> None:
 
 
 def test_server_ensemble_tier_answers_agreements_and_escalates_the_rest() -> None:
-    from common.batch_profiles import BatchProfile
-    from common.modelzoo import open_zoo, to_model_input
-    from server.heavy_model import AgreementTier, HeavyModel
+    from cascade_testbed.common.batch_profiles import BatchProfile
+    from cascade_testbed.common.modelzoo import open_zoo, to_model_input
+    from cascade_testbed.server.heavy_model import AgreementTier, HeavyModel
 
     zoo = open_zoo()
     lite, base, xl = (HeavyModel(zoo, n) for n in ("heavy-cnn-lite", "heavy-cnn", "heavy-cnn-xl"))
@@ -108,10 +108,10 @@ def test_server_ensemble_tier_answers_agreements_and_escalates_the_rest() -> Non
 
 
 def test_server_confidence_cascade_answers_what_its_first_model_is_sure_of() -> None:
-    from common.batch_profiles import BatchProfile
-    from common.gear_plan import CASCADE_NAME, cascade_name
-    from common.modelzoo import open_zoo, to_model_input
-    from server.heavy_model import ConfidenceTier, HeavyModel
+    from cascade_testbed.common.batch_profiles import BatchProfile
+    from cascade_testbed.common.gear_plan import CASCADE_NAME, cascade_name
+    from cascade_testbed.common.modelzoo import open_zoo, to_model_input
+    from cascade_testbed.server.heavy_model import ConfidenceTier, HeavyModel
 
     zoo = open_zoo()
     lite, xl = HeavyModel(zoo, "heavy-cnn-lite"), HeavyModel(zoo, "heavy-cnn-xl")

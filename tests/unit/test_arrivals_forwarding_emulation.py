@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.config import LinkSpec
-from emulated_devices.arrivals import arrival_times
-from emulated_devices.emulation import ComputeProfile, Link, pad
-from emulated_devices.forwarding import RULES, confidence_rule, get_rule
+from cascade_testbed.common.config import LinkSpec
+from cascade_testbed.emulated_devices.arrivals import arrival_times
+from cascade_testbed.emulated_devices.emulation import ComputeProfile, Link, pad
+from cascade_testbed.emulated_devices.forwarding import RULES, confidence_rule, get_rule
 
 
 def rng(seed: int = 0) -> np.random.Generator:

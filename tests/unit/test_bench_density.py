@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from common.records import RecordWriter
+from cascade_testbed.common.records import RecordWriter
 from tests.unit.test_records_metrics import rec
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_density.py"

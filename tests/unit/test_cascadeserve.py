@@ -7,18 +7,18 @@ import dataclasses
 import numpy as np
 import pytest
 
-from common.batch_profiles import BatchProfile
-from common.gear_plan import Gear, GearPlan
-from server.scheduling.base import (
+from cascade_testbed.common.batch_profiles import BatchProfile
+from cascade_testbed.common.gear_plan import Gear, GearPlan
+from cascade_testbed.server.scheduling.base import (
     DeviceInfo,
     DeviceState,
     DeviceWindow,
     ServerWindow,
     SystemView,
 )
-from server.scheduling.gears import GearsPolicy
-from testbed.plan.batch_sim import p95_ms, simulate_batcher
-from testbed.plan.planner import (
+from cascade_testbed.server.scheduling.gears import GearsPolicy
+from cascade_testbed.testbed.plan.batch_sim import p95_ms, simulate_batcher
+from cascade_testbed.testbed.plan.planner import (
     PlanInputs,
     ServerCascade,
     TierCurve,
@@ -238,6 +238,6 @@ class TestGearsPolicy:
         assert p.load_sps == pytest.approx(before * np.exp(-1))
 
     def test_a_policy_without_a_plan_says_how_to_make_one(self) -> None:
-        from server.scheduling.base import PolicyError
+        from cascade_testbed.server.scheduling.base import PolicyError
         with pytest.raises(PolicyError, match="testbed plan"):
             GearsPolicy({})

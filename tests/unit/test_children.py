@@ -6,7 +6,7 @@ from __future__ import annotations
 import multiprocessing as mp
 from multiprocessing.connection import Connection
 
-from testbed.children import Child, reap, recv, spawn
+from cascade_testbed.testbed.children import Child, reap, recv, spawn
 
 
 def _entry(pipe: Connection) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from testbed.claims.catalog import (
+from cascade_testbed.testbed.claims.catalog import (
     CLAIMS,
     Catalog,
     Claim,
@@ -29,9 +29,22 @@ from testbed.claims.catalog import (
     to_completion,
     worst,
 )
-from testbed.claims.jobs import MAX_ATTEMPTS, Job, attempts, run_all, todo, unfaithful
-from testbed.claims.runner import Plan, claims_json, claims_markdown, judge, write_results
-from testbed.claims.stats import (
+from cascade_testbed.testbed.claims.jobs import (
+    MAX_ATTEMPTS,
+    Job,
+    attempts,
+    run_all,
+    todo,
+    unfaithful,
+)
+from cascade_testbed.testbed.claims.runner import (
+    Plan,
+    claims_json,
+    claims_markdown,
+    judge,
+    write_results,
+)
+from cascade_testbed.testbed.claims.stats import (
     Effect,
     at_paper_number,
     holds,
@@ -41,7 +54,7 @@ from testbed.claims.stats import (
     paired_effects,
     seeds_needed,
 )
-from testbed.sweep import Reuse
+from cascade_testbed.testbed.sweep import Reuse
 
 T_975_2DF = 4.302652729911275
 """Student t 97.5 % quantile with 2 degrees of freedom (three seeds)."""
@@ -249,7 +262,7 @@ def write_run(run_dir: Path, **fields: object) -> None:
 
 def jobs_for(tmp_path: Path, arms: tuple[str, ...] = ("fast", "slow"),
              points: tuple[str, ...] = ("",), seeds: int = 3) -> list[Job]:
-    from common.config import ScenarioConfig
+    from cascade_testbed.common.config import ScenarioConfig
 
     return [Job("two.toml", arm, point, seed, ScenarioConfig(name="two", seed=seed),
                 tmp_path / "out" / "two" / (f"{arm}_{point}" if point else arm)
@@ -451,7 +464,7 @@ class TestJoin:
         return claims, judge(claims, Plan(jobs, tmp_path / "out", {c.id: 5 for c in claims}))
 
     def test_a_verdict_read_back_from_its_json_is_the_same(self, tmp_path: Path) -> None:
-        from testbed.claims.join import verdict_from_json
+        from cascade_testbed.testbed.claims.join import verdict_from_json
 
         claims, verdicts = self._judged(tmp_path)
         assert verdicts[0].without_excluded is not None  # the parts a table may carry
@@ -464,7 +477,7 @@ class TestJoin:
 
     def test_each_claim_comes_from_the_last_table_that_has_it_and_holm_is_redone(
             self, tmp_path: Path) -> None:
-        from testbed.claims.join import join
+        from cascade_testbed.testbed.claims.join import join
 
         jobs = barely_resolved_runs(tmp_path)
         weak, strong = claim(), claim(id="acc", metric=field_at("accuracy"))
@@ -487,7 +500,7 @@ class TestJoin:
 class TestAttempts:
     def test_an_unfaithful_run_gets_one_more_attempt_and_both_are_listed(
             self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        from testbed import provenance
+        from cascade_testbed.testbed import provenance
 
         monkeypatch.setattr(provenance, "stale", lambda *a, **k: None)
         jobs = jobs_for(tmp_path, arms=("fast",), seeds=2)
@@ -512,7 +525,7 @@ class TestAttempts:
 
     def test_a_run_made_by_other_code_is_run_again_unless_any_run_is_reused(
             self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        from testbed import provenance
+        from cascade_testbed.testbed import provenance
 
         monkeypatch.setattr(provenance, "stale", lambda *a, **k: "code changed since it ran")
         (job,) = jobs_for(tmp_path, arms=("fast",), seeds=1)
@@ -565,8 +578,8 @@ class TestCatalog:
 
 
 def test_a_quick_run_can_scale_every_time_in_a_scenario() -> None:
-    from common.scenario_file import scenario_from_dict
-    from testbed.claims.runner import time_scaled
+    from cascade_testbed.common.scenario_file import scenario_from_dict
+    from cascade_testbed.testbed.claims.runner import time_scaled
 
     cfg = scenario_from_dict({
         "name": "t", "duration_s": 40,
@@ -581,7 +594,7 @@ def test_a_quick_run_can_scale_every_time_in_a_scenario() -> None:
 def test_the_cli_joins_the_published_table_and_says_what_no_table_has(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from testbed import cli
+    from cascade_testbed.testbed import cli
 
     published = Path(__file__).resolve().parents[2] / "docs" / "claims.json"
     ids = [c["id"] for c in json.loads(published.read_text())["claims"]

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from testbed.claims import tuning as t
-from testbed.claims.catalog import CLAIMS, Claim, field_at
-from testbed.claims.runner import plan
+from cascade_testbed.testbed.claims import tuning as t
+from cascade_testbed.testbed.claims.catalog import CLAIMS, Claim, field_at
+from cascade_testbed.testbed.claims.runner import plan
 
 SCENARIO = """name = "two"
 duration_s = 30
@@ -236,7 +236,7 @@ class TestTheCommittedFiles:
             assert set(tuning.seeds).isdisjoint(range(1, max(c.seeds for c in CLAIMS) + 1))
 
     def test_every_tuning_configuration_is_a_valid_scenario(self, tmp_path: Path) -> None:
-        from testbed.preflight import check_scenario
+        from cascade_testbed.testbed.preflight import check_scenario
 
         for name in dict.fromkeys(c.scenario for c in CLAIMS):
             tuning, base = t.tuning_for(name)

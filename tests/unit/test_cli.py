@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from common.config import ScenarioConfig, ScenarioError
-from testbed import cli
-from testbed.commands import runs
-from testbed.orchestrator import RunResult
-from testbed.verdict import run_problems
+from cascade_testbed.common.config import ScenarioConfig, ScenarioError
+from cascade_testbed.testbed import cli
+from cascade_testbed.testbed.commands import runs
+from cascade_testbed.testbed.orchestrator import RunResult
+from cascade_testbed.testbed.verdict import run_problems
 
 runner = CliRunner()
 
@@ -101,7 +101,7 @@ class TestCommands:
 
     def test_a_device_count_beyond_the_hosts_memory_needs_force(
             self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-        from testbed import orchestrator
+        from cascade_testbed.testbed import orchestrator
 
         monkeypatch.setattr(orchestrator.psutil, "virtual_memory",
                             lambda: type("Mem", (), {"available": 1 * 2**30})())

@@ -13,10 +13,10 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from common.config import ScenarioConfig
-from testbed import cli
-from testbed.commands import runs
-from testbed.orchestrator import RunResult
+from cascade_testbed.common.config import ScenarioConfig
+from cascade_testbed.testbed import cli
+from cascade_testbed.testbed.commands import runs
+from cascade_testbed.testbed.orchestrator import RunResult
 from tests.unit.test_cli import fake_summary
 
 runner = CliRunner()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from common.config import (
+from cascade_testbed.common.config import (
     ClusterConfig,
     ClusterNodes,
     FaultSpec,
@@ -21,9 +21,9 @@ from common.config import (
     check_ray_address,
     device_specs,
 )
-from common.records import read_journal, read_records
-from common.scenario_file import scenario_from_dict, scenario_to_dict
-from testbed.cluster.placement import (
+from cascade_testbed.common.records import read_journal, read_records
+from cascade_testbed.common.scenario_file import scenario_from_dict, scenario_to_dict
+from cascade_testbed.testbed.cluster.placement import (
     NodeInfo,
     PlacementError,
     name_nodes,
@@ -32,9 +32,9 @@ from testbed.cluster.placement import (
     place_idn_nodes,
     placement_event,
 )
-from testbed.faults import plan_faults
-from testbed.results.nodes import node_figures
-from testbed.shipping import BadChunk, Chunk, Sink, Tail, driver_path
+from cascade_testbed.testbed.faults import plan_faults
+from cascade_testbed.testbed.results.nodes import node_figures
+from cascade_testbed.testbed.shipping import BadChunk, Chunk, Sink, Tail, driver_path
 
 
 def ray_node(node_id: str, ip: str = "127.0.0.1", head: bool = False, alive: bool = True,
@@ -309,7 +309,7 @@ class TestShipping:
     def test_torn_csv_row_reads_as_torn(self, tmp_path: Path) -> None:
         node, run = tmp_path / "node", tmp_path / "run"
         (node / "samples").mkdir(parents=True)
-        from common.records import FIELDS
+        from cascade_testbed.common.records import FIELDS
 
         (node / "samples" / "a.csv").write_text(",".join(FIELDS) + "\nlow-000,low,0")
         tail, sink = Tail(node), Sink(run)

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from common.config import (
+from cascade_testbed.common.config import (
     ScenarioConfig,
     ScenarioError,
     assign_tiers,
     device_specs,
     parse_mix,
 )
-from common.scenario_file import load_scenario, scenario_from_dict, scenario_to_dict
+from cascade_testbed.common.scenario_file import load_scenario, scenario_from_dict, scenario_to_dict
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -108,8 +108,8 @@ class TestMix:
 
 
 def test_tier_popularity_multiplies_into_the_devices_rates() -> None:
-    from common.config import device_specs, multiply
-    from common.scenario_file import scenario_from_dict
+    from cascade_testbed.common.config import device_specs, multiply
+    from cascade_testbed.common.scenario_file import scenario_from_dict
 
     assert multiply((), ((0.0, 2.0),)) == ((0.0, 2.0),)
     assert multiply(((0.0, 2.0), (10.0, 1.0)), ((5.0, 3.0),)) == (
@@ -123,8 +123,8 @@ def test_tier_popularity_multiplies_into_the_devices_rates() -> None:
 
 
 def test_a_tier_task_needs_an_inference_delivery_network() -> None:
-    from common.config import ScenarioError
-    from common.scenario_file import scenario_from_dict
+    from cascade_testbed.common.config import ScenarioError
+    from cascade_testbed.common.scenario_file import scenario_from_dict
 
     with pytest.raises(ScenarioError, match="need an inference delivery network"):
         scenario_from_dict({"name": "t", "tiers": {"mid": {"task": "parity"}}})

@@ -11,8 +11,14 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from testbed import cli
-from testbed.console import PIPE_WIDTH, HarnessConsole, LiveProgress, live_text, summary_tables
+from cascade_testbed.testbed import cli
+from cascade_testbed.testbed.console import (
+    PIPE_WIDTH,
+    HarnessConsole,
+    LiveProgress,
+    live_text,
+    summary_tables,
+)
 from tests.unit.test_cli import fake_summary
 
 runner = CliRunner()

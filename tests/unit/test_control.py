@@ -13,23 +13,23 @@ from typing import Any, ClassVar
 
 import pytest
 
-from common import protocol as wire
-from common.events import EventLog, read_events
-from server.control import (
+from cascade_testbed.common import protocol as wire
+from cascade_testbed.common.events import EventLog, read_events
+from cascade_testbed.server.control import (
     THRESHOLD_EPSILON,
     Controller,
     DuplicateDevice,
     clamp_threshold,
     every,
 )
-from server.runtime import Runtime, ServerSettings
-from server.scheduling.base import (
+from cascade_testbed.server.runtime import Runtime, ServerSettings
+from cascade_testbed.server.scheduling.base import (
     DeviceInfo,
     HeavyOption,
     PolicyDecision,
     SystemView,
 )
-from server.stats import ServerStats
+from cascade_testbed.server.stats import ServerStats
 from tests.helpers import device, server
 
 
@@ -222,7 +222,7 @@ async def test_a_failing_policy_is_logged_and_the_loop_goes_on(
         if len(policy.views) >= 3:
             third.set()
 
-    with caplog.at_level(logging.ERROR, logger="server.control"):
+    with caplog.at_level(logging.ERROR, logger="cascade_testbed.server.control"):
         loop = asyncio.create_task(every(0.001, step, "policy scripted"))
         await asyncio.wait_for(third.wait(), timeout=10)
         loop.cancel()

@@ -15,17 +15,17 @@ import msgpack
 from aiohttp.test_utils import TestClient, TestServer
 from typer.testing import CliRunner
 
-from common import protocol as wire
-from common.config import MAX_MS
-from common.events import EventLog
-from emulated_devices.window import LATENCY_ANSWERS, Window, quantile
-from server.control import Controller
-from server.report_check import ReportTotals, check_report
-from server.scheduling import make_policy
-from server.stats import ServerStats
-from testbed import cli
-from testbed.dashboard.app import EventTail, Hub, make_app
-from testbed.dashboard.series import CHARTS, Timeline, columns
+from cascade_testbed.common import protocol as wire
+from cascade_testbed.common.config import MAX_MS
+from cascade_testbed.common.events import EventLog
+from cascade_testbed.emulated_devices.window import LATENCY_ANSWERS, Window, quantile
+from cascade_testbed.server.control import Controller
+from cascade_testbed.server.report_check import ReportTotals, check_report
+from cascade_testbed.server.scheduling import make_policy
+from cascade_testbed.server.stats import ServerStats
+from cascade_testbed.testbed import cli
+from cascade_testbed.testbed.dashboard.app import EventTail, Hub, make_app
+from cascade_testbed.testbed.dashboard.series import CHARTS, Timeline, columns
 from tests import helpers
 
 
@@ -327,8 +327,8 @@ class TestEndOfRunAndColours:
         assert not row["server_up"] and tl.last_up is tl.rows[1]
 
     def test_rows_carry_the_palettes_tier_styles_the_figures_draw_with(self) -> None:
-        from testbed.palette import tier_style
-        from testbed.results.figures import tier_line
+        from cascade_testbed.testbed.palette import tier_style
+        from cascade_testbed.testbed.results.figures import tier_line
 
         tl = Timeline()
         row = tl.add(0.0, status({"a": device("low", 0.5), "b": device("mid", 0.5),

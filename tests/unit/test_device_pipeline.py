@@ -15,12 +15,12 @@ from typing import TypeVar
 
 import numpy as np
 
-from common import protocol as wire
-from common.config import DeviceSpec, ScenarioConfig, device_specs
-from common.records import FIELDS, SampleRecord, format_row, read_records
-from emulated_devices.client import RECONNECT_BACKOFF_S, Backoff
-from emulated_devices.device import Device, Pending
-from emulated_devices.loop_probe import precise_loop
+from cascade_testbed.common import protocol as wire
+from cascade_testbed.common.config import DeviceSpec, ScenarioConfig, device_specs
+from cascade_testbed.common.records import FIELDS, SampleRecord, format_row, read_records
+from cascade_testbed.emulated_devices.client import RECONNECT_BACKOFF_S, Backoff
+from cascade_testbed.emulated_devices.device import Device, Pending
+from cascade_testbed.emulated_devices.loop_probe import precise_loop
 
 T = TypeVar("T")
 NO_SERVER = "http://127.0.0.1:9"  # discard port: nothing listens, connecting fails at once

@@ -11,8 +11,8 @@ import msgpack
 import pytest
 from aiohttp import web
 
-from common import protocol as wire
-from emulated_devices.device import Device
+from cascade_testbed.common import protocol as wire
+from cascade_testbed.emulated_devices.device import Device
 from tests.unit.test_device_pipeline import low_tier_spec
 
 StandIn = Callable[[list[bytes]], Awaitable[str]]

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from common import eager
+from cascade_testbed.common import eager
 
 
 def test_a_coroutine_that_does_not_wait_finishes_in_step() -> None:

@@ -5,9 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.batch_profiles import BatchProfile
-from server.batch_policy import Idle, WaitUntil
-from server.early_exit.stages import RunStage, StageCosts, StageScheduler, Waiting, first
+from cascade_testbed.common.batch_profiles import BatchProfile
+from cascade_testbed.server.batch_policy import Idle, WaitUntil
+from cascade_testbed.server.early_exit.stages import (
+    RunStage,
+    StageCosts,
+    StageScheduler,
+    Waiting,
+    first,
+)
 
 COSTS = StageCosts((BatchProfile(2, 1), BatchProfile(1, 1), BatchProfile(3, 2)),
                    (0.6, 0.5, 1.0))
@@ -78,8 +84,8 @@ def test_slack_serves_what_can_still_make_it_before_what_cannot() -> None:
 
 
 def test_staged_zoo_model_stages_compose_to_the_whole_network() -> None:
-    from common.modelzoo import open_zoo, to_model_input
-    from server.early_exit.model import StagedModel
+    from cascade_testbed.common.modelzoo import open_zoo, to_model_input
+    from cascade_testbed.server.early_exit.model import StagedModel
 
     zoo = open_zoo()
     model = StagedModel(zoo, "heavy-ee")
@@ -136,12 +142,12 @@ def test_slack_runs_the_batch_that_lets_most_samples_leave_unless_another_would_
 def test_the_shell_cuts_the_picked_requests_and_holds_the_skipped_ones_in_order() -> None:
     import asyncio
 
-    from common.modelzoo import open_zoo
-    from server.batch_policy import BatchPolicy
-    from server.early_exit.batcher import EarlyExitBatcher
-    from server.early_exit.model import StagedModel
-    from server.request_queue import Request, RequestQueue
-    from server.stats import ServerStats
+    from cascade_testbed.common.modelzoo import open_zoo
+    from cascade_testbed.server.batch_policy import BatchPolicy
+    from cascade_testbed.server.early_exit.batcher import EarlyExitBatcher
+    from cascade_testbed.server.early_exit.model import StagedModel
+    from cascade_testbed.server.request_queue import Request, RequestQueue
+    from cascade_testbed.server.stats import ServerStats
 
     async def main() -> None:
         model = StagedModel(open_zoo(), "heavy-ee")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from common.config import FairnessConfig, ScenarioError
-from server.fairness import (
+from cascade_testbed.common.config import FairnessConfig, ScenarioError
+from cascade_testbed.server.fairness import (
     MAX_TRACKED,
     OTHERS,
     RateLimits,

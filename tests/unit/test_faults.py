@@ -7,17 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.config import (
+from cascade_testbed.common.config import (
     FaultSpec,
     LinkSpec,
     ScenarioConfig,
     ScenarioError,
     device_specs,
 )
-from common.scenario_file import load_scenario, scenario_from_dict, scenario_to_dict
-from emulated_devices.emulation import Impairment, Link
-from server.admission import Admission, AdmissionRefused, estimated_finish
-from testbed.faults import occurrences, plan_faults
+from cascade_testbed.common.scenario_file import load_scenario, scenario_from_dict, scenario_to_dict
+from cascade_testbed.emulated_devices.emulation import Impairment, Link
+from cascade_testbed.server.admission import Admission, AdmissionRefused, estimated_finish
+from cascade_testbed.testbed.faults import occurrences, plan_faults
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from server.held import HELD_OVERHEAD_BYTES, TRIM_AFTER_BYTES, Held, HeldBudget
+from cascade_testbed.server.held import HELD_OVERHEAD_BYTES, TRIM_AFTER_BYTES, Held, HeldBudget
 
 
 async def test_held_messages_are_delivered_in_time_order_within_the_limit() -> None:

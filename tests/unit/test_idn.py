@@ -8,9 +8,9 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from common.config import ScenarioError, device_specs
-from common.scenario_file import scenario_from_dict
-from server.idn.alloc import (
+from cascade_testbed.common.config import ScenarioError, device_specs
+from cascade_testbed.common.scenario_file import scenario_from_dict
+from cascade_testbed.server.idn.alloc import (
     CatalogModel,
     Demand,
     MirrorAscent,
@@ -20,7 +20,7 @@ from server.idn.alloc import (
     greedy,
     project,
 )
-from server.idn.routing import Option, choose, expected_infer_ms, serving_cost_ms
+from cascade_testbed.server.idn.routing import Option, choose, expected_infer_ms, serving_cost_ms
 
 SIZES = {"small": 300.0, "mid": 700.0, "big": 1000.0}
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.modelzoo import open_zoo, to_model_input
-from emulated_devices.light_model import LightModel, light_stage
+from cascade_testbed.common.modelzoo import open_zoo, to_model_input
+from cascade_testbed.emulated_devices.light_model import LightModel, light_stage
 
 
 def test_in_place_input_matches_to_model_input() -> None:
@@ -24,7 +24,7 @@ def test_in_place_input_matches_to_model_input() -> None:
 
 
 def test_preloaded_sessions_are_shared_and_answer_the_same() -> None:
-    from emulated_devices import light_model
+    from cascade_testbed.emulated_devices import light_model
 
     zoo = open_zoo()
     name = next(iter(zoo.tiers.values()))

@@ -8,8 +8,14 @@ import time
 
 import pytest
 
-from common.looplag import BUCKET_US, LagHistogram, lag_summary, merge, percentile_ms
-from emulated_devices.loop_probe import TimerLag, precise_loop
+from cascade_testbed.common.looplag import (
+    BUCKET_US,
+    LagHistogram,
+    lag_summary,
+    merge,
+    percentile_ms,
+)
+from cascade_testbed.emulated_devices.loop_probe import TimerLag, precise_loop
 
 
 def hist_of(lags_ms: list[float]) -> LagHistogram:

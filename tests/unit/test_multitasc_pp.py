@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from server.scheduling import POLICIES, make_policy
-from server.scheduling.allocation import (
+from cascade_testbed.server.scheduling import POLICIES, make_policy
+from cascade_testbed.server.scheduling.allocation import (
     Demand,
     Flow,
     allocate,
@@ -17,15 +17,19 @@ from server.scheduling.allocation import (
     scale_to_load,
     upper_hull,
 )
-from server.scheduling.base import (
+from cascade_testbed.server.scheduling.base import (
     CurvePoint,
     DeviceInfo,
     DeviceWindow,
     HeavyOption,
     SystemView,
 )
-from server.scheduling.baselines import DeviceOnlyPolicy, ServerOnlyPolicy, UniformAIMDPolicy
-from server.scheduling.multitasc_pp import MultiTASCPlusPlusPolicy, SetPoint
+from cascade_testbed.server.scheduling.baselines import (
+    DeviceOnlyPolicy,
+    ServerOnlyPolicy,
+    UniformAIMDPolicy,
+)
+from cascade_testbed.server.scheduling.multitasc_pp import MultiTASCPlusPlusPolicy, SetPoint
 from tests.helpers import device, linear_curve, server, view, window
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.scheduling import POLICIES, make_policy
-from server.scheduling.base import (
+from cascade_testbed.server.scheduling import POLICIES, make_policy
+from cascade_testbed.server.scheduling.base import (
     CurvePoint,
     DeviceState,
     PolicyError,
@@ -14,8 +14,8 @@ from server.scheduling.base import (
     accuracy_optimal_threshold,
     check_params,
 )
-from server.scheduling.multitasc import MultiTASCPolicy, marginal_gain
-from server.scheduling.static import StaticPolicy
+from cascade_testbed.server.scheduling.multitasc import MultiTASCPolicy, marginal_gain
+from cascade_testbed.server.scheduling.static import StaticPolicy
 from tests.helpers import device, linear_curve, server, view, window
 
 WEAK = device("low-000", "low", gain=0.4, initial=0.8)

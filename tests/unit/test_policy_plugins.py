@@ -1,4 +1,5 @@
-"""Policies as plugins: `package.module:Class` specs and `cascade_testbed.policies` entry points
+"""Policies as plugins: `package.module:Class` specs and `cascade_testbed.policies` entry
+points
 are checked before anything is imported, load only `Policy` subclasses, and their params are
 checked by the harness before any process starts (server/scheduling/plugins.py)."""
 
@@ -14,14 +15,14 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from common.config import PolicyConfig, ScenarioConfig, ScenarioError
-from common.names import BadName, check_policy_name, is_policy_spec, policy_label
-from common.scenario_file import scenario_from_dict
-from examples.constant import ConstantPolicy
-from server.scheduling import POLICIES, make_policy
-from server.scheduling.base import PolicyError, check_params
-from server.scheduling.multitasc import MultiTASCPolicy
-from server.scheduling.plugins import (
+from cascade_testbed.common.config import PolicyConfig, ScenarioConfig, ScenarioError
+from cascade_testbed.common.names import BadName, check_policy_name, is_policy_spec, policy_label
+from cascade_testbed.common.scenario_file import scenario_from_dict
+from cascade_testbed.examples.constant import ConstantPolicy
+from cascade_testbed.server.scheduling import POLICIES, make_policy
+from cascade_testbed.server.scheduling.base import PolicyError, check_params
+from cascade_testbed.server.scheduling.multitasc import MultiTASCPolicy
+from cascade_testbed.server.scheduling.plugins import (
     ENTRY_POINT_GROUP,
     available,
     check_policy,
@@ -30,16 +31,19 @@ from server.scheduling.plugins import (
     parse_spec,
     resolve,
 )
-from testbed import cli
-from testbed.commands import claims, runs, shared
-from testbed.orchestrator import default_run_dir
+from cascade_testbed.testbed import cli
+from cascade_testbed.testbed.commands import claims, runs, shared
+from cascade_testbed.testbed.orchestrator import default_run_dir
+
+EXAMPLE = "cascade_testbed.examples.constant"
+"""The example policy's module, as a user names it in a spec."""
 
 runner = CliRunner()
 _serial = itertools.count()
 
 GOOD = '''
 from typing import Any, ClassVar
-from server.scheduling.base import Policy, PolicyDecision, check_params
+from cascade_testbed.server.scheduling.base import Policy, PolicyDecision, check_params
 
 class Mine(Policy):
     """Holds nothing; says so."""
@@ -90,7 +94,7 @@ def fake_distribution(root: Path, entries: dict[str, str], dist: str = "fakeplug
 
 
 class TestSpecs:
-    @pytest.mark.parametrize("text", ["a:B", "pkg.mod:Cls", "_p.m_2:_C", "examples.constant:X"])
+    @pytest.mark.parametrize("text", ["a:B", "pkg.mod:Cls", "_p.m_2:_C", f"{EXAMPLE}:X"])
     def test_valid_specs(self, text: str) -> None:
         assert is_policy_spec(text) and check_policy_name(text) == text
         assert str(parse_spec(text)) == text
@@ -109,28 +113,28 @@ class TestSpecs:
             check_policy_name("../etc")
 
     def test_the_harness_and_device_packages_cannot_hold_a_policy(self) -> None:
-        for text in ("testbed.cli:app", "emulated_devices.main:X"):
+        for text in ("cascade_testbed.testbed.cli:app", "cascade_testbed.emulated_devices.main:X"):
             with pytest.raises(PolicyError, match="cannot live in"):
                 parse_spec(text)
 
     def test_a_spec_is_a_valid_policy_in_a_scenario_and_the_shorthand_works(self) -> None:
-        assert PolicyConfig("examples.constant:ConstantPolicy").name.endswith(":ConstantPolicy")
-        cfg = scenario_from_dict({"policy": "examples.constant:ConstantPolicy"})
-        assert cfg.policy.name == "examples.constant:ConstantPolicy" and cfg.policy.params == {}
+        assert PolicyConfig(f"{EXAMPLE}:ConstantPolicy").name.endswith(":ConstantPolicy")
+        cfg = scenario_from_dict({"policy": f"{EXAMPLE}:ConstantPolicy"})
+        assert cfg.policy.name == f"{EXAMPLE}:ConstantPolicy" and cfg.policy.params == {}
         for bad in ("a/b:C", "x:y:z", "../x"):
             with pytest.raises(ScenarioError, match="policy name"):
                 PolicyConfig(bad)
 
     def test_labels_are_names_safe_for_paths(self) -> None:
         assert policy_label("multitasc++") == "multitasc++"
-        assert policy_label("examples.constant:ConstantPolicy") == \
-            "examples.constant.ConstantPolicy"
+        assert policy_label(f"{EXAMPLE}:ConstantPolicy") == \
+            f"{EXAMPLE}.ConstantPolicy"
         long = ".".join(["_pkg"] * 30) + ":_Cls"
         label = policy_label(long)
         assert len(label) <= 64 and label.endswith("._Cls") and label[0].isalnum()
         run_dir = default_run_dir(ScenarioConfig(
-            policy=PolicyConfig("examples.constant:ConstantPolicy")))
-        assert ":" not in run_dir.name and "examples.constant.ConstantPolicy" in run_dir.name
+            policy=PolicyConfig(f"{EXAMPLE}:ConstantPolicy")))
+        assert ":" not in run_dir.name and f"{EXAMPLE}.ConstantPolicy" in run_dir.name
         with pytest.raises(BadName):
             policy_label("a/b")
 
@@ -147,15 +151,17 @@ class TestLoading:
 
     def test_built_ins_resolve_by_name_and_by_spec(self) -> None:
         assert resolve("multitasc") is MultiTASCPolicy is POLICIES["multitasc"]
-        assert resolve("server.scheduling.multitasc:MultiTASCPolicy") is MultiTASCPolicy
-        assert resolve("examples.constant:ConstantPolicy") is ConstantPolicy
+        spec = "cascade_testbed.server.scheduling.multitasc:MultiTASCPolicy"
+        assert resolve(spec) is MultiTASCPolicy
+        assert resolve(f"{EXAMPLE}:ConstantPolicy") is ConstantPolicy
 
     @pytest.mark.parametrize(("source", "attr", "needle"), [
         (GOOD, "Missing", "has no 'Missing'"),
         (GOOD + "\nclass Plain:\n    name = 'plain'\n", "Plain",
-         "class Plain, not a subclass of server.scheduling.base.Policy"),
+         "class Plain, not a subclass of cascade_testbed.server.scheduling.base.Policy"),
         (GOOD + "\nthing = 3\n", "thing", "a int, not a subclass"),
-        (GOOD + "\nfrom server.scheduling.base import Policy as P\n", "P", "class Policy, not"),
+        (GOOD + "\nfrom cascade_testbed.server.scheduling.base import Policy as P\n", "P",
+         "class Policy, not"),
         (GOOD + "\nclass NoStep(Policy):\n    name = 'x'\n    def __init__(self, p=None):"
          "\n        pass\n    def join(self, d, n):\n        return 0.0\n", "NoStep",
          "does not define leave, step"),
@@ -199,7 +205,7 @@ class TestEntryPoints:
         assert entry.doc == "Holds nothing; says so"
 
     def test_this_project_declares_the_example(self) -> None:
-        assert entry_points()["constant"] == "examples.constant:ConstantPolicy"
+        assert entry_points()["constant"] == f"{EXAMPLE}:ConstantPolicy"
         assert resolve("constant") is ConstantPolicy
 
     def test_broken_and_shadowing_entry_points_are_listed_with_why_and_never_used(
@@ -262,16 +268,16 @@ class TestCli:
     def test_policies_lists_built_ins_and_entry_points_with_params(self) -> None:
         res = runner.invoke(cli.app, ["policies"])
         assert res.exit_code == 0, res.output
-        for needle in ("static  (built-in, server.scheduling.static:StaticPolicy)",
+        for needle in ("static  (built-in, cascade_testbed.server.scheduling.static:StaticPolicy)",
                        "constant  (entry point (cascade-testbed), "
-                       "examples.constant:ConstantPolicy)",
+                       f"{EXAMPLE}:ConstantPolicy)",
                        "params: threshold = 0.5, tiers = {}", 'group_by = "tier"',
                        "no_cascade = false", "params: none"):
             assert needle in res.output, needle
 
     @pytest.mark.parametrize(("args", "needle"), [
         (["--policy", "no_such_pkg_xyz:P"], "cannot import 'no_such_pkg_xyz'"),
-        (["--policy", "examples.constant:Nope"], "has no 'Nope'"),
+        (["--policy", f"{EXAMPLE}:Nope"], "has no 'Nope'"),
         (["--policy", "oracle"], "unknown policy 'oracle'"),
     ])
     def test_up_refuses_a_bad_policy_in_one_line(self, args: list[str], needle: str) -> None:
@@ -284,7 +290,7 @@ class TestCli:
          "unknown parameter 'targt'; accepted: down_step, group_by,"),
         ('name = "constant"\nparams = { threshold = "high" }',
          "parameter 'threshold' must be a number"),
-        ('name = "examples.constant:ConstantPolicy"\nparams = { tiers = 0.3 }',
+        (f'name = "{EXAMPLE}:ConstantPolicy"\nparams = {{ tiers = 0.3 }}',
          "parameter 'tiers' must be a table"),
     ])
     def test_run_refuses_bad_params_before_anything_starts(
@@ -296,19 +302,19 @@ class TestCli:
 
     def test_sweep_checks_every_point(self, tmp_path: Path) -> None:
         path = tmp_path / "s.toml"
-        path.write_text('name = "s"\n[sweep]\npolicy = ["static", "examples.constant:Nope"]\n')
+        path.write_text(f'name = "s"\n[sweep]\npolicy = ["static", "{EXAMPLE}:Nope"]\n')
         res = runner.invoke(cli.app, ["sweep", str(path), "--dry-run"])
         assert res.exit_code == 2 and "has no 'Nope'" in res.output
         path.write_text('name = "s"\n[sweep]\npolicy = ["static", "constant", '
-                        '"examples.constant:ConstantPolicy"]\n')
+                        f'"{EXAMPLE}:ConstantPolicy"]\n')
         res = runner.invoke(cli.app, ["sweep", str(path), "--dry-run",
                                       "--out", str(tmp_path / "sw")])
-        assert res.exit_code == 0 and "002-policy=examples.constant-ConstantPolicy\n" in res.output
+        assert res.exit_code == 0 and f"002-policy={EXAMPLE}-ConstantPolicy\n" in res.output
 
     def test_claims_check_every_job(self, monkeypatch: pytest.MonkeyPatch) -> None:
         import dataclasses
 
-        from testbed.claims import runner as claims_runner
+        from cascade_testbed.testbed.claims import runner as claims_runner
 
         real_plan = claims_runner.plan
 

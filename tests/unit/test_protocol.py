@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common import protocol as wire
+from cascade_testbed.common import protocol as wire
 
 MESSAGES = [
     wire.Hello(device_id="low-001", tier="low", model="light-low", token="t"),

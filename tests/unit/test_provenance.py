@@ -11,18 +11,19 @@ from typing import Any
 
 import pytest
 
-from common.config import ScenarioConfig
-from common.scenario_file import scenario_from_dict
-from testbed import provenance
-from testbed.sweep import Reuse, expand, parse_axes, partition
+from cascade_testbed.common.config import ScenarioConfig
+from cascade_testbed.common.scenario_file import scenario_from_dict
+from cascade_testbed.testbed import provenance
+from cascade_testbed.testbed.sweep import Reuse, expand, parse_axes, partition
 
 
 def tree(root: Path) -> Path:
-    for rel, text in {"common/a.py": "A = 1\n", "server/b.py": "B = 2\n",
-                      "testbed/c.py": "C = 3\n", "testbed/claims/judge.py": "J = 4\n",
-                      "testbed/dashboard/static/page.js": "x\n", "docs/d.md": "doc\n",
-                      "tests/t.py": "T = 5\n", "emulated_devices/e.py": "E = 6\n",
-                      "common/__pycache__/a.cpython-311.pyc": "junk",
+    pkg = "cascade_testbed"
+    for rel, text in {f"{pkg}/common/a.py": "A = 1\n", f"{pkg}/server/b.py": "B = 2\n",
+                      f"{pkg}/testbed/c.py": "C = 3\n", f"{pkg}/testbed/claims/judge.py": "J = 4\n",
+                      f"{pkg}/testbed/dashboard/static/page.js": "x\n", "docs/d.md": "doc\n",
+                      "tests/t.py": "T = 5\n", "cascade_testbed/emulated_devices/e.py": "E = 6\n",
+                      "cascade_testbed/common/__pycache__/a.cpython-311.pyc": "junk",
                       "pyproject.toml": "[project]\n"}.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,15 +35,17 @@ def test_code_is_the_packages_and_pyproject_not_docs_tests_or_the_judging(
         tmp_path: Path) -> None:
     root = tree(tmp_path)
     assert [p.as_posix() for p in provenance.code_files(root)] == [
-        "common/a.py", "emulated_devices/e.py", "pyproject.toml", "server/b.py", "testbed/c.py"]
+        "cascade_testbed/common/a.py", "cascade_testbed/emulated_devices/e.py",
+        "cascade_testbed/server/b.py", "cascade_testbed/testbed/c.py", "pyproject.toml"]
     before = provenance.code_hash(provenance.code_manifest(root))
-    for rel in ("docs/d.md", "tests/t.py", "testbed/claims/judge.py"):
+    for rel in ("docs/d.md", "tests/t.py", "cascade_testbed/testbed/claims/judge.py"):
         (root / rel).write_text("changed\n")
     assert provenance.code_hash(provenance.code_manifest(root)) == before
-    (root / "server/b.py").write_text("B = 3\n")
+    (root / "cascade_testbed/server/b.py").write_text("B = 3\n")
     after = provenance.code_manifest(root)
     assert provenance.code_hash(after) != before
-    assert after["server/b.py"] != provenance.code_manifest(tree(tmp_path / "x"))["server/b.py"]
+    b = "cascade_testbed/server/b.py"
+    assert after[b] != provenance.code_manifest(tree(tmp_path / "x"))[b]
 
 
 def test_the_scenario_hash_follows_every_resolved_field_but_not_the_checkout(
@@ -52,8 +55,8 @@ def test_the_scenario_hash_follows_every_resolved_field_but_not_the_checkout(
                                                                                     seed=1))
     assert provenance.scenario_hash(cfg) != provenance.scenario_hash(
         dataclasses.replace(cfg, seed=2))
-    zoo = tree(tmp_path / "a") / "common"
-    other = tree(tmp_path / "b") / "common"
+    zoo = tree(tmp_path / "a") / "cascade_testbed" / "common"
+    other = tree(tmp_path / "b") / "cascade_testbed" / "common"
     here = dataclasses.replace(cfg, zoo=str(zoo))
     there = dataclasses.replace(cfg, zoo=str(other))
     assert provenance.scenario_hash(here, tmp_path / "a") == \
@@ -77,8 +80,8 @@ def test_the_commit_and_which_code_is_dirty(tmp_path: Path) -> None:
     assert state.commit and len(state.commit) == 40 and not state.dirty
     (root / "docs/d.md").write_text("edited\n")
     assert provenance.git_state(root).dirty and provenance.git_state(root).dirty_code == ()
-    (root / "server/b.py").write_text("B = 9\n")
-    assert provenance.git_state(root).dirty_code == ("server/b.py",)
+    (root / "cascade_testbed/server/b.py").write_text("B = 9\n")
+    assert provenance.git_state(root).dirty_code == ("cascade_testbed/server/b.py",)
 
 
 def test_a_finished_run_stands_only_for_the_same_scenario_and_code(tmp_path: Path) -> None:
@@ -94,11 +97,11 @@ def test_a_finished_run_stands_only_for_the_same_scenario_and_code(tmp_path: Pat
     assert provenance.stale(run, cfg, root=root) is None
     assert provenance.stale(run, dataclasses.replace(cfg, seed=2), root=root) == \
         "its scenario differs"
-    (root / "server/b.py").write_text("B = 3\n")
-    (root / "server/new.py").write_text("N = 1\n")
+    (root / "cascade_testbed/server/b.py").write_text("B = 3\n")
+    (root / "cascade_testbed/server/new.py").write_text("N = 1\n")
     why = provenance.stale(run, cfg, root=root)
-    assert why == ("code changed since it ran (commit abcdef1234): server/b.py, "
-                   "server/new.py")
+    assert why == ("code changed since it ran (commit abcdef1234): cascade_testbed/server/b.py, "
+                   "cascade_testbed/server/new.py")
 
 
 def test_a_sweep_runs_again_only_what_other_code_or_scenario_made(
@@ -113,9 +116,10 @@ def test_a_sweep_runs_again_only_what_other_code_or_scenario_made(
         provenance.write(run, point.cfg)
     todo, outcome = partition(points, sweep_dir, Reuse())
     assert todo == [] and outcome.skipped == [p.name for p in points]
-    changed: dict[str, Any] = {**provenance.code_manifest(), "server/extra.py": "0"}
+    changed: dict[str, Any] = {**provenance.code_manifest(), "cascade_testbed/server/extra.py": "0"}
     todo, outcome = partition(points, sweep_dir, Reuse(manifest=changed))
-    assert todo == points and all("server/extra.py" in why for why in outcome.stale.values())
+    assert todo == points and all("cascade_testbed/server/extra.py" in why
+                                  for why in outcome.stale.values())
     todo, outcome = partition(points, sweep_dir, Reuse(any=True, manifest=changed))
     assert todo == [] and set(outcome.reused_other) == {p.name for p in points}
     (sweep_dir / points[0].name / "summary.json").unlink()  # cut short

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from common.records import (
+from cascade_testbed.common.records import (
     FLUSH_WITHIN_S,
     FlushDeadline,
     GeneratedJournal,
@@ -20,8 +20,8 @@ from common.records import (
     read_journal,
     read_records,
 )
-from emulated_devices.window import Window
-from testbed.results.metrics import DeviceTally, latency_summary, summarize
+from cascade_testbed.emulated_devices.window import Window
+from cascade_testbed.testbed.results.metrics import DeviceTally, latency_summary, summarize
 
 
 def rec(device: str = "low-000", tier: str = "low", i: int = 0, *, latency: float = 50.0,
@@ -74,7 +74,7 @@ class TestRecords:
             "import os, signal, sys\n"
             "from pathlib import Path\n"
             "from tests.unit.test_records_metrics import rec\n"
-            "from common.records import GeneratedJournal, RecordWriter\n"
+            "from cascade_testbed.common.records import GeneratedJournal, RecordWriter\n"
             "out = Path(sys.argv[1])\n"
             "w, j = RecordWriter(out / 'd.csv'), GeneratedJournal(out / 'd.gen')\n"
             "for i in range(50):\n"
@@ -187,7 +187,7 @@ class TestBufferedWriting:
             "import os, signal, sys\n"
             "from pathlib import Path\n"
             "from tests.unit.test_records_metrics import rec\n"
-            "from common.records import GeneratedJournal, RecordWriter\n"
+            "from cascade_testbed.common.records import GeneratedJournal, RecordWriter\n"
             "out = Path(sys.argv[1])\n"
             "w = RecordWriter(out / 'd.csv', buffered=True)\n"
             "j = GeneratedJournal(out / 'd.gen', buffered=True)\n"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.replicas import Autoscaler, AutoscaleRule, ReplicaLedger
-from testbed.results.cost import provisioned
+from cascade_testbed.server.replicas import Autoscaler, AutoscaleRule, ReplicaLedger
+from cascade_testbed.testbed.results.cost import provisioned
 
 
 def test_the_ledger_counts_every_provisioned_replica_busy_or_idle() -> None:

@@ -13,17 +13,22 @@ import pytest
 import tomli_w
 from scipy import stats
 
-from common.config import DevicesConfig, ScenarioConfig, device_specs
-from common.records import FIELDS, RecordWriter, read_records
-from common.scenario_file import scenario_to_dict
-from testbed.console import live_text
-from testbed.results.collect import collect
-from testbed.results.compare import compare, pair
-from testbed.results.expect import ExpectError, parse_expectation, unmet, with_expectations
-from testbed.results.folders import runs_in
-from testbed.results.headline import METRICS, canonical, lookup
-from testbed.results.metrics import arrivals_s
-from testbed.results.series import fault_marks
+from cascade_testbed.common.config import DevicesConfig, ScenarioConfig, device_specs
+from cascade_testbed.common.records import FIELDS, RecordWriter, read_records
+from cascade_testbed.common.scenario_file import scenario_to_dict
+from cascade_testbed.testbed.console import live_text
+from cascade_testbed.testbed.results.collect import collect
+from cascade_testbed.testbed.results.compare import compare, pair
+from cascade_testbed.testbed.results.expect import (
+    ExpectError,
+    parse_expectation,
+    unmet,
+    with_expectations,
+)
+from cascade_testbed.testbed.results.folders import runs_in
+from cascade_testbed.testbed.results.headline import METRICS, canonical, lookup
+from cascade_testbed.testbed.results.metrics import arrivals_s
+from cascade_testbed.testbed.results.series import fault_marks
 from tests.unit.test_records_metrics import rec
 
 
@@ -268,7 +273,7 @@ class TestFiguresAndLiveLine:
 
 
 def test_every_figure_has_an_svg_beside_it(tmp_path: Path) -> None:
-    from testbed.results.figures import run_figures
+    from cascade_testbed.testbed.results.figures import run_figures
 
     fake_run_folder(tmp_path, events=(
         {"t": START + 3.0, "kind": "fault", "fault": "kill_device", "device": "low-000"},))
@@ -288,8 +293,8 @@ def test_tiers_holding_the_same_threshold_stay_visible_in_the_palettes_colours(
     palette's, which the live view gets too (tests/unit/test_dashboard.py)."""
     import matplotlib.pyplot as plt
 
-    from testbed.palette import tier_order, tier_style
-    from testbed.results.figures import _thresholds
+    from cascade_testbed.testbed.palette import tier_order, tier_style
+    from cascade_testbed.testbed.results.figures import _thresholds
 
     specs, _ = fake_run_folder(tmp_path)
     collect(tmp_path)  # merges the event files into events.jsonl

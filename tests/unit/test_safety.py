@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from common import protocol as wire
-from common.config import DevicesConfig, IdnConfig, IdnNode, ScenarioError
-from common.events import EventLog
-from common.files import (
+from cascade_testbed.common import protocol as wire
+from cascade_testbed.common.config import DevicesConfig, IdnConfig, IdnNode, ScenarioError
+from cascade_testbed.common.events import EventLog
+from cascade_testbed.common.files import (
     DiskFull,
     InputFileError,
     OutsideRunFolder,
@@ -23,15 +23,15 @@ from common.files import (
     run_path,
     write_whole,
 )
-from common.logsetup import RateLimit
-from common.modelzoo import ZooError, open_zoo
-from common.names import BadName, check_name, is_name
-from common.records import GeneratedJournal, RecordWriter
-from common.scenario_file import load_scenario, scenario_from_dict
-from server.connection_limits import Admit, ConnectionLimits, Limits, Refuse
-from server.report_check import IN_FLIGHT_SLACK, ReportTotals, check_report
-from testbed.orchestrator import default_run_dir
-from testbed.verdict import (
+from cascade_testbed.common.logsetup import RateLimit
+from cascade_testbed.common.modelzoo import ZooError, open_zoo
+from cascade_testbed.common.names import BadName, check_name, is_name
+from cascade_testbed.common.records import GeneratedJournal, RecordWriter
+from cascade_testbed.common.scenario_file import load_scenario, scenario_from_dict
+from cascade_testbed.server.connection_limits import Admit, ConnectionLimits, Limits, Refuse
+from cascade_testbed.server.report_check import IN_FLIGHT_SLACK, ReportTotals, check_report
+from cascade_testbed.testbed.orchestrator import default_run_dir
+from cascade_testbed.testbed.verdict import (
     exit_code,
     fault_fallback_limit,
     partial_reasons,

@@ -15,9 +15,9 @@ import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common import config
-from common.config import ScenarioConfig, ScenarioError
-from common.scenario_file import load_scenario, scenario_from_dict
+from cascade_testbed.common import config
+from cascade_testbed.common.config import ScenarioConfig, ScenarioError
+from cascade_testbed.common.scenario_file import load_scenario, scenario_from_dict
 
 FIELDS = sorted({f.name for cls in vars(config).values()
                  if isinstance(cls, type) and dataclasses.is_dataclass(cls)

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from common.config import device_specs
-from common.gear_plan import Gear, GearPlan
-from common.modelzoo import open_zoo
-from common.scenario_file import load_scenario
-from server.scheduling import make_policy
-from server.scheduling.gears import GearsPolicy
-from testbed.faults import plan_faults
-from testbed.sweep import expand, parse_axes
+from cascade_testbed.common.config import device_specs
+from cascade_testbed.common.gear_plan import Gear, GearPlan
+from cascade_testbed.common.modelzoo import open_zoo
+from cascade_testbed.common.scenario_file import load_scenario
+from cascade_testbed.server.scheduling import make_policy
+from cascade_testbed.server.scheduling.gears import GearsPolicy
+from cascade_testbed.testbed.faults import plan_faults
+from cascade_testbed.testbed.sweep import expand, parse_axes
 
 SCENARIOS = sorted(p for p in (Path(__file__).resolve().parents[2] / "scenarios").rglob("*.toml")
                    if p.parent.name != "tuning")

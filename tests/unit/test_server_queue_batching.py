@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.batch_policy import BatchPolicy, Cut, Idle, WaitUntil
-from server.request_queue import QueueFull, Request, RequestQueue
+from cascade_testbed.server.batch_policy import BatchPolicy, Cut, Idle, WaitUntil
+from cascade_testbed.server.request_queue import QueueFull, Request, RequestQueue
 
 
 def req(sample_id: int, arrival: float = 0.0, deadline: float = 10.0) -> Request:

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from server.stats import BatchHistogram, ServerStats
+from cascade_testbed.server.stats import BatchHistogram, ServerStats
 
 BUCKETS = (0.001, 0.002, 0.005, 0.1, 1.0)
 

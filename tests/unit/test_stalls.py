@@ -3,8 +3,8 @@ tenancy notes (testbed/stalls.py, testbed/verdict.py)."""
 
 from __future__ import annotations
 
-from testbed.stalls import Stall, StallWatch
-from testbed.verdict import run_problems, tenancy_notes
+from cascade_testbed.testbed.stalls import Stall, StallWatch
+from cascade_testbed.testbed.verdict import run_problems, tenancy_notes
 
 
 def polls(watch: StallWatch, seq: list[tuple[float, bool, float]]) -> list[Stall]:

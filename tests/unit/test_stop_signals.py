@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from testbed.stop_signals import StopSignals
+from cascade_testbed.testbed.stop_signals import StopSignals
 
 
 def test_an_interrupt_that_was_dropped_is_raised_at_the_next_check() -> None:

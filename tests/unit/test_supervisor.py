@@ -18,17 +18,17 @@ from typing import Any
 
 import pytest
 
-from common.config import DevicesConfig, FaultSpec, ScenarioConfig
-from common.events import read_events
-from common.records import GeneratedJournal, RecordWriter, SampleRecord, file_stem
-from testbed import supervisor
-from testbed.agent import DeviceJob, ServerJob
-from testbed.cluster.driver import RayNodes
-from testbed.cluster.placement import NodeInfo
-from testbed.nodes import LocalNodes
-from testbed.results.collect import collect
-from testbed.shipping import Tail
-from testbed.supervisor import RunError, RunResult, supervise
+from cascade_testbed.common.config import DevicesConfig, FaultSpec, ScenarioConfig
+from cascade_testbed.common.events import read_events
+from cascade_testbed.common.records import GeneratedJournal, RecordWriter, SampleRecord, file_stem
+from cascade_testbed.testbed import supervisor
+from cascade_testbed.testbed.agent import DeviceJob, ServerJob
+from cascade_testbed.testbed.cluster.driver import RayNodes
+from cascade_testbed.testbed.cluster.placement import NodeInfo
+from cascade_testbed.testbed.nodes import LocalNodes
+from cascade_testbed.testbed.results.collect import collect
+from cascade_testbed.testbed.shipping import Tail
+from cascade_testbed.testbed.supervisor import RunError, RunResult, supervise
 
 URL = "http://127.0.0.9:9"
 

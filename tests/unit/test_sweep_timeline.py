@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from common.config import ScenarioError
-from common.scenario_file import load_scenario, scenario_from_dict
-from testbed import provenance
-from testbed.results.series import (
+from cascade_testbed.common.config import ScenarioError
+from cascade_testbed.common.scenario_file import load_scenario, scenario_from_dict
+from cascade_testbed.testbed import provenance
+from cascade_testbed.testbed.results.series import (
     cdf,
     gear_series,
     running_mean_per_second,
@@ -19,8 +19,8 @@ from testbed.results.series import (
     threshold_series,
     tradeoff_series,
 )
-from testbed.sweep import expand, is_complete, parse_axes, run_sweep
-from testbed.timeline import activity, join_actions
+from cascade_testbed.testbed.sweep import expand, is_complete, parse_axes, run_sweep
+from cascade_testbed.testbed.timeline import activity, join_actions
 
 
 def cfg(**kw: object):  # type: ignore[no-untyped-def]
@@ -123,7 +123,7 @@ class TestTrace:
                                          "trace_scale = 0.5\n")
         c = load_scenario(tmp_path / "s.toml")
         assert c.devices.trace == str(tmp_path / "rates.csv")
-        from common.config import device_specs
+        from cascade_testbed.common.config import device_specs
         assert device_specs(c)[0].trace_points == ((0.0, 1.0), (5.0, 10.0))
 
     @pytest.mark.parametrize("text,needle", [("t,r\n0,1\n", "columns"),
@@ -201,7 +201,7 @@ def test_gear_series_and_running_mean() -> None:
 
 
 def test_sent_at_equal_accuracy_interpolates_on_the_curve() -> None:
-    from testbed.results.series import sent_at_accuracy
+    from cascade_testbed.testbed.results.series import sent_at_accuracy
     sent, acc = [0.0, 0.2, 0.4, 1.0], [0.77, 0.87, 0.93, 0.96]
     assert sent_at_accuracy(sent, acc, 0.90) == pytest.approx(0.3)
     assert sent_at_accuracy(sent, acc, 0.77) == 0.0
@@ -209,7 +209,7 @@ def test_sent_at_equal_accuracy_interpolates_on_the_curve() -> None:
 
 
 def test_heavy_model_series_starts_with_the_servers_model() -> None:
-    from testbed.results.series import heavy_model_series
+    from cascade_testbed.testbed.results.series import heavy_model_series
     events = [{"kind": "model_switch", "t": 15.0, "model": "heavy-cnn-xl"},
               {"kind": "server_start", "t": 9.0, "heavy_model": "heavy-cnn"},
               {"kind": "model_switch", "t": 30.0, "model": "heavy-cnn-lite"}]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common import protocol as wire
-from server.tensors import tensor_from_infer
+from cascade_testbed.common import protocol as wire
+from cascade_testbed.server.tensors import tensor_from_infer
 
 
 class FakeModel:
@@ -49,7 +49,7 @@ def test_bad_tensors(msg: wire.Infer, needle: str) -> None:
 
 def test_close_reason_fits_a_close_frame() -> None:
     """Found by fuzzing: a long non-ASCII reason must not overflow the 125-byte close frame."""
-    from server.ingress import _close_message
+    from cascade_testbed.server.ingress import _close_message
 
     for reason in ("ok", "é" * 200, "x" * 300, "\U0001f600" * 40):
         msg = _close_message(reason)
@@ -57,7 +57,7 @@ def test_close_reason_fits_a_close_frame() -> None:
 
 
 def test_samples_stay_wire_views_until_the_batch_is_built() -> None:
-    from server.tensors import model_input, sample_from_infer
+    from cascade_testbed.server.tensors import model_input, sample_from_infer
 
     pixels = bytes(range(64))
     view = sample_from_infer(infer(data=pixels), FakeModel())  # type: ignore[arg-type]

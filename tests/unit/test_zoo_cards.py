@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from common.modelzoo import EMBEDDED_ZOO, Zoo, open_session, open_zoo, to_model_input
+from cascade_testbed.common.modelzoo import (
+    EMBEDDED_ZOO,
+    Zoo,
+    open_session,
+    open_zoo,
+    to_model_input,
+)
 
 ZOO = open_zoo(EMBEDDED_ZOO)
 INDEX: dict[str, Any] = ZOO.index

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from common.modelzoo import EMBEDDED_ZOO, ZooError, open_zoo
-from common.scenario_file import load_scenario
-from common.zoo_checks import (
+from cascade_testbed.common.modelzoo import EMBEDDED_ZOO, ZooError, open_zoo
+from cascade_testbed.common.scenario_file import load_scenario
+from cascade_testbed.common.zoo_checks import (
     ZooFormatError,
     check_arrays,
     check_card,
@@ -29,9 +29,9 @@ from common.zoo_checks import (
     data_dtype,
     to_model_input,
 )
-from testbed import cli
-from testbed.verdict import refused_forwards, run_problems
-from testbed.zoo_init import ZooInitError, build_zoo, model_files, threshold_curve
+from cascade_testbed.testbed import cli
+from cascade_testbed.testbed.verdict import refused_forwards, run_problems
+from cascade_testbed.testbed.zoo_init import ZooInitError, build_zoo, model_files, threshold_curve
 
 runner = CliRunner()
 EMBEDDED = open_zoo(EMBEDDED_ZOO)
@@ -368,7 +368,7 @@ class TestRunCheck:
         scenario = write(tmp_path / "s.toml", "")
         code, lines = self.check(scenario, "--devices", "0")
         assert code == 2 and "--devices must be at least 1" in lines[0]
-        from testbed import orchestrator
+        from cascade_testbed.testbed import orchestrator
 
         monkeypatch.setattr(orchestrator.psutil, "virtual_memory",
                             lambda: type("Mem", (), {"available": 2 * 2**30})())
@@ -410,8 +410,8 @@ def test_a_device_counts_refusals_by_reason(tmp_path: Path) -> None:
     the outcome counts it by code, with the first reason."""
     import asyncio
 
-    from common import protocol as wire
-    from emulated_devices.device import Device, Pending
+    from cascade_testbed.common import protocol as wire
+    from cascade_testbed.emulated_devices.device import Device, Pending
     from tests.unit.test_device_pipeline import (
         NO_SERVER,
         _example,
@@ -421,7 +421,7 @@ def test_a_device_counts_refusals_by_reason(tmp_path: Path) -> None:
     )
 
     async def go() -> Any:
-        from common.records import FIELDS, SampleRecord
+        from cascade_testbed.common.records import FIELDS, SampleRecord
 
         device = Device(low_tier_spec(10.0, 1.0), NO_SERVER, out_dir=tmp_path)
         loop = asyncio.get_running_loop()
@@ -443,7 +443,7 @@ def test_a_device_counts_refusals_by_reason(tmp_path: Path) -> None:
 
 
 def test_collect_adds_refusals_over_device_processes() -> None:
-    from testbed.results.collect import _Incarnation, _refusals
+    from cascade_testbed.testbed.results.collect import _Incarnation, _refusals
 
     incs = [_Incarnation("b", "low", 0, outcome={"refused": {"bad_tensor": 3}, "refusal": "x"}),
             _Incarnation("a", "low", 0, outcome={"refused": {"bad_tensor": 1, "malformed": 2},
@@ -466,8 +466,8 @@ def root_logging() -> Iterator[None]:
 
 def test_server_and_device_commands_fail_in_one_line(capsys: pytest.CaptureFixture[str],
                                                      root_logging: None) -> None:
-    from emulated_devices.main import main as device_main
-    from server.main import main as server_main
+    from cascade_testbed.emulated_devices.main import main as device_main
+    from cascade_testbed.server.main import main as server_main
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from common.model_output import (
+from cascade_testbed.common.model_output import (
     ModelOutput,
     OutputError,
     OutputSpec,
@@ -22,11 +22,11 @@ from common.model_output import (
     softmax,
     zipmap_array,
 )
-from common.modelzoo import open_zoo
-from common.zoo_checks import ZooFormatError, check_card
-from emulated_devices.light_model import LightModel
-from server.heavy_model import HeavyModel
-from testbed.zoo_init import ZooInitError, build_zoo
+from cascade_testbed.common.modelzoo import open_zoo
+from cascade_testbed.common.zoo_checks import ZooFormatError, check_card
+from cascade_testbed.emulated_devices.light_model import LightModel
+from cascade_testbed.server.heavy_model import HeavyModel
+from cascade_testbed.testbed.zoo_init import ZooInitError, build_zoo
 
 CLASSES = 3
 

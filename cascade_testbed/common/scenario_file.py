@@ -1,0 +1,217 @@
+"""Scenario files: the one TOML reader and writer. Rejects unknown keys and bad values with
+`ScenarioError` naming the file and the field; a trace CSV a scenario names is read here, so
+the configuration objects themselves never touch files."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from cascade_testbed.common.config import ScenarioConfig, ScenarioError, TierSpec, default_tiers
+from cascade_testbed.common.files import MIB, InputFileError, read_text
+from cascade_testbed.common.names import shown
+
+MAX_SCENARIO_BYTES = 1 * MIB
+MAX_TRACE_BYTES = 16 * MIB
+
+
+def _check(cond: bool, what: str) -> None:
+    if not cond:
+        raise ScenarioError(what)
+
+
+def load_trace(path: str | Path) -> tuple[tuple[float, float], ...]:
+    """(t_s, rate_hz) points of a trace CSV with the header `t_s,rate_hz`: a regular file of at
+    most `MAX_TRACE_BYTES`."""
+    try:
+        rows = list(csv.DictReader(io.StringIO(read_text(path, MAX_TRACE_BYTES, "trace"),
+                                               newline="")))
+    except (InputFileError, csv.Error) as exc:
+        raise ScenarioError(str(exc)) from None
+    try:
+        points = tuple((float(r["t_s"]), float(r["rate_hz"])) for r in rows)
+    except (KeyError, TypeError, ValueError):
+        raise ScenarioError(f"trace {path}: needs columns t_s,rate_hz with numbers") from None
+    _check(all(math.isfinite(t) and math.isfinite(r) for t, r in points),
+           f"trace {path}: t_s and rate_hz must be finite numbers")
+    _check(bool(points), f"trace {path} has no rows")
+    times = [t for t, _ in points]
+    _check(times == sorted(times) and times[0] <= 0 and all(r >= 0 for _, r in points),
+           f"trace {path}: t_s must start at 0 and increase, rates must be >= 0")
+    return points
+
+
+def load_scenario(path: str | Path) -> ScenarioConfig:
+    """Read and check a scenario file; trace and gear-plan paths in it are taken relative to
+    the file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(read_text(path, MAX_SCENARIO_BYTES, "scenario"))
+    except InputFileError as exc:
+        raise ScenarioError(str(exc)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
+    devices = data.get("devices")
+    if isinstance(devices, dict) and isinstance(devices.get("trace"), str):
+        data["devices"] = {**devices, "trace": str((path.parent / devices["trace"]).resolve())}
+    policy = data.get("policy")
+    params = policy.get("params") if isinstance(policy, dict) else None
+    if isinstance(params, dict) and isinstance(params.get("plan"), str) and params["plan"]:
+        params["plan"] = str((path.parent / params["plan"]).resolve())  # a gear plan file
+    if isinstance(data.get("zoo"), str) and data["zoo"]:
+        data["zoo"] = str((path.parent / data["zoo"]).resolve())  # a model zoo folder
+    try:
+        return scenario_from_dict(data)
+    except ScenarioError as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
+
+
+def scenario_from_dict(data: dict[str, Any]) -> ScenarioConfig:
+    """Build and check a scenario from TOML-shaped data (a trace file it names is read)."""
+    data = dict(data)
+    if isinstance(data.get("policy"), str):  # `policy = "name"` is `[policy] name = "name"`
+        data["policy"] = {"name": data["policy"]}
+    devices = data.get("devices")
+    if isinstance(devices, dict) and isinstance(devices.get("trace"), str) \
+            and not devices.get("trace_points"):
+        data["devices"] = {**devices, "trace_points": [list(p) for p in
+                                                       load_trace(devices["trace"])]}
+    tiers_in = data.pop("tiers", None)
+    defaults = zoo_tiers(data.get("zoo"))
+    tiers = dict(defaults)
+    if tiers_in is not None:
+        _check(isinstance(tiers_in, dict), "tiers must be a table")
+        if any(name not in defaults for name in tiers_in):
+            tiers = {}  # a custom tier set replaces the defaults instead of extending them
+        for name, spec in tiers_in.items():
+            base = dataclasses.asdict(defaults[name]) if name in defaults else {}
+            tiers[name] = _build(TierSpec, _merge(base, spec, f"tiers.{name}"), f"tiers.{name}")
+    devices = data.get("devices")
+    if devices is None or (isinstance(devices, dict) and "mix" not in devices):
+        # Without a mix, devices are split evenly over however many tiers there are.
+        data["devices"] = {**(devices or {}), "mix": ":".join("1" for _ in tiers)}
+    cfg: ScenarioConfig = _build(ScenarioConfig, {**data, "tiers": tiers}, "")
+    return cfg
+
+
+def zoo_tiers(zoo: object) -> dict[str, TierSpec]:
+    """The tiers a scenario without a [tiers] table runs: its zoo's `tiers` (zoo.json). The
+    embedded zoo's are low/mid/high (`default_tiers`); another zoo's tier named low, mid or
+    high takes that default tier's settings with the zoo's model, any other tier the `mid`
+    settings. A [tiers] table then changes or replaces these, as it does the defaults."""
+    defaults = default_tiers()
+    if zoo is None:
+        return defaults
+    _check(isinstance(zoo, str) and bool(zoo), "zoo must be the path of a model zoo folder")
+    from cascade_testbed.common.modelzoo import (  # numpy: only for a scenario naming a zoo
+        ZooError,
+        open_zoo,
+    )
+
+    try:
+        index_tiers = open_zoo(str(zoo)).index.get("tiers")
+    except ZooError as exc:
+        raise ScenarioError(f"zoo: {exc}") from None
+    if not isinstance(index_tiers, dict) or not index_tiers \
+            or not all(isinstance(m, str) for m in index_tiers.values()):
+        raise ScenarioError(f"zoo {zoo}: zoo.json needs `tiers`, a table of tier name -> "
+                            "light model")
+    out = {}
+    for tier, model in index_tiers.items():
+        base = defaults.get(tier, defaults["mid"])
+        try:
+            out[tier] = dataclasses.replace(base, model=model)
+        except ScenarioError as exc:
+            raise ScenarioError(f"zoo {zoo}: tiers.{str(tier)[:64]}: {exc}") from None
+    return out
+
+
+def scenario_to_dict(cfg: ScenarioConfig) -> dict[str, Any]:
+    """The scenario as run, TOML-ready (None values are dropped: TOML has no null)."""
+
+    def strip(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {k: strip(v) for k, v in obj.items() if v is not None}
+        if isinstance(obj, (list, tuple)):
+            return [strip(v) for v in obj]
+        return obj
+
+    return strip(dataclasses.asdict(cfg))  # type: ignore[no-any-return]
+
+
+def _merge(base: dict[str, Any], over: Any, where: str) -> dict[str, Any]:
+    _check(isinstance(over, dict), f"{where} must be a table")
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v, f"{where}.{k}") if isinstance(base.get(k), dict) else v
+    return out
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Turn a TOML table into dataclass `cls`, rejecting unknown keys and wrong types."""
+    if dataclasses.is_dataclass(data):
+        return data
+    _check(isinstance(data, dict), f"{where or 'scenario'} must be a table")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    _check(not unknown, f"{where or 'scenario'}: unknown keys {shown(sorted(map(str, unknown)))}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    _check(not missing, f"{where or 'scenario'}: missing keys {missing}")
+    kwargs = {}
+    for key, value in data.items():
+        here = f"{where}.{key}" if where else key
+        kwargs[key] = _convert(hints[key], value, here)
+    try:
+        return cls(**kwargs)
+    except ScenarioError as exc:
+        raise ScenarioError(f"{where + ': ' if where else ''}{exc}") from None
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(options[0], value, where)
+    if origin is Literal:
+        _check(value in typing.get_args(hint),
+               f"{where} must be one of {typing.get_args(hint)} (got {value!r})")
+        return value
+    if origin is dict:
+        _check(isinstance(value, dict), f"{where} must be a table")
+        return dict(value)
+    if origin is tuple:
+        _check(isinstance(value, (list, tuple)), f"{where} must be a list")
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        _check(len(value) == len(args), f"{where} must be a list of {len(args)} items")
+        return tuple(_convert(a, v, f"{where}[{i}]")
+                     for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)  # type: ignore[arg-type]
+    if hint is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool),
+               f"{where} must be a number (got {value!r})")
+        return float(value)
+    if hint is int:
+        _check(isinstance(value, int) and not isinstance(value, bool),
+               f"{where} must be an integer (got {value!r})")
+        return value
+    if hint is bool:
+        _check(isinstance(value, bool), f"{where} must be true or false (got {value!r})")
+        return value
+    if hint is str:
+        _check(isinstance(value, str), f"{where} must be a string (got {value!r})")
+        return value
+    return value

@@ -1,0 +1,3 @@
+from cascade_testbed.emulated_devices.main import main
+
+main()

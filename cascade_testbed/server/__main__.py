@@ -1,0 +1,3 @@
+from cascade_testbed.server.main import main
+
+main()

@@ -1,3 +1,0 @@
-from emulated_devices.main import main
-
-main()

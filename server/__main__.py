@@ -1,3 +1,0 @@
-from server.main import main
-
-main()
