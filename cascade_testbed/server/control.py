@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -75,7 +76,12 @@ class Controller:
     def join(self, info: DeviceInfo, send: Callable[[bytes], None], now: float) -> wire.Welcome:
         if info.device_id in self.sessions:
             raise DuplicateDevice(info.device_id)
-        threshold = clamp_threshold(self.policy.join(info, now))
+        try:
+            threshold = clamp_threshold(self.policy.join(info, now))
+        except ValueError as exc:  # a policy bug: the device keeps the value it came with
+            log.error("policy %s, join of %s: %s; keeping its own %.4g", self.policy.name,
+                      info.device_id, exc, info.initial_threshold)
+            threshold = clamp_threshold(info.initial_threshold)
         self.sessions[info.device_id] = DeviceSession(info, send, threshold)
         self.stats.devices.set(len(self.sessions))
         self.stats.threshold.labels(info.device_id).set(threshold)
@@ -127,7 +133,12 @@ class Controller:
         changed = {}
         for dev, value in decision.thresholds.items():
             session = self.sessions.get(dev)
-            value = clamp_threshold(value)
+            try:
+                value = clamp_threshold(value)
+            except ValueError as exc:  # a policy bug: this device keeps its threshold
+                log.error("policy %s, step for %s: %s; it keeps %s", self.policy.name, dev,
+                          exc, "its threshold" if session else "nothing (not connected)")
+                continue
             if session is None or abs(value - session.threshold) < THRESHOLD_EPSILON:
                 continue
             session.threshold = value
@@ -183,7 +194,10 @@ def clamp_threshold(value: float) -> float:
     """A policy's threshold (from `join` or `step`) within [0, 1], the range the wire accepts:
     the one place a threshold is clamped to it (devices refuse a value outside it rather than
     clamp again). A policy's own narrower bounds (`min_threshold`) are part of its law."""
-    return min(max(float(value), 0.0), 1.0)
+    value = float(value)
+    if math.isnan(value):
+        raise ValueError("a policy gave a threshold that is not a number (nan)")
+    return min(max(value, 0.0), 1.0)
 
 
 def _window(report: wire.Report | None, age_s: float) -> DeviceWindow | None:

@@ -45,6 +45,7 @@ from cascade_testbed.testbed.claims.runner import (
     write_results,
 )
 from cascade_testbed.testbed.claims.stats import (
+    SEED_BUDGET,
     Effect,
     at_paper_number,
     holds,
@@ -153,10 +154,10 @@ class TestVerdicts:
         big = seeds_needed([5.0, 6.0, 7.0], "difference", "higher")
         assert big.needed == 3 and big.seeds == 5  # never fewer than the floor
         small = seeds_needed([0.5, 1.5, 1.0], "difference", "higher")
-        assert small.needed is not None and 5 <= small.needed <= 12
+        assert small.needed is not None and 5 <= small.needed <= SEED_BUDGET
         assert small.needed > seeds_needed([0.9, 1.1, 1.0], "difference", "higher").seeds - 1
         none = seeds_needed([-1.0, 0.5, -0.2], "difference", "higher")
-        assert none.needed is None and none.seeds == 12  # no effect in the pilot: the cap
+        assert none.needed is None and none.seeds == SEED_BUDGET  # no effect in the pilot
         assert seeds_needed([-0.5, -0.4, -0.6], "difference", "higher", null=-1.0).needed == 3
         assert seeds_needed([math.inf, 2.0], "ratio", "higher").needed is None
 

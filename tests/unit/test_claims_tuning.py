@@ -14,6 +14,7 @@ import pytest
 from cascade_testbed.testbed.claims import tuning as t
 from cascade_testbed.testbed.claims.catalog import CLAIMS, Claim, field_at
 from cascade_testbed.testbed.claims.runner import plan
+from cascade_testbed.testbed.claims.stats import SEED_BUDGET
 
 SCENARIO = """name = "two"
 duration_s = 30
@@ -157,7 +158,7 @@ class TestChoosing:
         assert data["two"]["slow"]["values"] == {"policy": {"params": {"threshold": 0.7}}}
         assert data["two"]["fast"]["design_iterations"] == 1
         assert data["power"]["c"]["tuning_effects"] == pytest.approx([-1.0, -1.0])
-        assert data["power"]["c"]["suggested_seeds"] == 12  # no effect: the cap
+        assert data["power"]["c"]["suggested_seeds"] == SEED_BUDGET  # no effect: the cap
         assert chosen_file.read_text().startswith("# Written by `testbed claims --tune`")
 
         p = plan([claim()], tmp_path / "out", {}, False, seeds=3, scenarios=root)

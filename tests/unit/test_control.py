@@ -115,7 +115,24 @@ def test_clamp_threshold_keeps_a_threshold_within_0_and_1(value: float, clamped:
     assert out == clamped and type(out) is float
 
 
+def test_a_nan_threshold_is_refused_not_clamped() -> None:
+    """max/min pass NaN through; no device can act on it, so it is a policy bug."""
+    with pytest.raises(ValueError, match="not a number"):
+        clamp_threshold(float("nan"))
+
+
 class TestThresholdMessages:
+    def test_a_nan_from_a_policy_keeps_the_devices_threshold(
+            self, make_fleet: MakeFleet, caplog: pytest.LogCaptureFixture) -> None:
+        with caplog.at_level(logging.ERROR, logger="cascade_testbed.server.control"):
+            f = make_fleet(ScriptedPolicy([decide(a=float("nan"), b=0.25)],
+                                          start=float("nan")), "a", "b")
+            assert f.welcomes["a"].threshold == device("a", "low").initial_threshold
+            f.step()
+        assert f.messages("a") == [] and [m.value for m in f.messages("b")] == [0.25]
+        assert f.controller.sessions["a"].threshold == f.welcomes["a"].threshold
+        assert sum("not a number" in r.getMessage() for r in caplog.records) == 3
+
     def test_join_welcomes_with_the_policy_threshold_clamped(self, make_fleet: MakeFleet) -> None:
         assert make_fleet(ScriptedPolicy(start=1.7), "a").welcomes["a"].threshold == 1.0
         assert make_fleet(ScriptedPolicy(start=-0.2), "a").welcomes["a"].threshold == 0.0

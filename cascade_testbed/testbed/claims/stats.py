@@ -167,6 +167,11 @@ def at_paper_number(effect: Effect, paper: float | None, direction: Direction) -
     return effect.measured >= paper if direction == "higher" else effect.measured <= paper
 
 
+SEED_BUDGET = 10
+"""The most seeds a claim runs on this host (the catalog's `Claim.seeds` says the same): a
+suggestion past it would be one nobody runs."""
+
+
 @dataclass(frozen=True, slots=True)
 class Power:
     seeds: int
@@ -180,7 +185,7 @@ class Power:
 
 def seeds_needed(effects: Sequence[float], kind: Kind, direction: Direction,
                  null: float | None = None, power: float = POWER, floor: int = 5,
-                 cap: int = 12) -> Power:
+                 cap: int = SEED_BUDGET) -> Power:
     """How many seeds a claim needs, from its per-seed effects on the tuning seeds (a pilot):
     the smallest n whose t interval, at the pilot's spread, excludes the null with probability
     `power` if the true effect is the pilot's mean: (t_{.975,n-1} + t_{power,n-1}) * sd / sqrt(n)
