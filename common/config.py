@@ -86,9 +86,15 @@ class LinkSpec:
     while it keeps being lost), so loss shows up as delay, as on a real WebSocket."""
     rto_ms: float = 200.0
     """Retransmission timeout (Linux's minimum is 200 ms)."""
+    trace: str = ""
+    """A Mahimahi trace file (docs/emulation.md) whose delivery opportunities replace
+    `bandwidth_mbps`; "" none. The loader resolves it (relative to the scenario's folder or
+    the shipped traces) and checks it; the device reads it."""
 
     def __post_init__(self) -> None:
         _finite(self)
+        _check(len(self.trace) <= 4096 and self.trace.isprintable(),
+               "link trace must be a path of at most 4096 printable characters")
         _in(self.delay_ms, 0, MAX_MS, "link delay_ms")
         _in(self.jitter_ms, 0, MAX_MS, "link jitter_ms")
         _in(self.bandwidth_mbps, 0, 1e6, "bandwidth_mbps", open_low=True)

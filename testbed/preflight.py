@@ -11,10 +11,12 @@ policies; this module stays on the harness's side of the layering (common only).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from common.batch_profiles import BatchProfile, heavy_model_names, profile_for
 from common.config import ScenarioConfig
+from common.link_trace import LinkTraceError, read_link_trace
 from common.model_output import OutputError, card_output, session_output
 from common.modelzoo import Zoo, ZooError, open_session, open_zoo
 from common.zoo_checks import ZooFormatError, check_fits, model_classes
@@ -82,7 +84,25 @@ def _check(cfg: ScenarioConfig) -> Checked:
     for name in heavies:
         profile_for(zoo, name, heavies[0], base, cfg.server.profiles)
     out.lines.append(f"server: {', '.join(heavies)}")
+    out.lines.extend(_link_traces(cfg))
     return out
+
+
+def _link_traces(cfg: ScenarioConfig) -> list[str]:
+    """Every link trace a tier names, read as its devices will read it."""
+    lines = []
+    for tier, spec in cfg.tiers.items():
+        for direction, link in (("uplink", spec.uplink), ("downlink", spec.downlink)):
+            if not link.trace:
+                continue
+            try:
+                trace = read_link_trace(link.trace)
+            except LinkTraceError as exc:
+                raise CheckFailed(f"tier {tier} {direction}: {exc}") from None
+            lines.append(f"tier {tier} {direction}: trace {Path(link.trace).name} "
+                         f"(mean {trace.mean_mbps():.2f} Mbit/s over a period of "
+                         f"{trace.period_ms / 1e3:g} s, + {link.delay_ms:g} ms delay)")
+    return lines
 
 
 def _session_shape(zoo: Zoo, name: str, sample_shape: tuple[int, ...],

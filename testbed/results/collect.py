@@ -25,6 +25,7 @@ from testbed.results.cost import provisioned
 from testbed.results.metrics import DeviceTally, arrivals_s, summarize
 from testbed.results.nodes import node_figures
 from testbed.results.series import idn_summary
+from testbed.faithfulness import doubts
 from testbed.timeline import activity
 from testbed.verdict import EXIT_STOPPED, fault_fallback_limit, run_problems, tenancy_notes
 
@@ -141,6 +142,7 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
         forwarded=int(summary["samples"]["forwarded"]), heavy=int(summary["samples"]["heavy"]),
         server_arrivals=int(((facts.server or {}).get("totals") or {}).get("arrivals") or 0))
     status["problems"] = run_problems(out, limit)
+    out["emulation"]["unfaithful"] = doubts(out)
     try:
         write_whole(run_dir / "summary.json", json.dumps(out, indent=2))
     except DiskFull as exc:  # the summary is still returned (and printed), just not saved
