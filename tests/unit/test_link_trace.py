@@ -179,3 +179,22 @@ class TestConvert:
     def test_bad_logs_are_refused(self, rows: list[tuple[float, float]]) -> None:
         with pytest.raises(LinkTraceError):
             throughput_to_trace(rows)
+
+
+class TestConvertCommand:
+    def test_testbed_trace_convert_writes_a_trace_that_loads(self, tmp_path: Path) -> None:
+        from typer.testing import CliRunner
+
+        from testbed import cli
+
+        log = tmp_path / "log.csv"
+        log.write_text("seconds,mbps\n0,12\n1,24\n")
+        res = CliRunner().invoke(cli.app, ["trace", "convert", str(log), str(tmp_path / "t.up"),
+                                           "--scale", "0.5"])
+        assert res.exit_code == 0, res.output
+        trace = read_link_trace(tmp_path / "t.up")
+        assert trace.period_ms == 2000 and trace.opportunities == 500 + 1000
+        bad = CliRunner().invoke(cli.app, ["trace", "convert", str(tmp_path / "none.csv"),
+                                           str(tmp_path / "x")])
+        assert bad.exit_code == 2 and "bad input" in bad.output
+        assert not (tmp_path / "x").exists()
