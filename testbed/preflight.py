@@ -10,6 +10,7 @@ policies; this module stays on the harness's side of the layering (common only).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,31 @@ def _check(cfg: ScenarioConfig) -> Checked:
         profile_for(zoo, name, heavies[0], base, cfg.server.profiles)
     out.lines.append(f"server: {', '.join(heavies)}")
     out.lines.extend(_link_traces(cfg))
+    if cfg.devices.cpu_limit == "cgroup":
+        out.lines.extend(_cgroups(cfg))
     return out
+
+
+def _cgroups(cfg: ScenarioConfig) -> list[str]:
+    """A `cpu_limit = "cgroup"` run needs a cpu hierarchy this process may write (probed
+    with a cgroup made and removed), and says each tier's quota."""
+    from testbed import cgroups  # the harness's side; no model runs unless asked
+
+    try:
+        h = cgroups.host_hierarchy()
+        cgroups.probe(h, f"{os.getpid()}-preflight")
+    except cgroups.CgroupUnavailable as exc:
+        raise CheckFailed(f"devices.cpu_limit = 'cgroup': {exc}") from None
+    lines = []
+    for tier, spec in cfg.tiers.items():
+        host = cgroups.host_light_ms(cfg.zoo, spec.members)
+        quota = cgroups.quota_for(spec.compute_ms, host)
+        what = "unthrottled (the host is not faster than the target)" if quota is None else (
+            f"{quota.quota_us} us every {quota.period_us} us ({quota.share:.2%} of a CPU"
+            f"{', the kernel minimum' if quota.clamped else ''})")
+        lines.append(f"tier {tier}: light model {host:.3f} ms here, target "
+                     f"{spec.compute_ms:g} ms: cgroup v{h.version} quota {what}")
+    return lines
 
 
 def _link_traces(cfg: ScenarioConfig) -> list[str]:

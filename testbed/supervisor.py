@@ -36,8 +36,9 @@ from common.config import DeviceSpec, IdnNode, ScenarioConfig, ScenarioError, de
 from common.events import EventLog
 from common.files import as_disk_full, is_disk_error
 from common.scenario_file import scenario_to_dict
-from testbed import provenance
+from testbed import cgroups, provenance
 from testbed.agent import SERVER, DeviceJob, ServerJob
+from testbed.cgroups import CgroupPlan
 from testbed.cluster.placement import PlacementError
 from testbed.faults import plan_faults
 from testbed.nodes import Nodes, Placement
@@ -180,6 +181,8 @@ class _Run:
     stops: StopSignals = field(default_factory=StopSignals)
     stall_watch: StallWatch = field(default_factory=StallWatch)
     """Whether the server answers its status polls in time (`testbed.stalls`)."""
+    cpu: CgroupPlan | None = None
+    """`devices.cpu_limit = "cgroup"`: the device processes' cgroups (`testbed.cgroups`)."""
 
     @property
     def server(self) -> ServerView:
@@ -263,6 +266,7 @@ def _supervise(cfg: ScenarioConfig, run_dir: Path, nodes: Nodes, progress: Progr
     if why:
         raise RunError(f"bad scenario: {why}")
     specs = [dataclasses.replace(s, link_faults=plan.links.get(s.device_id, ())) for s in specs]
+    cpu = _cpu_plan(cfg, run_dir, nodes)
     spans = dict(zip([s.device_id for s in specs], activity(cfg), strict=True))
     joins = join_actions(list(spans), list(spans.values()))
     (run_dir / "scenario.toml").write_text(tomli_w.dumps(scenario_to_dict(cfg)))
@@ -277,6 +281,9 @@ def _supervise(cfg: ScenarioConfig, run_dir: Path, nodes: Nodes, progress: Progr
                    a, at_s=max(0.0, a.at_s - SPAWN_LEAD_S)) for a in joins)]))
     run.servers = {name: ServerView(name, placement.servers[name])
                    for name in (SERVER, *idn_below)}
+    run.cpu = cpu
+    if cpu is not None:
+        run.events.emit("cpu_limit", **cpu.describe())
     run.events.emit("run_start", scenario=cfg.name, policy=cfg.policy.name,
                     devices=cfg.devices.count, faults_planned=plan.injected,
                     **nodes.describe())
@@ -322,6 +329,20 @@ def _supervise(cfg: ScenarioConfig, run_dir: Path, nodes: Nodes, progress: Progr
                      stopped_by=stopped_by)
     summary = collect(run_dir, facts, cfg)  # with `nodes` from a cluster's placement event
     return RunResult(run_dir, summary, run.interrupted, stopped_by)
+
+
+def _cpu_plan(cfg: ScenarioConfig, run_dir: Path, nodes: Nodes) -> CgroupPlan | None:
+    """The cgroups of a `cpu_limit = "cgroup"` run, or `RunError` saying why this host
+    cannot give them (before any process starts)."""
+    if cfg.devices.cpu_limit != "cgroup":
+        return None
+    if nodes.distributed:
+        raise RunError("bad scenario: devices.cpu_limit = 'cgroup' runs on one host only "
+                       "(not over a Ray cluster)")
+    try:
+        return cgroups.plan(cfg, run_dir)
+    except cgroups.CgroupUnavailable as exc:
+        raise RunError(f"devices.cpu_limit = 'cgroup': {exc}") from None
 
 
 def _parents_first(cfg: ScenarioConfig) -> list[IdnNode]:
@@ -520,7 +541,8 @@ def _spawn(run: _Run, jobs: list[tuple[DeviceSpec, Interval, bool]]) -> None:
         run.devices[spec.device_id] = DeviceView(spec, node, interval)
         access = run.servers.get(spec.node) if spec.node else None
         url = access.url if access is not None else run.server.url
-        by_node.setdefault(node, []).append(DeviceJob(spec, url, run.token, wait, interval))
+        by_node.setdefault(node, []).append(DeviceJob(spec, url, run.token, wait, interval,
+                                                      run.cpu))
     for node, node_jobs in by_node.items():
         pids = run.nodes.call(node, "spawn_devices", node_jobs, timeout=60.0) or {}
         for device_id, pid in pids.items():
