@@ -258,12 +258,14 @@ def host_light_ms(zoo: str | None, members: tuple[str, ...]) -> float:
 
     z = open_zoo(zoo)
     x = to_model_input(z.dataset("test").x[:1])
-    runs = []
-    for name in members:
-        session = open_session(z.model_path(name), 1, 1)
-        feed = {session.get_inputs()[0].name: x}
-        runs.append(lambda s=session, f=feed: s.run(None, f))
-    return measure_ms(lambda: [r() for r in runs])
+    sessions = [open_session(z.model_path(name), 1, 1) for name in members]
+    feeds = [{s.get_inputs()[0].name: x} for s in sessions]
+
+    def run_all() -> None:
+        for session, feed in zip(sessions, feeds, strict=True):
+            session.run(None, feed)
+
+    return measure_ms(run_all)
 
 
 def plan(cfg: ScenarioConfig, run_dir: Path, measured: dict[str, float] | None = None

@@ -21,11 +21,11 @@ from common.files import DiskFull, run_path, whole_file, write_whole
 from common.modelzoo import open_zoo
 from common.records import FIELDS, SampleRecord, format_row, read_journal, read_records
 from common.scenario_file import load_scenario
+from testbed.faithfulness import doubts
 from testbed.results.cost import provisioned
 from testbed.results.metrics import DeviceTally, arrivals_s, summarize
 from testbed.results.nodes import node_figures
 from testbed.results.series import idn_summary
-from testbed.faithfulness import doubts
 from testbed.timeline import activity
 from testbed.verdict import EXIT_STOPPED, fault_fallback_limit, run_problems, tenancy_notes
 
