@@ -130,3 +130,27 @@ def test_a_quota_slows_a_real_computation_where_the_host_permits() -> None:
         plan.remove()
     assert 0.12 < took < 0.6, took
     assert not h.run_dir("test-quota").exists()
+
+
+def test_a_host_that_refuses_says_why_in_one_line(tmp_path: Path) -> None:
+    """Where the hierarchy cannot take a cgroup (here: its mount is a file), the probe raises
+    one line naming the mount; nothing is left behind."""
+    (tmp_path / "cpu").write_text("")
+    h = Hierarchy(1, tmp_path / "cpu", "/")
+    with pytest.raises(CgroupUnavailable) as err:
+        cgroups.probe(h, "1-run")
+    assert str(err.value).startswith(f"cannot set a CPU quota under {tmp_path / 'cpu'}")
+    assert "\n" not in str(err.value)
+
+
+def test_the_preflight_refuses_a_cgroup_run_the_host_cannot_give(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from testbed.preflight import CheckFailed, check_scenario
+
+    def refuse() -> Hierarchy:
+        raise CgroupUnavailable("no cgroup hierarchy with the cpu controller is mounted")
+
+    monkeypatch.setattr(cgroups, "host_hierarchy", refuse)
+    cfg = scenario_from_dict({"devices": {"count": 3, "cpu_limit": "cgroup"}})
+    with pytest.raises(CheckFailed, match=r"^devices\.cpu_limit = 'cgroup': no cgroup"):
+        check_scenario(cfg)
