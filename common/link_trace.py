@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +40,8 @@ class LinkTrace:
     opportunities. A trace of high rate repeats each millisecond many times, so this is what
     a device keeps in memory, not one entry per line."""
 
-    times_ms: tuple[int, ...]
-    counts: tuple[int, ...]
+    times_ms: Sequence[int]
+    counts: Sequence[int]
 
     @property
     def period_ms(self) -> int:
@@ -57,7 +58,24 @@ class LinkTrace:
 
 def parse_link_trace(text: str, where: str = "link trace") -> LinkTrace:
     """Read mm-link's format: integers >= 0, one per line, never decreasing, the last > 0
-    (blank lines are skipped; anything else is refused with its line number)."""
+    (blank lines are skipped; anything else is refused with its line number). Parsed by numpy
+    (each device process reads its traces: ~0.2 s a million lines, not ~1 s); a trace
+    numpy cannot take is read line by line to say which line is wrong."""
+    import numpy as np  # not at module level: the scenario loader imports this module
+
+    try:
+        values = np.array(text.split(), dtype=np.int64)
+    except (ValueError, OverflowError):
+        return _parse_lines(text, where)
+    if values.size == 0 or values.min() < 0 or bool(np.any(np.diff(values) < 0)) \
+            or values[-1] <= 0:
+        return _parse_lines(text, where)
+    times, counts = np.unique(values, return_counts=True)
+    return LinkTrace(array("q", times.astype(np.int64).tobytes()),
+                     array("q", counts.astype(np.int64).tobytes()))
+
+
+def _parse_lines(text: str, where: str) -> LinkTrace:
     times: list[int] = []
     counts: list[int] = []
     for lineno, raw in enumerate(text.splitlines(), start=1):

@@ -36,13 +36,15 @@ def queue(text: str) -> TraceQueue:
 class TestFormat:
     def test_repeated_lines_are_several_opportunities_in_one_millisecond(self) -> None:
         trace = parse_link_trace("5\n5\n\n8\n")
-        assert trace == LinkTrace((5, 8), (2, 1))
+        assert (list(trace.times_ms), list(trace.counts)) == ([5, 8], [2, 1])
+        assert trace.mean_mbps() == LinkTrace((5, 8), (2, 1)).mean_mbps()
         assert trace.period_ms == 8 and trace.opportunities == 3
         assert CONSTANT.mean_mbps() == pytest.approx(12.0)
 
     @pytest.mark.parametrize(("text", "why"), [
         ("", "no timestamps"), ("0\n0\n", "must be > 0"), ("3\n2\n", "must not decrease"),
-        ("1\nx\n", "line 2"), ("-1\n", "line 1"), ("1.5\n", "line 1")])
+        ("1\nx\n", "line 2"), ("-1\n", "line 1"), ("1.5\n", "line 1"),
+        ("4\n\n5\n3\n", "line 4: 3 comes after 5")])
     def test_bad_traces_are_refused_with_where(self, text: str, why: str) -> None:
         with pytest.raises(LinkTraceError, match=why):
             parse_link_trace(text)
