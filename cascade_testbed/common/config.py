@@ -22,6 +22,7 @@ StagePolicyName = Literal["slack", "edf", "fcfs"]
 IdnPolicyName = Literal["idn", "greedy-online", "greedy-static", "cloud-only", "coe"]
 EdgeRule = Literal["agreement", "confidence"]
 AcceleratorKind = Literal["plain", "conventional-npu", "fluid-npu"]
+CpuLimit = Literal["pad", "cgroup"]
 TIER_ORDER = ("low", "mid", "high")
 
 
@@ -86,9 +87,15 @@ class LinkSpec:
     while it keeps being lost), so loss shows up as delay, as on a real WebSocket."""
     rto_ms: float = 200.0
     """Retransmission timeout (Linux's minimum is 200 ms)."""
+    trace: str = ""
+    """A Mahimahi trace file (docs/emulation.md) whose delivery opportunities replace
+    `bandwidth_mbps`; "" none. The loader resolves it (relative to the scenario's folder or
+    the shipped traces) and checks it; the device reads it."""
 
     def __post_init__(self) -> None:
         _finite(self)
+        _check(len(self.trace) <= 4096 and self.trace.isprintable(),
+               "link trace must be a path of at most 4096 printable characters")
         _in(self.delay_ms, 0, MAX_MS, "link delay_ms")
         _in(self.jitter_ms, 0, MAX_MS, "link jitter_ms")
         _in(self.bandwidth_mbps, 0, 1e6, "bandwidth_mbps", open_low=True)
@@ -209,9 +216,15 @@ class DevicesConfig:
     """Restart a device process that dies on its own (a crash, not a planned fault)."""
     restart_delay_s: float = 1.0
     """How long a crashed device stays down before the harness restarts it."""
+    cpu_limit: CpuLimit = "pad"
+    """How a device is made as slow as its tier: "pad" (the real light model runs at the
+    host's speed and is padded up to `compute_ms`) or "cgroup" (each device process runs in a
+    cgroup whose CPU quota slows the real model to about `compute_ms`; docs/emulation.md)."""
 
     def __post_init__(self) -> None:
         _finite(self)
+        _check(self.cpu_limit in typing.get_args(CpuLimit),
+               f"devices.cpu_limit must be one of {typing.get_args(CpuLimit)}")
         _check(0 <= self.count <= MAX_DEVICES,
                f"devices.count must be in [0, {MAX_DEVICES}] (got {self.count})")
         _in(self.restart_delay_s, 0, MAX_DURATION_S, "devices.restart_delay_s")
@@ -776,6 +789,8 @@ class DeviceSpec:
     """Cuts and loss on its link, in run time."""
     node: str = ""
     """The IDN access node it sends to ("" outside an IDN: the one server)."""
+    cpu_limit: CpuLimit = "pad"
+    """`devices.cpu_limit`: "cgroup" runs the light model unpadded (the kernel throttles)."""
 
 
 def parse_mix(mix: str, tiers: tuple[str, ...]) -> dict[str, float]:
@@ -820,7 +835,8 @@ def device_specs(cfg: ScenarioConfig) -> list[DeviceSpec]:
                    burst_on_s=dev.burst_on_s, burst_off_s=dev.burst_off_s,
                    trace_points=trace, seed=cfg.seed, slo_ms=cfg.slo_ms, duration_s=cfg.duration_s,
                    reply_timeout_ms=cfg.devices.reply_timeout_ms,
-                   report_interval_s=cfg.devices.report_interval_s, zoo=cfg.zoo)
+                   report_interval_s=cfg.devices.report_interval_s, zoo=cfg.zoo,
+                   cpu_limit=dev.cpu_limit)
         for i, tier in enumerate(tiers)
     ]
     if not cfg.idn.nodes:

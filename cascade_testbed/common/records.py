@@ -70,9 +70,18 @@ class SampleRecord:
     slo_met: bool
     wall_epoch_s: float
     """Wall-clock time of the scheduled arrival, only for joining records across processes."""
+    link_error_ms: float = math.nan
+    """Forwarded samples with a reply: how much later the reply reached the device than the
+    emulated uplink's delivery time plus the server's queue and compute time said it should
+    (real socket transit and late event loops; docs/emulation.md). NaN otherwise. Columns
+    with a default may be missing from older files (read as the default)."""
 
 
 FIELDS: Final = tuple(f.name for f in dataclasses.fields(SampleRecord))
+REQUIRED_FIELDS: Final = tuple(f.name for f in dataclasses.fields(SampleRecord)
+                               if f.default is dataclasses.MISSING)
+"""The columns every records file has; files written before a column with a default was
+added lack it and are still read."""
 _TYPES: Final = {f.name: f.type for f in dataclasses.fields(SampleRecord)}
 
 
@@ -282,14 +291,15 @@ def read_records(path: Path) -> tuple[list[SampleRecord], int]:
         header = next(reader, None)
         if header is None:
             return [], 0
-        if tuple(header) != FIELDS:
+        names = tuple(header)
+        if names != FIELDS[:len(names)] or len(names) < len(REQUIRED_FIELDS):
             raise ValueError(f"{path}: unexpected header {header[:3]}...")
         for row in reader:
-            if len(row) != len(FIELDS):
+            if len(row) != len(names):
                 bad += 1
                 continue
             try:
-                values = {name: _parse(name, text) for name, text in zip(FIELDS, row, strict=True)}
+                values = {name: _parse(name, text) for name, text in zip(names, row, strict=True)}
             except ValueError:
                 bad += 1
                 continue

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from cascade_testbed.common.config import ScenarioConfig, ScenarioError, TierSpec, default_tiers
 from cascade_testbed.common.files import MIB, InputFileError, read_text
+from cascade_testbed.common.link_trace import LinkTraceError, resolve_link_trace
 from cascade_testbed.common.names import shown
 
 MAX_SCENARIO_BYTES = 1 * MIB
@@ -68,6 +69,8 @@ def load_scenario(path: str | Path) -> ScenarioConfig:
     if isinstance(data.get("zoo"), str) and data["zoo"]:
         data["zoo"] = str((path.parent / data["zoo"]).resolve())  # a model zoo folder
     try:
+        if isinstance(data.get("tiers"), dict):
+            data["tiers"] = link_traces_resolved(data["tiers"], path.parent)
         return scenario_from_dict(data)
     except ScenarioError as exc:
         raise ScenarioError(f"{path}: {exc}") from None
@@ -84,6 +87,8 @@ def scenario_from_dict(data: dict[str, Any]) -> ScenarioConfig:
         data["devices"] = {**devices, "trace_points": [list(p) for p in
                                                        load_trace(devices["trace"])]}
     tiers_in = data.pop("tiers", None)
+    if isinstance(tiers_in, dict):
+        tiers_in = link_traces_resolved(tiers_in, None)
     defaults = zoo_tiers(data.get("zoo"))
     tiers = dict(defaults)
     if tiers_in is not None:
@@ -99,6 +104,27 @@ def scenario_from_dict(data: dict[str, Any]) -> ScenarioConfig:
         data["devices"] = {**(devices or {}), "mix": ":".join("1" for _ in tiers)}
     cfg: ScenarioConfig = _build(ScenarioConfig, {**data, "tiers": tiers}, "")
     return cfg
+
+
+def link_traces_resolved(tiers: dict[str, Any], base: Path | None) -> dict[str, Any]:
+    """`tiers` with each `uplink.trace` / `downlink.trace` replaced by the file it names
+    (`common.link_trace.resolve_link_trace`: relative to `base` or the shipped traces, and
+    there); a trace that is not a usable file is a `ScenarioError` naming the field."""
+    out = dict(tiers)
+    for name, tier in tiers.items():
+        if not isinstance(tier, dict):
+            continue
+        for direction in ("uplink", "downlink"):
+            link = tier.get(direction)
+            if not isinstance(link, dict) or link.get("trace") in (None, ""):
+                continue
+            try:
+                found = resolve_link_trace(link["trace"], base)
+            except LinkTraceError as exc:
+                raise ScenarioError(f"tiers.{str(name)[:64]}.{direction}.trace: {exc}") from None
+            tier = {**tier, direction: {**link, "trace": str(found)}}
+        out[name] = tier
+    return out
 
 
 def zoo_tiers(zoo: object) -> dict[str, TierSpec]:

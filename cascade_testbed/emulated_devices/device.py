@@ -21,12 +21,19 @@ from typing import Any
 import numpy as np
 
 from cascade_testbed.common import protocol as wire
-from cascade_testbed.common.config import DeviceSpec
+from cascade_testbed.common.config import DeviceSpec, LinkSpec
+from cascade_testbed.common.link_trace import LinkTrace, read_link_trace
 from cascade_testbed.common.modelzoo import open_zoo
 from cascade_testbed.common.records import SampleRecord, Source, file_stem
 from cascade_testbed.emulated_devices.arrivals import arrival_times, peak_rate
 from cascade_testbed.emulated_devices.client import ServerSession
-from cascade_testbed.emulated_devices.emulation import ComputeProfile, Impairment, Link, pad
+from cascade_testbed.emulated_devices.emulation import (
+    ComputeProfile,
+    Impairment,
+    Link,
+    Padding,
+    pad,
+)
 from cascade_testbed.emulated_devices.forwarding import get_rule
 from cascade_testbed.emulated_devices.light_model import light_stage
 from cascade_testbed.emulated_devices.loop_probe import TimerLag
@@ -59,6 +66,9 @@ class Pending:
     timeout: asyncio.TimerHandle | None = None
     """Fires when the device stops waiting: a reply delivered later comes too late."""
     slo_counted: bool = False
+    due: float = math.nan
+    """When the emulated uplink delivers it (loop time): the intended arrival, against which
+    the reply's return measures the link's timing error."""
 
 
 @dataclass(slots=True)
@@ -116,8 +126,10 @@ class Device:
         self._arrivals = np.empty(0)
         self._compute = ComputeProfile(spec.spec.compute_ms, spec.spec.compute_jitter)
         self._compute_rng = rngs[STREAM_COMPUTE]
-        self._uplink = Link(spec.spec.uplink, rngs[STREAM_UPLINK])
-        self._downlink = Link(spec.spec.downlink, rngs[STREAM_DOWNLINK])
+        self._uplink = Link(spec.spec.uplink, rngs[STREAM_UPLINK],
+                            trace=_link_trace(spec.spec.uplink))
+        self._downlink = Link(spec.spec.downlink, rngs[STREAM_DOWNLINK],
+                              trace=_link_trace(spec.spec.downlink))
         self._rule = get_rule(rule or spec.spec.rule)
         declared = peak_rate(spec.arrival, spec.rate_hz, burst_on_s=spec.burst_on_s,
                              burst_off_s=spec.burst_off_s, trace=spec.trace_points)
@@ -252,6 +264,7 @@ class Device:
         started `offset_s` into the run)."""
         base = self._t0 - offset_s
         for link, direction in ((self._uplink, "up"), (self._downlink, "down")):
+            link.set_origin(base)
             link.impair([Impairment(base + f.start_s, base + f.end_s, f.loss)
                          for f in self.spec.link_faults if f.direction in ("both", direction)])
 
@@ -340,7 +353,9 @@ class Device:
         t = time.perf_counter()
         probs = self._model.predict(pixels)
         real = time.perf_counter() - t
-        padding = pad(start, real, self._compute.sample_s(self._compute_rng))
+        # Under a cgroup's CPU quota the kernel slowed the real run: it is the emulated time.
+        padding = pad(start, real, self._compute.sample_s(self._compute_rng)) \
+            if self.spec.cpu_limit == "pad" else Padding(end=start + real, overrun=False)
         self.overruns += padding.overrun
         pred = int(probs.argmax())
         if self._task_mod is not None:
@@ -383,6 +398,7 @@ class Device:
         deliver_at = self._uplink.transmit(end, len(payload) + self._infer_overhead)
         if deliver_at >= timeout_at:
             return  # the timeout answers it before the link could deliver it
+        pending.due = deliver_at
         reply_by = timeout_at - self._downlink.allowance_s(RESULT_BYTES)
         msg = wire.Infer(sample_id=sid, dtype=pixels.dtype.name, shape=tuple(pixels.shape),
                          data=payload, deadline_ms=max((reply_by - deliver_at) * 1e3, 0.0),
@@ -421,6 +437,8 @@ class Device:
         rec.queue_ms = res.queue_us / 1e3
         rec.compute_ms = res.compute_us / 1e3
         rec.batch_size = res.batch_size
+        if _server_timed(res) and not self.spec.node:
+            rec.link_error_ms = link_error_ms(pending.due, self._loop.time(), res)
         if res.status == wire.ResultStatus.OK:
             rec.heavy_model = res.model
             self._finish(pending, "heavy", res.prediction, at=deliver_at)
@@ -529,6 +547,28 @@ class Device:
                 self._window.on_overdue()
         window_s, self._window_start = max(now - self._window_start, 1e-3), now
         return self._window.take(window_s, self.threshold, self.epoch)
+
+
+def _link_trace(spec: LinkSpec) -> LinkTrace | None:
+    return read_link_trace(spec.trace) if spec.trace else None
+
+
+def _server_timed(res: wire.Result) -> bool:
+    """A result whose queue and compute times are all the server spent on it after the uplink
+    delivered it: answered, expired or refused at admission; not a refusal of the held
+    uplink itself (answered on receipt) nor a failed model (its time is not reported). An IDN
+    node's parents add emulated hops of their own, so devices of an IDN measure nothing."""
+    return res.status in (wire.ResultStatus.OK, wire.ResultStatus.EXPIRED) or (
+        res.status == wire.ResultStatus.REJECTED and res.cause != "link_backlog")
+
+
+def link_error_ms(due: float, replied: float, res: wire.Result) -> float:
+    """How much later than the emulation intended the device holds the reply: the uplink
+    meant the server to act at `due`, the server then spent its queue and compute time, and
+    the reply reached the device at `replied` (the downlink's emulated time starts there).
+    Each is a difference on one clock, so it holds across hosts; what remains is the real
+    transit both ways and how late the server's and the device's loops acted."""
+    return (replied - due) * 1e3 - (res.queue_us + res.compute_us) / 1e3
 
 
 def error_name(code: int) -> str:

@@ -3,7 +3,8 @@
 The real model always runs; `ComputeProfile` says how long the emulated device should take, and
 the device pads up to that (counting an overrun when the host was slower than the target).
 `Link` turns a message's send time and size into its delivery time on a FIFO link with
-propagation delay, jitter, a serialisation rate, packet loss and outages.
+propagation delay, jitter, a serialisation rate (or a Mahimahi trace's delivery opportunities,
+`emulated_devices.link_trace`), packet loss and outages.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from cascade_testbed.common.config import LinkSpec
+from cascade_testbed.common.link_trace import LinkTrace
+from cascade_testbed.emulated_devices.link_trace import TraceCapacity, TraceQueue
 
 MAX_RESENDS = 8
 """After this many losses in a row TCP would give up on the connection; we stop doubling."""
@@ -56,24 +59,34 @@ class Impairment:
 class Link:
     """One direction of a link. Messages leave in order: a message cannot start serialising
     before the previous one has, and cannot be delivered before it (TCP is FIFO, so a lost
-    or held-back message delays every message behind it)."""
+    or held-back message delays every message behind it). With a `trace`, the trace's
+    delivery opportunities replace `bandwidth_mbps`; trace time 0 is `origin` (set_origin)."""
 
-    __slots__ = ("_free_at", "_impairments", "_last_delivery", "_rng", "_spec")
+    __slots__ = ("_free_at", "_impairments", "_last_delivery", "_origin", "_rng", "_spec",
+                 "_trace")
 
     def __init__(self, spec: LinkSpec, rng: np.random.Generator,
-                 impairments: Sequence[Impairment] = ()) -> None:
+                 impairments: Sequence[Impairment] = (), trace: LinkTrace | None = None
+                 ) -> None:
         self._spec = spec
         self._rng = rng
         self._free_at = 0.0
         self._last_delivery = 0.0
         self._impairments = tuple(sorted(impairments, key=lambda w: w.start))
+        self._trace = TraceQueue(TraceCapacity(trace)) if trace is not None else None
+        self._origin = 0.0
+
+    def set_origin(self, origin: float) -> None:
+        """The time (same clock as `transmit`'s) at which the trace starts: the run's start,
+        so every device of a tier sees the same capacity at the same run time."""
+        self._origin = origin
 
     def impair(self, impairments: Sequence[Impairment]) -> None:
         self._impairments = tuple(sorted(impairments, key=lambda w: w.start))
 
     def transmit(self, now: float, nbytes: int) -> float:
         """Delivery time of `nbytes` handed to the link at `now`."""
-        start = max(now, self._free_at)
+        queued = start = max(now, self._free_at)
         loss = self._spec.loss
         for w in self._impairments:  # sorted: a cut that ends inside the next window moves on
             if w.start <= start < w.end:
@@ -81,7 +94,12 @@ class Link:
                     start = w.end
                 else:
                     loss = 1 - (1 - loss) * (1 - w.loss)
-        self._free_at = start + nbytes * 8 / (self._spec.bandwidth_mbps * 1e6)
+        if self._trace is None:
+            self._free_at = start + nbytes * 8 / (self._spec.bandwidth_mbps * 1e6)
+        else:  # the trace's queue is FIFO itself: it needs when the message came, not `start`
+            arrive = start if start > queued else now
+            self._free_at = self._origin + self._trace.depart(
+                (arrive - self._origin) * 1e3, nbytes) / 1e3
         jitter = self._rng.normal(0.0, self._spec.jitter_ms) if self._spec.jitter_ms else 0.0
         delay = max(0.0, self._spec.delay_ms + jitter) / 1e3
         self._last_delivery = max(self._free_at + delay + self._resend_delay(loss),
@@ -92,6 +110,8 @@ class Link:
         """A message of `nbytes` on an idle link arrives within this time unless it is lost:
         delay, three standard deviations of jitter, serialisation."""
         spec = self._spec
+        if self._trace is not None:  # at the trace's mean rate
+            return (spec.delay_ms + 3 * spec.jitter_ms + self._trace.allowance_ms(nbytes)) / 1e3
         return (spec.delay_ms + 3 * spec.jitter_ms) / 1e3 + nbytes * 8 / (spec.bandwidth_mbps
                                                                           * 1e6)
 
@@ -112,3 +132,5 @@ class Link:
         """A new connection starts with an empty link."""
         self._free_at = 0.0
         self._last_delivery = 0.0
+        if self._trace is not None:
+            self._trace.reset()

@@ -13,7 +13,9 @@ import ctypes
 import gc
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from cascade_testbed.common.looplag import LagHistogram
 
 MAX_HELD = 4096
 """Messages one device may have on its emulated uplink at once; an hour-long cut at 1 Hz.
@@ -36,6 +38,9 @@ class HeldBudget:
     held_bytes: int = 0
     refused: int = 0
     released_since_trim: int = 0
+    late: LagHistogram = field(default_factory=LagHistogram)
+    """How late the server's loop acted on held messages after their links delivered them:
+    the server's own part of the link timing error (docs/emulation.md)."""
 
     def charge(self, nbytes: int) -> bool:
         if self.held_bytes + nbytes > self.limit_bytes:
@@ -79,14 +84,16 @@ class Held:
         if len(self._handles) >= self._limit or not self._budget.charge(nbytes):
             return False
         key = self._next = self._next + 1
-        self._handles[key] = (self._loop.call_later(delay_s, self._deliver, key, deliver,
-                                                    args), nbytes)
+        due = self._loop.time() + delay_s
+        self._handles[key] = (self._loop.call_at(due, self._deliver, key, due, deliver,
+                                                 args), nbytes)
         return True
 
-    def _deliver(self, key: int, deliver: Callable[..., None], args: tuple[object, ...]
-                 ) -> None:
+    def _deliver(self, key: int, due: float, deliver: Callable[..., None],
+                 args: tuple[object, ...]) -> None:
         _, nbytes = self._handles.pop(key)
         self._budget.release(nbytes)
+        self._budget.late.add(self._loop.time() - due)
         deliver(*args)
 
     def __len__(self) -> int:

@@ -251,7 +251,8 @@ class Runtime:
             "rate_limited": dict(self.limits.limited),
             "held": {"bytes": self.held_budget.held_bytes,
                      "limit_bytes": self.held_budget.limit_bytes,
-                     "refused": self.held_budget.refused},
+                     "refused": self.held_budget.refused,
+                     "late": self.held_budget.late.to_dict()},
             "slo_ms": self.settings.slo_ms,
             **({"idn": self.idn.status()} if self.idn is not None else {}),
         }

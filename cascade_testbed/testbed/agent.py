@@ -15,6 +15,7 @@ forkserver exits when the agent's end of its pipe closes, so a killed node leave
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import multiprocessing.forkserver
 import multiprocessing.spawn
@@ -33,10 +34,13 @@ import psutil
 
 from cascade_testbed.common.config import DeviceSpec, ScenarioConfig
 from cascade_testbed.testbed import launch
+from cascade_testbed.testbed.cgroups import CgroupPlan
 from cascade_testbed.testbed.children import Child, poll, reap, recv, send, spawn
 from cascade_testbed.testbed.observe import sample_resources
 from cascade_testbed.testbed.shipping import Tail
 from cascade_testbed.testbed.timeline import Interval
+
+log = logging.getLogger(__name__)
 
 SERVER_START_TIMEOUT_S = 60.0
 PRELOAD = ["cascade_testbed.testbed.launch", "cascade_testbed.emulated_devices.main",
@@ -74,6 +78,8 @@ class DeviceJob:
     token: str
     wait_for_server: bool
     interval: Interval
+    cpu: CgroupPlan | None = None
+    """`cpu_limit = "cgroup"`: the cgroups its process goes into (`testbed.cgroups`)."""
 
 
 def start_forkserver(with_main: bool) -> Any:
@@ -150,6 +156,7 @@ class NodeAgent:
         self.servers: dict[str, Child] = {}
         self.retired_servers: list[Child] = []
         self.proc = psutil.Process()
+        self.cgroups: dict[str, CgroupPlan] = {}
 
     def info(self) -> dict[str, Any]:
         return {"node": self.node, "pid": os.getpid(), "host": socket.gethostname(),
@@ -213,6 +220,13 @@ class NodeAgent:
             child.interval = job.interval
             self.devices[spec.device_id] = child
             pids[spec.device_id] = child.proc.pid
+            if job.cpu is not None and child.proc.pid is not None:
+                self.cgroups[job.cpu.run_tag] = job.cpu
+                try:
+                    job.cpu.place(child.proc.pid, spec.device_id, spec.tier, spec.incarnation)
+                except OSError as exc:  # the probe passed: the host changed under the run
+                    log.error("device %s: cannot set its CPU quota: %s", spec.device_id, exc)
+                    child.proc.kill()
         return pids
 
     def start_devices(self, commands: dict[str, dict[str, Any]]) -> None:
@@ -279,6 +293,8 @@ class NodeAgent:
         children = self._all()
         poll(children, 0)  # `done`s still in the pipes
         reap(children)
+        for cpu in self.cgroups.values():
+            cpu.remove()
         answer = self.poll(final=True)
         if self.tail is not None:
             while more := self.tail.chunks(final=True):

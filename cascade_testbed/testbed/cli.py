@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from cascade_testbed.testbed.commands import claims, dashboard, parts, plan, results, runs, zoo
+from cascade_testbed.testbed.commands import (
+    claims,
+    dashboard,
+    parts,
+    plan,
+    results,
+    runs,
+    trace,
+    zoo,
+)
 
 app = typer.Typer(help="Emulated edge devices + one shared batching server + cascade schedulers.",
                   no_args_is_help=True, add_completion=False,
@@ -36,3 +45,4 @@ for command in (parts.policies, runs.up, runs.run, runs.sweep, claims.claims, pl
                 results.report, results.compare, parts.server, parts.device, dashboard.watch):
     app.command()(command)
 app.add_typer(zoo.app, name="zoo")
+app.add_typer(trace.app, name="trace")

@@ -110,6 +110,15 @@ def summary_tables(summary: dict[str, Any]) -> Group:
     if lag.get("n"):
         notes.add_row("loop lag p99", f"{_num(lag.get('p99'), '.2f')} ms",
                       "loop lag max", f"{_num(lag.get('max'), '.2f')} ms", "", "")
+    link = emu.get("link_error_ms") or {}
+    if link.get("n"):
+        notes.add_row("link error p50", f"{_num(link.get('p50'), '.2f')} ms",
+                      "link error p99", f"{_num(link.get('p99'), '.2f')} ms",
+                      "measured", str(link.get("n")))
+    held = (summary.get("server") or {}).get("held_late_ms") or {}
+    if held.get("n"):
+        notes.add_row("server held late p50", f"{_num(held.get('p50'), '.2f')} ms",
+                      "server held late p99", f"{_num(held.get('p99'), '.2f')} ms", "", "")
     shed = (summary.get("server") or {}).get("shed") or {}
     if shed:
         notes.add_row("server shed", ", ".join(f"{c} {n:.0f}" for c, n in sorted(shed.items())),

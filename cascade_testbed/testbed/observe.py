@@ -11,6 +11,8 @@ from typing import Any
 
 import psutil
 
+from cascade_testbed.common.looplag import lag_summary, merge
+
 
 def fetch_status(url: str, token: str = "", timeout_s: float = 0.5) -> dict[str, Any] | None:
     """GET /v1/status (with the run's token), or None if the server does not answer in time."""
@@ -49,7 +51,9 @@ def server_facts(statuses: Sequence[dict[str, Any]]) -> dict[str, Any]:
     last = statuses[-1] if statuses else {}
     return {"heavy_model": last.get("heavy_model"), "processes": len(statuses),
             "totals": totals, "shed": shed, "rate_limited": limited,
-            "policy_step_us": last.get("policy_step_us") or {}}
+            "policy_step_us": last.get("policy_step_us") or {},
+            "held_late_ms": lag_summary(merge((s.get("held") or {}).get("late")
+                                              for s in statuses))}
 
 
 def sample_resources(device_pids: Sequence[int], server_pid: int | None) -> dict[str, Any]:

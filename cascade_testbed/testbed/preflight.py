@@ -10,11 +10,14 @@ policies; this module stays on the harness's side of the layering (common only).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cascade_testbed.common.batch_profiles import BatchProfile, heavy_model_names, profile_for
 from cascade_testbed.common.config import ScenarioConfig
+from cascade_testbed.common.link_trace import LinkTraceError, read_link_trace
 from cascade_testbed.common.model_output import OutputError, card_output, session_output
 from cascade_testbed.common.modelzoo import Zoo, ZooError, open_session, open_zoo
 from cascade_testbed.common.zoo_checks import ZooFormatError, check_fits, model_classes
@@ -82,7 +85,49 @@ def _check(cfg: ScenarioConfig) -> Checked:
     for name in heavies:
         profile_for(zoo, name, heavies[0], base, cfg.server.profiles)
     out.lines.append(f"server: {', '.join(heavies)}")
+    out.lines.extend(_link_traces(cfg))
+    if cfg.devices.cpu_limit == "cgroup":
+        out.lines.extend(_cgroups(cfg))
     return out
+
+
+def _cgroups(cfg: ScenarioConfig) -> list[str]:
+    """A `cpu_limit = "cgroup"` run needs a cpu hierarchy this process may write (probed
+    with a cgroup made and removed), and says each tier's quota."""
+    from cascade_testbed.testbed import cgroups  # the harness's side; no model runs unless asked
+
+    try:
+        h = cgroups.host_hierarchy()
+        cgroups.probe(h, f"{os.getpid()}-preflight")
+    except cgroups.CgroupUnavailable as exc:
+        raise CheckFailed(f"devices.cpu_limit = 'cgroup': {exc}") from None
+    lines = []
+    for tier, spec in cfg.tiers.items():
+        host = cgroups.host_light_ms(cfg.zoo, spec.members)
+        quota = cgroups.quota_for(spec.compute_ms, host)
+        what = "unthrottled (the host is not faster than the target)" if quota is None else (
+            f"{quota.quota_us} us every {quota.period_us} us ({quota.share:.2%} of a CPU"
+            f"{', the kernel minimum' if quota.clamped else ''})")
+        lines.append(f"tier {tier}: light model {host:.3f} ms here, target "
+                     f"{spec.compute_ms:g} ms: cgroup v{h.version} quota {what}")
+    return lines
+
+
+def _link_traces(cfg: ScenarioConfig) -> list[str]:
+    """Every link trace a tier names, read as its devices will read it."""
+    lines = []
+    for tier, spec in cfg.tiers.items():
+        for direction, link in (("uplink", spec.uplink), ("downlink", spec.downlink)):
+            if not link.trace:
+                continue
+            try:
+                trace = read_link_trace(link.trace)
+            except LinkTraceError as exc:
+                raise CheckFailed(f"tier {tier} {direction}: {exc}") from None
+            lines.append(f"tier {tier} {direction}: trace {Path(link.trace).name} "
+                         f"(mean {trace.mean_mbps():.2f} Mbit/s over a period of "
+                         f"{trace.period_ms / 1e3:g} s, + {link.delay_ms:g} ms delay)")
+    return lines
 
 
 def _session_shape(zoo: Zoo, name: str, sample_shape: tuple[int, ...],

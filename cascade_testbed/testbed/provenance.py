@@ -23,6 +23,7 @@ from typing import Any
 
 from cascade_testbed.common.config import ScenarioConfig
 from cascade_testbed.common.files import write_whole
+from cascade_testbed.common.link_trace import file_sha256
 from cascade_testbed.common.scenario_file import scenario_to_dict
 from cascade_testbed.testbed.versions import collect_versions
 
@@ -83,7 +84,8 @@ def scenario_hash(cfg: ScenarioConfig, root: Path = ROOT) -> str:
     seed), with paths inside the source tree made relative (the same scenario hashes alike in
     another clone) and the content of the files it names by path (a zoo folder, a gear plan)."""
     data = _relative(scenario_to_dict(cfg), str(root))
-    named = [p for p in (cfg.zoo, cfg.policy.params.get("plan")) if isinstance(p, str) and p]
+    named = [p for p in (cfg.zoo, cfg.policy.params.get("plan"), *link_traces(cfg))
+             if isinstance(p, str) and p]
     contents = {_relative(p, str(root)): _path_digest(Path(p)) for p in named}
     return _digest(json.dumps([data, contents], sort_keys=True).encode())[:16]
 
@@ -149,7 +151,14 @@ def current(cfg: ScenarioConfig | None = None, root: Path = ROOT) -> dict[str, A
         out["scenario_hash"] = scenario_hash(cfg, root)
         out["versions"] = collect_versions()
         out["code_files"] = manifest
+        out["link_traces"] = {_relative(p, str(root)): file_sha256(p) for p in link_traces(cfg)}
     return out
+
+
+def link_traces(cfg: ScenarioConfig) -> list[str]:
+    """The link trace files the scenario's tiers name, each once, sorted."""
+    return sorted({link.trace for tier in cfg.tiers.values()
+                   for link in (tier.uplink, tier.downlink) if link.trace})
 
 
 def write(run_dir: Path, cfg: ScenarioConfig) -> dict[str, Any]:

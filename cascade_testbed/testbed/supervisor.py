@@ -42,8 +42,9 @@ from cascade_testbed.common.config import (
 from cascade_testbed.common.events import EventLog
 from cascade_testbed.common.files import as_disk_full, is_disk_error
 from cascade_testbed.common.scenario_file import scenario_to_dict
-from cascade_testbed.testbed import provenance
+from cascade_testbed.testbed import cgroups, provenance
 from cascade_testbed.testbed.agent import SERVER, DeviceJob, ServerJob
+from cascade_testbed.testbed.cgroups import CgroupPlan
 from cascade_testbed.testbed.cluster.placement import PlacementError
 from cascade_testbed.testbed.faults import plan_faults
 from cascade_testbed.testbed.nodes import Nodes, Placement
@@ -186,6 +187,8 @@ class _Run:
     stops: StopSignals = field(default_factory=StopSignals)
     stall_watch: StallWatch = field(default_factory=StallWatch)
     """Whether the server answers its status polls in time (`testbed.stalls`)."""
+    cpu: CgroupPlan | None = None
+    """`devices.cpu_limit = "cgroup"`: the device processes' cgroups (`testbed.cgroups`)."""
 
     @property
     def server(self) -> ServerView:
@@ -269,6 +272,7 @@ def _supervise(cfg: ScenarioConfig, run_dir: Path, nodes: Nodes, progress: Progr
     if why:
         raise RunError(f"bad scenario: {why}")
     specs = [dataclasses.replace(s, link_faults=plan.links.get(s.device_id, ())) for s in specs]
+    cpu = _cpu_plan(cfg, run_dir, nodes)
     spans = dict(zip([s.device_id for s in specs], activity(cfg), strict=True))
     joins = join_actions(list(spans), list(spans.values()))
     (run_dir / "scenario.toml").write_text(tomli_w.dumps(scenario_to_dict(cfg)))
@@ -283,6 +287,9 @@ def _supervise(cfg: ScenarioConfig, run_dir: Path, nodes: Nodes, progress: Progr
                    a, at_s=max(0.0, a.at_s - SPAWN_LEAD_S)) for a in joins)]))
     run.servers = {name: ServerView(name, placement.servers[name])
                    for name in (SERVER, *idn_below)}
+    run.cpu = cpu
+    if cpu is not None:
+        run.events.emit("cpu_limit", **cpu.describe())
     run.events.emit("run_start", scenario=cfg.name, policy=cfg.policy.name,
                     devices=cfg.devices.count, faults_planned=plan.injected,
                     **nodes.describe())
@@ -328,6 +335,20 @@ def _supervise(cfg: ScenarioConfig, run_dir: Path, nodes: Nodes, progress: Progr
                      stopped_by=stopped_by)
     summary = collect(run_dir, facts, cfg)  # with `nodes` from a cluster's placement event
     return RunResult(run_dir, summary, run.interrupted, stopped_by)
+
+
+def _cpu_plan(cfg: ScenarioConfig, run_dir: Path, nodes: Nodes) -> CgroupPlan | None:
+    """The cgroups of a `cpu_limit = "cgroup"` run, or `RunError` saying why this host
+    cannot give them (before any process starts)."""
+    if cfg.devices.cpu_limit != "cgroup":
+        return None
+    if nodes.distributed:
+        raise RunError("bad scenario: devices.cpu_limit = 'cgroup' runs on one host only "
+                       "(not over a Ray cluster)")
+    try:
+        return cgroups.plan(cfg, run_dir)
+    except cgroups.CgroupUnavailable as exc:
+        raise RunError(f"devices.cpu_limit = 'cgroup': {exc}") from None
 
 
 def _parents_first(cfg: ScenarioConfig) -> list[IdnNode]:
@@ -526,7 +547,8 @@ def _spawn(run: _Run, jobs: list[tuple[DeviceSpec, Interval, bool]]) -> None:
         run.devices[spec.device_id] = DeviceView(spec, node, interval)
         access = run.servers.get(spec.node) if spec.node else None
         url = access.url if access is not None else run.server.url
-        by_node.setdefault(node, []).append(DeviceJob(spec, url, run.token, wait, interval))
+        by_node.setdefault(node, []).append(DeviceJob(spec, url, run.token, wait, interval,
+                                                      run.cpu))
     for node, node_jobs in by_node.items():
         pids = run.nodes.call(node, "spawn_devices", node_jobs, timeout=60.0) or {}
         for device_id, pid in pids.items():

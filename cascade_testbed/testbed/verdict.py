@@ -164,9 +164,17 @@ def stopped_line(stopped_by: str) -> str:
     return f"run stopped by {what}: the numbers cover the run until then"
 
 
-def last_line(problems: list[str]) -> str:
-    """The one line a failed run ends with."""
-    return "run failed: " + "; ".join(problems)
+def last_line(problems: list[str], doubts: list[str] | None = None) -> str:
+    """The one line a failed run ends with (and why its emulation was not faithful, if it
+    was not: `testbed.faithfulness`)."""
+    return "run failed: " + "; ".join(problems) + (
+        f"; emulation not faithful: {'; '.join(doubts)}" if doubts else "")
+
+
+def unfaithful_line(doubts: list[str]) -> str:
+    """The last line of a run that did what was asked but whose emulation was not faithful:
+    a flag, not a failure (the exit code stays 0)."""
+    return "run not faithful: " + "; ".join(doubts)
 
 
 def partial_reasons(run: Mapping[str, Any]) -> list[str]:

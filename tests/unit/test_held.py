@@ -62,3 +62,15 @@ def test_a_trim_is_due_once_per_block_released_or_when_all_is_released() -> None
     budget.release(2**24 - 2**20 - TRIM_AFTER_BYTES)
     assert budget.held_bytes == 0 and budget.trim_due()  # all of it back: worth a trim
     assert not budget.trim_due()
+
+
+async def test_the_server_counts_how_late_it_acted_on_held_messages() -> None:
+    """Each delivery adds its lateness to the budget's histogram: the server's own part of
+    the link timing error, in its status and the run's summary (`server.held_late_ms`)."""
+    loop = asyncio.get_running_loop()
+    budget = HeldBudget(1 << 20)
+    held = Held(loop, budget=budget)
+    for delay in (0.01, 0.02):
+        assert held.hold(delay, 10, lambda: None)
+    await asyncio.sleep(0.05)
+    assert budget.late.n == 2 and budget.late.max_s < 0.04

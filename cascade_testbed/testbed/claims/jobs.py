@@ -22,16 +22,13 @@ from typing import Any
 
 from cascade_testbed.common.config import ScenarioConfig
 from cascade_testbed.testbed import provenance
+from cascade_testbed.testbed.faithfulness import MAX_LAG_SHARE_OF_SLO, MAX_OVERRUN, doubts
 from cascade_testbed.testbed.sweep import Reuse, is_complete
 
 RunFn = Callable[[ScenarioConfig, Path], dict[str, Any]]
 Progress = Callable[[int, int, str, float | None], None]
 MAX_ATTEMPTS = 2
-MAX_OVERRUN = 0.01
-"""The share of light-model computations that overran their emulated time (docs/density.md)."""
-MAX_LAG_SHARE_OF_SLO = 0.10
-"""A device's event-loop lag p99 above 10 % of the SLO means the host, not the system under
-test, decided the latencies (another job took the cores)."""
+__all__ = ["MAX_LAG_SHARE_OF_SLO", "MAX_OVERRUN"]  # the bounds live in testbed.faithfulness
 
 
 @dataclass(frozen=True)
@@ -55,18 +52,15 @@ class Job:
 
 def unfaithful(summary: dict[str, Any]) -> str | None:
     """Why a finished run's emulation cannot be trusted, or None. A run that carries no
-    emulation figures (no device reported its loop lag) cannot show it was faithful."""
+    emulation figures (no device reported its loop lag) cannot show it was faithful. The rule
+    is `testbed.faithfulness.doubts`: compute overrun, loop lag and link timing error."""
     emulation = summary.get("emulation") or {}
     overrun = emulation.get("compute_overrun_fraction")
     lag = (emulation.get("loop_lag_ms") or {}).get("p99")
     if overrun is None or lag is None:
         return "no emulation figures (compute overrun and devices' loop lag) in the summary"
-    bound = MAX_LAG_SHARE_OF_SLO * float(summary.get("slo_ms") or 0.0)
-    if float(overrun) > MAX_OVERRUN:
-        return f"host overloaded (compute overrun {float(overrun):.1%} > {MAX_OVERRUN:.0%})"
-    if bound > 0 and float(lag) > bound:
-        return f"host overloaded (loop lag p99 {float(lag):.0f} ms > {bound:.0f} ms)"
-    return None
+    found = doubts(summary)
+    return found[0] if found else None
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from cascade_testbed.testbed.verdict import (
     exit_code,
     last_line,
     stopped_line,
+    unfaithful_line,
 )
 
 Policy = Annotated[str | None, typer.Option(help=POLICY_HELP,
@@ -220,10 +221,15 @@ def _execute(cfg: ScenarioConfig, out: Path | None, force: bool = False,
     console.print(f"run folder: {escape(str(result.run_dir))}")
     problems = summary["run"].get("problems", [])
     code = exit_code(problems, result.interrupted, result.stopped_by)
+    doubts = list((summary.get("emulation") or {}).get("unfaithful") or [])
     if result.interrupted and not problems:
+        if doubts:
+            console.print(f"[yellow]{escape(unfaithful_line(doubts))}[/yellow]", soft_wrap=True)
         console.print(f"[yellow]{escape(stopped_line(result.stopped_by))}[/yellow]")
     if problems:
-        console.print(f"[red]{escape(last_line(problems))}[/red]", soft_wrap=True)
+        console.print(f"[red]{escape(last_line(problems, doubts))}[/red]", soft_wrap=True)
+    elif doubts and not result.interrupted:
+        console.print(f"[yellow]{escape(unfaithful_line(doubts))}[/yellow]", soft_wrap=True)
     if as_json:
         print_json(summary)
     raise typer.Exit(code)

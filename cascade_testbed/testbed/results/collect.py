@@ -27,6 +27,7 @@ from cascade_testbed.common.records import (
     read_records,
 )
 from cascade_testbed.common.scenario_file import load_scenario
+from cascade_testbed.testbed.faithfulness import doubts
 from cascade_testbed.testbed.results.cost import provisioned
 from cascade_testbed.testbed.results.metrics import DeviceTally, arrivals_s, summarize
 from cascade_testbed.testbed.results.nodes import node_figures
@@ -152,6 +153,7 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
         forwarded=int(summary["samples"]["forwarded"]), heavy=int(summary["samples"]["heavy"]),
         server_arrivals=int(((facts.server or {}).get("totals") or {}).get("arrivals") or 0))
     status["problems"] = run_problems(out, limit)
+    out["emulation"]["unfaithful"] = doubts(out)
     try:
         write_whole(run_dir / "summary.json", json.dumps(out, indent=2))
     except DiskFull as exc:  # the summary is still returned (and printed), just not saved

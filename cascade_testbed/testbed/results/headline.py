@@ -24,6 +24,7 @@ METRICS: Final = (
     "samples.light", "samples.heavy", "samples.fallback", "samples.rejected",
     "communication.requests_per_sample", "communication.bytes_sent_per_sample",
     "emulation.compute_overrun_fraction", "emulation.late_replies", "run.startup_s",
+    "emulation.link_error_ms.p50", "emulation.link_error_ms.p99",
 )
 """Every name `--expect` accepts (besides the aliases)."""
 ALIASES: Final = {

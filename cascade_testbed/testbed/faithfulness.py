@@ -1,0 +1,51 @@
+"""Was a run's emulation faithful? Pure: a summary in, the reasons it was not out. The one
+rule a run's summary (`emulation.unfaithful`), its last line and the claims' retry rule
+(`testbed.claims.jobs.unfaithful`) all apply: the host, not the system under test, decided
+the latencies when light-model computations overran their emulated time, when the devices'
+event loops ran late, or when messages were acted on later than the emulated links said.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+MAX_OVERRUN: Final = 0.01
+"""The share of light-model computations that overran their emulated time (docs/density.md)."""
+MAX_LAG_SHARE_OF_SLO: Final = 0.10
+"""A device's event-loop lag p99 above 10 % of the SLO means the host, not the system under
+test, decided the latencies (another job took the cores)."""
+MAX_LINK_ERROR_SHARE_OF_SLO: Final = 0.10
+"""The link timing error's p99 (docs/emulation.md) above 10 % of the SLO: replies came back
+later than the emulated links and the server's own time say, by a share of the SLO that can
+decide whether a sample meets it."""
+
+
+def doubts(summary: Mapping[str, Any]) -> list[str]:
+    """Why the run's emulation cannot be trusted, one phrase each; empty when every figure
+    the summary holds is within its bound (a figure it lacks is not judged here)."""
+    emulation = summary.get("emulation") or {}
+    slo_ms = float(summary.get("slo_ms") or 0.0)
+    out = []
+    overrun = emulation.get("compute_overrun_fraction")
+    if overrun is not None and float(overrun) > MAX_OVERRUN:
+        out.append(f"host overloaded (compute overrun {float(overrun):.1%} > "
+                   f"{MAX_OVERRUN:.0%})")
+    lag = (emulation.get("loop_lag_ms") or {}).get("p99")
+    bound = MAX_LAG_SHARE_OF_SLO * slo_ms
+    if lag is not None and bound > 0 and float(lag) > bound:
+        out.append(f"host overloaded (loop lag p99 {float(lag):.0f} ms > {bound:.0f} ms)")
+    link = link_error_doubt(summary)
+    if link is not None:
+        out.append(link)
+    return out
+
+
+def link_error_doubt(summary: Mapping[str, Any]) -> str | None:
+    """The link timing error's p99 above `MAX_LINK_ERROR_SHARE_OF_SLO` of the SLO, or None
+    (also when nothing was measured: no forwarded sample got a reply)."""
+    p99 = ((summary.get("emulation") or {}).get("link_error_ms") or {}).get("p99")
+    bound = MAX_LINK_ERROR_SHARE_OF_SLO * float(summary.get("slo_ms") or 0.0)
+    if p99 is None or bound <= 0 or float(p99) <= bound:
+        return None
+    return f"link timing error p99 {float(p99):.1f} ms > {bound:.0f} ms (10% of the SLO)"
