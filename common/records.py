@@ -70,6 +70,10 @@ class SampleRecord:
     slo_met: bool
     wall_epoch_s: float
     """Wall-clock time of the scheduled arrival, only for joining records across processes."""
+    energy_compute_j: float = math.nan
+    """The device's energy for the light model's (emulated) computation (common.energy)."""
+    energy_radio_j: float = math.nan
+    """The device's radio energy for this sample: bytes up and down and the tail they add."""
 
 
 FIELDS: Final = tuple(f.name for f in dataclasses.fields(SampleRecord))
