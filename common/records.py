@@ -77,6 +77,9 @@ class SampleRecord:
 
 
 FIELDS: Final = tuple(f.name for f in dataclasses.fields(SampleRecord))
+_OPTIONAL: Final = frozenset(f.name for f in dataclasses.fields(SampleRecord)
+                             if f.default is not dataclasses.MISSING)
+"""Columns added later, with defaults: a file written before them still reads (NaN)."""
 _TYPES: Final = {f.name: f.type for f in dataclasses.fields(SampleRecord)}
 
 
@@ -286,14 +289,16 @@ def read_records(path: Path) -> tuple[list[SampleRecord], int]:
         header = next(reader, None)
         if header is None:
             return [], 0
-        if tuple(header) != FIELDS:
+        names = tuple(header)
+        if names != FIELDS and not (set(names) <= set(FIELDS) and len(set(names)) == len(names)
+                                    and set(FIELDS) - set(names) <= _OPTIONAL):
             raise ValueError(f"{path}: unexpected header {header[:3]}...")
         for row in reader:
-            if len(row) != len(FIELDS):
+            if len(row) != len(names):
                 bad += 1
                 continue
             try:
-                values = {name: _parse(name, text) for name, text in zip(FIELDS, row, strict=True)}
+                values = {name: _parse(name, text) for name, text in zip(names, row, strict=True)}
             except ValueError:
                 bad += 1
                 continue

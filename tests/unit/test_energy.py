@@ -195,3 +195,16 @@ class TestNames:
         e = parse_expectation("energy.per_sample_j<=0.5")
         assert e.holds(lookup({"energy": {"per_sample_j": 0.4}}, e.metric))
         assert not e.holds(lookup({"energy": {"per_sample_j": 0.6}}, e.metric))
+
+
+def test_records_written_before_the_energy_columns_still_read(tmp_path: object) -> None:
+    from pathlib import Path
+    text = records_to_csv([_rec("a", "low", 0, 0.1, 0.2)]).splitlines()
+    old = [",".join(line.split(",")[:-2]) for line in text]  # without the last two columns
+    path = Path(str(tmp_path)) / "old.csv"
+    path.write_text("\n".join(old) + "\n")
+    back, bad = read_records(path)
+    assert bad == 0 and math.isnan(back[0].energy_compute_j) and back[0].device_id == "a"
+    path.write_text("device_id,bogus\na,1\n")
+    with pytest.raises(ValueError, match="unexpected header"):
+        read_records(path)
