@@ -149,7 +149,7 @@ def scenario_from_dict(data: dict[str, Any]) -> ScenarioConfig:
                                                        load_trace(devices["trace"])]}
     devices = data.get("devices")
     azure = devices.get("azure") if isinstance(devices, dict) else None
-    if isinstance(azure, dict) and not azure.get("series"):
+    if isinstance(devices, dict) and isinstance(azure, dict) and not azure.get("series"):
         duration = data.get("duration_s", ScenarioConfig.__dataclass_fields__["duration_s"]
                             .default)
         _check(isinstance(duration, int | float) and not isinstance(duration, bool)

@@ -24,14 +24,17 @@ def within_period(n: int, length_s: float, within: str, cv: float,
     if n <= 0:
         return np.empty(0)
     if within == "poisson":
-        return np.sort(rng.uniform(0.0, length_s, size=n))
+        uniform: np.ndarray = np.sort(rng.uniform(0.0, length_s, size=n))
+        return uniform
     shape = 1.0 / (cv * cv)
     gaps = rng.gamma(shape, 1.0, size=n + 1)
     total = float(gaps.sum())
     if total <= 0:  # every gap underflowed (a huge cv): the count still holds
-        return np.sort(rng.uniform(0.0, length_s, size=n))
-    times: np.ndarray = np.cumsum(gaps[:n]) * (length_s / total)
-    return np.minimum(times, np.nextafter(length_s, 0.0))
+        fallback: np.ndarray = within_period(n, length_s, "poisson", 1.0, rng)
+        return fallback
+    times: np.ndarray = np.minimum(np.cumsum(gaps[:n]) * (length_s / total),
+                                   np.nextafter(length_s, 0.0))
+    return times
 
 
 def stochastic_round(x: float, rng: np.random.Generator) -> int:

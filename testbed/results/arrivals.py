@@ -56,14 +56,16 @@ def trace_rates(specs: Sequence[DeviceSpec], spans: Sequence[Sequence[Interval]]
     lengths = [min((i + 1) * period, arrivals_s) - i * period for i in range(n)]
     errors = [abs(got - want) / want for got, want in zip(achieved, trace, strict=True)
               if want > 0]
-    layout = "2019 per-minute counts" if traced[0][0].workload.counts else \
-        "2021 invocations"  # type: ignore[union-attr]
+    first = traced[0][0].workload
+    layout = "2019 per-minute counts" if first is not None and first.counts else \
+        "2021 invocations"
     return {
         "source": f"azure functions {layout}",
         "period_s": period,
         "periods": n,
-        "trace_sps": [round(x / l, 3) for x, l in zip(trace, lengths, strict=True)],
-        "achieved_sps": [round(x / l, 3) for x, l in zip(achieved, lengths, strict=True)],
+        "trace_sps": [round(x / span, 3) for x, span in zip(trace, lengths, strict=True)],
+        "achieved_sps": [round(x / span, 3) for x, span in zip(achieved, lengths,
+                                                                  strict=True)],
         "trace_samples": round(sum(trace), 1),
         "achieved_samples": sum(achieved),
         "mean_abs_rel_error": round(sum(errors) / len(errors), 4) if errors else None,

@@ -262,9 +262,9 @@ def _tally(incs: dict[tuple[str, int], _Incarnation], exited: set[tuple[str, int
                     lags.append(out["loop_lag"])
                 for i, key in enumerate(("requests_sent", "bytes_sent", "bytes_received")):
                     traffic[i] += int(out.get(key, 0))
-                joules = out.get("energy") if isinstance(out.get("energy"), dict) else {}
+                joules = out.get("energy")
                 for i, key in enumerate(("idle_j", "control_radio_j")):
-                    value = joules.get(key, 0.0)
+                    value = joules.get(key, 0.0) if isinstance(joules, dict) else 0.0
                     energy[i] += float(value) if isinstance(value, int | float) else 0.0
             records.extend(inc.records)
         tallies.append(DeviceTally(device_id, group[0].tier, generated, threshold, late,

@@ -151,7 +151,7 @@ class TestSummary:
 
     def test_busy_time_from_the_live_status_else_from_server_stop_events(self) -> None:
         assert server_busy_s({"totals": {"busy_s": 2.5}}, []) == 2.5
-        events = [{"kind": "server_stop", "totals": {"busy_s": 1.0}},
+        events: list[dict[str, object]] = [{"kind": "server_stop", "totals": {"busy_s": 1.0}},
                   {"kind": "server_stop", "totals": {"busy_s": 0.5}}, {"kind": "x"}]
         assert server_busy_s({}, events) == 1.5
         assert server_busy_s(None, []) is None
