@@ -882,6 +882,10 @@ class ScenarioConfig:
                    f"devices.azure: the trace was read for {azure.window_minutes} minutes "
                    f"({azure.window_minutes * azure.minute_s:g} s of run); a longer run needs "
                    "the scenario's duration_s raised (the trace is read for it)")
+            _check(not any(t.popularity for t in self.tiers.values())
+                   and not any(n.trace for n in self.idn.nodes),
+                   "devices.arrival = 'azure' and tier popularity or idn node traces do not "
+                   "combine: the trace sets every device's rate")
         tasks = sorted({t.task for t in self.tiers.values() if t.task})
         _check(not tasks or bool(self.idn.nodes),
                f"tiers with tasks ({', '.join(tasks)}) need an inference delivery network "

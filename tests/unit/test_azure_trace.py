@@ -247,3 +247,9 @@ minute_s = 10.0
         cfg = load_scenario(ROOT / "scenarios" / "azure-functions.toml")
         with pytest.raises(ScenarioError, match="duration_s raised"):
             dataclasses.replace(cfg, duration_s=cfg.duration_s * 2)
+
+
+def test_azure_and_popularity_do_not_combine() -> None:
+    with pytest.raises(ScenarioError, match="do not combine"):
+        scenario_from_dict({"devices": {"arrival": "azure", "azure": {"file": str(F2019)}},
+                            "tiers": {"low": {"popularity": [[0.0, 2.0]]}}})
