@@ -208,3 +208,16 @@ def test_records_written_before_the_energy_columns_still_read(tmp_path: object) 
     path.write_text("device_id,bogus\na,1\n")
     with pytest.raises(ValueError, match="unexpected header"):
         read_records(path)
+
+
+def test_a_csv_trace_is_compared_per_step() -> None:
+    spec = dataclasses.replace(_spec(0, None), arrival="trace",
+                               trace_points=((0.0, 10.0), (2.0, 20.0), (8.0, 0.0)))
+    records = [_rec(spec.device_id, "low", i, 0, 0, t=0.1 * i) for i in range(20)] + \
+        [_rec(spec.device_id, "low", 100 + i, 0, 0, t=2.0 + 0.05 * i) for i in range(100)]
+    out = trace_rates([spec], [((0.0, 10.0),)], records, run_start=1000.0, arrivals_s=10.0)
+    assert out is not None and out["source"] == "a CSV of rates" and out["period_s"] is None
+    assert out["starts_s"] == [0.0, 2.0, 8.0]
+    assert out["trace_sps"] == [10.0, 20.0, 0.0]
+    assert out["achieved_sps"] == [10.0, pytest.approx(100 / 6, abs=1e-3), 0.0]
+    assert out["mean_abs_rel_error"] == pytest.approx((0 + (120 - 100) / 120) / 2, abs=1e-4)
