@@ -121,7 +121,8 @@ def summary_tables(summary: dict[str, Any]) -> Group:
         notes.add_row("trace rate error", _pct(arrivals["mean_abs_rel_error"]),
                       "achieved / trace", f"{arrivals['achieved_samples']} / "
                       f"{_num(arrivals['trace_samples'], '.0f')} samples",
-                      "periods", f"{arrivals['periods']} x {_num(arrivals['period_s'], 'g')} s")
+                      "periods", f"{arrivals['periods']} x {_num(arrivals['period_s'], 'g')} s"
+                      if arrivals.get("period_s") else f"{arrivals['periods']} trace steps")
     shed = (summary.get("server") or {}).get("shed") or {}
     if shed:
         notes.add_row("server shed", ", ".join(f"{c} {n:.0f}" for c, n in sorted(shed.items())),
