@@ -18,7 +18,6 @@ from collections.abc import Iterable, Sequence
 from typing import Final
 
 from common.config import (
-    MAX_RATE_HZ,
     AzureTraceConfig,
     DeviceSpec,
     ScenarioError,
@@ -134,26 +133,6 @@ def select(table: dict[str, list[float]], cfg: AzureTraceConfig, where: str
         if not chosen:
             raise ScenarioError(f"{where}: no invocation in the run's window")
     return tuple((f, tuple(table[f])) for f in chosen)
-
-
-def check_rates(cfg: AzureTraceConfig, where: str) -> None:
-    """Every function, scaled and compressed, stays within a device's rate limit in each of its
-    minutes."""
-    for fid, values in cfg.series:
-        per_minute = values if cfg.layout == "2019" else _per_minute(values)
-        peak = max(per_minute, default=0.0) * cfg.scale / cfg.minute_s
-        if peak > MAX_RATE_HZ:
-            raise ScenarioError(
-                f"{where}: function {fid[:16]}... peaks at {peak:.0f} samples/s per device "
-                f"after scale {cfg.scale:g} and minute_s {cfg.minute_s:g}; a device takes at "
-                f"most {MAX_RATE_HZ:g}: lower devices.azure.scale or raise minute_s")
-
-
-def _per_minute(times: Sequence[float]) -> list[float]:
-    counts: dict[int, int] = {}
-    for t in times:
-        counts[int(t // 60)] = counts.get(int(t // 60), 0) + 1
-    return [float(c) for c in counts.values()]
 
 
 def function_index(mapping: str, n_functions: int, device_index: int, tier: str,

@@ -293,10 +293,25 @@ class AzureTraceConfig:
         _check(sum(len(v) for _, v in self.series) <= MAX_AZURE_VALUES,
                f"devices.azure: the chosen functions have more than {MAX_AZURE_VALUES} values "
                "in the run's window (choose fewer functions or a shorter run)")
+        _check(0 <= self.window_minutes <= 100_000,
+               "devices.azure.window_minutes must be in [0, 100000]")
         for fid, values in self.series:
             _name(fid, "devices.azure function id")
             _check(all(math.isfinite(v) and v >= 0 for v in values),
                    f"devices.azure: function {fid} has values that are not finite >= 0")
+            if self.layout == "2019":
+                per_minute = max(values, default=0.0)
+            else:  # invocation start seconds: the busiest minute's count
+                counts: dict[int, int] = {}
+                for t in values:
+                    counts[int(t // 60)] = counts.get(int(t // 60), 0) + 1
+                per_minute = float(max(counts.values(), default=0))
+            peak = per_minute * self.scale / self.minute_s
+            _check(peak <= MAX_RATE_HZ,
+                   f"devices.azure: function {fid[:16]}... peaks at {peak:.0f} samples/s per "
+                   f"device after scale {self.scale:g} and minute_s {self.minute_s:g}; a "
+                   f"device takes at most {MAX_RATE_HZ:g}: lower devices.azure.scale or raise "
+                   "minute_s")
 
 
 MAX_AZURE_VALUES: Final = 40_000

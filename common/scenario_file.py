@@ -101,8 +101,10 @@ def load_azure(azure: dict[str, Any], duration_s: float) -> dict[str, Any]:
         raise ScenarioError(f"{path}: not UTF-8 text") from None
     except OSError as exc:
         raise ScenarioError(f"{path}: {exc.strerror or exc}") from None
-    cfg = dataclasses.replace(cfg, series=af.select(table, cfg, str(path)))
-    af.check_rates(cfg, str(path))
+    try:  # the chosen functions' rates are checked as the config is built
+        cfg = dataclasses.replace(cfg, series=af.select(table, cfg, str(path)))
+    except ScenarioError as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
     return {**azure, "series": [[f, list(v)] for f, v in cfg.series],
             "window_minutes": minutes}
 

@@ -135,8 +135,14 @@ class TestMapping:
 
     def test_a_rate_beyond_a_device_is_refused_with_the_fix(self) -> None:
         with pytest.raises(ScenarioError, match=r"lower devices\.azure\.scale or raise minute_s"):
-            af.check_rates(_cfg(series=(("f", (60_001.0,)),)), "t")
-        af.check_rates(_cfg(series=(("f", (60_000.0,)),)), "t")  # 1000/s: allowed
+            _cfg(series=(("f", (60_001.0,)),))
+        _cfg(series=(("f", (60_000.0,)),))  # 1000/s: allowed
+        with pytest.raises(ScenarioError, match="peaks at 1001"):  # 2021: the busiest minute
+            _cfg(layout="2021", minute_s=1.0,
+                 series=(("f", tuple(0.01 * i for i in range(1001))),))
+        with pytest.raises(ScenarioError, match="peaks at"):  # through the loader too
+            scenario_from_dict({"devices": {"arrival": "azure", "azure": {
+                "file": str(F2019), "functions": 1, "minute_s": 1.0, "scale": 100.0}}})
 
 
 class TestWithinMinute:
