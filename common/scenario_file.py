@@ -33,7 +33,19 @@ only the run's window."""
 TRACE_DIRS_ENV = "TESTBED_TRACE_DIRS"
 """Folders (separated by os.pathsep) a scenario may name workload traces in, besides its own
 folder and the shipped scenarios/ folder."""
-SHIPPED_SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+
+
+def _shipped_scenarios() -> Path:
+    """The project's scenarios/ folder: beside the package's folder, found upwards (the package
+    may sit one level deeper in a namespace package)."""
+    here = Path(__file__).resolve()
+    for parent in here.parents[1:4]:
+        if (parent / "scenarios").is_dir():
+            return parent / "scenarios"
+    return here.parents[1] / "scenarios"
+
+
+SHIPPED_SCENARIOS = _shipped_scenarios()
 
 
 def _check(cond: bool, what: str) -> None:
