@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from common.child_process import die_with_parent, leave_interrupts_to_parent
+from common.azure_functions import device_workloads
 from common.config import ScenarioConfig, device_specs
 from common.files import DiskFull, resolve_token
 from common.logsetup import configure_logging
@@ -137,6 +138,9 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, OSError) as exc:  # bad URL, names, scenario, numbers or token file
         _fail(str(exc))
     spec = dataclasses.replace(device_specs(cfg)[0], index=args.index, device_id=device_id)
+    if spec.workload is not None and cfg.devices.azure is not None:  # its own trace function
+        spec = dataclasses.replace(spec, workload=device_workloads(
+            cfg.devices.azure, [spec], tuple(cfg.tiers))[0])
     configure_logging("INFO", f"device {spec.device_id}")
 
     async def run() -> None:
