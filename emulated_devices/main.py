@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from common.child_process import die_with_parent, leave_interrupts_to_parent
 from common.azure_functions import device_workloads
+from common.child_process import die_with_parent, leave_interrupts_to_parent
 from common.config import ScenarioConfig, device_specs
 from common.files import DiskFull, resolve_token
 from common.logsetup import configure_logging
