@@ -221,3 +221,19 @@ def test_a_csv_trace_is_compared_per_step() -> None:
     assert out["trace_sps"] == [10.0, 20.0, 0.0]
     assert out["achieved_sps"] == [10.0, pytest.approx(100 / 6, abs=1e-3), 0.0]
     assert out["mean_abs_rel_error"] == pytest.approx((0 + (120 - 100) / 120) / 2, abs=1e-4)
+
+
+def test_the_run_report_has_an_energy_table_and_the_rate_error() -> None:
+    from testbed.results.markdown import _energy_section
+    tier = {"per_sample_j": 0.1, "device_per_sample_j": 0.5, "per_device_j": 9.0,
+            "compute_j": 1.0, "radio_j": 2.0, "idle_j": 3.0, "control_radio_j": 4.0}
+    lines = _energy_section({
+        "energy": {"per_tier": {"low": tier}, "server_j": 90.0, "total_per_sample_j": 0.7,
+                   "server": {"busy_s": 1.0, "active_w": 70.0, "provisioned_s": 3.0,
+                              "idle_w": 10.0}},
+        "arrivals": {"source": "azure", "achieved_samples": 99, "trace_samples": 100.0,
+                     "periods": 2, "mean_abs_rel_error": 0.01}})
+    text = "\n".join(lines)
+    assert "not measured" in text and "| low | 0.100 | 0.500 | 9.0 |" in text
+    assert "Server: 90.0 J" in text and "error 1.0% per period" in text
+    assert _energy_section({}) == []
