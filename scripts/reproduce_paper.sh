@@ -9,7 +9,7 @@ names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
   names=(slo-vs-devices-heterogeneous slo-vs-devices-homogeneous baselines-40 model-switching
          intermittent gears-loads gears-changing-load coe-communication early-exit idn
-         idn-alpha bursty trace)
+         idn-alpha bursty trace energy)
 fi
 for name in "${names[@]}"; do
   out="runs/paper/$name"

@@ -13,7 +13,7 @@ from typing import Any, Final, Literal
 
 from cascade_testbed.common.names import BadName, check_name, check_policy_name
 
-ArrivalKind = Literal["constant", "poisson", "onoff", "trace"]
+ArrivalKind = Literal["constant", "poisson", "onoff", "trace", "azure"]
 FaultKind = Literal["kill_device", "kill_server", "cut_link", "packet_loss", "kill_node"]
 AdmissionMode = Literal["bound", "deadline"]
 ForwardingRuleName = Literal["confidence", "margin", "entropy", "agreement"]
@@ -23,6 +23,9 @@ IdnPolicyName = Literal["idn", "greedy-online", "greedy-static", "cloud-only", "
 EdgeRule = Literal["agreement", "confidence"]
 AcceleratorKind = Literal["plain", "conventional-npu", "fluid-npu"]
 CpuLimit = Literal["pad", "cgroup"]
+AzureLayout = Literal["2019", "2021"]
+AzureMapping = Literal["round-robin", "per-tier"]
+WithinMinute = Literal["poisson", "gamma"]
 TIER_ORDER = ("low", "mid", "high")
 
 
@@ -104,6 +107,53 @@ class LinkSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class PowerSpec:
+    """A device's power model (`[tiers.<name>.power]`, docs/energy.md). The defaults are a
+    phone on LTE; `default_tiers` gives each tier class its own. Literature values, not
+    measurements of this host: they turn the run's compute time and bytes into joules."""
+
+    active_w: float = 3.0
+    """SoC power while the light model computes (a phone's sustained CPU/NPU load)."""
+    idle_w: float = 0.3
+    """Power while the device waits for its next sample."""
+    up_j_per_byte: float = 3.7e-6
+    """Radio energy per uplink byte (Huang et al. 2012, LTE: 438.39 mW/Mbps + 1288.04 mW at
+    the tier's 50 Mbps uplink)."""
+    down_j_per_byte: float = 5.2e-7
+    """Radio energy per downlink byte (LTE: 51.97 mW/Mbps + 1288.04 mW at 100 Mbps)."""
+    tail_j: float = 12.3
+    """Energy of one whole radio tail after a transfer (LTE: 1060 mW for 11.576 s)."""
+    tail_s: float = 11.6
+    """Length of the tail: a transfer within the previous one's tail only extends it (0: every
+    transfer pays a whole `tail_j`)."""
+
+    def __post_init__(self) -> None:
+        _finite(self)
+        for name in ("active_w", "idle_w", "tail_j"):
+            _in(getattr(self, name), 0, 10_000, f"power.{name}")
+        for name in ("up_j_per_byte", "down_j_per_byte"):
+            _in(getattr(self, name), 0, 1.0, f"power.{name}")
+        _in(self.tail_s, 0, 3600, "power.tail_s")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerPowerSpec:
+    """The server accelerator's power, per replica (`[server.power]`; docs/energy.md). The
+    defaults are an NVIDIA T4's board power (70 W) and a typical idle draw (~10 W): data-sheet
+    and reported values, not measurements."""
+
+    active_w: float = 70.0
+    """While a batch runs (the batcher's busy time)."""
+    idle_w: float = 10.0
+    """While a provisioned replica waits."""
+
+    def __post_init__(self) -> None:
+        _finite(self)
+        _in(self.active_w, 0, 100_000, "server.power.active_w")
+        _in(self.idle_w, 0, 100_000, "server.power.idle_w")
+
+
+@dataclass(frozen=True, slots=True)
 class TierSpec:
     """A device class: which light model it runs, how fast, and over which link."""
 
@@ -134,6 +184,8 @@ class TierSpec:
     popularity: tuple[tuple[float, float], ...] = ()
     """The tier's rate over run time: (t_s, multiplier of its rate), piecewise constant (a
     task whose requests come and go); empty: constant."""
+    power: PowerSpec = field(default_factory=PowerSpec)
+    """How much energy its computing and its radio take (docs/energy.md)."""
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -164,15 +216,28 @@ class TierSpec:
                f"threshold must be in [0, 1] (got {self.threshold})")
 
 
+BOARD_POWER: Final = PowerSpec(active_w=6.4, idle_w=2.7, up_j_per_byte=2.4e-6,
+                               down_j_per_byte=1.2e-6, tail_j=0.03, tail_s=0.24)
+"""A Raspberry-Pi-4-class board on WiFi: published idle and full-load figures; radio from
+Huang et al. 2012's WiFi model (283.17 / 137.01 mW/Mbps + 132.86 mW) at 10 / 20 Mbps, a short
+power-save tail (docs/energy.md)."""
+CAMERA_POWER: Final = PowerSpec(active_w=5.0, idle_w=1.3, up_j_per_byte=2.3e-6,
+                                down_j_per_byte=1.1e-6, tail_j=0.03, tail_s=0.24)
+"""A Jetson-Nano-class camera in its 5 W mode on WiFi, at 20 / 40 Mbps (docs/energy.md)."""
+
+
 def default_tiers() -> dict[str, TierSpec]:
     """Smart-home board, camera, phone: slower devices have weaker models and slower links."""
     return {
         "low": TierSpec("light-low", compute_ms=30.0,
-                        uplink=LinkSpec(8.0, 2.0, 10.0), downlink=LinkSpec(8.0, 2.0, 20.0)),
+                        uplink=LinkSpec(8.0, 2.0, 10.0), downlink=LinkSpec(8.0, 2.0, 20.0),
+                        power=BOARD_POWER),
         "mid": TierSpec("light-mid", compute_ms=15.0,
-                        uplink=LinkSpec(5.0, 1.5, 20.0), downlink=LinkSpec(5.0, 1.5, 40.0)),
+                        uplink=LinkSpec(5.0, 1.5, 20.0), downlink=LinkSpec(5.0, 1.5, 40.0),
+                        power=CAMERA_POWER),
         "high": TierSpec("light-high", compute_ms=6.0,
-                         uplink=LinkSpec(3.0, 1.0, 50.0), downlink=LinkSpec(3.0, 1.0, 100.0)),
+                         uplink=LinkSpec(3.0, 1.0, 50.0), downlink=LinkSpec(3.0, 1.0, 100.0),
+                         power=PowerSpec()),
     }
 
 
@@ -183,6 +248,81 @@ class Phase:
 
     at_s: float
     count: int
+
+
+@dataclass(frozen=True, slots=True)
+class AzureTraceConfig:
+    """`[devices.azure]` with `devices.arrival = "azure"`: arrivals follow functions of an Azure
+    Functions trace (docs/arrival-traces.md). The loader reads `file` (relative to the
+    scenario) and keeps only the chosen functions' values over the run in `series`."""
+
+    file: str = ""
+    layout: AzureLayout = "2019"
+    """"2019": per-minute invocation counts (`HashOwner,HashApp,HashFunction,Trigger,1..1440`);
+    "2021": one row per invocation (`app,func,end_timestamp,duration`, seconds)."""
+    functions: int = 4
+    """How many functions, the busiest first (by invocations in the run's window)."""
+    ids: tuple[str, ...] = ()
+    """Functions by id (2019: HashFunction, 2021: func) instead of the busiest."""
+    mapping: AzureMapping = "round-robin"
+    """"round-robin": device i follows function i mod n; "per-tier": the k-th declared tier's
+    devices follow function k mod n. Each device follows its function's whole rate x `scale`."""
+    minute_s: float = 60.0
+    """Run seconds per trace minute (< 60 compresses time: the rate per run second grows by
+    60 / minute_s)."""
+    start_minute: int = 0
+    """The trace minute the run starts at."""
+    scale: float = 1.0
+    """Multiplies every function's rate (2021: fewer invocations are dropped at random, more
+    are copied)."""
+    within: WithinMinute = "poisson"
+    """2019: how a minute's invocations spread over it: "poisson" (uniform, given the count) or
+    "gamma" (gaps of coefficient of variation `cv`)."""
+    cv: float = 1.0
+    series: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    """Filled by the loader: (function id, counts per minute (2019) or invocation start
+    seconds (2021)) from `start_minute` over the run."""
+    window_minutes: int = 0
+    """Filled by the loader: how many trace minutes `series` covers."""
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.functions <= 10_000, "devices.azure.functions must be in [1, 10000]")
+        _check(len(self.ids) <= 10_000, "devices.azure.ids: at most 10000")
+        for fid in self.ids:
+            _name(fid, "devices.azure.ids item")
+        _in(self.minute_s, 0, 3600, "devices.azure.minute_s", open_low=True)
+        _check(0 <= self.start_minute <= 100_000, "devices.azure.start_minute must be in "
+                                                  "[0, 100000]")
+        _in(self.scale, 0, 1e6, "devices.azure.scale", open_low=True)
+        _in(self.cv, 0, 100, "devices.azure.cv", open_low=True)
+        _check(self.within in typing.get_args(WithinMinute),
+               f"devices.azure.within must be one of {typing.get_args(WithinMinute)}")
+        _check(sum(len(v) for _, v in self.series) <= MAX_AZURE_VALUES,
+               f"devices.azure: the chosen functions have more than {MAX_AZURE_VALUES} values "
+               "in the run's window (choose fewer functions or a shorter run)")
+        _check(0 <= self.window_minutes <= 100_000,
+               "devices.azure.window_minutes must be in [0, 100000]")
+        for fid, values in self.series:
+            _name(fid, "devices.azure function id")
+            _check(all(math.isfinite(v) and v >= 0 for v in values),
+                   f"devices.azure: function {fid} has values that are not finite >= 0")
+            if self.layout == "2019":
+                per_minute = max(values, default=0.0)
+            else:  # invocation start seconds: the busiest minute's count
+                counts: dict[int, int] = {}
+                for t in values:
+                    counts[int(t // 60)] = counts.get(int(t // 60), 0) + 1
+                per_minute = float(max(counts.values(), default=0))
+            peak = per_minute * self.scale / self.minute_s
+            _check(peak <= MAX_RATE_HZ,
+                   f"devices.azure: function {fid[:16]}... peaks at {peak:.0f} samples/s per "
+                   f"device after scale {self.scale:g} and minute_s {self.minute_s:g}; a "
+                   f"device takes at most {MAX_RATE_HZ:g}: lower devices.azure.scale or raise "
+                   "minute_s")
+
+
+MAX_AZURE_VALUES: Final = 40_000
+"""Trace values a scenario keeps (they are written into the run's scenario.toml)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +360,8 @@ class DevicesConfig:
     """How a device is made as slow as its tier: "pad" (the real light model runs at the
     host's speed and is padded up to `compute_ms`) or "cgroup" (each device process runs in a
     cgroup whose CPU quota slows the real model to about `compute_ms`; docs/emulation.md)."""
+    azure: AzureTraceConfig | None = None
+    """arrival = "azure": which Azure Functions trace, functions and time compression."""
 
     def __post_init__(self) -> None:
         _finite(self)
@@ -246,6 +388,9 @@ class DevicesConfig:
                f"trace: times must be <= {MAX_DURATION_S:g} s and scaled rates <= "
                f"{MAX_RATE_HZ:g} Hz")
         _check(len(self.trace_points) <= 100_000, "trace: at most 100000 points")
+        _check(self.arrival != "azure" or (self.azure is not None and bool(self.azure.series)),
+               "devices.arrival = 'azure' needs [devices.azure] with a file (an Azure "
+               "Functions trace)")
         times = [p.at_s for p in self.phases]
         _check(all(t >= 0 for t in times) and times == sorted(set(times)),
                "devices.phases must have distinct at_s >= 0 in increasing order")
@@ -408,6 +553,8 @@ class ServerConfig:
     the one waiting longest is closed."""
     header_timeout_s: float = 10.0
     """A connection must send its first request's headers (a device its hello) this soon."""
+    power: ServerPowerSpec = field(default_factory=ServerPowerSpec)
+    """The accelerator's active and idle power per replica (docs/energy.md)."""
 
     def __post_init__(self) -> None:
         _finite(self)
@@ -757,6 +904,16 @@ class ScenarioConfig:
         for i, sel in enumerate(self.cluster.nodes):
             unknown = sorted(set(sel.tiers) - set(self.tiers))
             _check(not unknown, f"cluster.nodes[{i}]: unknown tiers {unknown}")
+        azure = self.devices.azure
+        if self.devices.arrival == "azure" and azure is not None:
+            _check(self.duration_s <= azure.window_minutes * azure.minute_s + 1e-6,
+                   f"devices.azure: the trace was read for {azure.window_minutes} minutes "
+                   f"({azure.window_minutes * azure.minute_s:g} s of run); a longer run needs "
+                   "the scenario's duration_s raised (the trace is read for it)")
+            _check(not any(t.popularity for t in self.tiers.values())
+                   and not any(n.trace for n in self.idn.nodes),
+                   "devices.arrival = 'azure' and tier popularity or idn node traces do not "
+                   "combine: the trace sets every device's rate")
         tasks = sorted({t.task for t in self.tiers.values() if t.task})
         _check(not tasks or bool(self.idn.nodes),
                f"tiers with tasks ({', '.join(tasks)}) need an inference delivery network "
@@ -791,6 +948,24 @@ class DeviceSpec:
     """The IDN access node it sends to ("" outside an IDN: the one server)."""
     cpu_limit: CpuLimit = "pad"
     """`devices.cpu_limit`: "cgroup" runs the light model unpadded (the kernel throttles)."""
+    workload: WorkloadTrace | None = None
+    """arrival = "azure": the trace function it follows."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadTrace:
+    """What one device replays of an Azure Functions trace, in run time from 0, period by
+    period (one trace minute = `period_s`)."""
+
+    function: str
+    period_s: float
+    counts: tuple[float, ...] = ()
+    """2019: expected arrivals in each period, already scaled."""
+    times: tuple[float, ...] = ()
+    """2021: run times of the invocations (not scaled: `scale` thins or copies them)."""
+    scale: float = 1.0
+    within: WithinMinute = "poisson"
+    cv: float = 1.0
 
 
 def parse_mix(mix: str, tiers: tuple[str, ...]) -> dict[str, float]:
@@ -839,6 +1014,13 @@ def device_specs(cfg: ScenarioConfig) -> list[DeviceSpec]:
                    cpu_limit=dev.cpu_limit)
         for i, tier in enumerate(tiers)
     ]
+    if dev.arrival == "azure" and dev.azure is not None:
+        from cascade_testbed.common.azure_functions import (
+            device_workloads,  # pure; imports this module
+        )
+
+        specs = [dataclasses.replace(s, workload=w) for s, w in
+                 zip(specs, device_workloads(dev.azure, specs, tuple(cfg.tiers)), strict=True)]
     if not cfg.idn.nodes:
         return [_popular(s, s.spec.popularity) for s in specs]
     access = {n.name: n for n in cfg.idn.nodes if n.devices > 0}

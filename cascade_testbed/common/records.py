@@ -75,13 +75,17 @@ class SampleRecord:
     emulated uplink's delivery time plus the server's queue and compute time said it should
     (real socket transit and late event loops; docs/emulation.md). NaN otherwise. Columns
     with a default may be missing from older files (read as the default)."""
+    energy_compute_j: float = math.nan
+    """The device's energy for the light model's (emulated) computation (`common.energy`)."""
+    energy_radio_j: float = math.nan
+    """The device's radio energy for this sample: bytes up and down and the tail they add."""
 
 
 FIELDS: Final = tuple(f.name for f in dataclasses.fields(SampleRecord))
 REQUIRED_FIELDS: Final = tuple(f.name for f in dataclasses.fields(SampleRecord)
                                if f.default is dataclasses.MISSING)
 """The columns every records file has; files written before a column with a default was
-added lack it and are still read."""
+added lack it (the last ones) and are still read."""
 _TYPES: Final = {f.name: f.type for f in dataclasses.fields(SampleRecord)}
 
 

@@ -8,19 +8,45 @@ import csv
 import dataclasses
 import io
 import math
+import os
 import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from cascade_testbed.common.config import ScenarioConfig, ScenarioError, TierSpec, default_tiers
-from cascade_testbed.common.files import MIB, InputFileError, read_text
+from cascade_testbed.common.config import (
+    AzureTraceConfig,
+    ScenarioConfig,
+    ScenarioError,
+    TierSpec,
+    default_tiers,
+)
+from cascade_testbed.common.files import MIB, InputFileError, check_regular, read_text
 from cascade_testbed.common.link_trace import LinkTraceError, resolve_link_trace
 from cascade_testbed.common.names import shown
 
 MAX_SCENARIO_BYTES = 1 * MIB
 MAX_TRACE_BYTES = 16 * MIB
+MAX_AZURE_BYTES = 1024 * MIB
+"""An Azure Functions trace file (a 2019 day file is ~150 MB); read line by line, keeping
+only the run's window."""
+TRACE_DIRS_ENV = "TESTBED_TRACE_DIRS"
+"""Folders (separated by os.pathsep) a scenario may name workload traces in, besides its own
+folder and the shipped scenarios/ folder."""
+
+
+def _shipped_scenarios() -> Path:
+    """The project's scenarios/ folder: beside the package's folder, found upwards (the package
+    may sit one level deeper in a namespace package)."""
+    here = Path(__file__).resolve()
+    for parent in here.parents[1:4]:
+        if (parent / "scenarios").is_dir():
+            return parent / "scenarios"
+    return here.parents[1] / "scenarios"
+
+
+SHIPPED_SCENARIOS = _shipped_scenarios()
 
 
 def _check(cond: bool, what: str) -> None:
@@ -49,6 +75,53 @@ def load_trace(path: str | Path) -> tuple[tuple[float, float], ...]:
     return points
 
 
+def trace_roots(scenario: Path) -> list[Path]:
+    """Where a scenario's workload trace may be: its own folder, the shipped scenarios/
+    folder, and the folders of $TESTBED_TRACE_DIRS (for downloaded datasets)."""
+    extra = [Path(p) for p in os.environ.get(TRACE_DIRS_ENV, "").split(os.pathsep) if p]
+    return [p.resolve() for p in (scenario.parent, SHIPPED_SCENARIOS, *extra)]
+
+
+def resolve_trace_path(scenario: Path, name: str, what: str) -> str:
+    """`name` (relative to the scenario file, or absolute) resolved, if it lies inside one of
+    `trace_roots`; `ScenarioError` in one line otherwise."""
+    resolved = (scenario.parent / name).resolve()
+    roots = trace_roots(scenario)
+    if not any(resolved.is_relative_to(r) for r in roots):
+        raise ScenarioError(f"{scenario}: {what} {shown(name)} is outside the folders a "
+                            f"scenario may read traces from (its own folder, "
+                            f"{SHIPPED_SCENARIOS}, or ${TRACE_DIRS_ENV})")
+    return str(resolved)
+
+
+def load_azure(azure: dict[str, Any], duration_s: float) -> dict[str, Any]:
+    """`[devices.azure]` with `series` filled from its file: the chosen functions' values over
+    the run's window (`common.azure_functions`)."""
+    from cascade_testbed.common import azure_functions as af
+
+    cfg: AzureTraceConfig = _build(AzureTraceConfig, {**azure, "series": []}, "devices.azure")
+    _check(bool(cfg.file), "devices.azure.file: the trace file is missing")
+    try:
+        path = check_regular(cfg.file, MAX_AZURE_BYTES, "devices.azure.file")
+    except InputFileError as exc:
+        raise ScenarioError(str(exc)) from None
+    minutes = af.window_minutes(duration_s, cfg.minute_s)
+    parse = af.parse_2019 if cfg.layout == "2019" else af.parse_2021
+    try:
+        with path.open(encoding="utf-8", newline="") as f:
+            table = parse(f, cfg.start_minute, minutes, str(path))
+    except UnicodeDecodeError:
+        raise ScenarioError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ScenarioError(f"{path}: {exc.strerror or exc}") from None
+    try:  # the chosen functions' rates are checked as the config is built
+        cfg = dataclasses.replace(cfg, series=af.select(table, cfg, str(path)))
+    except ScenarioError as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
+    return {**azure, "series": [[f, list(v)] for f, v in cfg.series],
+            "window_minutes": minutes}
+
+
 def load_scenario(path: str | Path) -> ScenarioConfig:
     """Read and check a scenario file; trace and gear-plan paths in it are taken relative to
     the file."""
@@ -62,6 +135,11 @@ def load_scenario(path: str | Path) -> ScenarioConfig:
     devices = data.get("devices")
     if isinstance(devices, dict) and isinstance(devices.get("trace"), str):
         data["devices"] = {**devices, "trace": str((path.parent / devices["trace"]).resolve())}
+    azure = devices.get("azure") if isinstance(devices, dict) else None
+    if isinstance(azure, dict) and isinstance(azure.get("file"), str) and azure["file"] \
+            and not azure.get("series"):
+        data["devices"] = {**data["devices"], "azure": {**azure, "file": resolve_trace_path(
+            path, azure["file"], "devices.azure.file")}}
     policy = data.get("policy")
     params = policy.get("params") if isinstance(policy, dict) else None
     if isinstance(params, dict) and isinstance(params.get("plan"), str) and params["plan"]:
@@ -86,6 +164,14 @@ def scenario_from_dict(data: dict[str, Any]) -> ScenarioConfig:
             and not devices.get("trace_points"):
         data["devices"] = {**devices, "trace_points": [list(p) for p in
                                                        load_trace(devices["trace"])]}
+    devices = data.get("devices")
+    azure = devices.get("azure") if isinstance(devices, dict) else None
+    if isinstance(devices, dict) and isinstance(azure, dict) and not azure.get("series"):
+        duration = data.get("duration_s", ScenarioConfig.__dataclass_fields__["duration_s"]
+                            .default)
+        _check(isinstance(duration, int | float) and not isinstance(duration, bool)
+               and 0 < duration <= 86_400, "duration_s must be a number in (0, 86400]")
+        data["devices"] = {**devices, "azure": load_azure(azure, float(duration))}
     tiers_in = data.pop("tiers", None)
     if isinstance(tiers_in, dict):
         tiers_in = link_traces_resolved(tiers_in, None)

@@ -10,13 +10,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cascade_testbed.common.config import ArrivalKind
+from cascade_testbed.common.azure_functions import peak_rate as workload_peak
+from cascade_testbed.common.config import ArrivalKind, WorkloadTrace
+from cascade_testbed.emulated_devices.azure_trace import azure_times
 
 
 def arrival_times(kind: ArrivalKind, rate_hz: float, duration_s: float,
                   rng: np.random.Generator, *, offset_s: float = 0.0, burst_on_s: float = 1.0,
-                  burst_off_s: float = 3.0, trace: Sequence[tuple[float, float]] = ()
-                  ) -> np.ndarray:
+                  burst_off_s: float = 3.0, trace: Sequence[tuple[float, float]] = (),
+                  workload: WorkloadTrace | None = None) -> np.ndarray:
     """Scheduled times in [0, duration_s) of one device's arrivals.
 
     * constant: every 1/rate, from a random phase (a real fleet never fires in lockstep);
@@ -24,10 +26,15 @@ def arrival_times(kind: ArrivalKind, rate_hz: float, duration_s: float,
     * onoff: bursts and silences of exponential lengths (means `burst_on_s`, `burst_off_s`),
       Poisson within a burst at the rate that keeps the long-run mean at `rate_hz`;
     * trace: Poisson at the piecewise-constant rate of `trace` [(run time, rate), ...]; the
-      device started `offset_s` into the run, so it follows the trace from there.
+      device started `offset_s` into the run, so it follows the trace from there;
+    * azure: the Azure Functions trace function `workload` (`emulated_devices.azure_trace`).
     """
     if duration_s <= 0:
         return np.empty(0)
+    if kind == "azure":
+        if workload is None:
+            raise ValueError("arrival 'azure' needs the device's workload")
+        return azure_times(workload, offset_s, duration_s, rng)
     if kind == "trace":
         return _piecewise_poisson(trace, offset_s, duration_s, rng)
     if rate_hz <= 0:
@@ -46,13 +53,16 @@ def arrival_times(kind: ArrivalKind, rate_hz: float, duration_s: float,
 
 
 def peak_rate(kind: ArrivalKind, rate_hz: float, *, burst_on_s: float = 1.0,
-              burst_off_s: float = 3.0, trace: Sequence[tuple[float, float]] = ()) -> float:
+              burst_off_s: float = 3.0, trace: Sequence[tuple[float, float]] = (),
+              workload: WorkloadTrace | None = None) -> float:
     """The highest rate `arrival_times` draws at, which a device declares to the server (its
     request budget is this with headroom): a burst's rate, a trace's highest point."""
     if kind == "onoff":
         return rate_hz * (burst_on_s + burst_off_s) / burst_on_s if burst_off_s > 0 else rate_hz
     if kind == "trace":
         return max((r for _, r in trace), default=rate_hz)
+    if kind == "azure" and workload is not None:
+        return workload_peak(workload)
     return rate_hz
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from cascade_testbed.common import protocol as wire
 from cascade_testbed.common.config import DeviceSpec, LinkSpec
+from cascade_testbed.common.energy import RadioMeter, compute_j, idle_j
 from cascade_testbed.common.link_trace import LinkTrace, read_link_trace
 from cascade_testbed.common.modelzoo import open_zoo
 from cascade_testbed.common.records import SampleRecord, Source, file_stem
@@ -98,6 +99,9 @@ class DeviceOutcome:
     malformed, ...): not load, something is wrong with what this device sends."""
     refusal: str = ""
     """The first such refusal's reason, as the server gave it."""
+    energy: dict[str, float] = field(default_factory=dict)
+    """Energy outside the samples' records (common.energy): `idle_j` (not computing while it
+    ran), `control_radio_j` (reports, thresholds, late replies), `busy_s` (computing)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -131,8 +135,15 @@ class Device:
         self._downlink = Link(spec.spec.downlink, rngs[STREAM_DOWNLINK],
                               trace=_link_trace(spec.spec.downlink))
         self._rule = get_rule(rule or spec.spec.rule)
+        self._power = spec.spec.power
+        self._radio = RadioMeter(self._power)
+        self._busy_s = 0.0
+        """Emulated light-model time, for the idle energy."""
+        self._control_j = 0.0
+        """Radio energy of what is not a sample's: reports, thresholds, late replies."""
         declared = peak_rate(spec.arrival, spec.rate_hz, burst_on_s=spec.burst_on_s,
-                             burst_off_s=spec.burst_off_s, trace=spec.trace_points)
+                             burst_off_s=spec.burst_off_s, trace=spec.trace_points,
+                             workload=spec.workload)
         self._session = ServerSession(server_url, wire.Hello(
             device_id=spec.device_id, tier=spec.tier, model=spec.spec.model, token=token,
             rate_sps=min(declared, wire.MAX_RATE_SPS)), rngs[STREAM_RECONNECT],
@@ -198,7 +209,7 @@ class Device:
         self._arrivals = arrival_times(
             spec.arrival, spec.rate_hz, min(spec.duration_s, self._stop_rel), self._arrival_rng,
             offset_s=offset, burst_on_s=spec.burst_on_s, burst_off_s=spec.burst_off_s,
-            trace=spec.trace_points)
+            trace=spec.trace_points, workload=spec.workload)
         self._impair_links(offset)
         # A device that joins mid-run connects only shortly before it is due.
         self._loop.call_at(max(self._loop.time(), self._t0 - CONNECT_LEAD_S), self.connect)
@@ -251,7 +262,13 @@ class Device:
             sources=self._sources, requests_sent=session.requests_sent,
             bytes_sent=session.bytes_sent, bytes_received=session.bytes_received,
             loop_lag=self._timers.hist.to_dict(), refused=dict(self._refusals),
-            refusal=self._refusal)
+            refusal=self._refusal, energy=self._energy())
+
+    def _energy(self) -> dict[str, float]:
+        span = max(min(self._stop_rel, self.spec.duration_s), 0.0) if self._t0 else 0.0
+        return {"idle_j": round(idle_j(self._power, span, self._busy_s), 6),
+                "control_radio_j": round(self._control_j, 6),
+                "busy_s": round(self._busy_s, 6)}
 
     async def _close(self) -> None:
         self._records.flush()
@@ -357,6 +374,8 @@ class Device:
         padding = pad(start, real, self._compute.sample_s(self._compute_rng)) \
             if self.spec.cpu_limit == "pad" else Padding(end=start + real, overrun=False)
         self.overruns += padding.overrun
+        busy = padding.end - start
+        self._busy_s += busy
         pred = int(probs.argmax())
         if self._task_mod is not None:
             pred %= self._task_mod
@@ -371,7 +390,8 @@ class Device:
             compute_ms=math.nan, batch_size=0, heavy_model="", final_pred=pred,
             source="light", cause="",
             correct=False, latency_ms=math.nan, slo_met=False,
-            wall_epoch_s=self._wall0 + (t_sched - self._t0))
+            wall_epoch_s=self._wall0 + (t_sched - self._t0),
+            energy_compute_j=compute_j(self._power, busy), energy_radio_j=0.0)
         return padding.end, rec, pixels
 
     def _decide(self, rec: SampleRecord, t_sched: float, pixels: np.ndarray, end: float
@@ -395,7 +415,9 @@ class Device:
         # is always 9 bytes in msgpack), so the delivery time can be known before they are set.
         # The server must answer early enough for the reply to cross the downlink in time.
         payload = pixels.tobytes()
-        deliver_at = self._uplink.transmit(end, len(payload) + self._infer_overhead)
+        nbytes = len(payload) + self._infer_overhead
+        deliver_at = self._uplink.transmit(end, nbytes)
+        rec.energy_radio_j += self._radio.transfer(deliver_at, up_bytes=nbytes)
         if deliver_at >= timeout_at:
             return  # the timeout answers it before the link could deliver it
         pending.due = deliver_at
@@ -425,15 +447,18 @@ class Device:
         pending = self._pending.get(res.sample_id)
         if pending is None:
             self.late_replies += 1
+            self._control_j += self._radio.transfer(self._loop.time(), down_bytes=nbytes)
             return
         deliver_at = self._downlink.transmit(self._loop.time(), nbytes)
         if pending.timeout is not None and deliver_at >= pending.timeout.when():
             self.late_replies += 1
+            self._control_j += self._radio.transfer(deliver_at, down_bytes=nbytes)
             return
         del self._pending[res.sample_id]
         if pending.timeout is not None:
             pending.timeout.cancel()
         rec = pending.rec
+        rec.energy_radio_j += self._radio.transfer(deliver_at, down_bytes=nbytes)
         rec.queue_ms = res.queue_us / 1e3
         rec.compute_ms = res.compute_us / 1e3
         rec.batch_size = res.batch_size
@@ -506,6 +531,7 @@ class Device:
         if isinstance(msg, wire.Result):
             self._on_result(msg, nbytes)
         elif isinstance(msg, wire.Threshold):
+            self._control_j += self._radio.transfer(self._loop.time(), down_bytes=nbytes)
             self._apply_threshold(msg.value, msg.epoch)
         elif isinstance(msg, wire.Error):
             code = error_name(msg.code)
@@ -530,7 +556,9 @@ class Device:
         """Reports travel the emulated uplink like samples: a cut link delays them too."""
         self._report_timer = self._loop.call_later(self.spec.report_interval_s, self._on_report)
         report = self._take_report()  # even unsent: the next report covers the next window
-        deliver_at = self._uplink.transmit(self._loop.time(), len(wire.encode(report)))
+        size = len(wire.encode(report))
+        deliver_at = self._uplink.transmit(self._loop.time(), size)
+        self._control_j += self._radio.transfer(deliver_at, up_bytes=size)
         self._send_now(wire.encode(dataclasses.replace(report, hold_ms=self._hold_ms(deliver_at))),
                        None)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from cascade_testbed.common.azure_functions import device_workloads
 from cascade_testbed.common.child_process import die_with_parent, leave_interrupts_to_parent
 from cascade_testbed.common.config import ScenarioConfig, device_specs
 from cascade_testbed.common.files import DiskFull, resolve_token
@@ -140,6 +141,9 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, OSError) as exc:  # bad URL, names, scenario, numbers or token file
         _fail(str(exc))
     spec = dataclasses.replace(device_specs(cfg)[0], index=args.index, device_id=device_id)
+    if spec.workload is not None and cfg.devices.azure is not None:  # its own trace function
+        spec = dataclasses.replace(spec, workload=device_workloads(
+            cfg.devices.azure, [spec], tuple(cfg.tiers))[0])
     configure_logging("INFO", f"device {spec.device_id}")
 
     async def run() -> None:

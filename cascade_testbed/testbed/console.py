@@ -119,6 +119,19 @@ def summary_tables(summary: dict[str, Any]) -> Group:
     if held.get("n"):
         notes.add_row("server held late p50", f"{_num(held.get('p50'), '.2f')} ms",
                       "server held late p99", f"{_num(held.get('p99'), '.2f')} ms", "", "")
+    energy = summary.get("energy") or {}
+    if energy.get("device_per_sample_j") is not None:
+        notes.add_row("energy / sample", f"{_num(energy['device_per_sample_j'], '.3f')} J device"
+                      f" ({_num(energy.get('per_sample_j'), '.3f')} J compute + radio)",
+                      "server", f"{_num(energy.get('server_j'), '.0f')} J",
+                      "devices", f"{_num(energy.get('total_j'), '.0f')} J (modelled)")
+    arrivals = summary.get("arrivals") or {}
+    if arrivals.get("mean_abs_rel_error") is not None:
+        notes.add_row("trace rate error", _pct(arrivals["mean_abs_rel_error"]),
+                      "achieved / trace", f"{arrivals['achieved_samples']} / "
+                      f"{_num(arrivals['trace_samples'], '.0f')} samples",
+                      "periods", f"{arrivals['periods']} x {_num(arrivals['period_s'], 'g')} s"
+                      if arrivals.get("period_s") else f"{arrivals['periods']} trace steps")
     shed = (summary.get("server") or {}).get("shed") or {}
     if shed:
         notes.add_row("server shed", ", ".join(f"{c} {n:.0f}" for c, n in sorted(shed.items())),

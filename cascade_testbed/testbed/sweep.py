@@ -48,6 +48,8 @@ ALIASES = {
 }
 INDEX_FIELDS = ("slo_satisfaction", "accuracy", "throughput_sps", "forward_rate")
 LATENCY_FIELDS = ("p50", "p95", "p99")
+ENERGY_FIELDS = ("device_per_sample_j", "per_sample_j", "total_per_sample_j")
+"""summary.json `energy` figures in index.csv, as `energy_<name>`."""
 
 
 @dataclass(frozen=True)
@@ -246,6 +248,8 @@ def write_index(sweep_dir: Path, points: list[SweepPoint], axes: list[Axis],
                         for k in LATENCY_FIELDS})
             row.update({"generated": summary["samples"]["generated"],
                         "lost": summary["samples"]["lost"]})
+            row.update({f"energy_{k}": (summary.get("energy") or {}).get(k)
+                        for k in ENERGY_FIELDS})
         if p.name in failed:
             row["error"] = failed[p.name]
         rows.append(row)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cascade_testbed.common import protocol as wire
-from cascade_testbed.common.records import FIELDS, RecordWriter, read_records
+from cascade_testbed.common.records import FIELDS, REQUIRED_FIELDS, RecordWriter, read_records
 from cascade_testbed.emulated_devices.device import _server_timed, link_error_ms
 from cascade_testbed.testbed.claims.jobs import unfaithful
 from cascade_testbed.testbed.faithfulness import doubts, link_error_doubt
@@ -38,16 +38,18 @@ def test_which_replies_measure_it(status: int, cause: str, timed: bool) -> None:
 
 class TestRecords:
     def test_the_column_round_trips_and_older_files_still_read(self, tmp_path: Path) -> None:
-        assert FIELDS[-1] == "link_error_ms"
+        at = FIELDS.index("link_error_ms")
+        assert at == len(REQUIRED_FIELDS)  # the first column older files may lack
         w = RecordWriter(tmp_path / "d.csv")
         w.write(dataclasses.replace(rec(i=0, forwarded=True), link_error_ms=1.25))
         w.write(rec(i=1))
         w.close()
         back, bad = read_records(tmp_path / "d.csv")
         assert bad == 0 and back[0].link_error_ms == 1.25 and math.isnan(back[1].link_error_ms)
-        # A file written before the column existed: the same rows without it.
+        # A file written before the column existed: the same rows without it (and the ones
+        # after it, added later still).
         lines = (tmp_path / "d.csv").read_text().splitlines()
-        old = "\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n"
+        old = "\n".join(",".join(line.split(",")[:at]) for line in lines) + "\n"
         (tmp_path / "old.csv").write_text(old)
         back, bad = read_records(tmp_path / "old.csv")
         assert bad == 0 and len(back) == 2 and math.isnan(back[0].link_error_ms)

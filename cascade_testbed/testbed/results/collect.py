@@ -28,7 +28,9 @@ from cascade_testbed.common.records import (
 )
 from cascade_testbed.common.scenario_file import load_scenario
 from cascade_testbed.testbed.faithfulness import doubts
+from cascade_testbed.testbed.results.arrivals import trace_rates
 from cascade_testbed.testbed.results.cost import provisioned
+from cascade_testbed.testbed.results.energy import energy_summary, server_busy_s
 from cascade_testbed.testbed.results.metrics import DeviceTally, arrivals_s, summarize
 from cascade_testbed.testbed.results.nodes import node_figures
 from cascade_testbed.testbed.results.series import idn_summary
@@ -73,7 +75,8 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
             cfg: ScenarioConfig | None = None) -> dict[str, Any]:
     """Write and return summary.json for `run_dir`."""
     cfg = cfg or load_scenario(run_dir / "scenario.toml")
-    tiers = {s.device_id: s.tier for s in device_specs(cfg)}
+    specs = device_specs(cfg)
+    tiers = {s.device_id: s.tier for s in specs}
     incs, torn = _read_incarnations(run_dir, tiers)
     facts = facts or RunFacts()
     try:
@@ -137,6 +140,7 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
     if cfg.idn.nodes:
         out["idn"] = {"policy": cfg.idn.policy, **idn_summary(
             records, cfg.idn.alpha_ms, *model_accuracies(cfg), run_start=run_start)}
+    _energy_and_arrivals(out, cfg, specs, records, tallies, events, facts, run_start, arrived_s)
     placed = next((e for e in events if e.get("kind") == "placement"), None)
     if placed is not None:  # a run over a Ray cluster (docs/cluster.md)
         out["nodes"] = node_figures(placed, summary["per_device"], {
@@ -160,6 +164,26 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
         status["disk_full"] = status.get("disk_full") or str(exc)
         status["problems"] = run_problems(out, limit)
     return out
+
+
+def _energy_and_arrivals(out: dict[str, Any], cfg: ScenarioConfig, specs: list[Any],
+                         records: list[SampleRecord], tallies: list[DeviceTally],
+                         events: list[dict[str, Any]], facts: RunFacts,
+                         run_start: float | None, arrived_s: float) -> None:
+    """summary.json's `energy` (and each device's `energy_j`) and, for a trace-driven run,
+    `arrivals` (achieved against the trace's rate per period)."""
+    generated = {d["device_id"]: int(d["generated"]) for d in out["per_device"]}
+    cost = out.get("cost") or {}
+    energy = energy_summary(
+        records, tallies, generated, {d["device_id"]: d["tier"] for d in out["per_device"]},
+        tuple(cfg.tiers), cfg.server.power, server_busy_s(facts.server, events),
+        cost.get("replica_seconds") if "replica_seconds" in cost else None)
+    for d in out["per_device"]:
+        d["energy_j"] = energy["by_device_j"].get(d["device_id"])
+    out["energy"] = energy
+    rates = trace_rates(specs, activity(cfg), records, run_start, arrived_s)
+    if rates is not None:
+        out["arrivals"] = rates
 
 
 def _refusals(incs: Any) -> dict[str, Any]:
@@ -231,6 +255,7 @@ def _tally(incs: dict[tuple[str, int], _Incarnation], exited: set[tuple[str, int
         group.sort(key=lambda i: i.incarnation)
         generated = aborted = late = 0
         traffic = [0, 0, 0]
+        energy = [0.0, 0.0]
         lags = []
         threshold = None
         for inc in group:
@@ -250,11 +275,16 @@ def _tally(incs: dict[tuple[str, int], _Incarnation], exited: set[tuple[str, int
                     lags.append(out["loop_lag"])
                 for i, key in enumerate(("requests_sent", "bytes_sent", "bytes_received")):
                     traffic[i] += int(out.get(key, 0))
+                joules = out.get("energy")
+                for i, key in enumerate(("idle_j", "control_radio_j")):
+                    value = joules.get(key, 0.0) if isinstance(joules, dict) else 0.0
+                    energy[i] += float(value) if isinstance(value, int | float) else 0.0
             records.extend(inc.records)
         tallies.append(DeviceTally(device_id, group[0].tier, generated, threshold, late,
                                    aborted, len(group), requests_sent=traffic[0],
                                    bytes_sent=traffic[1], bytes_received=traffic[2],
-                                   loop_lag=tuple(lags)))
+                                   loop_lag=tuple(lags), energy_idle_j=energy[0],
+                                   energy_control_j=energy[1]))
     return tallies, records, unexplained, lost_in_clean
 
 

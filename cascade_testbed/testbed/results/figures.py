@@ -42,6 +42,7 @@ SWEEP_METRICS = {
     "forward_rate": ("forward rate", True),
     "latency_ms.p95": ("p95 latency (ms)", False),
     "latency_ms.mean": ("mean latency (ms)", False),
+    "energy.device_per_sample_j": ("device energy per sample (J)", False),
 }
 """metric -> (axis label, is a fraction shown in %)."""
 FIG_DPI = 110
@@ -139,6 +140,8 @@ def sweep_figures(points: list[tuple[dict[str, str], dict[str, Any], Path]], axe
     paths = []
     for metric, (label, percent) in SWEEP_METRICS.items():
         by_panel = sweep_series(pairs, metric, x_axis, line_axis, panel_axis)
+        if not by_panel:  # no run has it (summaries from before the metric existed)
+            continue
         fig, panels = _panels(len(by_panel))
         for ax, (panel, series) in zip(panels, sorted(by_panel.items()), strict=True):
             _lines(ax, series, percent)
@@ -160,6 +163,8 @@ TRADEOFFS = {
                          True, "accuracy", "accuracy (%)", True),
     "latency_vs_inaccuracy": ("idn.expected_inaccuracy", "expected inaccuracy (%)", True,
                               "latency_ms.mean", "mean latency (ms)", False),
+    "accuracy_vs_energy": ("energy.device_per_sample_j", "device energy per sample (J)",
+                           False, "accuracy", "accuracy (%)", True),
 }
 """name -> (x metric, x label, x in %, y metric, y label, y in %): one line per policy
 through its runs (CascadeServe's accuracy vs p95 across loads; ABC's accuracy vs samples sent;

@@ -9,10 +9,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+ENERGY_METRICS: Final = (
+    "energy.per_sample_j", "energy.device_per_sample_j", "energy.total_per_sample_j",
+    "energy.per_device_j", "energy.total_j", "energy.compute_j", "energy.radio_j",
+    "energy.idle_j", "energy.control_radio_j", "energy.server_j",
+)
+"""summary.json's `energy` figures (testbed.results.energy, docs/energy.md), in joules:
+per answered sample (compute + radio), all device energy per generated sample, that plus
+the server's, and totals."""
 COMPARED: Final = (
     "goodput_sps", "slo_satisfaction", "accuracy", "latency_ms.p95", "accuracy_at_slo",
     "forward_rate", "latency_ms.p50", "latency_ms.p99", "throughput_sps", "samples.generated",
     "samples.lost", "samples.fallback", "samples.rejected",
+    *("energy.device_per_sample_j", "energy.per_sample_j", "energy.total_per_sample_j"),
 )
 """What `testbed compare` lists, in this order: first what tells policies apart (answers
 within the SLO per second, SLO satisfaction, accuracy, p95), last the offered load."""
@@ -25,6 +34,7 @@ METRICS: Final = (
     "communication.requests_per_sample", "communication.bytes_sent_per_sample",
     "emulation.compute_overrun_fraction", "emulation.late_replies", "run.startup_s",
     "emulation.link_error_ms.p50", "emulation.link_error_ms.p99",
+    *ENERGY_METRICS, "arrivals.mean_abs_rel_error",
 )
 """Every name `--expect` accepts (besides the aliases)."""
 ALIASES: Final = {
@@ -33,6 +43,8 @@ ALIASES: Final = {
     "throughput": "throughput_sps",
     "goodput": "goodput_sps",
     **{k: f"samples.{k}" for k in ("generated", "completed", "aborted", "lost")},
+    "energy_per_sample": "energy.device_per_sample_j",
+    "rate_error": "arrivals.mean_abs_rel_error",
 }
 LABELS: Final = {
     "goodput_sps": "goodput_sps (answers within the SLO /s)",
@@ -40,7 +52,8 @@ LABELS: Final = {
 }
 """How `testbed compare` names a figure whose name alone misleads."""
 FRACTIONS: Final = frozenset({"slo_satisfaction", "accuracy", "accuracy_at_slo",
-                              "forward_rate", "emulation.compute_overrun_fraction"})
+                              "forward_rate", "emulation.compute_overrun_fraction",
+                              "arrivals.mean_abs_rel_error"})
 """Shares in [0, 1]: shown in %."""
 
 

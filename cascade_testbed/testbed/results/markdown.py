@@ -36,8 +36,11 @@ def sweep_markdown(title: str, axes: list[str],
                    figures: list[Path], out: Path) -> Path:
     lines = [f"# {title}", "", f"{len(points)} runs; axes: {', '.join(axes)}.", ""]
     idn = any("idn" in s for _, s, _ in points)
+    energy = any((s.get("energy") or {}).get("device_per_sample_j") is not None
+                 for _, s, _ in points)
     header = [*axes, "SLO sat.", "accuracy", "throughput /s", "fwd rate", "mean ms", "p95 ms",
-              "sent / sample", *(["IDN cost ms"] if idn else []), "generated", "lost"]
+              "sent / sample", *(["IDN cost ms"] if idn else []), "generated", "lost",
+              *(["device J / sample", "all J / sample"] if energy else [])]
     rows = []
     for labels, s, _ in sorted(points, key=lambda p: [_sort_key(p[0][a]) for a in axes]):
         comm = s.get("communication", {})
@@ -46,7 +49,10 @@ def sweep_markdown(title: str, axes: list[str],
                      _num(s["latency_ms"].get("mean")), _num(s["latency_ms"]["p95"]),
                      _num(comm.get("requests_per_sample"), ".3f"),
                      *([_num(s.get("idn", {}).get("mean_cost_ms"))] if idn else []),
-                     str(s["samples"]["generated"]), str(s["samples"]["lost"])])
+                     str(s["samples"]["generated"]), str(s["samples"]["lost"]),
+                     *([_num((s.get("energy") or {}).get("device_per_sample_j"), ".3f"),
+                        _num((s.get("energy") or {}).get("total_per_sample_j"), ".3f")]
+                       if energy else [])])
     lines += _table(header, rows)
     lines += _equal_accuracy_section(points, axes)
     lines += ["", "## Figures", ""]
@@ -77,10 +83,41 @@ def run_markdown(summary: dict[str, Any], figures: list[Path], out: Path) -> Pat
     if s.get("causes"):
         lines += ["", "Light answers to forwarded samples, by cause: " + ", ".join(
             f"{c} {n}" for c, n in sorted(s["causes"].items())) + "."]
+    lines += _energy_section(summary)
     lines += ["", "## Figures", ""]
     lines += [f"![{p.stem}]({p.relative_to(out.parent).as_posix()})" for p in figures]
     out.write_text("\n".join(lines) + "\n")
     return out
+
+
+def _energy_section(summary: dict[str, Any]) -> list[str]:
+    """Modelled energy per tier and the server's (docs/energy.md), and a trace-driven run's
+    achieved rate against the trace's."""
+    energy = summary.get("energy") or {}
+    lines: list[str] = []
+    if energy.get("per_tier"):
+        lines += ["", "## Energy (modelled: literature power figures, not measured)", ""]
+        rows = [[tier, _num(e.get("per_sample_j"), ".3f"), _num(e.get("device_per_sample_j"),
+                                                                 ".3f"),
+                 _num(e.get("per_device_j")), _num(e.get("compute_j")), _num(e.get("radio_j")),
+                 _num(e.get("idle_j")), _num(e.get("control_radio_j"))]
+                for tier, e in energy["per_tier"].items()]
+        lines += _table(["tier", "compute + radio J / sample", "device J / sample",
+                         "J / device", "compute J", "radio J", "idle J", "control radio J"],
+                        rows)
+        server = energy.get("server") or {}
+        lines += ["", f"Server: {_num(energy.get('server_j'))} J ({_num(server.get('busy_s'))} "
+                      f"s busy at {_num(server.get('active_w'))} W, the rest of "
+                      f"{_num(server.get('provisioned_s'))} replica-s at "
+                      f"{_num(server.get('idle_w'))} W); all energy per sample "
+                      f"{_num(energy.get('total_per_sample_j'), '.3f')} J."]
+    arrivals = summary.get("arrivals") or {}
+    if arrivals.get("mean_abs_rel_error") is not None:
+        lines += ["", f"Arrivals ({arrivals['source']}): {arrivals['achieved_samples']} "
+                      f"against {_num(arrivals['trace_samples'], '.0f')} asked over "
+                      f"{arrivals['periods']} periods, mean absolute relative error "
+                      f"{_pct(arrivals['mean_abs_rel_error'])} per period."]
+    return lines
 
 
 def _equal_accuracy_section(points: list[tuple[dict[str, str], dict[str, Any], Path]],

@@ -39,6 +39,10 @@ class DeviceTally:
     bytes_received: int = 0
     loop_lag: tuple[Mapping[str, Any], ...] = ()
     """Loop-lag histograms of its processes (`common.looplag`), one per incarnation."""
+    energy_idle_j: float = 0.0
+    """Energy while not computing, and of radio traffic that is no sample's (reports,
+    thresholds, late replies), over its processes (`testbed.results.energy`)."""
+    energy_control_j: float = 0.0
 
 
 def latency_summary(latencies_ms: Sequence[float] | np.ndarray) -> dict[str, float | None]:
