@@ -120,9 +120,10 @@ def summary_tables(summary: dict[str, Any]) -> Group:
         notes.add_row("server held late p50", f"{_num(held.get('p50'), '.2f')} ms",
                       "server held late p99", f"{_num(held.get('p99'), '.2f')} ms", "", "")
     energy = summary.get("energy") or {}
-    if energy.get("device_per_sample_j") is not None:
-        notes.add_row("energy / sample", f"{_num(energy['device_per_sample_j'], '.3f')} J device"
-                      f" ({_num(energy.get('per_sample_j'), '.3f')} J compute + radio)",
+    if energy.get("device_j_per_sample") is not None:
+        own = _num(energy.get("compute_radio_j_per_sample"), ".3f")
+        notes.add_row("energy / sample", f"{_num(energy['device_j_per_sample'], '.3f')} J device"
+                      f" ({own} J compute + radio)",
                       "server", f"{_num(energy.get('server_j'), '.0f')} J",
                       "devices", f"{_num(energy.get('total_j'), '.0f')} J (modelled)")
     arrivals = summary.get("arrivals") or {}

@@ -48,7 +48,7 @@ ALIASES = {
 }
 INDEX_FIELDS = ("slo_satisfaction", "accuracy", "throughput_sps", "forward_rate")
 LATENCY_FIELDS = ("p50", "p95", "p99")
-ENERGY_FIELDS = ("device_per_sample_j", "per_sample_j", "total_per_sample_j")
+ENERGY_FIELDS = ("device_j_per_sample", "compute_radio_j_per_sample", "total_j_per_sample")
 """summary.json `energy` figures in index.csv, as `energy_<name>`."""
 
 

@@ -39,11 +39,11 @@ def test_azure_arrivals_and_energy_in_records_and_summary(tmp_path: Path) -> Non
                for r in low)
 
     energy = s["energy"]
-    assert energy["per_sample_j"] > 0 and energy["device_per_sample_j"] > 0
+    assert energy["compute_radio_j_per_sample"] > 0 and energy["device_j_per_sample"] > 0
     assert set(energy["per_tier"]) == {"low", "mid", "high"}
     assert all(d["energy_j"] > 0 for d in s["per_device"])
     assert energy["server"]["active_w"] == 50.0 and energy["server"]["busy_s"] > 0
-    assert energy["server_j"] > 0 and energy["total_per_sample_j"] > energy["device_per_sample_j"]
+    assert energy["server_j"] > 0 and energy["total_j_per_sample"] > energy["device_j_per_sample"]
 
     arrivals = s["arrivals"]
     assert arrivals["period_s"] == 2.0 and arrivals["periods"] == 2

@@ -41,8 +41,8 @@ def test_sweep_resumes_and_the_report_draws_every_figure(tmp_path: Path) -> None
     assert {"slo_satisfaction_vs_devices.png", "accuracy_vs_devices.png",
             "throughput_sps_vs_devices.png", "forward_rate_vs_devices.png",
             "latency_cdf.png", "thresholds_over_time.png",
-            "energy_device_per_sample_j_vs_devices.png", "accuracy_vs_energy.png"} <= figures
-    assert all(r["energy_device_per_sample_j"] > 0 for r in index["runs"])
+            "energy_device_j_per_sample_vs_devices.png", "accuracy_vs_energy.png"} <= figures
+    assert all(r["energy_device_j_per_sample"] > 0 for r in index["runs"])
     table = (out / "report.md").read_text()
     assert table.count("| static |") == 2 and table.count("| multitasc |") == 2
     assert all((out / "figures" / f).stat().st_size > 5000 for f in figures)

@@ -141,20 +141,20 @@ class TestSummary:
                              ("low", "high"), ServerPowerSpec(70.0, 10.0), busy_s=1.0,
                              provisioned_s=3.0)
         assert out["total_j"] == pytest.approx(4.0 + 5.0 + 2.0)
-        assert out["per_sample_j"] == pytest.approx(5.0 / 3)
-        assert out["device_per_sample_j"] == pytest.approx(11.0 / 4)
-        assert out["per_device_j"] == pytest.approx(5.5)
+        assert out["compute_radio_j_per_sample"] == pytest.approx(5.0 / 3)
+        assert out["device_j_per_sample"] == pytest.approx(11.0 / 4)
+        assert out["j_per_device"] == pytest.approx(5.5)
         assert out["by_device_j"] == {"a": 9.0, "b": 2.0}
         assert list(out["per_tier"]) == ["low", "high"]
         assert out["per_tier"]["low"]["radio_j"] == 2.0
         assert out["per_tier"]["low"]["control_radio_j"] == 1.0
         assert out["server_j"] == pytest.approx(70.0 + 20.0)
-        assert out["total_per_sample_j"] == pytest.approx((11.0 + 90.0) / 4)
+        assert out["total_j_per_sample"] == pytest.approx((11.0 + 90.0) / 4)
         assert "not measured" in out["note"]
 
     def test_without_the_server_busy_time_the_server_is_unknown_not_zero(self) -> None:
         out = energy_summary([], [], {}, {}, (), ServerPowerSpec(), None, None)
-        assert out["server"] is None and out["total_per_sample_j"] is None
+        assert out["server"] is None and out["total_j_per_sample"] is None
 
     def test_busy_time_from_the_live_status_else_from_server_stop_events(self) -> None:
         assert server_busy_s({"totals": {"busy_s": 2.5}}, []) == 2.5
@@ -196,12 +196,12 @@ class TestTraceRates:
 class TestNames:
     def test_energy_metrics_are_known_to_expect_and_compare(self) -> None:
         assert set(ENERGY_METRICS) <= set(METRICS)
-        assert "energy.device_per_sample_j" in COMPARED
-        assert canonical("energy_per_sample") == "energy.device_per_sample_j"
+        assert "energy.device_j_per_sample" in COMPARED
+        assert canonical("energy_per_sample") == "energy.device_j_per_sample"
         assert canonical("arrivals.mean_abs_rel_error") is not None
-        e = parse_expectation("energy.per_sample_j<=0.5")
-        assert e.holds(lookup({"energy": {"per_sample_j": 0.4}}, e.metric))
-        assert not e.holds(lookup({"energy": {"per_sample_j": 0.6}}, e.metric))
+        e = parse_expectation("energy.compute_radio_j_per_sample<=0.5")
+        assert e.holds(lookup({"energy": {"compute_radio_j_per_sample": 0.4}}, e.metric))
+        assert not e.holds(lookup({"energy": {"compute_radio_j_per_sample": 0.6}}, e.metric))
 
 
 def test_records_written_before_the_energy_columns_still_read(tmp_path: object) -> None:
@@ -232,10 +232,10 @@ def test_a_csv_trace_is_compared_per_step() -> None:
 
 def test_the_run_report_has_an_energy_table_and_the_rate_error() -> None:
     from cascade_testbed.testbed.results.markdown import _energy_section
-    tier = {"per_sample_j": 0.1, "device_per_sample_j": 0.5, "per_device_j": 9.0,
+    tier = {"compute_radio_j_per_sample": 0.1, "device_j_per_sample": 0.5, "j_per_device": 9.0,
             "compute_j": 1.0, "radio_j": 2.0, "idle_j": 3.0, "control_radio_j": 4.0}
     lines = _energy_section({
-        "energy": {"per_tier": {"low": tier}, "server_j": 90.0, "total_per_sample_j": 0.7,
+        "energy": {"per_tier": {"low": tier}, "server_j": 90.0, "total_j_per_sample": 0.7,
                    "server": {"busy_s": 1.0, "active_w": 70.0, "provisioned_s": 3.0,
                               "idle_w": 10.0}},
         "arrivals": {"source": "azure", "achieved_samples": 99, "trace_samples": 100.0,

@@ -64,9 +64,9 @@ def _group(buckets: Iterable[Mapping[str, float]], generated: int) -> dict[str, 
         "total_j": _r(total),
         "compute_j": _r(tot["compute_j"]), "radio_j": _r(tot["radio_j"]),
         "idle_j": _r(tot["idle_j"]), "control_radio_j": _r(tot["control_radio_j"]),
-        "per_sample_j": _per(tot["compute_j"] + tot["radio_j"], tot["samples"]),
-        "device_per_sample_j": _per(total, generated),
-        "per_device_j": _per(total, n),
+        "compute_radio_j_per_sample": _per(tot["compute_j"] + tot["radio_j"], tot["samples"]),
+        "device_j_per_sample": _per(total, generated),
+        "j_per_device": _per(total, n),
     }
 
 
@@ -76,9 +76,9 @@ def energy_summary(records: Sequence[SampleRecord], devices: Sequence[DeviceTall
                    busy_s: float | None, provisioned_s: float | None) -> dict[str, Any]:
     """summary.json's `energy`.
 
-    `per_sample_j`: the records' own energy (compute + radio) per answered sample;
-    `device_per_sample_j`: all device energy (idle and control traffic too) per generated
-    sample; `total_per_sample_j` adds the server's. `generated` is per device."""
+    `compute_radio_j_per_sample`: the records' own energy (compute + radio) per answered sample;
+    `device_j_per_sample`: all device energy (idle and control traffic too) per generated
+    sample; `total_j_per_sample` adds the server's. `generated` is per device."""
     per_dev = device_energy(records, devices)
     out: dict[str, Any] = {"note": NOTE, **_group(per_dev.values(), sum(generated.values()))}
     tiers: dict[str, list[str]] = {}
@@ -94,7 +94,7 @@ def energy_summary(records: Sequence[SampleRecord], devices: Sequence[DeviceTall
         out["server"] = None
         out["server_j"] = None
         out["total_j"] = out["total_j"]
-        out["total_per_sample_j"] = None
+        out["total_j_per_sample"] = None
         return out
     srv = server_j(server_power, busy_s, max(provisioned_s, busy_s))
     out["server"] = {"active_w": server_power.active_w, "idle_w": server_power.idle_w,
@@ -102,7 +102,7 @@ def energy_summary(records: Sequence[SampleRecord], devices: Sequence[DeviceTall
                      **{k: _r(v) for k, v in srv.items()}}
     out["server_j"] = _r(srv["total_j"])
     n = sum(generated.values())
-    out["total_per_sample_j"] = _per((out["total_j"] or 0.0) + srv["total_j"], n)
+    out["total_j_per_sample"] = _per((out["total_j"] or 0.0) + srv["total_j"], n)
     return out
 
 

@@ -42,7 +42,7 @@ SWEEP_METRICS = {
     "forward_rate": ("forward rate", True),
     "latency_ms.p95": ("p95 latency (ms)", False),
     "latency_ms.mean": ("mean latency (ms)", False),
-    "energy.device_per_sample_j": ("device energy per sample (J)", False),
+    "energy.device_j_per_sample": ("device energy per sample (J)", False),
 }
 """metric -> (axis label, is a fraction shown in %)."""
 FIG_DPI = 110
@@ -163,7 +163,7 @@ TRADEOFFS = {
                          True, "accuracy", "accuracy (%)", True),
     "latency_vs_inaccuracy": ("idn.expected_inaccuracy", "expected inaccuracy (%)", True,
                               "latency_ms.mean", "mean latency (ms)", False),
-    "accuracy_vs_energy": ("energy.device_per_sample_j", "device energy per sample (J)",
+    "accuracy_vs_energy": ("energy.device_j_per_sample", "device energy per sample (J)",
                            False, "accuracy", "accuracy (%)", True),
 }
 """name -> (x metric, x label, x in %, y metric, y label, y in %): one line per policy

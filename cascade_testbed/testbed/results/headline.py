@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 ENERGY_METRICS: Final = (
-    "energy.per_sample_j", "energy.device_per_sample_j", "energy.total_per_sample_j",
-    "energy.per_device_j", "energy.total_j", "energy.compute_j", "energy.radio_j",
+    "energy.compute_radio_j_per_sample", "energy.device_j_per_sample", "energy.total_j_per_sample",
+    "energy.j_per_device", "energy.total_j", "energy.compute_j", "energy.radio_j",
     "energy.idle_j", "energy.control_radio_j", "energy.server_j",
 )
 """summary.json's `energy` figures (testbed.results.energy, docs/energy.md), in joules:
@@ -21,7 +21,8 @@ COMPARED: Final = (
     "goodput_sps", "slo_satisfaction", "accuracy", "latency_ms.p95", "accuracy_at_slo",
     "forward_rate", "latency_ms.p50", "latency_ms.p99", "throughput_sps", "samples.generated",
     "samples.lost", "samples.fallback", "samples.rejected",
-    *("energy.device_per_sample_j", "energy.per_sample_j", "energy.total_per_sample_j"),
+    *("energy.device_j_per_sample", "energy.compute_radio_j_per_sample",
+      "energy.total_j_per_sample"),
 )
 """What `testbed compare` lists, in this order: first what tells policies apart (answers
 within the SLO per second, SLO satisfaction, accuracy, p95), last the offered load."""
@@ -43,7 +44,7 @@ ALIASES: Final = {
     "throughput": "throughput_sps",
     "goodput": "goodput_sps",
     **{k: f"samples.{k}" for k in ("generated", "completed", "aborted", "lost")},
-    "energy_per_sample": "energy.device_per_sample_j",
+    "energy_per_sample": "energy.device_j_per_sample",
     "rate_error": "arrivals.mean_abs_rel_error",
 }
 LABELS: Final = {

@@ -36,7 +36,7 @@ def sweep_markdown(title: str, axes: list[str],
                    figures: list[Path], out: Path) -> Path:
     lines = [f"# {title}", "", f"{len(points)} runs; axes: {', '.join(axes)}.", ""]
     idn = any("idn" in s for _, s, _ in points)
-    energy = any((s.get("energy") or {}).get("device_per_sample_j") is not None
+    energy = any((s.get("energy") or {}).get("device_j_per_sample") is not None
                  for _, s, _ in points)
     header = [*axes, "SLO sat.", "accuracy", "throughput /s", "fwd rate", "mean ms", "p95 ms",
               "sent / sample", *(["IDN cost ms"] if idn else []), "generated", "lost",
@@ -50,8 +50,8 @@ def sweep_markdown(title: str, axes: list[str],
                      _num(comm.get("requests_per_sample"), ".3f"),
                      *([_num(s.get("idn", {}).get("mean_cost_ms"))] if idn else []),
                      str(s["samples"]["generated"]), str(s["samples"]["lost"]),
-                     *([_num((s.get("energy") or {}).get("device_per_sample_j"), ".3f"),
-                        _num((s.get("energy") or {}).get("total_per_sample_j"), ".3f")]
+                     *([_num((s.get("energy") or {}).get("device_j_per_sample"), ".3f"),
+                        _num((s.get("energy") or {}).get("total_j_per_sample"), ".3f")]
                        if energy else [])])
     lines += _table(header, rows)
     lines += _equal_accuracy_section(points, axes)
@@ -97,9 +97,9 @@ def _energy_section(summary: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     if energy.get("per_tier"):
         lines += ["", "## Energy (modelled: literature power figures, not measured)", ""]
-        rows = [[tier, _num(e.get("per_sample_j"), ".3f"), _num(e.get("device_per_sample_j"),
-                                                                 ".3f"),
-                 _num(e.get("per_device_j")), _num(e.get("compute_j")), _num(e.get("radio_j")),
+        rows = [[tier, _num(e.get("compute_radio_j_per_sample"), ".3f"),
+                 _num(e.get("device_j_per_sample"), ".3f"),
+                 _num(e.get("j_per_device")), _num(e.get("compute_j")), _num(e.get("radio_j")),
                  _num(e.get("idle_j")), _num(e.get("control_radio_j"))]
                 for tier, e in energy["per_tier"].items()]
         lines += _table(["tier", "compute + radio J / sample", "device J / sample",
@@ -110,7 +110,7 @@ def _energy_section(summary: dict[str, Any]) -> list[str]:
                       f"s busy at {_num(server.get('active_w'))} W, the rest of "
                       f"{_num(server.get('provisioned_s'))} replica-s at "
                       f"{_num(server.get('idle_w'))} W); all energy per sample "
-                      f"{_num(energy.get('total_per_sample_j'), '.3f')} J."]
+                      f"{_num(energy.get('total_j_per_sample'), '.3f')} J."]
     arrivals = summary.get("arrivals") or {}
     if arrivals.get("mean_abs_rel_error") is not None:
         lines += ["", f"Arrivals ({arrivals['source']}): {arrivals['achieved_samples']} "
