@@ -55,3 +55,12 @@ def test_scenario_is_valid(path: Path) -> None:
 
 def test_there_are_scenarios() -> None:
     assert len(SCENARIOS) >= 3
+
+
+def test_the_real_world_scenario_combines_a_link_trace_trace_arrivals_and_power_models() -> None:
+    cfg = load_scenario(Path(__file__).resolve().parents[2] / "scenarios" / "traces.toml")
+    assert cfg.devices.arrival == "azure" and cfg.devices.azure is not None
+    high = cfg.tiers["high"]
+    assert high.uplink.trace and high.downlink.trace
+    assert high.power.tail_s > 1.0 and cfg.tiers["low"].power.tail_s < 1.0  # LTE vs WiFi
+    assert cfg.server.power.active_w > cfg.server.power.idle_w
