@@ -70,11 +70,12 @@ class SampleRecord:
     slo_met: bool
     wall_epoch_s: float
     """Wall-clock time of the scheduled arrival, only for joining records across processes."""
-    link_error_ms: float = math.nan
-    """Forwarded samples with a reply: how much later the reply reached the device than the
-    emulated uplink's delivery time plus the server's queue and compute time said it should
-    (real socket transit and late event loops; docs/emulation.md). NaN otherwise. Columns
-    with a default may be missing from older files (read as the default)."""
+    reply_late_ms: float = math.nan
+    """Forwarded samples with a reply: how much later the device read the reply than the
+    emulated uplink's delivery time plus the server's queue and compute time said it could
+    (the server acting late, real socket transit, the device's loop reading late;
+    docs/emulation.md). NaN otherwise. Columns with a default may be missing from older
+    files (read as the default)."""
     energy_compute_j: float = math.nan
     """The device's energy for the light model's (emulated) computation (`common.energy`)."""
     energy_radio_j: float = math.nan

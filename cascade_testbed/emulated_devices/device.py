@@ -463,7 +463,7 @@ class Device:
         rec.compute_ms = res.compute_us / 1e3
         rec.batch_size = res.batch_size
         if _server_timed(res) and not self.spec.node:
-            rec.link_error_ms = link_error_ms(pending.due, self._loop.time(), res)
+            rec.reply_late_ms = reply_late_ms(pending.due, self._loop.time(), res)
         if res.status == wire.ResultStatus.OK:
             rec.heavy_model = res.model
             self._finish(pending, "heavy", res.prediction, at=deliver_at)
@@ -590,12 +590,12 @@ def _server_timed(res: wire.Result) -> bool:
         res.status == wire.ResultStatus.REJECTED and res.cause != "link_backlog")
 
 
-def link_error_ms(due: float, replied: float, res: wire.Result) -> float:
+def reply_late_ms(due: float, replied: float, res: wire.Result) -> float:
     """How much later than the emulation intended the device holds the reply: the uplink
     meant the server to act at `due`, the server then spent its queue and compute time, and
-    the reply reached the device at `replied` (the downlink's emulated time starts there).
-    Each is a difference on one clock, so it holds across hosts; what remains is the real
-    transit both ways and how late the server's and the device's loops acted."""
+    the device read the reply at `replied` (the downlink's emulated time starts there). Each
+    is a difference on one clock, so it holds across hosts; what remains is the real transit
+    both ways and how late the server's and the device's loops acted."""
     return (replied - due) * 1e3 - (res.queue_us + res.compute_us) / 1e3
 
 

@@ -114,11 +114,12 @@ def summary_tables(summary: dict[str, Any]) -> Group:
     if link.get("n"):
         notes.add_row("link error p50", f"{_num(link.get('p50'), '.2f')} ms",
                       "link error p99", f"{_num(link.get('p99'), '.2f')} ms",
-                      "measured", str(link.get("n")))
-    held = (summary.get("server") or {}).get("held_late_ms") or {}
-    if held.get("n"):
-        notes.add_row("server held late p50", f"{_num(held.get('p50'), '.2f')} ms",
-                      "server held late p99", f"{_num(held.get('p99'), '.2f')} ms", "", "")
+                      "messages", str(link.get("n")))
+    late = emu.get("reply_late_ms") or {}
+    if late.get("n"):
+        notes.add_row("reply read late p50", f"{_num(late.get('p50'), '.2f')} ms",
+                      "reply read late p99", f"{_num(late.get('p99'), '.2f')} ms",
+                      "replies", str(late.get("n")))
     energy = summary.get("energy") or {}
     if energy.get("device_j_per_sample") is not None:
         own = _num(energy.get("compute_radio_j_per_sample"), ".3f")

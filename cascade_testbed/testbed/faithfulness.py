@@ -2,7 +2,8 @@
 rule a run's summary (`emulation.unfaithful`), its last line and the claims' retry rule
 (`testbed.claims.jobs.unfaithful`) all apply: the host, not the system under test, decided
 the latencies when light-model computations overran their emulated time, when the devices'
-event loops ran late, or when messages were acted on later than the emulated links said.
+event loops ran late, or when the server acted on messages later than the emulated links
+delivered them (the link timing error).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ MAX_LAG_SHARE_OF_SLO: Final = 0.10
 """A device's event-loop lag p99 above 10 % of the SLO means the host, not the system under
 test, decided the latencies (another job took the cores)."""
 MAX_LINK_ERROR_SHARE_OF_SLO: Final = 0.10
-"""The link timing error's p99 (docs/emulation.md) above 10 % of the SLO: replies came back
-later than the emulated links and the server's own time say, by a share of the SLO that can
+"""The link timing error's p99 (docs/emulation.md) above 10 % of the SLO: the server acted on
+messages later than their emulated links delivered them, by a share of the SLO that can
 decide whether a sample meets it."""
+MAX_REPLY_LATE_SHARE_OF_SLO: Final = 0.10
+"""Above it, the devices' late reading of replies earns the run a note (not a doubt)."""
 
 
 def doubts(summary: Mapping[str, Any]) -> list[str]:
@@ -39,6 +42,22 @@ def doubts(summary: Mapping[str, Any]) -> list[str]:
     if link is not None:
         out.append(link)
     return out
+
+
+def reply_late_note(summary: Mapping[str, Any]) -> str | None:
+    """A note when the devices read their replies late by more than
+    `MAX_REPLY_LATE_SHARE_OF_SLO` of the SLO at p99: a batch's replies wake that many device
+    processes at once, and on a host with fewer cores than devices the last reads its reply
+    late. That time is in the recorded latencies, but it is the density of the emulation, the
+    same in every run at that density, not a fault of this run; the note says how much."""
+    late = (summary.get("emulation") or {}).get("reply_late_ms") or {}
+    p99 = late.get("p99")
+    bound = MAX_REPLY_LATE_SHARE_OF_SLO * float(summary.get("slo_ms") or 0.0)
+    if p99 is None or bound <= 0 or float(p99) <= bound:
+        return None
+    return (f"devices read their replies late: p99 {float(p99):.1f} ms > {bound:.0f} ms (10% "
+            f"of the SLO), median {float(late.get('p50') or 0.0):.1f} ms; the host's cores, "
+            "not the emulated links, set that part of the tail latency (docs/emulation.md)")
 
 
 def link_error_doubt(summary: Mapping[str, Any]) -> str | None:

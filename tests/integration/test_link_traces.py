@@ -1,5 +1,5 @@
 """A real run on Mahimahi link traces: records arrive, the traces shape them, and the summary
-reports the link timing error it measured."""
+reports the link timing error and the replies' lateness it measured."""
 
 from __future__ import annotations
 
@@ -41,11 +41,16 @@ def test_a_run_on_link_traces_measures_its_link_error(tmp_path: Path) -> None:
     assert len(walk) > 10
     # Two delays, a light model and the server's time at least; each reply measured.
     assert min(r.latency_ms for r in walk) >= 40.0 + 5.0
-    assert all(math.isfinite(r.link_error_ms) for r in walk)
+    assert all(math.isfinite(r.reply_late_ms) for r in walk)
     gap = [r for r in records if r.tier == "gap" and r.forwarded]
     assert gap and sum(r.cause == "timeout" for r in gap) >= 0.5 * len(gap)
+    late = s["emulation"]["reply_late_ms"]
+    assert late["n"] >= len(walk) and late["p50"] is not None and late["p99"] is not None
+    # The server's own account: every forwarded sample and report it held till its link
+    # delivered it, and how late it acted on each.
     link = s["emulation"]["link_error_ms"]
-    assert link["n"] >= len(walk) and link["p50"] is not None and link["p99"] is not None
+    assert link["n"] >= late["n"] and link["p99"] is not None
+    assert link == s["server"]["held_late_ms"]
     assert isinstance(s["emulation"]["unfaithful"], list)
     prov = json.loads((tmp_path / "run" / "provenance.json").read_text())
     assert prov["link_traces"][str(tmp_path / "gap.up")] == file_sha256(tmp_path / "gap.up")

@@ -27,7 +27,7 @@ from cascade_testbed.common.records import (
     read_records,
 )
 from cascade_testbed.common.scenario_file import load_scenario
-from cascade_testbed.testbed.faithfulness import doubts
+from cascade_testbed.testbed.faithfulness import doubts, reply_late_note
 from cascade_testbed.testbed.results.arrivals import trace_rates
 from cascade_testbed.testbed.results.cost import provisioned
 from cascade_testbed.testbed.results.energy import energy_summary, server_busy_s
@@ -151,11 +151,17 @@ def collect(run_dir: Path, facts: RunFacts | None = None,
         facts.disk_full = facts.disk_full or str(exc)
         status["disk_full"] = facts.disk_full
     limit = fault_fallback_limit(cfg.max_fault_fallback, bool(cfg.faults))
-    status["notes"] = tenancy_notes(
+    notes = tenancy_notes(
         Counter(r.device_id for r in records if r.source in ("fallback", "rejected")),
         (facts.server or {}).get("rate_limited") or {}, set(tiers),
         forwarded=int(summary["samples"]["forwarded"]), heavy=int(summary["samples"]["heavy"]),
         server_arrivals=int(((facts.server or {}).get("totals") or {}).get("arrivals") or 0))
+    # The link timing error is the server's: when it acted on each held message against
+    # when its emulated uplink delivered it (its status's `held.late`).
+    out["emulation"]["link_error_ms"] = (facts.server or {}).get("held_late_ms") or \
+        {"p50": None, "p99": None, "n": 0}
+    late = reply_late_note(out)
+    status["notes"] = [*notes, *([late] if late else [])]
     status["problems"] = run_problems(out, limit)
     out["emulation"]["unfaithful"] = doubts(out)
     try:

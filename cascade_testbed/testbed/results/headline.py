@@ -35,6 +35,7 @@ METRICS: Final = (
     "communication.requests_per_sample", "communication.bytes_sent_per_sample",
     "emulation.compute_overrun_fraction", "emulation.late_replies", "run.startup_s",
     "emulation.link_error_ms.p50", "emulation.link_error_ms.p99",
+    "emulation.reply_late_ms.p50", "emulation.reply_late_ms.p99",
     *ENERGY_METRICS, "arrivals.mean_abs_rel_error",
 )
 """Every name `--expect` accepts (besides the aliases)."""

@@ -155,15 +155,15 @@ def summarize(records: Iterable[SampleRecord], devices: Sequence[DeviceTally], *
             "start_lag_ms": latency_summary([r.start_lag_ms for r in all_records]),
             "loop_lag_ms": lag_summary(merge(h for d in devices for h in d.loop_lag)),
             "late_replies": sum(d.late_replies for d in devices),
-            "link_error_ms": link_error_summary(all_records),
+            "reply_late_ms": reply_late_summary(all_records),
         },
     }
 
 
-def link_error_summary(records: Sequence[SampleRecord]) -> dict[str, Any]:
-    """The link timing error's percentiles over the samples that measured it (forwarded, with
-    a reply), and how many did (`n`)."""
-    errors = [r.link_error_ms for r in records if r.link_error_ms == r.link_error_ms]
+def reply_late_summary(records: Sequence[SampleRecord]) -> dict[str, Any]:
+    """How late the devices read their replies: percentiles over the samples that measured
+    it (forwarded, with a reply), and how many did (`n`)."""
+    errors = [r.reply_late_ms for r in records if r.reply_late_ms == r.reply_late_ms]
     return {**latency_summary(errors), "n": len(errors)}
 
 
