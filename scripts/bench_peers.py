@@ -32,7 +32,6 @@ import socket
 import struct
 import subprocess
 import sys
-import sysconfig
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -42,17 +41,18 @@ from typing import Any
 
 import numpy as np
 import psutil
-from rich.console import Console
-from rich.table import Table
 
 # The project's imports, all here (scripts/ is on sys.path as this script's folder).
 from bench_server import host_busy_s, start_server, status, stop_server
+from rich.console import Console
+from rich.table import Table
+
 from common import protocol as wire
 from common.modelzoo import open_zoo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
-import stats  # noqa: E402  (scripts/peers/stats.py: the pure part, unit-tested)
-from stats import Point  # noqa: E402
+import stats
+from stats import Point
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS_DIR = ROOT / ".peers"
@@ -290,8 +290,7 @@ class Part:
 async def _open_loop(http: Any, codec: Codec, url: str, offsets: list[float],
                      pixels: list[bytes]) -> Part:
     """Send at `start + offset` whatever happens to earlier requests (open loop); latency
-    and the peers' wait count from the scheduled time, so coordinated omission cannot hide
-    queueing."""
+    counts from the scheduled time, so coordinated omission cannot hide queueing."""
     import aiohttp
 
     loop = asyncio.get_running_loop()
@@ -301,7 +300,10 @@ async def _open_loop(http: Any, codec: Codec, url: str, offsets: list[float],
     timeout = aiohttp.ClientTimeout(total=codec.timeout_s)
 
     async def one(sid: int, scheduled: float) -> None:
-        body, headers = codec.body(sid, pixels[sid % len(pixels)], scheduled)
+        # The peers' wait counts from here, the moment this client gets to send: in a burst
+        # the client itself takes a while to get through its sends (latency still counts
+        # from `scheduled`).
+        body, headers = codec.body(sid, pixels[sid % len(pixels)], loop.time())
         try:
             async with http.post(url, data=body, timeout=timeout,
                                  headers={"Content-Type": codec.content_type, **headers}) as r:
@@ -385,7 +387,8 @@ class LoadGenerator:
             p.start()
 
     def run(self, codec: str, base: str, offsets: list[float], timeout_s: float) -> list[Part]:
-        for q, part in zip(self._commands, stats.split_round_robin(offsets, len(self._commands))):
+        for q, part in zip(self._commands,
+                           stats.split_round_robin(offsets, len(self._commands)), strict=True):
             q.put((codec, base, part, timeout_s))
         wait = (offsets[-1] if offsets else 0) + timeout_s + 60
         return [self._results.get(timeout=wait) for _ in self._commands]
@@ -490,10 +493,8 @@ def stop_group(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM to the app's process group, SIGKILL to whatever is left after 20 s."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(20)
-    except subprocess.TimeoutExpired:
-        pass
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -536,6 +537,7 @@ class Shot:
     point: Point
     sizes: list[int]
     waits_us: list[float]
+    compute_us: list[float]
     lat_ms: list[float]
     failures: dict[str, int]
 
@@ -559,8 +561,9 @@ def shoot(gen: LoadGenerator, srv: Server, offsets: list[float], timeout_s: floa
     if srv.model_cpu_s:
         model_us = (m1 - m0) * 1e6 / max(ok, 1)
     else:  # each reply carries its batch's model CPU: a request's share is 1/batch of it
-        model_us = sum(c / max(b, 1) for p in parts for c, b in zip(p.model_cpu_us, p.sizes)) \
-            / max(ok, 1)
+        shares = (c / max(b, 1) for p in parts
+                  for c, b in zip(p.model_cpu_us, p.sizes, strict=True))
+        model_us = sum(shares) / max(ok, 1)
     p50, p99 = stats.percentiles(lat)
     failures: Counter[str] = Counter()
     for p in parts:
@@ -569,7 +572,15 @@ def shoot(gen: LoadGenerator, srv: Server, offsets: list[float], timeout_s: floa
                float(np.mean(sizes)) if sizes else 0.0, (c1 - c0) * 1e6 / max(ok, 1),
                model_us, sum(p.cpu_s for p in parts) * 1e6 / max(ok, 1),
                (h1 - h0) / (t1 - t0))
-    return Shot(pt, sizes, [x for p in parts for x in p.waits_us], lat, dict(failures))
+    return Shot(pt, sizes, [x for p in parts for x in p.waits_us],
+                [x for p in parts for x in p.compute_us], lat, dict(failures))
+
+
+def idle_cores(pid: int, seconds: float = 2.0) -> float:
+    time.sleep(0.5)
+    c0, t0 = tree_cpu_s(pid), time.perf_counter()
+    time.sleep(seconds)
+    return (tree_cpu_s(pid) - c0) / (time.perf_counter() - t0)
 
 
 @dataclass
@@ -582,6 +593,13 @@ class Run:
     """Offered load -> point: a peer's at 80 % of its peak; ours at each peer's."""
     traces: dict[str, stats.BatchSummary] = field(default_factory=dict)
     failures: Counter[str] = field(default_factory=Counter)
+    idle_cores: float = math.nan
+    """The process tree's CPU with no load (Ray's GCS, raylet and agents tick along): the
+    share of CPU per request that is not per request."""
+
+    def net_us(self, p: Point) -> float:
+        """CPU per request outside the model, less the idle tree's share at that rate."""
+        return p.outside_model_us - self.idle_cores * 1e6 / max(p.achieved, 1e-9)
 
 
 @dataclass(frozen=True)
@@ -612,6 +630,7 @@ def sweep(gen: LoadGenerator, srv: Server, plan: Plan, seed: int,
         return shot.point
 
     shoot(gen, srv, stats.poisson_offsets(plan.start, 1.5, seed), plan.timeout_s, plan.start)
+    run.idle_cores = idle_cores(srv.pid)
     for rate in stats.ladder_rates(plan.start, plan.factor, plan.max_rate):
         pt = at(rate)
         run.points.append(pt)
@@ -640,14 +659,16 @@ def batching(gen: LoadGenerator, srv: Server, run: Run, timeout_s: float) -> Non
     for i, (name, make) in enumerate(TRACES.items()):
         offsets = make(1000 + i)
         shot = shoot(gen, srv, offsets, timeout_s, len(offsets) / max(offsets[-1], 1.0))
-        run.traces[name] = stats.batch_summary(shot.sizes, shot.waits_us, shot.lat_ms)
+        run.traces[name] = stats.batch_summary(shot.sizes, shot.waits_us, shot.lat_ms,
+                                               shot.compute_us)
         run.failures.update(shot.failures)
 
 
 # ---- reporting ------------------------------------------------------------------------------
 
 def curve_table(run: Run) -> Table:
-    table = Table(title=f"{run.name}: offered load, throughput, latency, CPU per request")
+    table = Table(title=f"{run.name}: offered load, throughput, latency, CPU per request "
+                        f"(idle process tree: {run.idle_cores:.3f} cores)")
     for col in ("offered/s", "achieved/s", "p50 ms", "p99 ms", "errors", "sustained",
                 "mean batch", "server CPU/req", "outside model", "client CPU/req",
                 "host cores"):
@@ -663,11 +684,13 @@ def curve_table(run: Run) -> Table:
 
 
 def batching_table(runs: list[Run]) -> Table:
-    table = Table(title="Batching semantics: the same arrival traces on every server "
-                        "(batches by size; wait = arrival/send to the batch's start)")
+    table = Table(title="Batching semantics: the same arrival traces on every server. wait: "
+                        "to the batch's start from the request's send (peers) or its arrival "
+                        "(ours, the server's queue_us); not computing: latency - the batch's "
+                        "compute, for all")
     for col in ("trace", "server", "requests", "batches", "mean batch", "max",
-                "batches by size", "wait p50 ms", "wait p99 ms", "latency p50 ms",
-                "latency p99 ms"):
+                "batches by size", "wait p50 ms", "wait p99 ms", "not computing p50 ms",
+                "not computing p99 ms", "latency p50 ms", "latency p99 ms"):
         table.add_column(col, justify="right")
     for trace in TRACES:
         for run in runs:
@@ -677,7 +700,8 @@ def batching_table(runs: list[Run]) -> Table:
             table.add_row(trace, run.name, str(s.requests), str(s.batches),
                           f"{s.mean_batch:.1f}", str(s.max_batch),
                           stats.size_histogram(s.size_counts), f"{s.wait_p50_ms:.2f}",
-                          f"{s.wait_p99_ms:.2f}", f"{s.latency_p50_ms:.1f}",
+                          f"{s.wait_p99_ms:.2f}", f"{s.idle_p50_ms:.2f}",
+                          f"{s.idle_p99_ms:.2f}", f"{s.latency_p50_ms:.1f}",
                           f"{s.latency_p99_ms:.1f}")
     return table
 
@@ -687,17 +711,20 @@ def summary_table(figures: dict[str, dict[str, Any]], skipped: dict[str, str],
     table = Table(title=f"{MODEL}: ours against each peer (same client, one after the other)")
     for col in ("peer", "version", "peak/s", "p99 at peak ms", "ours/s at that p99",
                 "throughput ours/peer", "equal load/s", "p99 peer / ours ms", "p99 peer/ours",
-                "CPU outside model peer / ours"):
+                "CPU outside model peer / ours", "same, less idle"):
         table.add_column(col, justify="right")
     for peer, f in figures.items():
         table.add_row(peer, versions.get(peer, "?"), str(f.get("peak_rps")),
                       str(f.get("p99_at_peak_ms")), str(f.get("ours_rps_at_that_p99")),
                       str(f.get("throughput_ratio_at_equal_p99")), str(f.get("equal_load_rps")),
-                      f"{f.get('peer_p99_at_equal_load_ms')} / {f.get('ours_p99_at_equal_load_ms')}",
+                      f"{f.get('peer_p99_at_equal_load_ms')} / "
+                      f"{f.get('ours_p99_at_equal_load_ms')}",
                       str(f.get("p99_ratio_at_equal_load")),
-                      f"{f.get('peer_outside_model_us')} / {f.get('ours_outside_model_us')} us")
+                      f"{f.get('peer_outside_model_us')} / {f.get('ours_outside_model_us')} us",
+                      f"{f.get('peer_outside_model_net_us')} / "
+                      f"{f.get('ours_outside_model_net_us')} us")
     for peer, reason in skipped.items():
-        table.add_row(peer, "-", "not run: " + reason[:90], *[""] * 7)
+        table.add_row(peer, "-", "not run: " + reason[:90], *[""] * 8)
     return table
 
 
@@ -756,7 +783,7 @@ def run_all(args: argparse.Namespace, plan: Plan, console: Console) -> dict[str,
                         say(f"{name} @ equal load", shot.point)
                     batching(gen, srv, run, plan.timeout_s)
                     runs[name] = run
-            except Exception as exc:  # noqa: BLE001 - a peer failing is a result, not a crash
+            except Exception as exc:
                 skipped[name] = f"failed on this host: {type(exc).__name__}: {exc}"[:600]
                 console.print(f"{name}: not run: {skipped[name]}")
         if True:  # ours is the reference every figure is read against: always, last
@@ -797,6 +824,10 @@ def report(result: dict[str, Any], args: argparse.Namespace, plan: Plan,
         pe, oe = run.equal.get(name), ours.equal.get(name)
         f["peer_outside_model_us"] = None if pe is None else round(pe.outside_model_us, 1)
         f["ours_outside_model_us"] = None if oe is None else round(oe.outside_model_us, 1)
+        f["peer_outside_model_net_us"] = None if pe is None else round(run.net_us(pe), 1)
+        f["ours_outside_model_net_us"] = None if oe is None else round(ours.net_us(oe), 1)
+        f["peer_idle_cores"] = round(run.idle_cores, 3)
+        f["ours_idle_cores"] = round(ours.idle_cores, 3)
         f["peer_server_cpu_us"] = None if pe is None else round(pe.server_cpu_us, 1)
         f["ours_server_cpu_us"] = None if oe is None else round(oe.server_cpu_us, 1)
         figures[name] = f
@@ -811,6 +842,7 @@ def report(result: dict[str, Any], args: argparse.Namespace, plan: Plan,
         "failures": {n: dict(r.failures) for n, r in runs.items() if r.failures},
         "batching": {n: {t: stats.rounded(asdict(s)) for t, s in r.traces.items()}
                      for n, r in runs.items()},
+        "idle_cores": {n: round(r.idle_cores, 3) for n, r in runs.items()},
         "curves": {n: [stats.rounded({**asdict(p), "sustained": p.sustained})
                        for p in r.points] for n, r in runs.items()},
     }
@@ -822,7 +854,9 @@ def report(result: dict[str, Any], args: argparse.Namespace, plan: Plan,
     for name, f in figures.items():
         extra[f"{name}_peak_rps"] = f.get("peak_rps")
         extra[f"{name}_outside_model_us"] = f.get("peer_outside_model_us")
-    return stats.rounded(stats.headline(figures, skipped, extra))
+        extra[f"ours_outside_model_us_at_{name}_load"] = f.get("ours_outside_model_us")
+    line: dict[str, Any] = stats.rounded(stats.headline(figures, skipped, extra))
+    return line
 
 
 def _raise_timeout(signum: int, frame: Any) -> None:
@@ -886,7 +920,7 @@ def main(argv: list[str] | None = None) -> None:
     code = 0
     try:
         line = report(run_all(args, plan, console), args, plan, console)
-    except Exception as exc:  # noqa: BLE001 - the last line is JSON even then
+    except Exception as exc:
         console.print(f"bench_peers failed: {type(exc).__name__}: {exc}")
         line, code = {"error": f"{type(exc).__name__}: {exc}"}, 1
     finally:

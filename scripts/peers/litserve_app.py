@@ -31,7 +31,7 @@ class LitHeavy(ls.LitAPI):
         return list(output)
 
     def encode_response(self, row: np.ndarray) -> dict[str, float]:
-        return dict(zip(REPLY_FIELDS, row.tolist()))
+        return dict(zip(REPLY_FIELDS, row.tolist(), strict=True))
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ class RayHeavy:
     async def __call__(self, request: Request) -> Response:
         pixels = np.frombuffer(await request.body(), dtype=np.uint8)
         row = await self.run_batch((pixels, float(request.headers["x-sent"])))
-        return Response(json.dumps(dict(zip(REPLY_FIELDS, row.tolist()))),
+        return Response(json.dumps(dict(zip(REPLY_FIELDS, row.tolist(), strict=True))),
                         media_type="application/json")
 
     @serve.batch(max_batch_size=CFG.max_batch, batch_wait_timeout_s=CFG.window_us / 1e6)

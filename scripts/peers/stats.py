@@ -5,6 +5,7 @@ library and numpy, so the unit tests import it by path without a server, a peer 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -167,7 +168,7 @@ def p99_at_load(points: Sequence[Point], load: float) -> float | None:
         return None
     if load <= ok[0].offered:
         return ok[0].p99_ms
-    for lo, hi in zip(ok, ok[1:]):
+    for lo, hi in itertools.pairwise(ok):
         if lo.offered <= load <= hi.offered:
             share = (load - lo.offered) / (hi.offered - lo.offered)
             return float(math.exp(math.log(lo.p99_ms) +
@@ -198,10 +199,15 @@ class BatchSummary:
     wait_p99_ms: float = math.nan
     latency_p50_ms: float = math.nan
     latency_p99_ms: float = math.nan
+    idle_p50_ms: float = math.nan
+    """Latency minus the compute of the request's batch: everything else, measured the
+    same way for every server (client clock, server-reported compute)."""
+    idle_p99_ms: float = math.nan
 
 
 def batch_summary(sizes: Sequence[int], waits_us: Sequence[float],
-                  latencies_ms: Sequence[float]) -> BatchSummary:
+                  latencies_ms: Sequence[float],
+                  compute_us: Sequence[float] | None = None) -> BatchSummary:
     """Per-batch figures from per-request replies: a batch of b answers b requests, so the
     batches of size b number (requests that saw b) / b. Exact when every request of a batch
     was answered, as in these traces."""
@@ -212,8 +218,11 @@ def batch_summary(sizes: Sequence[int], waits_us: Sequence[float],
     batches = sum(size_counts.values())
     w50, w99 = percentiles([w / 1e3 for w in waits_us])
     l50, l99 = percentiles(latencies_ms)
+    i50, i99 = (math.nan, math.nan) if compute_us is None else \
+        percentiles([lat - c / 1e3 for lat, c in zip(latencies_ms, compute_us, strict=True)])
     return BatchSummary(len(sizes), batches, len(sizes) / batches if batches else 0.0,
-                        max(size_counts, default=0), size_counts, w50, w99, l50, l99)
+                        max(size_counts, default=0), size_counts, w50, w99, l50, l99,
+                        i50, i99)
 
 
 def size_histogram(counts: dict[int, int], edges: Sequence[int] = (1, 2, 4, 8, 16, 32)) -> str:
