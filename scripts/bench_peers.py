@@ -593,6 +593,8 @@ class Run:
     """Offered load -> point: a peer's at 80 % of its peak; ours at each peer's."""
     traces: dict[str, stats.BatchSummary] = field(default_factory=dict)
     failures: Counter[str] = field(default_factory=Counter)
+    equal_p99s: dict[str, list[float]] = field(default_factory=dict)
+    """Every repeat's p99 at each equal load: the spread behind the median."""
     idle_cores: float = math.nan
     """The process tree's CPU with no load (Ray's GCS, raylet and agents tick along): the
     share of CPU per request that is not per request."""
@@ -613,6 +615,8 @@ class Plan:
     refine: int
     equal_share: float
     timeout_s: float
+    repeats: int
+    """Steps at each equal load; the median p99 counts."""
 
 
 def sweep(gen: LoadGenerator, srv: Server, plan: Plan, seed: int,
@@ -644,6 +648,21 @@ def sweep(gen: LoadGenerator, srv: Server, plan: Plan, seed: int,
         run.points.append(at(nxt))
     run.points.sort(key=lambda p: p.offered)
     return run
+
+
+def at_equal_load(gen: LoadGenerator, srv: Server, run: Run, key: str, load: float,
+                  plan: Plan, say: Callable[[str, Point], None]) -> None:
+    """`plan.repeats` steps at `load`; the one with the median p99 is the figure (one step's
+    p99 on this shared host can be several times another's at the same load)."""
+    secs = max(stats.step_seconds(load, plan.seconds, plan.min_requests), 1.5 * plan.seconds)
+    shots = []
+    for k in range(plan.repeats):
+        shot = shoot(gen, srv, stats.poisson_offsets(load, secs, 7 + k), plan.timeout_s, load)
+        run.failures.update(shot.failures)
+        say(f"{srv.name} @ {key}'s equal load", shot.point)
+        shots.append(shot.point)
+    run.equal[key] = stats.median_point(shots)
+    run.equal_p99s[key] = [p.p99_ms for p in shots]
 
 
 TRACES: dict[str, Callable[[int], list[float]]] = {
@@ -775,31 +794,21 @@ def run_all(args: argparse.Namespace, plan: Plan, console: Console) -> dict[str,
                     run = sweep(gen, srv, plan, 100 * (i + 1), say)
                     top = stats.max_sustained(run.points)
                     if top is not None:
-                        load = plan.equal_share * top.achieved
-                        secs = stats.step_seconds(load, plan.seconds, plan.min_requests)
-                        shot = shoot(gen, srv, stats.poisson_offsets(load, max(secs, 2 *
-                                     plan.seconds), 7), plan.timeout_s, load)
-                        run.equal[name] = shot.point
-                        say(f"{name} @ equal load", shot.point)
+                        at_equal_load(gen, srv, run, name, plan.equal_share * top.achieved,
+                                      plan, say)
                     batching(gen, srv, run, plan.timeout_s)
                     runs[name] = run
             except Exception as exc:
                 skipped[name] = f"failed on this host: {type(exc).__name__}: {exc}"[:600]
                 console.print(f"{name}: not run: {skipped[name]}")
-        if True:  # ours is the reference every figure is read against: always, last
-            console.print("ours: starting")
-            with our_server() as srv:
-                ours = sweep(gen, srv, plan, 50, say)
-                for name, run in runs.items():
-                    if name in run.equal:
-                        load = run.equal[name].offered
-                        secs = stats.step_seconds(load, plan.seconds, plan.min_requests)
-                        shot = shoot(gen, srv, stats.poisson_offsets(load, max(secs, 2 *
-                                     plan.seconds), 7), plan.timeout_s, load)
-                        ours.equal[name] = shot.point
-                        say(f"ours @ {name}'s equal load", shot.point)
-                batching(gen, srv, ours, plan.timeout_s)
-            runs = {"ours": ours, **runs}
+        console.print("ours: starting")  # the reference every figure is read against: last
+        with our_server() as srv:
+            ours = sweep(gen, srv, plan, 50, say)
+            for name, run in runs.items():
+                if name in run.equal:
+                    at_equal_load(gen, srv, ours, name, run.equal[name].offered, plan, say)
+            batching(gen, srv, ours, plan.timeout_s)
+        runs = {"ours": ours, **runs}
     finally:
         gen.close()
     return {"runs": runs, "skipped": skipped, "versions": versions,
@@ -829,6 +838,8 @@ def report(result: dict[str, Any], args: argparse.Namespace, plan: Plan,
         f["peer_idle_cores"] = round(run.idle_cores, 3)
         f["ours_idle_cores"] = round(ours.idle_cores, 3)
         f["peer_server_cpu_us"] = None if pe is None else round(pe.server_cpu_us, 1)
+        f["peer_p99s_at_equal_load_ms"] = [round(x, 1) for x in run.equal_p99s.get(name, [])]
+        f["ours_p99s_at_equal_load_ms"] = [round(x, 1) for x in ours.equal_p99s.get(name, [])]
         f["ours_server_cpu_us"] = None if oe is None else round(oe.server_cpu_us, 1)
         figures[name] = f
     console.print(summary_table(figures, skipped, versions))
@@ -880,6 +891,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--refine", type=int, default=None, help="bisection steps per curve")
     parser.add_argument("--equal-load", type=float, default=0.8,
                         help="equal load as a share of each peer's peak")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="steps at each equal load (the median p99 is the figure)")
     parser.add_argument("--procs", type=int, default=2, help="load-generator processes")
     parser.add_argument("--connections", type=int, default=256, help="per load process")
     parser.add_argument("--timeout", type=float, default=None, help="per request, s")
@@ -902,7 +915,8 @@ def plan_of(args: argparse.Namespace) -> Plan:
                 start=args.start, factor=args.factor or (1.6 if q else 1.35),
                 max_rate=args.max_rate, max_p99_ms=args.max_p99_ms,
                 refine=args.refine if args.refine is not None else (1 if q else 2),
-                equal_share=args.equal_load, timeout_s=args.timeout or (5.0 if q else 10.0))
+                equal_share=args.equal_load, timeout_s=args.timeout or (5.0 if q else 10.0),
+                repeats=args.repeats)
 
 
 def main(argv: list[str] | None = None) -> None:

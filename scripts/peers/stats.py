@@ -123,6 +123,15 @@ class Point:
         return self.server_cpu_us - self.model_cpu_us
 
 
+def median_point(points: Sequence[Point]) -> Point:
+    """Of repeated steps at one load, the one with the median p99 (the lower middle of an
+    even count)."""
+    if not points:
+        raise ValueError("no points")
+    ranked = sorted(points, key=lambda p: p.p99_ms)
+    return ranked[(len(ranked) - 1) // 2]
+
+
 def percentiles(latencies_ms: Sequence[float]) -> tuple[float, float]:
     if not len(latencies_ms):
         return math.inf, math.inf

@@ -86,6 +86,14 @@ def test_sustained_needs_few_errors_and_the_rate_actually_sent() -> None:
     assert not pt(100, 10, achieved=94).sustained
 
 
+def test_the_median_repeat_is_the_equal_load_figure() -> None:
+    a, b, c = pt(100, 10), pt(100, 300), pt(100, 20)
+    assert S.median_point([a, b, c]) is c
+    assert S.median_point([a, b]) is a
+    with pytest.raises(ValueError):
+        S.median_point([])
+
+
 def test_throughput_at_p99_interpolates_between_the_steps_around_the_budget() -> None:
     curve = [pt(100, 10), pt(200, 20), pt(400, 60), pt(800, 900, achieved=500)]
     assert S.throughput_at_p99(curve, 20) == 200  # exactly a step
