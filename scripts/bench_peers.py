@@ -650,6 +650,29 @@ def sweep(gen: LoadGenerator, srv: Server, plan: Plan, seed: int,
     return run
 
 
+def refine_at_budgets(gen: LoadGenerator, srv: Server, ours: Run, plan: Plan,
+                      peers: dict[str, Run], say: Callable[[str, Point], None]) -> None:
+    """Our curve is read at each peer's p99 at its peak: bisect there too (`plan.refine`
+    steps per peer), between our highest step within that p99 and the next step above."""
+    for run in peers.values():
+        top = stats.max_sustained(run.points)
+        if top is None:
+            continue
+        for _ in range(plan.refine):
+            rate = stats.refine_rate(
+                [p.offered for p in ours.points if p.sustained and p.p99_ms <= top.p99_ms],
+                [p.offered for p in ours.points])
+            if rate is None:
+                break
+            secs = stats.step_seconds(rate, plan.seconds, plan.min_requests)
+            shot = shoot(gen, srv, stats.poisson_offsets(rate, secs, 60 + int(rate)),
+                         plan.timeout_s, rate)
+            ours.failures.update(shot.failures)
+            say(f"ours (at {run.name}'s p99)", shot.point)
+            ours.points.append(shot.point)
+    ours.points.sort(key=lambda p: p.offered)
+
+
 def at_equal_load(gen: LoadGenerator, srv: Server, run: Run, key: str, load: float,
                   plan: Plan, say: Callable[[str, Point], None]) -> None:
     """`plan.repeats` steps at `load`; the one with the median p99 is the figure (one step's
@@ -804,6 +827,7 @@ def run_all(args: argparse.Namespace, plan: Plan, console: Console) -> dict[str,
         console.print("ours: starting")  # the reference every figure is read against: last
         with our_server() as srv:
             ours = sweep(gen, srv, plan, 50, say)
+            refine_at_budgets(gen, srv, ours, plan, runs, say)
             for name, run in runs.items():
                 if name in run.equal:
                     at_equal_load(gen, srv, ours, name, run.equal[name].offered, plan, say)
