@@ -771,11 +771,13 @@ def summary_table(figures: dict[str, dict[str, Any]], skipped: dict[str, str],
 
 
 def server_tree() -> str:
-    """The commit our server ran from, `+dirty` if the working tree had local edits."""
+    """The commit the servers and apps ran from, `+dirty` if their code had local edits
+    (docs do not count)."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, timeout=10,
                               capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                "server", "common", "testbed", "scripts"],
                                cwd=ROOT, timeout=10, capture_output=True, text=True,
                                check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
