@@ -41,17 +41,16 @@ from typing import Any
 
 import numpy as np
 import psutil
-
-# The project's imports, all here (scripts/ is on sys.path as this script's folder).
-from bench_server import host_busy_s, start_server, status, stop_server
+from bench_server import host_busy_s, start_server, status, stop_server  # scripts/ is on sys.path
 from rich.console import Console
 from rich.table import Table
 
+# The project's own imports, all here.
 from common import protocol as wire
 from common.modelzoo import open_zoo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
-import stats
+import stats  # scripts/peers/stats.py: the pure part, unit-tested
 from stats import Point
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,8 +71,7 @@ class Peer:
 
     name: str
     packages: tuple[str, ...]
-    module: str
-    """Imported for its version."""
+    """What `--setup` installs; the first one's version is reported."""
     codec: str
     protocol: str
     knobs: str
@@ -84,7 +82,7 @@ class Peer:
 
 
 PEERS: dict[str, Peer] = {p.name: p for p in (
-    Peer("ray", ("ray[serve]",), "ray", "raw",
+    Peer("ray", ("ray[serve]",), "raw",
          "HTTP, binary body (raw uint8 pixels), send time in a header; JSON reply",
          f"@serve.batch(max_batch_size={MAX_BATCH}, batch_wait_timeout_s={WINDOW_US / 1e6}); "
          "num_replicas=1, max_ongoing_requests=8192, num_cpus=1; "
@@ -92,14 +90,14 @@ PEERS: dict[str, Peer] = {p.name: p for p in (
          "Ray's own processes (GCS, raylet, proxy actor, replica, dashboard agent) share the "
          "two cores; a request crosses proxy -> replica by Ray RPC",
          env={"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}),
-    Peer("pytriton", ("nvidia-pytriton",), "pytriton", "kserve",
+    Peer("pytriton", ("nvidia-pytriton",), "kserve",
          "HTTP KServe v2 with binary tensor data (x uint8 [64], sent fp64 [1]); JSON output",
          f"ModelConfig(max_batch_size={MAX_BATCH}, DynamicBatcher("
          f"max_queue_delay_microseconds={WINDOW_US})); one model instance",
          "tritonserver (C++) takes HTTP and batches; each batch crosses to the Python model "
          "process through shared memory and a socket (one extra copy each way); the "
          "Python backend stub is pointed at the venv's libpython (LD_LIBRARY_PATH)"),
-    Peer("litserve", ("litserve",), "litserve", "json-b64",
+    Peer("litserve", ("litserve",), "json-b64",
          "HTTP JSON, pixels base64 in it (LitServe's endpoint parses JSON or forms, "
          "not a raw body)",
          f"LitAPI(max_batch_size={MAX_BATCH}, batch_timeout={WINDOW_US / 1e6}); "
@@ -107,7 +105,7 @@ PEERS: dict[str, Peer] = {p.name: p for p in (
          "FastAPI/uvicorn API process hands each request to the worker process through a "
          "multiprocessing queue; its window starts when the worker starts collecting, not at "
          "the first request"),
-    Peer("bentoml", ("bentoml",), "bentoml", "json-list",
+    Peer("bentoml", ("bentoml",), "json-list",
          "HTTP JSON, ndarray as nested lists (its one binary type, pickle, is refused by "
          "the main server)",
          f"@bentoml.api(batchable=True, max_batch_size={MAX_BATCH}, max_latency_ms=<timeout>); "
@@ -874,6 +872,10 @@ def report(result: dict[str, Any], args: argparse.Namespace, plan: Plan,
         "model": MODEL, "max_batch": MAX_BATCH, "window_us": WINDOW_US,
         "server_tree": server_tree(), "quick": args.quick, "plan": asdict(plan),
         "elapsed_s": round(result["elapsed_s"], 1), "versions": versions,
+        "systems": {"ours": {"protocol": OURS_PROTOCOL, "knobs": OURS_KNOBS},
+                    **{n: {"version": versions.get(n), "protocol": PEERS[n].protocol,
+                           "knobs": PEERS[n].knobs, "unequal": PEERS[n].unequal}
+                       for n in runs if n in PEERS}},
         "ours_peak_rps": round(top.achieved, 1) if top else None,
         "peers": figures, "not_run": skipped,
         "failures": {n: dict(r.failures) for n, r in runs.items() if r.failures},
