@@ -588,7 +588,8 @@ class Run:
     name: str
     points: list[Point] = field(default_factory=list)
     equal: dict[str, Point] = field(default_factory=dict)
-    """Offered load -> point: a peer's at 80 % of its peak; ours at each peer's."""
+    """Peer name -> the median repeat at that peer's equal load (80 % of its peak): on the
+    peer itself, or on ours at the same offered load."""
     traces: dict[str, stats.BatchSummary] = field(default_factory=dict)
     failures: Counter[str] = field(default_factory=Counter)
     equal_p99s: dict[str, list[float]] = field(default_factory=dict)

@@ -102,6 +102,7 @@ class Point:
     errors: int
     sent: int
     mean_batch: float = 0.0
+    """Averaged over answered requests (the size of the batch each one ran in)."""
     server_cpu_us: float = math.nan
     """The server's whole process tree, CPU per answered request."""
     model_cpu_us: float = math.nan
