@@ -150,7 +150,9 @@ def test_a_disk_that_fills_mid_run_stops_it_with_the_cause(tmp_path: Path,
                                                           where: list[str]) -> None:
     disk = tmp_path / "tiny"
     disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(disk)],
+    # Room for the run's first files and a few seconds of records (a Ray run starts with more).
+    size = "128k" if where else "96k"
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
                       capture_output=True).returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root); tests/unit/test_supervisor.py "
                     "covers the rule with stand-in agents")
