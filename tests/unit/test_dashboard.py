@@ -24,7 +24,8 @@ from cascade_testbed.server.report_check import ReportTotals, check_report
 from cascade_testbed.server.scheduling import make_policy
 from cascade_testbed.server.stats import ServerStats
 from cascade_testbed.testbed import cli
-from cascade_testbed.testbed.dashboard.app import EventTail, Hub, make_app
+from cascade_testbed.testbed.dashboard import app as dashboard_app
+from cascade_testbed.testbed.dashboard.app import EventTail, Hub, Poller, Target, make_app
 from cascade_testbed.testbed.dashboard.series import CHARTS, Timeline, columns
 from tests import helpers
 
@@ -364,3 +365,44 @@ class TestEndOfRunAndColours:
             assert set(series["tier_styles"]) == {"low", "high"}
             late = await client.get("/rows")  # a page that connects after the end is told so
             assert (await asyncio.wait_for(late.content.read(), 5)).startswith(b"event: end")
+
+
+class TestWatchEnd:
+    """`watch --run-dir` ends when the run folder says the run ended, not 10 s of silence
+    later; a summary that was there before the watch began says nothing of this run."""
+
+    @staticmethod
+    def poll(poller: Any, monkeypatch: Any) -> None:
+        async def silent(session: object, target: object) -> tuple[None, int]:
+            return None, 0
+
+        monkeypatch.setattr(dashboard_app, "fetch_status", silent)
+        asyncio.run(poller.once(None))
+
+    def test_the_run_end_event_or_a_new_summary_ends_it(self, tmp_path: Path,
+                                                        monkeypatch: Any) -> None:
+        events = tmp_path / "events.harness.jsonl"
+        events.write_text(json.dumps({"kind": "run_clock", "t": 1.0}) + "\n")
+        poller = Poller(Hub(), Target("http://127.0.0.1:1", "t", events))
+        self.poll(poller, monkeypatch)
+        assert not poller.run_ended
+        with events.open("a") as f:
+            f.write(json.dumps({"kind": "run_end", "t": 2.0}) + "\n")
+        self.poll(poller, monkeypatch)
+        assert poller.run_ended
+
+        merged = Poller(Hub(), Target("http://127.0.0.1:1", "t", events))
+        events.unlink()  # collecting merged the events away before the next poll
+        self.poll(merged, monkeypatch)
+        assert not merged.run_ended
+        (tmp_path / "summary.json").write_text("{}")
+        self.poll(merged, monkeypatch)
+        assert merged.run_ended
+
+    def test_a_summary_from_before_the_watch_does_not(self, tmp_path: Path,
+                                                      monkeypatch: Any) -> None:
+        (tmp_path / "summary.json").write_text("{}")
+        poller = Poller(Hub(), Target("http://127.0.0.1:1", "t",
+                                      tmp_path / "events.harness.jsonl"))
+        self.poll(poller, monkeypatch)
+        assert not poller.run_ended

@@ -38,8 +38,9 @@ def watch(url: Annotated[str, typer.Argument(
           run_dir: Annotated[Path | None, typer.Option(
               help="the run's folder: its .token (unless given otherwise) and its events "
                    "(faults as markers)")] = None) -> None:
-    """Serve a live view of a run already going, on 127.0.0.1, until its server has been
-    silent for 10 s (the run ended) or Ctrl-C. The token stays in this process."""
+    """Serve a live view of a run already going, on 127.0.0.1, until the run ends (its events
+    say so, with --run-dir; else its server has been silent for 10 s) or Ctrl-C. The token
+    stays in this process."""
     import asyncio
     from urllib.parse import urlsplit
 

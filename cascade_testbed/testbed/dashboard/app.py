@@ -237,13 +237,23 @@ class Poller:
         self.tail = EventTail(target.events_path) if target.events_path else None
         self.last_ok: float | None = None
         self.last_code: int | None = None
+        self.run_ended = False
+        """The run folder (when known) says the run ended: its `run_end` event, or its
+        summary.json written since the watch began (collecting it merges the events away).
+        No need then to wait for the server's silence."""
+        self._summary = target.events_path.with_name("summary.json") \
+            if target.events_path else None
+        self._summary_before = self._summary is not None and self._summary.exists()
 
     async def once(self, session: aiohttp.ClientSession) -> dict[str, Any] | None:
         status, self.last_code = await fetch_status(session, self.target)
         now = time.time()
         if status is not None:
             self.last_ok = now
-        self.hub.add(now, status, self.tail.read_new() if self.tail else [])
+        events = self.tail.read_new() if self.tail else []
+        self.run_ended = self.run_ended or any(e.get("kind") == "run_end" for e in events) or (
+            self._summary is not None and not self._summary_before and self._summary.exists())
+        self.hub.add(now, status, events)
         return status
 
     async def run(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
@@ -340,9 +350,10 @@ class Dashboard:
 
 async def watch(target: Target, port: int, announce: Callable[[str], None],
                 gone_after_s: float = GONE_AFTER_S) -> str:
-    """`testbed watch`: serve the view of a run already going until its server has been
-    silent for `gone_after_s` (returns why it ended). WatchError when the server does not
-    answer at first or refuses the token."""
+    """`testbed watch`: serve the view of a run already going until the run's events say it
+    ended (when their file is known) or its server has been silent for `gone_after_s`
+    (returns why it ended). WatchError when the server does not answer at first or refuses
+    the token."""
     hub = Hub()
     hub.title = target.server_url
     poller = Poller(hub, target)
@@ -365,13 +376,16 @@ async def watch(target: Target, port: int, announce: Callable[[str], None],
             while True:
                 await asyncio.sleep(POLL_S)
                 assert poller.last_ok is not None
+                if poller.run_ended:
+                    return "the run ended (its events say so)"
                 if time.time() - poller.last_ok > gone_after_s:
                     return f"the server has not answered for {gone_after_s:.0f} s: the run ended"
         finally:
             stop.set()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(task, 5)
-            hub.end("run ended (the server stopped answering)" if poller.last_ok is not None
+            hub.end("run ended" if poller.run_ended else "run ended (the server stopped "
+                    "answering)" if poller.last_ok is not None
                     and time.time() - poller.last_ok > gone_after_s else "live view stopped")
             await hub.drained()
             await runner.cleanup()
