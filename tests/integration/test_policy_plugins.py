@@ -1,6 +1,8 @@
 """A user's policy in a whole run: the `testbed` command, the real server and real device
-processes, the example `ConstantPolicy` named by spec and by its entry point. Runs from a
-folder outside the repository, so the policy is found as an installed package would be."""
+processes, the example `ConstantPolicy` named by its entry point and by spec (the run that
+fails at start, and a user's own module subclassing it beside modules named like the
+testbed's parts). Runs from a folder outside the repository, so the policy is found as an
+installed package would be."""
 
 from __future__ import annotations
 
@@ -34,21 +36,6 @@ def thresholds(run_dir: Path) -> tuple[dict[str, float], dict[str, float], dict[
     final = {d["device_id"]: d["final_threshold"] for d in summary["per_device"]}
     tiers = {d["device_id"]: d["tier"] for d in summary["per_device"]}
     return joined, final, tiers
-
-
-@pytest.mark.slow
-def test_up_runs_the_example_policy_by_spec(tmp_path: Path) -> None:
-    run_dir = tmp_path / "by-spec"
-    res = run_testbed(["up", "--devices", "4", "--duration", "3", "--policy",
-                   "cascade_testbed.examples.constant:ConstantPolicy", "--out", str(run_dir)],
-                  tmp_path)
-    assert res.returncode == 0, res.stdout + res.stderr
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["policy"] == "cascade_testbed.examples.constant:ConstantPolicy"
-    assert summary["samples"]["generated"] > 0
-    joined, final, _ = thresholds(run_dir)
-    assert len(final) == 4 and set(joined) == set(final)
-    assert set(joined.values()) == {0.5} and set(final.values()) == {0.5}  # its default
 
 
 @pytest.mark.slow

@@ -89,7 +89,7 @@ def _tomlable(doc: dict[str, Any]) -> bool:
     return True
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(documents)
 def test_any_table_is_a_config_or_a_scenario_error(doc: dict[str, Any]) -> None:
     try:
@@ -99,7 +99,7 @@ def test_any_table_is_a_config_or_a_scenario_error(doc: dict[str, Any]) -> None:
     assert isinstance(cfg, ScenarioConfig)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(structured)
 def test_any_table_shaped_like_a_scenario_is_a_config_or_a_scenario_error(
         doc: dict[str, Any]) -> None:
@@ -110,7 +110,7 @@ def test_any_table_shaped_like_a_scenario_is_a_config_or_a_scenario_error(
     assert isinstance(cfg, ScenarioConfig)
 
 
-@settings(max_examples=150, deadline=None,
+@settings(max_examples=100, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(documents.filter(_tomlable))
 def test_any_toml_file_is_a_config_or_a_scenario_error(tmp_path: Path,
