@@ -18,7 +18,7 @@ from cascade_testbed.testbed.claims import catalog
 from cascade_testbed.testbed.claims.catalog import Claim, field_at
 
 SCENARIO = """name = "known-answers"
-duration_s = 1.0
+duration_s = 0.6
 slo_ms = 150
 [devices]
 count = 3
@@ -38,7 +38,7 @@ policy = { name = "device-only" }
 """
 TUNING = """scenario = "known.toml"
 seeds = [101, 102]
-duration_s = 1.0
+duration_s = 0.6
 objective = "slo_satisfaction"
 better = "lower"
 [untuned]
