@@ -84,7 +84,7 @@ def _mean_final_threshold(summary: dict[str, object]) -> float:
 def test_multitasc_lowers_thresholds_when_the_server_is_overloaded(tmp_path: Path) -> None:
     """Offered load far above the emulated server's capacity: thresholds come down and the
     SLO is met far more often than with the same thresholds held static."""
-    cfg = scenario(duration_s=8.0,
+    cfg = scenario(duration_s=6.0,
                    devices=DevicesConfig(count=6, mix="0:1:0", rate_hz=25.0),
                    server=ServerConfig(batch_base_ms=20.0, batch_per_sample_ms=12.0),
                    policy=PolicyConfig("multitasc"))
