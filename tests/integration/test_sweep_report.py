@@ -24,7 +24,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.slow
 def test_sweep_resumes_and_the_report_draws_every_figure(tmp_path: Path) -> None:
     scenario = tmp_path / "s.toml"
-    scenario.write_text('name = "mini"\nduration_s = 2\n[devices]\nmix = "1:1:1"\n'
+    scenario.write_text('name = "mini"\nduration_s = 1\n[devices]\nmix = "1:1:1"\n'
                         '[sweep]\ndevices = [3, 6]\npolicy = ["static", "multitasc"]\n')
     out = tmp_path / "sweep"
     first = cli("sweep", str(scenario), "--out", str(out))
