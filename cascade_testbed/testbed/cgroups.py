@@ -16,6 +16,8 @@ import errno
 import math
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -211,13 +213,18 @@ def host_hierarchy() -> Hierarchy:
 
 
 def probe(h: Hierarchy, run_tag: str) -> None:
-    """Create a cgroup, set a quota, remove it: `CgroupUnavailable` with the reason when the
-    host does not allow it (not root, read-only /sys/fs/cgroup, no delegation)."""
+    """Create a cgroup, set a quota, move a process into it, remove it, as a run will:
+    `CgroupUnavailable` with the reason when the host does not allow it (not root, read-only
+    /sys/fs/cgroup, no delegation, a cgroup v2 parent that holds processes itself)."""
     path = h.device_dir(run_tag, "probe")
+    sleeper: subprocess.Popen[bytes] | None = None
     try:
         _make(h, path)
         for name, value in CpuQuota(MIN_QUOTA_US, DEFAULT_PERIOD_US, 0.01).files(h.version):
             (path / name).write_text(value)
+        sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        (path / "cgroup.procs").write_text(str(sleeper.pid))
     except OSError as exc:
         why = {errno.EACCES: "permission denied (run as root, or delegate a cgroup to this "
                              "user)",
@@ -230,6 +237,9 @@ def probe(h: Hierarchy, run_tag: str) -> None:
         raise CgroupUnavailable(f"cannot set a CPU quota under {h.mount} (cgroup v{h.version}):"
                                 f" {why}") from None
     finally:
+        if sleeper is not None:
+            sleeper.kill()
+            sleeper.wait()
         CgroupPlan(h, run_tag, {}).remove()
 
 
