@@ -11,7 +11,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from cascade_testbed.common.names import BadName, check_name, check_policy_name
+from cascade_testbed.common.names import BadName, check_name, check_policy_name, shown
 
 ArrivalKind = Literal["constant", "poisson", "onoff", "trace", "azure"]
 FaultKind = Literal["kill_device", "kill_server", "cut_link", "packet_loss", "kill_node"]
@@ -94,11 +94,17 @@ class LinkSpec:
     """A Mahimahi trace file (docs/emulation.md) whose delivery opportunities replace
     `bandwidth_mbps`; "" none. The loader resolves it (relative to the scenario's folder or
     the shipped traces) and checks it; the device reads it."""
+    trace_phase: str = "spread"
+    """Where in the trace each device starts: "spread" (each device at its own point, spread
+    evenly over the trace's period, so the devices of a tier do not all lose the link at the
+    same instant) or "aligned" (every device at the trace's start)."""
 
     def __post_init__(self) -> None:
         _finite(self)
         _check(len(self.trace) <= 4096 and self.trace.isprintable(),
                "link trace must be a path of at most 4096 printable characters")
+        _check(self.trace_phase in ("spread", "aligned"),
+               f"link trace_phase must be 'spread' or 'aligned' (got {shown(self.trace_phase)})")
         _in(self.delay_ms, 0, MAX_MS, "link delay_ms")
         _in(self.jitter_ms, 0, MAX_MS, "link jitter_ms")
         _in(self.bandwidth_mbps, 0, 1e6, "bandwidth_mbps", open_low=True)

@@ -34,6 +34,7 @@ from cascade_testbed.emulated_devices.emulation import (
     Link,
     Padding,
     pad,
+    trace_phase,
 )
 from cascade_testbed.emulated_devices.forwarding import get_rule
 from cascade_testbed.emulated_devices.light_model import light_stage
@@ -281,7 +282,7 @@ class Device:
         started `offset_s` into the run)."""
         base = self._t0 - offset_s
         for link, direction in ((self._uplink, "up"), (self._downlink, "down")):
-            link.set_origin(base)
+            link.set_origin(base, trace_phase(self.spec.index, link.trace_phase))
             link.impair([Impairment(base + f.start_s, base + f.end_s, f.loss)
                          for f in self.spec.link_faults if f.direction in ("both", direction)])
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 
@@ -76,10 +77,17 @@ class Link:
         self._trace = TraceQueue(TraceCapacity(trace)) if trace is not None else None
         self._origin = 0.0
 
-    def set_origin(self, origin: float) -> None:
-        """The time (same clock as `transmit`'s) at which the trace starts: the run's start,
-        so every device of a tier sees the same capacity at the same run time."""
-        self._origin = origin
+    @property
+    def trace_phase(self) -> str:
+        """The spec's `trace_phase` ("spread" or "aligned")."""
+        return self._spec.trace_phase
+
+    def set_origin(self, origin: float, phase: float = 0.0) -> None:
+        """`origin`: the run's start on `transmit`'s clock; the trace is then `phase` (a
+        fraction of its period) along. With phase 0, every device of a tier sees the same
+        capacity at the same run time."""
+        period_s = self._trace.period_ms / 1e3 if self._trace is not None else 0.0
+        self._origin = origin - phase * period_s
 
     def impair(self, impairments: Sequence[Impairment]) -> None:
         self._impairments = tuple(sorted(impairments, key=lambda w: w.start))
@@ -134,3 +142,13 @@ class Link:
         self._last_delivery = 0.0
         if self._trace is not None:
             self._trace.reset()
+
+
+GOLDEN: Final = (5 ** 0.5 - 1) / 2
+
+
+def trace_phase(index: int, how: str) -> float:
+    """Where in its link traces device `index` starts, as a fraction of the period: with
+    "spread", the golden-ratio sequence, which places any number of devices (of a tier, or
+    of the run) nearly evenly around the trace; with "aligned", 0 for every device."""
+    return (index * GOLDEN) % 1.0 if how == "spread" else 0.0

@@ -69,6 +69,10 @@ class TraceQueue:
         self._left = 0
         """Bytes of that opportunity the previous message did not use."""
 
+    @property
+    def period_ms(self) -> int:
+        return self._cap.period_ms
+
     def depart(self, arrive_ms: float, nbytes: int) -> float:
         """When a message of `nbytes` handed to the link at `arrive_ms` has left it."""
         need = max(int(nbytes), 1)

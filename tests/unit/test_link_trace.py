@@ -22,7 +22,7 @@ from cascade_testbed.common.link_trace import (
     throughput_to_trace,
 )
 from cascade_testbed.common.scenario_file import load_scenario
-from cascade_testbed.emulated_devices.emulation import Impairment, Link
+from cascade_testbed.emulated_devices.emulation import Impairment, Link, trace_phase
 from cascade_testbed.emulated_devices.link_trace import TraceCapacity, TraceQueue
 
 CONSTANT = parse_link_trace("1\n")
@@ -113,6 +113,28 @@ class TestQueue:
         link.impair([Impairment(100.0, 100.0105, 1.0)])  # a cut until 10.5 ms
         assert link.transmit(100.002, 1500) == pytest.approx(100.011 + 0.010)  # at 11 ms
         assert link.allowance_s(1500) == pytest.approx(0.010 + 2.5e-3)  # 4 per 10 ms
+
+    def test_a_phase_starts_the_device_further_along_the_trace(self) -> None:
+        """A 10 ms trace with opportunities at 1, 2, 3 and 10 ms: at phase 0 a message at run
+        time 0 leaves at 1 ms; half a period along (trace time 5 ms) it waits for the one at
+        trace time 10 ms, run time 5 ms."""
+        trace = parse_link_trace("1\n2\n3\n10\n")
+        spec = LinkSpec(delay_ms=0.0, jitter_ms=0.0)
+        aligned = Link(spec, np.random.default_rng(0), trace=trace)
+        aligned.set_origin(100.0)
+        assert aligned.transmit(100.0, 1500) == pytest.approx(100.001)
+        halfway = Link(spec, np.random.default_rng(0), trace=trace)
+        halfway.set_origin(100.0, phase=0.5)
+        assert halfway.transmit(100.0, 1500) == pytest.approx(100.005)
+
+    def test_spread_phases_cover_the_period_evenly_and_aligned_is_zero(self) -> None:
+        phases = sorted(trace_phase(i, "spread") for i in range(12))
+        assert all(0.0 <= f < 1.0 for f in phases) and len(set(phases)) == 12
+        gaps = [b - a for a, b in zip(phases, [*phases[1:], phases[0] + 1.0], strict=True)]
+        assert max(gaps) < 3 / 12  # no stretch of the period left to few devices
+        assert {trace_phase(i, "aligned") for i in range(12)} == {0.0}
+        with pytest.raises(ScenarioError, match="trace_phase"):
+            LinkSpec(trace_phase="random")
 
     def test_a_long_trace_below_its_capacity_keeps_up(self) -> None:
         """200,000 lines of one opportunity each (12 Mbit/s) under 700 bytes every 0.5 ms
