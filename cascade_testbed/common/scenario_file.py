@@ -36,17 +36,8 @@ TRACE_DIRS_ENV = "TESTBED_TRACE_DIRS"
 folder and the shipped scenarios/ folder."""
 
 
-def _shipped_scenarios() -> Path:
-    """The project's scenarios/ folder: beside the package's folder, found upwards (the package
-    may sit one level deeper in a namespace package)."""
-    here = Path(__file__).resolve()
-    for parent in here.parents[1:4]:
-        if (parent / "scenarios").is_dir():
-            return parent / "scenarios"
-    return here.parents[1] / "scenarios"
-
-
-SHIPPED_SCENARIOS = _shipped_scenarios()
+SHIPPED_SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
+"""The project's scenarios/ folder, beside the package's folder."""
 
 
 def _check(cond: bool, what: str) -> None:

@@ -24,20 +24,27 @@ MAX_REPLY_LATE_SHARE_OF_SLO: Final = 0.10
 """Above it, the devices' late reading of replies earns the run a note (not a doubt)."""
 
 
+def _p99_over(summary: Mapping[str, Any], figure: str, share: float
+              ) -> tuple[float, float] | None:
+    """(p99, bound) when `emulation.<figure>`'s p99 exceeds `share` of the SLO; None when it
+    does not, or was not measured."""
+    p99 = ((summary.get("emulation") or {}).get(figure) or {}).get("p99")
+    bound = share * float(summary.get("slo_ms") or 0.0)
+    if p99 is None or bound <= 0 or float(p99) <= bound:
+        return None
+    return float(p99), bound
+
+
 def doubts(summary: Mapping[str, Any]) -> list[str]:
     """Why the run's emulation cannot be trusted, one phrase each; empty when every figure
     the summary holds is within its bound (a figure it lacks is not judged here)."""
-    emulation = summary.get("emulation") or {}
-    slo_ms = float(summary.get("slo_ms") or 0.0)
     out = []
-    overrun = emulation.get("compute_overrun_fraction")
+    overrun = (summary.get("emulation") or {}).get("compute_overrun_fraction")
     if overrun is not None and float(overrun) > MAX_OVERRUN:
         out.append(f"host overloaded (compute overrun {float(overrun):.1%} > "
                    f"{MAX_OVERRUN:.0%})")
-    lag = (emulation.get("loop_lag_ms") or {}).get("p99")
-    bound = MAX_LAG_SHARE_OF_SLO * slo_ms
-    if lag is not None and bound > 0 and float(lag) > bound:
-        out.append(f"host overloaded (loop lag p99 {float(lag):.0f} ms > {bound:.0f} ms)")
+    if lag := _p99_over(summary, "loop_lag_ms", MAX_LAG_SHARE_OF_SLO):
+        out.append(f"host overloaded (loop lag p99 {lag[0]:.0f} ms > {lag[1]:.0f} ms)")
     link = link_error_doubt(summary)
     if link is not None:
         out.append(link)
@@ -50,21 +57,19 @@ def reply_late_note(summary: Mapping[str, Any]) -> str | None:
     processes at once, and on a host with fewer cores than devices the last reads its reply
     late. That time is in the recorded latencies, but it is the density of the emulation, the
     same in every run at that density, not a fault of this run; the note says how much."""
-    late = (summary.get("emulation") or {}).get("reply_late_ms") or {}
-    p99 = late.get("p99")
-    bound = MAX_REPLY_LATE_SHARE_OF_SLO * float(summary.get("slo_ms") or 0.0)
-    if p99 is None or bound <= 0 or float(p99) <= bound:
+    over = _p99_over(summary, "reply_late_ms", MAX_REPLY_LATE_SHARE_OF_SLO)
+    if over is None:
         return None
-    return (f"devices read their replies late: p99 {float(p99):.1f} ms > {bound:.0f} ms (10% "
-            f"of the SLO), median {float(late.get('p50') or 0.0):.1f} ms; the host's cores, "
-            "not the emulated links, set that part of the tail latency (docs/emulation.md)")
+    p50 = (summary["emulation"]["reply_late_ms"].get("p50") or 0.0)
+    return (f"devices read their replies late: p99 {over[0]:.1f} ms > {over[1]:.0f} ms (10% "
+            f"of the SLO), median {float(p50):.1f} ms; the host's cores, not the emulated "
+            "links, set that part of the tail latency (docs/emulation.md)")
 
 
 def link_error_doubt(summary: Mapping[str, Any]) -> str | None:
     """The link timing error's p99 above `MAX_LINK_ERROR_SHARE_OF_SLO` of the SLO, or None
-    (also when nothing was measured: no forwarded sample got a reply)."""
-    p99 = ((summary.get("emulation") or {}).get("link_error_ms") or {}).get("p99")
-    bound = MAX_LINK_ERROR_SHARE_OF_SLO * float(summary.get("slo_ms") or 0.0)
-    if p99 is None or bound <= 0 or float(p99) <= bound:
+    (also when nothing was measured: no message was held)."""
+    over = _p99_over(summary, "link_error_ms", MAX_LINK_ERROR_SHARE_OF_SLO)
+    if over is None:
         return None
-    return f"link timing error p99 {float(p99):.1f} ms > {bound:.0f} ms (10% of the SLO)"
+    return f"link timing error p99 {over[0]:.1f} ms > {over[1]:.0f} ms (10% of the SLO)"

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cascade_testbed.common.scenario_file import SHIPPED_SCENARIOS
 from cascade_testbed.testbed.claims.stats import Direction, Kind, null_value
 
-SCENARIOS = Path(__file__).resolve().parents[3] / "scenarios" / "claims"
+SCENARIOS = SHIPPED_SCENARIOS / "claims"
 """The claim scenarios, and their tuning in `tuning/`."""
 Summary = Mapping[str, Any]
 Metric = Callable[[Mapping[str, Summary]], float]
